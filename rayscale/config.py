@@ -1,0 +1,120 @@
+"""Typed settings. Units are in the field names; validation names the value and the limit."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from rayscale.errors import ConfigError
+
+__all__ = [
+    "DEFAULT_MODEL_DIR",
+    "EMBED_DIM",
+    "IMAGE_SIZE",
+    "INPUT_NAME",
+    "MODEL_NAME",
+    "OUTPUT_NAME",
+    "ServeConfig",
+    "parse_int_list",
+    "parse_float_list",
+]
+
+MODEL_NAME = "openclip_vit_b32"
+INPUT_NAME = "IMAGE"
+OUTPUT_NAME = "EMBEDDING"
+IMAGE_SIZE = 224
+EMBED_DIM = 512
+IMAGE_SHAPE = (IMAGE_SIZE, IMAGE_SIZE, 3)
+IMAGE_BYTES = IMAGE_SIZE * IMAGE_SIZE * 3
+DEFAULT_MODEL_DIR = Path("models") / MODEL_NAME
+APP_NAME = "rayscale"
+LOCAL_HOST = "127.0.0.1"
+
+
+def _check(cond: bool, message: str) -> None:
+    if not cond:
+        raise ConfigError(message)
+
+
+def parse_int_list(text: str | list[int] | tuple[int, ...], what: str, *, minimum: int = 1) -> list[int]:
+    """'1,2,4' -> [1, 2, 4]; an empty list or a value under ``minimum`` is a ConfigError."""
+    if isinstance(text, (list, tuple)):
+        values = [int(v) for v in text]
+    else:
+        parts = [p.strip() for p in str(text).split(",") if p.strip()]
+        try:
+            values = [int(p) for p in parts]
+        except ValueError:
+            raise ConfigError(f"{what} must be a comma-separated list of integers, got {text!r}") from None
+    _check(bool(values), f"{what} is empty: give at least one value, e.g. '1,4,16'")
+    for v in values:
+        _check(v >= minimum, f"{what} values must be ≥ {minimum}, got {v}")
+    return values
+
+
+def parse_float_list(text: str | list[float], what: str, *, exclusive_minimum: float = 0.0) -> list[float]:
+    if isinstance(text, (list, tuple)):
+        values = [float(v) for v in text]
+    else:
+        parts = [p.strip() for p in str(text).split(",") if p.strip()]
+        try:
+            values = [float(p) for p in parts]
+        except ValueError:
+            raise ConfigError(f"{what} must be a comma-separated list of numbers, got {text!r}") from None
+    _check(bool(values), f"{what} is empty: give at least one value, e.g. '100,500'")
+    for v in values:
+        _check(v > exclusive_minimum, f"{what} values must be > {exclusive_minimum:g}, got {v:g}")
+    return values
+
+
+@dataclass
+class ServeConfig:
+    """How the Ray Serve application runs. The same fields feed deployments/ and k8s/."""
+
+    model_dir: str = str(DEFAULT_MODEL_DIR)
+    replicas: int = 1
+    gpus_per_replica: float = 1.0
+    cpus_per_replica: float = 1.0
+    max_batch_size: int = 256  # images, not requests
+    batch_wait_ms: float = 2.0
+    batches_in_flight: int = 2  # batches a replica runs at once (pipelining copy and compute)
+    max_ongoing_requests: int = 256
+    max_queued_requests: int = 1024
+    host: str = LOCAL_HOST
+    port: int = 8000
+    max_body_bytes: int = 0  # 0: derived from max_batch_size (one full batch plus headroom)
+    request_timeout_s: float = 60.0
+    api_token: str | None = None
+    provider: str = "auto"  # auto | cuda | cpu
+    intra_op_threads: int = 0  # 0: onnxruntime's default on CPU, 1 on CUDA
+    app_name: str = "rayscale"
+    route_prefix: str = "/"
+
+    def __post_init__(self) -> None:
+        _check(self.replicas >= 1, f"replicas must be ≥ 1, got {self.replicas}")
+        _check(self.gpus_per_replica >= 0, f"gpus_per_replica must be ≥ 0, got {self.gpus_per_replica}")
+        _check(self.cpus_per_replica > 0, f"cpus_per_replica must be > 0, got {self.cpus_per_replica}")
+        _check(1 <= self.max_batch_size <= 4096, f"max_batch_size must be in 1..4096 images, got {self.max_batch_size}")
+        _check(0 <= self.batch_wait_ms <= 1000, f"batch_wait_ms must be in 0..1000, got {self.batch_wait_ms}")
+        _check(1 <= self.batches_in_flight <= 8, f"batches_in_flight must be in 1..8, got {self.batches_in_flight}")
+        _check(self.max_ongoing_requests >= 1, f"max_ongoing_requests must be ≥ 1, got {self.max_ongoing_requests}")
+        _check(
+            self.max_queued_requests >= -1,
+            f"max_queued_requests must be ≥ 0 (or -1 for no limit), got {self.max_queued_requests}",
+        )
+        _check(1 <= self.port <= 65535, f"port must be in 1..65535, got {self.port}")
+        _check(self.provider in ("auto", "cuda", "cpu"), f"provider must be auto, cuda or cpu, got {self.provider!r}")
+        _check(self.request_timeout_s > 0, f"request_timeout_s must be > 0, got {self.request_timeout_s}")
+        _check(self.max_body_bytes >= 0, f"max_body_bytes must be ≥ 0, got {self.max_body_bytes}")
+
+    @property
+    def body_limit_bytes(self) -> int:
+        """Largest request body accepted (413 above it). JSON bodies need ~4 bytes per pixel."""
+        if self.max_body_bytes:
+            return self.max_body_bytes
+        return self.max_batch_size * IMAGE_BYTES * 5 + (1 << 20)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("api_token")  # never written to results files or printed
+        return d

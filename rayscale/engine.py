@@ -1,0 +1,186 @@
+"""The inference engine: one onnxruntime session on one device, encoding uint8 image batches.
+
+On CUDA the engine uses IO binding: each batch is copied once from host memory into a device
+buffer of its size bucket (buffers are allocated once per bucket and reused), the output is
+written to a device buffer and copied back once. Batches are padded up to the next bucket so
+the set of shapes the session sees stays small (no re-planning per batch size). ``encode`` is
+thread-safe: each calling thread has its own binding and buffers, so a replica can keep two
+batches in flight (one copying while the other computes).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from rayscale.config import EMBED_DIM, IMAGE_SHAPE, INPUT_NAME, OUTPUT_NAME
+from rayscale.errors import ConfigError, ModelNotFoundError
+
+__all__ = ["Engine", "batch_buckets", "random_images"]
+
+log = logging.getLogger(__name__)
+
+
+def batch_buckets(max_batch_size: int) -> list[int]:
+    """Sizes batches are padded to: 1, 2, 4, 8, 16, then multiples of 16 up to max_batch_size."""
+    sizes = [s for s in (1, 2, 4, 8, 16) if s < max_batch_size]
+    sizes += list(range(32, max_batch_size, 16))
+    sizes.append(max_batch_size)
+    return sorted(set(sizes))
+
+
+def random_images(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, size=(n, *IMAGE_SHAPE), dtype=np.uint8)
+
+
+def _has_cuda_driver() -> bool:
+    """True when the NVIDIA driver library loads; avoids onnxruntime's noisy failure on CPU-only hosts."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libcuda.so.1")
+        return True
+    except OSError:
+        return False
+
+
+def _resolve_model_path(model: str | os.PathLike) -> Path:
+    p = Path(model)
+    if p.is_dir():
+        p = p / "model.onnx"
+    if not p.is_file():
+        raise ModelNotFoundError(f"model not found at {model}: run `rayscale export --out {Path(model)}` first")
+    return p
+
+
+@dataclass
+class _Buffers:
+    binding: object
+    inputs: dict  # bucket -> (host staging array, device OrtValue)
+    outputs: dict  # bucket -> device OrtValue
+
+
+class Engine:
+    """Encode uint8 [N, 224, 224, 3] images into FP32 [N, 512] embeddings with onnxruntime."""
+
+    def __init__(
+        self,
+        model: str | os.PathLike,
+        *,
+        provider: str = "auto",
+        device_id: int = 0,
+        max_batch_size: int = 256,
+        intra_op_threads: int = 0,
+        warmup: bool = True,
+    ):
+        import onnxruntime as ort
+
+        if provider not in ("auto", "cuda", "cpu"):
+            raise ConfigError(f"provider must be auto, cuda or cpu, got {provider!r}")
+        self.model_path = _resolve_model_path(model)
+        self.max_batch_size = max_batch_size
+        self.device_id = device_id
+        self.buckets = batch_buckets(max_batch_size)
+        available = ort.get_available_providers()
+        want_cuda = provider in ("auto", "cuda") and "CUDAExecutionProvider" in available and _has_cuda_driver()
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3
+        if want_cuda:
+            opts.intra_op_num_threads = intra_op_threads or 1
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            cuda_opts = {
+                "device_id": device_id,
+                "cudnn_conv_algo_search": "HEURISTIC",
+                "do_copy_in_default_stream": "1",
+            }
+            providers = [("CUDAExecutionProvider", cuda_opts), "CPUExecutionProvider"]
+        else:
+            if intra_op_threads:
+                opts.intra_op_num_threads = intra_op_threads
+            providers = ["CPUExecutionProvider"]
+        self.session = ort.InferenceSession(str(self.model_path), sess_options=opts, providers=providers)
+        got = self.session.get_providers()[0]
+        self.provider = "cuda" if got == "CUDAExecutionProvider" else "cpu"
+        if provider == "cuda" and self.provider != "cuda":
+            raise ConfigError(
+                "provider 'cuda' was asked for but onnxruntime could not load CUDAExecutionProvider: check the "
+                "NVIDIA driver, CUDA/cuDNN libraries and that onnxruntime-gpu (not onnxruntime) is installed"
+            )
+        if self.provider == "cpu":
+            log.warning("onnxruntime runs on the CPU (no CUDA provider available): expect CPU-level throughput")
+        self._local = threading.local()
+        self._ort = ort
+        if warmup:
+            self.warmup()
+
+    # ---- public --------------------------------------------------------------------------------
+
+    def encode(self, images: np.ndarray) -> np.ndarray:
+        """Embeddings for a uint8 [N, 224, 224, 3] batch, N in 1..max_batch_size."""
+        n = self._check(images)
+        if self.provider == "cpu":
+            return self.session.run([OUTPUT_NAME], {INPUT_NAME: images})[0]
+        return self._encode_cuda(images, n)
+
+    def warmup(self) -> float:
+        """Run every bucket once so the first real batch pays no allocation or planning; returns seconds."""
+        t0 = time.perf_counter()
+        sizes = self.buckets if self.provider == "cuda" else [1, min(8, self.max_batch_size)]
+        for s in sizes:
+            self.encode(random_images(s, seed=s))
+        return time.perf_counter() - t0
+
+    def bucket_for(self, n: int) -> int:
+        for b in self.buckets:
+            if b >= n:
+                return b
+        return self.max_batch_size
+
+    # ---- internals -----------------------------------------------------------------------------
+
+    def _check(self, images: np.ndarray) -> int:
+        if not isinstance(images, np.ndarray) or images.dtype != np.uint8:
+            raise ConfigError(f"images must be a uint8 numpy array, got {getattr(images, 'dtype', type(images))}")
+        if images.ndim != 4 or images.shape[1:] != IMAGE_SHAPE:
+            raise ConfigError(f"images must have shape [N, 224, 224, 3], got {list(images.shape)}")
+        n = images.shape[0]
+        if not 1 <= n <= self.max_batch_size:
+            raise ConfigError(f"batch size must be in 1..{self.max_batch_size}, got {n}")
+        return n
+
+    def _buffers(self) -> _Buffers:
+        buf = getattr(self._local, "buffers", None)
+        if buf is None:
+            buf = _Buffers(binding=self.session.io_binding(), inputs={}, outputs={})
+            self._local.buffers = buf
+        return buf
+
+    def _encode_cuda(self, images: np.ndarray, n: int) -> np.ndarray:
+        ort = self._ort
+        bucket = self.bucket_for(n)
+        buf = self._buffers()
+        pair = buf.inputs.get(bucket)
+        if pair is None:
+            host = np.zeros((bucket, *IMAGE_SHAPE), dtype=np.uint8)
+            dev = ort.OrtValue.ortvalue_from_shape_and_type(host.shape, np.uint8, "cuda", self.device_id)
+            out = ort.OrtValue.ortvalue_from_shape_and_type((bucket, EMBED_DIM), np.float32, "cuda", self.device_id)
+            pair = buf.inputs[bucket] = (host, dev)
+            buf.outputs[bucket] = out
+        host, dev = pair
+        if n == bucket and images.flags.c_contiguous:
+            dev.update_inplace(images)
+        else:
+            host[:n] = images
+            dev.update_inplace(host)
+        binding = buf.binding
+        binding.bind_ortvalue_input(INPUT_NAME, dev)
+        binding.bind_ortvalue_output(OUTPUT_NAME, buf.outputs[bucket])
+        self.session.run_with_iobinding(binding)
+        return buf.outputs[bucket].numpy()[:n]
