@@ -1,0 +1,47 @@
+"""Shared fixtures: a real exported model (random weights), free ports, a local Ray cluster."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import socket
+import warnings
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _export_fingerprint() -> str:
+    src = (ROOT / "rayscale" / "export.py").read_bytes()
+    return hashlib.sha256(src).hexdigest()[:16]
+
+
+@pytest.fixture(scope="session")
+def model_dir() -> Path:
+    """An fp32 ViT-B/32 export with random weights, cached across runs by the export code's hash."""
+    cache = Path(os.environ.get("RAYSCALE_TEST_CACHE", Path.home() / ".cache" / "rayscale-tests"))
+    target = cache / f"model-fp32-{_export_fingerprint()}"
+    if not (target / "model.json").is_file():
+        from rayscale.export import ExportConfig, export_model
+
+        tmp = cache / f".tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            export_model(ExportConfig(out_dir=str(tmp), precision="fp32"))
+        tmp.replace(target) if not target.exists() else shutil.rmtree(tmp)
+    return target
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def port() -> int:
+    return free_port()
