@@ -173,6 +173,14 @@ class StatsCollector:
         self.total = ReplicaStats()
         self.in_flight: dict[str, int] = {}
         self.rejected = 0
+        self.replica_info: dict[str, dict[str, Any]] = {}
+
+    def register(self, replica: str, info: dict[str, Any]) -> None:
+        self.replica_info[replica] = info
+        self.in_flight.setdefault(replica, 0)
+
+    def replicas(self) -> list[dict[str, Any]]:
+        return list(self.replica_info.values())
 
     def record(self, replica: str, delta: dict[str, Any], in_flight: int) -> None:
         t = self.total
@@ -201,6 +209,7 @@ class StatsCollector:
 
     def forget_replica(self, replica: str) -> None:
         self.in_flight.pop(replica, None)
+        self.replica_info.pop(replica, None)
 
     def snapshot(self) -> dict[str, Any]:
         t = self.total

@@ -1,0 +1,371 @@
+"""The Ray Serve application: one deployment whose replicas each own one engine on one GPU.
+
+Each replica is its own HTTP ingress (no extra hop between the proxy and the model) and speaks
+the Open Inference Protocol. The hot path, top to bottom:
+
+    request -> read body (size-limited) -> protocol.parse_infer_request (zero-copy view)
+            -> ImageBatcher.submit (batch by image count, across callers)
+            -> Engine.encode_parts on a worker thread (one copy into the batch buffer, one run)
+            -> protocol.encode_infer_response -> response
+
+In-cluster clients call ``handle.infer.remote(images)`` with a uint8 array (or an ObjectRef
+to one) and get the embeddings back, through the same batcher.
+
+``build_app(args)`` is the application builder that `serve run`, `rayscale up`, the config in
+``deployments/`` and KubeRay's ``serveConfigV2`` all use; ``args`` are ``ServeConfig`` fields.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import os
+import time
+from typing import Any
+
+import numpy as np
+
+from rayscale import protocol
+from rayscale.config import EMBED_DIM, IMAGE_SIZE, INPUT_NAME, MODEL_NAME, OUTPUT_NAME, ServeConfig
+from rayscale.errors import (
+    BadRequest,
+    ConfigError,
+    MethodNotAllowed,
+    NotFound,
+    NotImplementedByServer,
+    Overloaded,
+    PayloadTooLarge,
+    ProtocolError,
+    Unauthorized,
+)
+
+__all__ = ["DEPLOYMENT_NAME", "OpenClipEncoder", "build_app", "deployment_options"]
+
+log = logging.getLogger("rayscale.serve")
+
+DEPLOYMENT_NAME = "OpenClipEncoder"
+MODEL_VERSION = "1"
+_UNSUPPORTED_PREFIXES = ("/v2/repository", "/v2/systemsharedmemory", "/v2/cudasharedmemory", "/v2/trace", "/v2/logging")
+
+
+class OpenClipEncoder:
+    """One replica: an engine on its GPU, a batcher, and the v2 HTTP routes."""
+
+    def __init__(self, config: dict[str, Any]):
+        from rayscale.engine import Engine
+        from rayscale.export import load_model_info
+        from rayscale.serve.batcher import ImageBatcher
+        from rayscale.serve.stats import ReplicaStats, get_or_create_collector
+
+        self.cfg = ServeConfig(**config)
+        self.info = load_model_info(self.cfg.model_dir)
+        self.engine = Engine(
+            self.cfg.model_dir,
+            provider=self.cfg.provider,
+            max_batch_size=self.cfg.max_batch_size,
+            intra_op_threads=self.cfg.intra_op_threads,
+        )
+        self.batcher = ImageBatcher(
+            self.engine.encode_parts,
+            max_batch_images=self.cfg.max_batch_size,
+            batch_wait_s=self.cfg.batch_wait_ms / 1000.0,
+            batches_in_flight=self.cfg.batches_in_flight,
+            max_queued_requests=self.cfg.max_queued_requests,
+            on_batch=self._on_batch,
+        )
+        self.replica_id = _replica_id()
+        self.stats = ReplicaStats()
+        self.collector = get_or_create_collector(self.cfg.app_name)
+        self.in_flight = 0
+        self.draining = False
+        self._token = self.cfg.api_token.encode() if self.cfg.api_token else None
+        self._metadata = _model_metadata(self.info)
+        self.collector.register.remote(self.replica_id, self.describe())
+
+    # ---- Python path (DeploymentHandle) --------------------------------------------------------
+
+    async def infer(self, images: np.ndarray) -> np.ndarray:
+        """Embeddings for a uint8 [N, 224, 224, 3] batch (N ≤ max_batch_size)."""
+        if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE, 3):
+            raise BadRequest(f"infer takes a uint8 array of shape [N, 224, 224, 3], got {getattr(images, 'shape', type(images))}")
+        if not 1 <= images.shape[0] <= self.cfg.max_batch_size:
+            raise BadRequest(f"batch size {images.shape[0]} is outside 1..{self.cfg.max_batch_size}")
+        t0 = time.perf_counter_ns()
+        self.in_flight += 1
+        try:
+            out, _, _ = await self.batcher.submit(images)
+            return out
+        except Overloaded:
+            self._fail(503, images.shape[0], t0)
+            raise
+        finally:
+            self.in_flight -= 1
+
+    def describe(self) -> dict[str, Any]:
+        import ray
+
+        return {
+            "replica": self.replica_id,
+            "node": ray.get_runtime_context().get_node_id(),
+            "hostname": os.uname().nodename,
+            "pid": os.getpid(),
+            "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
+            "provider": self.engine.provider,
+            "model_sha256": self.info.sha256,
+            "precision": self.info.precision,
+        }
+
+    def check_health(self) -> None:
+        """Serve calls this periodically; raising marks the replica unhealthy and replaces it."""
+        task = self.batcher._loop_task
+        if task is not None and task.done() and not task.cancelled() and task.exception() is not None:
+            raise RuntimeError(f"batching loop died: {task.exception()!r}")
+
+    # ---- HTTP path -----------------------------------------------------------------------------
+
+    async def __call__(self, request) -> Any:
+        from starlette.responses import Response
+
+        t0 = time.perf_counter_ns()
+        try:
+            body, status, headers = await self._route(request, t0)
+        except ProtocolError as e:
+            body, status, headers = protocol.encode_error(str(e)), e.status_code, {"Content-Type": "application/json"}
+            if isinstance(e, Overloaded):
+                headers["Retry-After"] = "1"
+            if request.url.path.endswith("/infer"):
+                self._fail(status, 0, t0)
+        return Response(content=body, status_code=status, headers=headers)
+
+    async def _route(self, request, t0: int) -> tuple[bytes, int, dict[str, str]]:
+        path = request.url.path.rstrip("/") or "/"
+        method = request.method
+        if path.startswith(_UNSUPPORTED_PREFIXES):
+            raise NotImplementedByServer(f"{path} is not supported by rayscale")
+        if self._token is not None and not path.startswith("/v2/health"):
+            self._authorize(request)
+        if path == "/v2/health/live":
+            return self._json({"live": True}, method)
+        if path == "/v2/health/ready":
+            _require(method, "GET")
+            if self.draining:
+                return protocol.encode_error("server is draining"), 503, {"Content-Type": "application/json"}
+            return self._json({"ready": True}, method)
+        if path == "/v2":
+            return self._json({"name": "rayscale", "version": _version(), "extensions": _EXTENSIONS}, method)
+        if path == "/v2/models/stats":
+            return self._json(await self._stats(), method)
+        if not path.startswith("/v2/models/"):
+            raise NotFound(f"no route {path}: see /v2 for the Open Inference Protocol endpoints")
+        rest = path[len("/v2/models/") :].split("/")
+        name, rest = rest[0], rest[1:]
+        if name != MODEL_NAME:
+            raise NotFound(f"unknown model {name!r}: this server serves {MODEL_NAME!r}")
+        if len(rest) >= 2 and rest[0] == "versions":
+            if rest[1] != MODEL_VERSION:
+                raise NotFound(f"unknown version {rest[1]!r} of {MODEL_NAME}: the only version is {MODEL_VERSION}")
+            rest = rest[2:]
+        action = "/".join(rest)
+        if action == "":
+            return self._json(self._metadata, method)
+        if action == "ready":
+            return self._json({"name": MODEL_NAME, "ready": not self.draining}, method)
+        if action == "config":
+            return self._json(await self._triton_config(), method)
+        if action == "stats":
+            return self._json(await self._stats(), method)
+        if action == "infer":
+            _require(method, "POST")
+            return await self._infer_http(request, t0)
+        raise NotFound(f"no route {path}")
+
+    def _authorize(self, request) -> None:
+        auth = request.headers.get("authorization", "")
+        scheme, _, token = auth.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self._token or b""):
+            raise Unauthorized("missing or wrong API token: send 'Authorization: Bearer <token>'")
+
+    def _json(self, obj: Any, method: str) -> tuple[bytes, int, dict[str, str]]:
+        import json
+
+        _require(method, "GET")
+        return json.dumps(obj).encode(), 200, {"Content-Type": "application/json"}
+
+    async def _read_body(self, request) -> bytes:
+        limit = self.cfg.body_limit_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None:
+            try:
+                if int(declared) > limit:
+                    raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {limit} bytes")
+            except ValueError:
+                raise BadRequest(f"Content-Length must be an integer, got {declared!r}") from None
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+            chunks.append(chunk)
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        encoding = request.headers.get("content-encoding")
+        if encoding:
+            body = _decompress(body, encoding, limit)
+        return body
+
+    async def _infer_http(self, request, t0: int) -> tuple[bytes, int, dict[str, str]]:
+        body = await self._read_body(request)
+        req = protocol.parse_infer_request(
+            body, request.headers.get(protocol.HEADER_LENGTH.lower()), max_batch_size=self.cfg.max_batch_size
+        )
+        self.in_flight += 1
+        try:
+            out, _, _ = await self.batcher.submit(req.images)
+        finally:
+            self.in_flight -= 1
+        return _ok(*protocol.encode_infer_response(MODEL_NAME, out, binary=req.binary_output, request_id=req.request_id))
+
+    # ---- statistics ----------------------------------------------------------------------------
+
+    def _on_batch(self, timing, batch, started_ns: int) -> None:
+        now = time.perf_counter_ns()
+        self.stats.record_batch(
+            images=timing.images,
+            request_images=[p.n for p in batch],
+            queue_ns=[started_ns - p.enqueued_ns for p in batch],
+            total_ns=[now - p.enqueued_ns for p in batch],
+            input_ns=timing.input_ns,
+            infer_ns=timing.infer_ns,
+            output_ns=timing.output_ns,
+        )
+        self._flush()
+
+    def _fail(self, code: int, images: int, t0: int) -> None:
+        self.stats.record_failure(code=code, images=images, duration_ns=time.perf_counter_ns() - t0)
+        self._flush()
+
+    def _flush(self) -> None:
+        self.collector.record.remote(self.replica_id, self.stats.take(), self.in_flight)
+
+    async def _stats(self) -> dict[str, Any]:
+        snap = await self.collector.snapshot.remote()
+        return {"model_stats": snap["model_stats"]}
+
+    async def _triton_config(self) -> dict[str, Any]:
+        replicas = await self.collector.replicas.remote()
+        return triton_model_config(self.cfg, replicas)
+
+
+_EXTENSIONS = ["binary_tensor_data", "statistics", "model_configuration"]
+
+
+def _ok(body: bytes, headers: dict[str, str]) -> tuple[bytes, int, dict[str, str]]:
+    return body, 200, headers
+
+
+def _require(method: str, allowed: str) -> None:
+    if method != allowed:
+        raise MethodNotAllowed(f"method {method} not allowed here: use {allowed}")
+
+
+def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
+    import zlib
+
+    enc = encoding.strip().lower()
+    if enc in ("identity", ""):
+        return body
+    if enc not in ("gzip", "deflate"):
+        raise BadRequest(f"unsupported Content-Encoding {encoding!r}: use gzip, deflate or none")
+    wbits = 16 + zlib.MAX_WBITS if enc == "gzip" else zlib.MAX_WBITS
+    d = zlib.decompressobj(wbits)
+    try:
+        out = d.decompress(body, limit + 1)
+    except zlib.error as e:
+        raise BadRequest(f"body is not valid {enc} data: {e}") from None
+    if len(out) > limit or d.unconsumed_tail:
+        raise PayloadTooLarge(f"decompressed body exceeds the limit of {limit} bytes")
+    return out
+
+
+def _replica_id() -> str:
+    try:
+        from ray import serve
+
+        ctx = serve.get_replica_context()
+        rid = ctx.replica_id
+        return getattr(rid, "unique_id", None) or str(rid)
+    except Exception:
+        return f"pid-{os.getpid()}"
+
+
+def _version() -> str:
+    from rayscale import __version__
+
+    return __version__
+
+
+def _model_metadata(info) -> dict[str, Any]:
+    return {
+        "name": MODEL_NAME,
+        "versions": [MODEL_VERSION],
+        "platform": "onnxruntime_onnx",
+        "inputs": [{"name": INPUT_NAME, "datatype": "UINT8", "shape": [-1, IMAGE_SIZE, IMAGE_SIZE, 3]}],
+        "outputs": [{"name": OUTPUT_NAME, "datatype": "FP32", "shape": [-1, EMBED_DIM]}],
+        "parameters": {"precision": info.precision, "sha256": info.sha256, "weights": info.weights},
+    }
+
+
+def triton_model_config(cfg: ServeConfig, replicas: list[dict[str, Any]]) -> dict[str, Any]:
+    """The model configuration in Triton's JSON form (what perf_analyzer reads)."""
+    kind = "KIND_GPU" if cfg.gpus_per_replica > 0 else "KIND_CPU"
+    gpus = sorted({int(g) for r in replicas for g in r.get("gpu_ids", []) if str(g).isdigit()})
+    return {
+        "name": MODEL_NAME,
+        "platform": "onnxruntime_onnx",
+        "backend": "rayscale",
+        "max_batch_size": cfg.max_batch_size,
+        "input": [{"name": INPUT_NAME, "data_type": "TYPE_UINT8", "format": "FORMAT_NHWC", "dims": [IMAGE_SIZE, IMAGE_SIZE, 3]}],
+        "output": [{"name": OUTPUT_NAME, "data_type": "TYPE_FP32", "dims": [EMBED_DIM]}],
+        "dynamic_batching": {
+            "max_queue_delay_microseconds": int(cfg.batch_wait_ms * 1000),
+            "preferred_batch_size": [cfg.max_batch_size],
+        },
+        "instance_group": [{"name": DEPLOYMENT_NAME, "kind": kind, "count": max(len(replicas), 1), "gpus": gpus}],
+        "version_policy": {"latest": {"num_versions": 1}},
+    }
+
+
+def deployment_options(cfg: ServeConfig) -> dict[str, Any]:
+    return {
+        "name": DEPLOYMENT_NAME,
+        "num_replicas": cfg.replicas,
+        "ray_actor_options": {"num_gpus": cfg.gpus_per_replica, "num_cpus": cfg.cpus_per_replica},
+        "max_ongoing_requests": cfg.max_ongoing_requests,
+        "max_queued_requests": cfg.max_queued_requests,
+        "graceful_shutdown_timeout_s": max(cfg.request_timeout_s, 5.0),
+        "graceful_shutdown_wait_loop_s": 0.5,
+        "health_check_period_s": 5.0,
+        "health_check_timeout_s": 30.0,
+        # A log line per request costs the replica CPU on the hot path; errors are still logged.
+        "logging_config": {"enable_access_log": False, "log_level": "WARNING"},
+    }
+
+
+def build_app(args: dict[str, Any] | None = None):
+    """Application builder: ``serve run rayscale.serve.app:build_app model_dir=... replicas=2``."""
+    from ray import serve
+
+    args = dict(args or {})
+    known = set(ServeConfig.__dataclass_fields__)
+    unknown = sorted(set(args) - known)
+    if unknown:
+        raise ConfigError(f"unknown application argument(s) {', '.join(unknown)}: valid ones are {', '.join(sorted(known))}")
+    for key, field_ in ServeConfig.__dataclass_fields__.items():  # config files and CLIs give strings
+        if key in args and isinstance(args[key], str) and field_.type in ("int", "float"):
+            try:
+                args[key] = int(args[key]) if field_.type == "int" else float(args[key])
+            except ValueError:
+                raise ConfigError(f"application argument {key} must be a number, got {args[key]!r}") from None
+    cfg = ServeConfig(**args)
+    deployment = serve.deployment(OpenClipEncoder, **deployment_options(cfg))
+    return deployment.bind(cfg.to_dict() | {"api_token": cfg.api_token})

@@ -1,0 +1,327 @@
+"""`rayscale up / down / status`: start or join a Ray cluster, deploy the app, tear it down.
+
+A cluster that ``up`` starts itself is local-only: its head binds 127.0.0.1 and the dashboard
+(with Ray's job API) listens on 127.0.0.1. A state file records what ``up`` started so that
+``down`` stops exactly that and nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rayscale.config import LOCAL_HOST, MODEL_NAME, ServeConfig
+from rayscale.errors import ConfigError, ModelNotFoundError, ServerError
+
+__all__ = ["StatusResult", "UpResult", "connect", "down", "status", "up", "wait_for_replicas"]
+
+log = logging.getLogger(__name__)
+
+
+def state_dir() -> Path:
+    return Path(os.environ.get("RAYSCALE_STATE_DIR", Path.home() / ".cache" / "rayscale"))
+
+
+def _state_file() -> Path:
+    return state_dir() / "cluster.json"
+
+
+def _read_state() -> dict[str, Any]:
+    try:
+        return json.loads(_state_file().read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def _write_state(state: dict[str, Any]) -> None:
+    p = _state_file()
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=2))
+    tmp.replace(p)
+
+
+@dataclass
+class UpResult:
+    app_name: str
+    url: str
+    replicas: int
+    gpus_per_replica: float
+    model_dir: str
+    model_sha256: str
+    precision: str
+    ray_address: str
+    started_cluster: bool
+    replica_info: list[dict[str, Any]] = field(default_factory=list)
+    exporters: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+    def endpoints(self) -> dict[str, str]:
+        base = self.url.rstrip("/")
+        return {
+            "infer": f"{base}/v2/models/{MODEL_NAME}/infer",
+            "metadata": f"{base}/v2/models/{MODEL_NAME}",
+            "ready": f"{base}/v2/health/ready",
+            "stats": f"{base}/v2/models/{MODEL_NAME}/stats",
+        }
+
+
+@dataclass
+class StatusResult:
+    running: bool
+    app_name: str
+    app_status: str = "NOT_STARTED"
+    message: str = ""
+    replicas: list[dict[str, Any]] = field(default_factory=list)
+    replica_states: dict[str, int] = field(default_factory=dict)
+    ray_address: str | None = None
+    model: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _start_local_cluster(num_gpus: int | None, num_cpus: int | None) -> str:
+    ray_bin = shutil.which("ray")
+    if ray_bin is None:
+        raise ServerError("the `ray` command is not on PATH: install rayscale's dependencies (pip install rayscale)")
+    cmd = [
+        ray_bin,
+        "start",
+        "--head",
+        f"--node-ip-address={LOCAL_HOST}",
+        f"--dashboard-host={LOCAL_HOST}",
+        "--disable-usage-stats",
+    ]
+    if num_gpus is not None:
+        cmd.append(f"--num-gpus={num_gpus}")
+    if num_cpus is not None:
+        cmd.append(f"--num-cpus={num_cpus}")
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
+        raise ServerError("could not start a local Ray cluster: " + " | ".join(tail))
+    return "auto"
+
+
+def connect(address: str | None = None, *, start: bool = False, num_gpus: int | None = None, num_cpus: int | None = None) -> tuple[str, bool]:
+    """Connect this process to Ray. Returns (address, whether a cluster was started here)."""
+    import ray
+
+    if ray.is_initialized():
+        return ray.get_runtime_context().gcs_address, False
+    started = False
+    state = _read_state()
+    if address is None:
+        address = state.get("address")
+    if address is None and start:
+        address = _start_local_cluster(num_gpus, num_cpus)
+        started = True
+    if address is None:
+        address = "auto"
+    try:
+        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False, namespace="rayscale")
+    except ConnectionError:
+        raise ServerError(
+            f"no Ray cluster at {address}: run `rayscale up` first, or pass --address of a running cluster"
+        ) from None
+    gcs = ray.get_runtime_context().gcs_address
+    if started:
+        _write_state({"address": gcs, "started_by_rayscale": True, "started_at": time.time()})
+    return gcs, started
+
+
+def _ensure_model(cfg: ServeConfig, *, gpu_present: bool) -> Any:
+    from rayscale.export import ExportConfig, export_model, load_model_info
+
+    try:
+        return load_model_info(cfg.model_dir)
+    except ModelNotFoundError as missing:
+        try:
+            import open_clip  # noqa: F401
+            import torch  # noqa: F401
+        except ImportError:
+            raise missing from None
+        precision = "fp16" if gpu_present else "fp32"
+        log.warning("no model at %s: exporting ViT-B/32 (%s) first", cfg.model_dir, precision)
+        return export_model(ExportConfig(out_dir=cfg.model_dir, precision=precision))
+
+
+def _resolve_gpus(cfg: ServeConfig, cluster_gpus: float, warnings: list[str]) -> ServeConfig:
+    need = cfg.replicas * cfg.gpus_per_replica
+    if need > cluster_gpus + 1e-9:
+        raise ConfigError(
+            f"{cfg.replicas} replicas × {cfg.gpus_per_replica:g} GPU need {need:g} GPUs but the cluster has "
+            f"{cluster_gpus:g}: use fewer --replicas, or --gpus-per-replica 0 to run on CPU"
+        )
+    return cfg
+
+
+def wait_for_replicas(app_name: str, replicas: int, timeout_s: float = 600.0) -> list[dict[str, Any]]:
+    """Block until the app is RUNNING with ``replicas`` running replicas that registered their info."""
+    import ray
+    from ray import serve
+
+    from rayscale.serve.stats import collector_name, NAMESPACE
+
+    deadline = time.monotonic() + timeout_s
+    last = ""
+    while time.monotonic() < deadline:
+        st = serve.status().applications.get(app_name)
+        if st is not None:
+            last = f"{st.status}: {st.message}"
+            if str(st.status).endswith("DEPLOY_FAILED"):
+                raise ServerError(f"deployment of {app_name} failed: {st.message}")
+            deps = list(st.deployments.values())
+            running = sum(d.replica_states.get("RUNNING", 0) for d in deps)
+            if str(st.status).endswith("RUNNING") and running == replicas:
+                try:
+                    actor = ray.get_actor(collector_name(app_name), namespace=NAMESPACE)
+                    infos = ray.get(actor.replicas.remote(), timeout=10)
+                    if len(infos) >= replicas:
+                        return infos
+                except ValueError:
+                    pass
+        time.sleep(0.25)
+    raise ServerError(f"app {app_name} did not reach {replicas} running replicas in {timeout_s:.0f} s (last: {last})")
+
+
+def up(
+    cfg: ServeConfig,
+    *,
+    address: str | None = None,
+    exporter: bool = True,
+    exporter_port: int = 9400,
+    num_gpus: int | None = None,
+    timeout_s: float = 600.0,
+) -> UpResult:
+    """Start (or join) Ray, deploy the app with ``cfg``, wait until every replica is ready."""
+    import ray
+    from ray import serve
+
+    from rayscale.serve.app import build_app
+    from rayscale.serve.stats import kill_collector
+
+    warnings: list[str] = []
+    if cfg.host not in (LOCAL_HOST, "localhost", "::1"):
+        msg = f"serving HTTP on {cfg.host}: reachable from other machines"
+        if not cfg.api_token:
+            msg += " without an API token (pass --api-token or set RAYSCALE_API_TOKEN)"
+        warnings.append(msg)
+        log.warning(msg)
+    gcs, started = connect(address, start=True, num_gpus=num_gpus)
+    cluster_gpus = float(ray.cluster_resources().get("GPU", 0))
+    cfg = _resolve_gpus(cfg, cluster_gpus, warnings)
+    info = _ensure_model(cfg, gpu_present=cluster_gpus > 0)
+    cfg.model_dir = str(Path(cfg.model_dir).resolve())
+    serve.start(http_options={"host": cfg.host, "port": cfg.port})
+    kill_collector(cfg.app_name)  # fresh statistics for a fresh deployment
+    app = build_app(cfg.to_dict() | {"api_token": cfg.api_token})
+    try:
+        serve.run(app, name=cfg.app_name, route_prefix=cfg.route_prefix, blocking=False)
+    except Exception as e:  # Serve wraps replica constructor failures
+        raise ServerError(f"deploying {cfg.app_name} failed: {str(e).strip().splitlines()[-1]}") from None
+    replica_info = wait_for_replicas(cfg.app_name, cfg.replicas, timeout_s)
+    exporters = 0
+    if exporter:
+        try:
+            from rayscale.metrics import start_node_exporters
+
+            exporters = len(start_node_exporters(host=cfg.host if cfg.host != "0.0.0.0" else LOCAL_HOST, port=exporter_port, app_name=cfg.app_name))
+        except Exception as e:  # metrics must never block serving
+            warnings.append(f"metrics exporter not started: {e}")
+    host = "127.0.0.1" if cfg.host in ("0.0.0.0", "::") else cfg.host
+    return UpResult(
+        app_name=cfg.app_name,
+        url=f"http://{host}:{cfg.port}",
+        replicas=cfg.replicas,
+        gpus_per_replica=cfg.gpus_per_replica,
+        model_dir=cfg.model_dir,
+        model_sha256=info.sha256,
+        precision=info.precision,
+        ray_address=gcs,
+        started_cluster=started,
+        replica_info=replica_info,
+        exporters=exporters,
+        warnings=warnings,
+    )
+
+
+def status(app_name: str = "rayscale", *, address: str | None = None) -> StatusResult:
+    import ray
+    from ray import serve
+
+    from rayscale.serve.stats import NAMESPACE, collector_name
+
+    try:
+        gcs, _ = connect(address)
+    except ServerError:
+        return StatusResult(running=False, app_name=app_name, message="no Ray cluster running")
+    apps = serve.status().applications
+    st = apps.get(app_name)
+    if st is None:
+        return StatusResult(running=False, app_name=app_name, ray_address=gcs, message=f"no app named {app_name}")
+    states: dict[str, int] = {}
+    for d in st.deployments.values():
+        for k, v in d.replica_states.items():
+            states[k] = states.get(k, 0) + v
+    replicas: list[dict[str, Any]] = []
+    try:
+        replicas = ray.get(ray.get_actor(collector_name(app_name), namespace=NAMESPACE).replicas.remote(), timeout=10)
+    except ValueError:
+        pass
+    model = None
+    if replicas:
+        model = {"name": MODEL_NAME, "sha256": replicas[0].get("model_sha256"), "precision": replicas[0].get("precision")}
+    return StatusResult(
+        running=str(st.status).endswith("RUNNING"),
+        app_name=app_name,
+        app_status=str(st.status).split(".")[-1],
+        message=st.message,
+        replicas=replicas,
+        replica_states=states,
+        ray_address=gcs,
+        model=model,
+    )
+
+
+def down(app_name: str = "rayscale", *, address: str | None = None, stop_cluster: bool = True) -> dict[str, Any]:
+    """Delete the app (Serve drains in-flight requests), then stop the cluster ``up`` started."""
+    import ray
+    from ray import serve
+
+    from rayscale.serve.stats import kill_collector
+
+    state = _read_state()
+    result: dict[str, Any] = {"app_deleted": False, "cluster_stopped": False}
+    try:
+        connect(address)
+    except ServerError:
+        _state_file().unlink(missing_ok=True)
+        return result
+    if app_name in serve.status().applications:
+        serve.delete(app_name, _blocking=True)
+        result["app_deleted"] = True
+    kill_collector(app_name)
+    try:
+        from rayscale.metrics import stop_node_exporters
+
+        stop_node_exporters()
+    except Exception:
+        pass
+    if not serve.status().applications:
+        serve.shutdown()
+    ray.shutdown()
+    if stop_cluster and state.get("started_by_rayscale") and address is None:
+        ray_bin = shutil.which("ray") or "ray"
+        subprocess.run([ray_bin, "stop", "--force"], capture_output=True, timeout=120)
+        result["cluster_stopped"] = True
+        _state_file().unlink(missing_ok=True)
+    return result
