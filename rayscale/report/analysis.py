@@ -1,0 +1,882 @@
+"""The report's figures, computed from results files with no plotting and no I/O.
+
+Definitions (the report's "Definitions" section repeats them):
+
+* A **series** is one way of serving measured at several loads: (target, transport, mode,
+  images per request). A **group** is a series at one GPU count.
+* A point is **usable** when its status is ``ok``, its windows were stable and it served images.
+  Unstable, incomplete and failed points are listed and flagged, never used as peaks or picks.
+* **Peak throughput** of a group: the highest images/s among its usable points.
+* **Scaling efficiency** at N GPUs: ``peak(N) / (N × peak(1))``. Where a series has no 1-GPU
+  peak, the smallest GPU count B with a peak is the base: ``(peak(N) / N) / (peak(B) / B)``.
+* **Cost per 1000 images**: ``hourly cost of N GPUs / (3600 × images/s) × 1000``.
+* **Knee**: walking a group's usable points in order of load, the first step i-1 → i where
+  ``Δp99/p99 > k × max(Δthroughput/throughput, 0)`` and ``Δp99/p99 ≥ m`` (k = ``knee_factor``,
+  default 2; m = ``knee_min_p99_growth``, default 10 %, so jitter in a flat region is no knee).
+  The knee is the load of point i-1: past it, latency grows much faster than throughput.
+* **Best under the SLO**: the usable point with the highest images/s whose p99 ≤ the SLO.
+* **Cheapest meeting the throughput target**: among groups whose capacity (the best images/s
+  under the SLO when one is given, else the peak) reaches the target, the lowest hourly cost;
+  without prices, the fewest GPUs. Ties go to the higher capacity.
+* **Bottleneck** of a group, read at its peak point, first rule that fires:
+  client CPU saturated → ``client``; busiest GPUs ≥ 85 % utilised → ``gpu``;
+  queue ≥ 50 % of server time → ``queueing``; GPUs < 50 % utilised with little queueing →
+  ``serving-path``; otherwise ``undetermined``.
+* **Engine fraction**: peak ÷ (N × engine images/s) at the engine batch size matching the
+  server's max batch size (the largest measured batch size not above it).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from rayscale.errors import ConfigError, ResultsError
+from rayscale.results import BenchResult, EngineBenchResult, PointResult
+
+__all__ = [
+    "Bottleneck",
+    "Comparison",
+    "GroupSummary",
+    "Knee",
+    "Mismatch",
+    "Pick",
+    "PointRow",
+    "Report",
+    "build_report",
+    "check_comparable",
+    "cost_per_1000_images_usd",
+    "find_knee",
+    "parse_costs",
+]
+
+USABLE_STATUS = "ok"
+GPU_BUSY_PCT = 85.0
+GPU_IDLE_PCT = 50.0
+QUEUE_DOMINANT_SHARE = 0.5
+CLIENT_SATURATED_PCT = 95.0
+DEFAULT_KNEE_FACTOR = 2.0
+DEFAULT_KNEE_MIN_P99_GROWTH = 0.10
+_COSTS_EXAMPLE = "e.g. --costs '1gpu:1.5,2gpu:3.0,4gpu:6.0'"
+
+
+# ---- inputs ------------------------------------------------------------------------------------
+
+
+def parse_costs(text: str) -> dict[int, float]:
+    """'1gpu:1.5,2gpu:3' -> {1: 1.5, 2: 3.0}: hourly price in dollars of N GPUs together."""
+    parts = [p.strip() for p in str(text).split(",") if p.strip()]
+    if not parts:
+        raise ConfigError(f"--costs is empty: give the hourly price of each GPU count, {_COSTS_EXAMPLE}")
+    costs: dict[int, float] = {}
+    for part in parts:
+        count_text, sep, price_text = part.partition(":")
+        if not sep:
+            raise ConfigError(f"--costs entry {part!r} has no ':': write GPUS:PRICE_PER_HOUR, {_COSTS_EXAMPLE}")
+        count_text = count_text.strip().lower()
+        for suffix in ("gpus", "gpu"):
+            if count_text.endswith(suffix):
+                count_text = count_text[: -len(suffix)].strip()
+                break
+        try:
+            gpus = int(count_text)
+        except ValueError:
+            raise ConfigError(f"--costs entry {part!r}: GPU count must be an integer, {_COSTS_EXAMPLE}") from None
+        try:
+            price = float(price_text.strip().lstrip("$"))
+        except ValueError:
+            raise ConfigError(f"--costs entry {part!r}: price must be a number of dollars per hour, {_COSTS_EXAMPLE}") from None
+        if gpus < 1:
+            raise ConfigError(f"--costs entry {part!r}: GPU count must be ≥ 1, got {gpus}")
+        if not math.isfinite(price) or price <= 0:
+            raise ConfigError(f"--costs entry {part!r}: price must be > 0 dollars per hour, got {price_text.strip()}")
+        if gpus in costs:
+            raise ConfigError(f"--costs gives {gpus} GPU(s) twice: keep one price per GPU count")
+        costs[gpus] = price
+    return costs
+
+
+def cost_per_1000_images_usd(hourly_cost_usd: float | None, images_per_s: float | None) -> float | None:
+    """Dollars per 1000 images at a sustained rate: hourly / (3600 × images/s) × 1000."""
+    if hourly_cost_usd is None or not images_per_s or images_per_s <= 0:
+        return None
+    return hourly_cost_usd / (3600.0 * images_per_s) * 1000.0
+
+
+# ---- typed report --------------------------------------------------------------------------------
+
+
+@dataclass
+class Mismatch:
+    """A setting that differs between the compared files: value -> files that have it."""
+
+    setting: str
+    values: dict[str, list[str]]
+
+    def describe(self) -> str:
+        parts = [f"{value} in {', '.join(files)}" for value, files in self.values.items()]
+        return f"{self.setting} differs: " + "; ".join(parts)
+
+
+@dataclass
+class PointRow:
+    """One measured point, flattened (one row of summary.csv)."""
+
+    source: str
+    series: str
+    target: str
+    transport: str
+    mode: str
+    images_per_request: int
+    replicas: int
+    gpus: int
+    load: float | None  # concurrency (closed loop) or offered requests/s (open loop)
+    concurrency: int | None
+    rate_rps: float | None
+    status: str
+    usable: bool
+    flags: list[str]
+    images_per_s: float
+    requests_per_s: float
+    latency_mean_ms: float
+    latency_p50_ms: float
+    latency_p90_ms: float
+    latency_p95_ms: float
+    latency_p99_ms: float
+    latency_p999_ms: float
+    latency_max_ms: float
+    requests_ok: int
+    requests_failed: int
+    requests_incomplete: int
+    server_queue_ms: float | None
+    server_compute_ms: float | None
+    queue_share: float | None  # queue / (queue + compute), server side
+    mean_batch_images: float | None
+    gpu_util_mean_pct: float | None  # mean over the `gpus` busiest GPUs sampled
+    client_cpu_pct: float
+    client_cpu_saturated: bool
+    hourly_cost_usd: float | None
+    cost_per_1000_images_usd: float | None
+    meets_slo: bool | None
+
+
+@dataclass
+class Knee:
+    load: float  # the last load before latency runs away
+    next_load: float
+    p99_growth: float  # Δp99/p99 over the step
+    throughput_growth: float  # Δthroughput/throughput over the step
+
+
+@dataclass
+class Bottleneck:
+    cause: str  # client | gpu | queueing | serving-path | undetermined
+    detail: str
+
+
+@dataclass
+class GroupSummary:
+    """One series at one GPU count."""
+
+    series: str
+    target: str
+    transport: str
+    mode: str
+    images_per_request: int
+    gpus: int
+    replicas: int
+    points: int
+    usable_points: int
+    peak_images_per_s: float | None = None
+    peak_load: float | None = None
+    peak_latency_p50_ms: float | None = None
+    peak_latency_p99_ms: float | None = None
+    efficiency: float | None = None
+    efficiency_base_gpus: int | None = None
+    hourly_cost_usd: float | None = None
+    cost_per_1000_images_usd: float | None = None
+    slo_images_per_s: float | None = None
+    slo_load: float | None = None
+    slo_latency_p99_ms: float | None = None
+    knee: Knee | None = None
+    bottleneck: Bottleneck | None = None
+    max_batch_size: int | None = None
+    mean_batch_images_at_peak: float | None = None
+    engine_batch_size: int | None = None
+    engine_ceiling_images_per_s: float | None = None
+    engine_fraction: float | None = None
+    flags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Pick:
+    """A configuration chosen by a rule (best under the SLO, cheapest meeting a target)."""
+
+    series: str
+    target: str
+    gpus: int
+    load: float | None
+    images_per_s: float
+    latency_p99_ms: float | None
+    hourly_cost_usd: float | None
+    cost_per_1000_images_usd: float | None
+    reason: str
+
+
+@dataclass
+class Comparison:
+    """Series side by side at one GPU count."""
+
+    gpus: int
+    peak_images_per_s: dict[str, float]
+    peak_latency_p99_ms: dict[str, float]
+    slo_images_per_s: dict[str, float]
+    leader: str | None
+    lead_ratio: float | None  # leader's peak ÷ the runner-up's
+
+
+@dataclass
+class Report:
+    sources: list[str]
+    setup: dict[str, Any]
+    parameters: dict[str, Any]
+    mismatches: list[Mismatch]
+    series: list[str]
+    load_axis: dict[str, str]  # series -> "concurrency" | "rate_rps"
+    points: list[PointRow]
+    groups: list[GroupSummary]
+    comparisons: list[Comparison]
+    best_under_slo: Pick | None
+    best_under_slo_by_series: dict[str, Pick]
+    cheapest_for_target: Pick | None
+    notes: list[str]
+    kind: str = "report"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def groups_of(self, series: str) -> list[GroupSummary]:
+        return sorted((g for g in self.groups if g.series == series), key=lambda g: g.gpus)
+
+    def points_of(self, series: str, gpus: int) -> list[PointRow]:
+        rows = [p for p in self.points if p.series == series and p.gpus == gpus]
+        return sorted(rows, key=lambda p: (p.load is None, p.load or 0.0))
+
+
+# ---- apples to apples ----------------------------------------------------------------------------
+
+
+def _short_sha(sha: Any) -> str | None:
+    return str(sha)[:12] if sha else None
+
+
+def _input_size(model: dict[str, Any]) -> str | None:
+    for spec in model.get("inputs") or []:
+        shape = spec.get("shape")
+        if shape:
+            return "x".join(str(d) for d in shape[1:])
+    return None
+
+
+def _gpu_type(environment: dict[str, Any]) -> str:
+    names = sorted({str(g.get("name", "?")) for g in environment.get("gpus") or []})
+    return " + ".join(names) if names else "no GPU"
+
+
+def _max_batch_size(result: BenchResult) -> int | None:
+    for source in (result.serve_config or {}, result.config or {}):
+        value = source.get("max_batch_size")
+        if value is not None:
+            try:
+                return int(value)
+            except (TypeError, ValueError):
+                return None
+    return None
+
+
+def _comparable_settings(result: BenchResult | EngineBenchResult) -> dict[str, Any]:
+    model = result.model or {}
+    settings: dict[str, Any] = {
+        "model sha256": _short_sha(model.get("sha256")),
+        "precision": model.get("precision"),
+        "input size": _input_size(model),
+        "GPU type": _gpu_type(result.environment or {}),
+    }
+    if isinstance(result, BenchResult):
+        settings["max batch size"] = _max_batch_size(result)
+    return settings
+
+
+def check_comparable(
+    results: list[BenchResult | EngineBenchResult], sources: list[str], *, allow_mismatch: bool
+) -> list[Mismatch]:
+    """The settings that differ between files (None: not recorded, not compared).
+
+    Different settings make the comparison meaningless, so they are a ResultsError naming what
+    differs and where, unless ``allow_mismatch``; then they are returned for the report to state.
+    """
+    by_setting: dict[str, dict[str, list[str]]] = {}
+    for result, source in zip(results, sources):
+        for setting, value in _comparable_settings(result).items():
+            if value is not None:
+                by_setting.setdefault(setting, {}).setdefault(str(value), []).append(source)
+    mismatches = [Mismatch(s, values) for s, values in by_setting.items() if len(values) > 1]
+    if mismatches and not allow_mismatch:
+        raise ResultsError(
+            "results are not comparable: "
+            + " | ".join(m.describe() for m in mismatches)
+            + ": compare like with like, or pass --allow-mismatch to report them anyway"
+        )
+    return mismatches
+
+
+# ---- points --------------------------------------------------------------------------------------
+
+
+def _gpus_of(point: PointResult, result: BenchResult) -> int:
+    """GPUs a point used: replicas × gpus_per_replica where the serve config says, else replicas."""
+    per_replica = (result.serve_config or {}).get("gpus_per_replica")
+    try:
+        per_replica = float(per_replica) if per_replica is not None else None
+    except (TypeError, ValueError):
+        per_replica = None
+    if per_replica and per_replica > 0:
+        return max(1, math.ceil(point.replicas * per_replica - 1e-9))
+    return max(1, point.replicas)
+
+
+def _load_of(point: PointResult) -> float | None:
+    if point.mode == "open":
+        return point.rate_rps if point.rate_rps is not None else point.offered_rps
+    return float(point.concurrency) if point.concurrency is not None else None
+
+
+def _gpu_util(point: PointResult, gpus: int) -> float | None:
+    """Mean utilisation of the `gpus` busiest sampled GPUs (idle GPUs on a bigger host don't dilute it)."""
+    sampled = [g for g in point.gpus if g.samples > 0 or g.util_mean_pct > 0]
+    if not sampled:
+        return None
+    busiest = sorted((g.util_mean_pct for g in sampled), reverse=True)[: max(1, gpus)]
+    return sum(busiest) / len(busiest)
+
+
+def _flags(point: PointResult) -> list[str]:
+    flags = []
+    if point.status != USABLE_STATUS:
+        flags.append(point.status + (f": {point.error}" if point.error else ""))
+    elif not point.stable:
+        flags.append("unstable windows")
+    elif point.images_per_s <= 0:
+        flags.append("no images served")
+    if point.requests_failed:
+        flags.append(f"{point.requests_failed} failed requests")
+    if point.requests_incomplete and point.status == USABLE_STATUS:
+        flags.append(f"{point.requests_incomplete} incomplete requests")
+    if _client_saturated(point):
+        flags.append(f"client CPU saturated ({point.client_cpu_pct:.0f}% of a core): throughput is a lower bound")
+    if point.late_sends and point.mode == "open":
+        flags.append(f"{point.late_sends} late sends")
+    return flags
+
+
+def _client_saturated(point: PointResult) -> bool:
+    return bool(point.client_cpu_saturated) or point.client_cpu_pct >= CLIENT_SATURATED_PCT
+
+
+def _usable(point: PointResult) -> bool:
+    return point.status == USABLE_STATUS and point.stable and point.images_per_s > 0
+
+
+def _series_labels(keys: list[tuple]) -> dict[tuple, str]:
+    """Name each (target, transport, mode, images/request) by the parts that vary among them."""
+    varying = [len({k[i] for k in keys}) > 1 for i in range(4)]
+    labels = {}
+    for key in keys:
+        target, transport, mode, ipr = key
+        parts = [target]
+        if varying[1]:
+            parts.append(transport)
+        if varying[2]:
+            parts.append(f"{mode} loop")
+        if varying[3]:
+            parts.append(f"{ipr} img/req")
+        labels[key] = " ".join(parts)
+    return labels
+
+
+def _hourly_cost(gpus: int, costs: dict[int, float] | None, gpu_hour_cost: float | None) -> float | None:
+    if costs is not None:
+        return costs.get(gpus)
+    if gpu_hour_cost is not None:
+        return gpu_hour_cost * gpus
+    return None
+
+
+def _row(
+    point: PointResult,
+    result: BenchResult,
+    source: str,
+    series: str,
+    hourly: float | None,
+    slo_p99_ms: float | None,
+) -> PointRow:
+    gpus = _gpus_of(point, result)
+    usable = _usable(point)
+    server = point.server
+    queue = compute = share = batch = None
+    if server is not None and server.requests > 0:
+        queue, compute = server.queue_ms_per_request, server.compute_ms_per_request
+        share = queue / (queue + compute) if queue + compute > 0 else None
+        batch = server.mean_batch_images or None
+    lat = point.latency
+    return PointRow(
+        source=source,
+        series=series,
+        target=point.target,
+        transport=point.transport,
+        mode=point.mode,
+        images_per_request=point.images_per_request,
+        replicas=point.replicas,
+        gpus=gpus,
+        load=_load_of(point),
+        concurrency=point.concurrency,
+        rate_rps=point.rate_rps,
+        status=point.status if point.status != USABLE_STATUS or point.stable else "unstable",
+        usable=usable,
+        flags=_flags(point),
+        images_per_s=point.images_per_s,
+        requests_per_s=point.requests_per_s,
+        latency_mean_ms=lat.mean_ms,
+        latency_p50_ms=lat.p50_ms,
+        latency_p90_ms=lat.p90_ms,
+        latency_p95_ms=lat.p95_ms,
+        latency_p99_ms=lat.p99_ms,
+        latency_p999_ms=lat.p999_ms,
+        latency_max_ms=lat.max_ms,
+        requests_ok=point.requests_ok,
+        requests_failed=point.requests_failed,
+        requests_incomplete=point.requests_incomplete,
+        server_queue_ms=queue,
+        server_compute_ms=compute,
+        queue_share=share,
+        mean_batch_images=batch,
+        gpu_util_mean_pct=_gpu_util(point, gpus),
+        client_cpu_pct=point.client_cpu_pct,
+        client_cpu_saturated=_client_saturated(point),
+        hourly_cost_usd=hourly,
+        cost_per_1000_images_usd=cost_per_1000_images_usd(hourly, point.images_per_s) if usable else None,
+        meets_slo=(usable and lat.p99_ms <= slo_p99_ms) if slo_p99_ms is not None else None,
+    )
+
+
+# ---- per-group figures ---------------------------------------------------------------------------
+
+
+def find_knee(
+    rows: list[PointRow], *, factor: float = DEFAULT_KNEE_FACTOR, min_p99_growth: float = DEFAULT_KNEE_MIN_P99_GROWTH
+) -> Knee | None:
+    """The first load step where p99 grows > factor × throughput's relative growth (and ≥ min_p99_growth)."""
+    usable = sorted((r for r in rows if r.usable and r.load is not None), key=lambda r: r.load)
+    for prev, cur in zip(usable, usable[1:]):
+        if prev.latency_p99_ms <= 0 or prev.images_per_s <= 0:
+            continue
+        p99_growth = (cur.latency_p99_ms - prev.latency_p99_ms) / prev.latency_p99_ms
+        thr_growth = (cur.images_per_s - prev.images_per_s) / prev.images_per_s
+        if p99_growth >= min_p99_growth and p99_growth > factor * max(thr_growth, 0.0):
+            return Knee(load=prev.load, next_load=cur.load, p99_growth=p99_growth, throughput_growth=thr_growth)
+    return None
+
+
+def diagnose(row: PointRow) -> Bottleneck:
+    """Name the likely limit at one point from client CPU, GPU utilisation and the server's queue share."""
+    util, share = row.gpu_util_mean_pct, row.queue_share
+    figures = []
+    if util is not None:
+        figures.append(f"GPU {util:.0f}% busy")
+    if share is not None:
+        figures.append(f"queue {share:.0%} of server time")
+    if row.server_queue_ms is not None and row.server_compute_ms is not None and row.latency_mean_ms > 0:
+        outside = max(row.latency_mean_ms - row.server_queue_ms - row.server_compute_ms, 0.0)
+        figures.append(f"{outside / row.latency_mean_ms:.0%} of client latency outside the server's queue+compute")
+    figures.append(f"client CPU {row.client_cpu_pct:.0f}%")
+    seen = "; ".join(figures)
+    if row.client_cpu_saturated:
+        return Bottleneck(
+            "client",
+            f"the load generator is the limit ({seen}): add client actors or client machines before reading this as a server limit",
+        )
+    if util is not None and util >= GPU_BUSY_PCT:
+        return Bottleneck(
+            "gpu", f"GPU-bound ({seen}): more GPUs, or a faster engine (fp16, TensorRT), raise this ceiling"
+        )
+    if share is not None and share >= QUEUE_DOMINANT_SHARE:
+        return Bottleneck(
+            "queueing",
+            f"requests wait in the server queue while the GPUs are not saturated ({seen}): "
+            "raise max batch size or batches in flight, shorten the batch wait, or add replicas",
+        )
+    if util is not None and util < GPU_IDLE_PCT and (share is None or share < QUEUE_DOMINANT_SHARE):
+        return Bottleneck(
+            "serving-path",
+            f"GPUs mostly idle with little queueing ({seen}): time goes to the serving path "
+            "(HTTP proxy, request decode, serialisation); use binary tensors, more proxies or more CPU per replica",
+        )
+    return Bottleneck("undetermined", f"no rule fired ({seen})" if util is not None else f"no GPU samples ({seen})")
+
+
+def _engine_ceiling(engine: EngineBenchResult, max_batch_size: int | None) -> tuple[int, float] | None:
+    """(batch size, images/s) of one engine at the batch matching the server's max batch size."""
+    points = [p for p in engine.points if p.images_per_s > 0]
+    ort = [p for p in points if p.backend == "onnxruntime"] or points
+    host = [p for p in ort if p.input_location == "host"] or ort
+    if not host:
+        return None
+    sizes = sorted({p.batch_size for p in host})
+    fitting = [s for s in sizes if max_batch_size is None or s <= max_batch_size]
+    batch = fitting[-1] if fitting else sizes[0]
+    return batch, max(p.images_per_s for p in host if p.batch_size == batch)
+
+
+# ---- picks ---------------------------------------------------------------------------------------
+
+
+def _pick_best_under_slo(rows: list[PointRow], slo_p99_ms: float) -> Pick | None:
+    meeting = [r for r in rows if r.usable and r.latency_p99_ms <= slo_p99_ms]
+    if not meeting:
+        return None
+    best = max(meeting, key=lambda r: (r.images_per_s, -r.gpus))
+    return Pick(
+        series=best.series,
+        target=best.target,
+        gpus=best.gpus,
+        load=best.load,
+        images_per_s=best.images_per_s,
+        latency_p99_ms=best.latency_p99_ms,
+        hourly_cost_usd=best.hourly_cost_usd,
+        cost_per_1000_images_usd=best.cost_per_1000_images_usd,
+        reason=f"highest throughput with p99 ≤ {slo_p99_ms:g} ms",
+    )
+
+
+def _pick_cheapest(groups: list[GroupSummary], target_ips: float, slo_p99_ms: float | None) -> Pick | None:
+    def capacity(g: GroupSummary) -> tuple[float | None, float | None, float | None]:
+        if slo_p99_ms is not None:
+            return g.slo_images_per_s, g.slo_load, g.slo_latency_p99_ms
+        return g.peak_images_per_s, g.peak_load, g.peak_latency_p99_ms
+
+    candidates = [g for g in groups if (capacity(g)[0] or 0.0) >= target_ips]
+    if not candidates:
+        return None
+    priced = all(g.hourly_cost_usd is not None for g in candidates)
+    if priced:
+        best = min(candidates, key=lambda g: (g.hourly_cost_usd, -capacity(g)[0]))
+        basis = "lowest hourly cost"
+    else:
+        best = min(candidates, key=lambda g: (g.gpus, -capacity(g)[0]))
+        basis = "fewest GPUs (no price for every candidate)"
+    ips, load, p99 = capacity(best)
+    slo_text = f" with p99 ≤ {slo_p99_ms:g} ms" if slo_p99_ms is not None else ""
+    return Pick(
+        series=best.series,
+        target=best.target,
+        gpus=best.gpus,
+        load=load,
+        images_per_s=ips,
+        latency_p99_ms=p99,
+        hourly_cost_usd=best.hourly_cost_usd,
+        cost_per_1000_images_usd=cost_per_1000_images_usd(best.hourly_cost_usd, ips),
+        reason=f"{basis} among configurations reaching {target_ips:g} img/s{slo_text}",
+    )
+
+
+# ---- setup ---------------------------------------------------------------------------------------
+
+
+def _setup(
+    results: list[BenchResult], sources: list[str], engine: EngineBenchResult | None, engine_name: str
+) -> dict[str, Any]:
+    """What was measured and where, each value with the files it came from."""
+
+    def collect(values: list[tuple[str, Any]]) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for source, value in values:
+            if value not in (None, "", [], {}):
+                out.setdefault(str(value), []).append(source)
+        return out
+
+    everything: list[tuple[str, BenchResult | EngineBenchResult]] = list(zip(sources, results))
+    if engine is not None:
+        everything.append((engine_name, engine))
+    env = [(s, r.environment or {}) for s, r in everything]
+    model = [(s, r.model or {}) for s, r in everything]
+    versions: dict[str, dict[str, list[str]]] = {}
+    for source, e in env:
+        for package, version in (e.get("versions") or {}).items():
+            versions.setdefault(package, {}).setdefault(str(version), []).append(source)
+    cpu = [(s, (e.get("cpu") or {})) for s, e in env]
+    serve_configs: dict[str, dict[str, list[str]]] = {}
+    for source, r in zip(sources, results):
+        targets = sorted({p.target for p in r.points}) or ["?"]
+        if r.serve_config:
+            key = " / ".join(targets)
+            text = ", ".join(f"{k}={v}" for k, v in sorted(r.serve_config.items()) if not isinstance(v, (dict, list)))
+            serve_configs.setdefault(key, {}).setdefault(text, []).append(source)
+    return {
+        "gpu_type": collect([(s, _gpu_type(e)) for s, e in env]),
+        "gpu_count_on_host": collect([(s, len(e.get("gpus") or [])) for s, e in env]),
+        "gpu_driver": collect([(s, e.get("gpu_driver")) for s, e in env]),
+        "cpu": collect([(s, f"{c.get('model', '?')} ({c.get('logical_cores', '?')} logical cores)") for s, c in cpu]),
+        "memory_gib": collect(
+            [(s, f"{e['memory_bytes'] / 2**30:.0f}") for s, e in env if isinstance(e.get("memory_bytes"), (int, float))]
+        ),
+        "hostname": collect([(s, e.get("hostname")) for s, e in env]),
+        "git_commit": collect([(s, e.get("git_commit")) for s, e in env]),
+        "model_name": collect([(s, m.get("name")) for s, m in model]),
+        "model_sha256": collect([(s, m.get("sha256")) for s, m in model]),
+        "precision": collect([(s, m.get("precision")) for s, m in model]),
+        "weights": collect([(s, m.get("weights")) for s, m in model]),
+        "input": collect([(s, _input_size(m)) for s, m in model]),
+        "versions": versions,
+        "serve_config": serve_configs,
+        "bench_config": {
+            s: ", ".join(f"{k}={v}" for k, v in sorted((r.config or {}).items()) if not isinstance(v, (dict, list)))
+            for s, r in zip(sources, results)
+        },
+        "commands": {s: r.command for s, r in everything if r.command},
+    }
+
+
+# ---- the report ----------------------------------------------------------------------------------
+
+
+def _check_parameters(
+    costs: dict[int, float] | None,
+    gpu_hour_cost: float | None,
+    slo_p99_ms: float | None,
+    throughput_target_ips: float | None,
+    knee_factor: float,
+    knee_min_p99_growth: float,
+) -> None:
+    if costs is not None and gpu_hour_cost is not None:
+        raise ConfigError("give either --costs (a price per GPU count) or --gpu-hour-cost (a price per GPU), not both")
+    if gpu_hour_cost is not None and not gpu_hour_cost > 0:
+        raise ConfigError(f"--gpu-hour-cost must be > 0 dollars per GPU-hour, got {gpu_hour_cost:g}")
+    if slo_p99_ms is not None and not slo_p99_ms > 0:
+        raise ConfigError(f"--slo-p99-ms must be > 0, got {slo_p99_ms:g}")
+    if throughput_target_ips is not None and not throughput_target_ips > 0:
+        raise ConfigError(f"--throughput-target must be > 0 images/s, got {throughput_target_ips:g}")
+    if not knee_factor > 0:
+        raise ConfigError(f"knee_factor must be > 0, got {knee_factor:g}")
+    if not knee_min_p99_growth >= 0:
+        raise ConfigError(f"knee_min_p99_growth must be ≥ 0, got {knee_min_p99_growth:g}")
+
+
+def build_report(
+    results: list[BenchResult],
+    *,
+    engine: EngineBenchResult | None = None,
+    costs: dict[int, float] | None = None,
+    gpu_hour_cost: float | None = None,
+    slo_p99_ms: float | None = None,
+    throughput_target_ips: float | None = None,
+    allow_mismatch: bool = False,
+    sources: list[str] | None = None,
+    engine_source: str | None = None,
+    knee_factor: float = DEFAULT_KNEE_FACTOR,
+    knee_min_p99_growth: float = DEFAULT_KNEE_MIN_P99_GROWTH,
+) -> Report:
+    """Compute every figure of the report from bench results (and optionally an engine bench).
+
+    ``sources`` names the files (for messages and the setup table); ``costs`` maps a GPU count
+    to the hourly price of that many GPUs; ``gpu_hour_cost`` is the price of one GPU-hour.
+    """
+    _check_parameters(costs, gpu_hour_cost, slo_p99_ms, throughput_target_ips, knee_factor, knee_min_p99_growth)
+    if not results:
+        raise ResultsError("no bench results to report on: pass one or more files written by `rayscale bench`")
+    for i, r in enumerate(results):
+        if not isinstance(r, BenchResult):
+            name = sources[i] if sources else f"results[{i}]"
+            raise ResultsError(f"{name} is not a bench result (kind={getattr(r, 'kind', '?')!r}): pass engine-bench files with --engine")
+    sources = list(sources) if sources else [f"results[{i}]" for i in range(len(results))]
+    if len(sources) != len(results):
+        raise ConfigError(f"sources names {len(sources)} files for {len(results)} results")
+    engine_name = engine_source or "engine"
+    compared = list(results) + ([engine] if engine is not None else [])
+    mismatches = check_comparable(compared, sources + ([engine_name] if engine is not None else []), allow_mismatch=allow_mismatch)
+    notes: list[str] = [f"not comparable, reported anyway: {m.describe()}" for m in mismatches]
+
+    # Points, deduplicated by what they measured (a later file replaces an earlier one).
+    series_keys: list[tuple] = []
+    latest: dict[tuple, tuple[PointResult, BenchResult, str]] = {}
+    for result, source in zip(results, sources):
+        for point in result.points:
+            skey = (point.target, point.transport, point.mode, point.images_per_request)
+            if skey not in series_keys:
+                series_keys.append(skey)
+            pkey = (skey, _gpus_of(point, result), _load_of(point))
+            if pkey in latest and latest[pkey][2] != source:
+                notes.append(f"{point.target} at {pkey[1]} GPU(s), load {pkey[2]}: {source} replaces {latest[pkey][2]}")
+            latest[pkey] = (point, result, source)
+    if not latest:
+        raise ResultsError(f"no measured points in {', '.join(sources)}: run `rayscale bench` to completion first")
+    labels = _series_labels(series_keys)
+    rows = [
+        _row(point, result, source, labels[pkey[0]], _hourly_cost(pkey[1], costs, gpu_hour_cost), slo_p99_ms)
+        for pkey, (point, result, source) in latest.items()
+    ]
+    max_batch = {
+        (labels[pkey[0]], pkey[1]): _max_batch_size(result) for pkey, (point, result, source) in latest.items()
+    }
+    series = [labels[k] for k in series_keys]
+    load_axis = {labels[k]: ("rate_rps" if k[2] == "open" else "concurrency") for k in series_keys}
+
+    groups: list[GroupSummary] = []
+    for skey in series_keys:
+        label = labels[skey]
+        for gpus in sorted({r.gpus for r in rows if r.series == label}):
+            group_rows = sorted(
+                (r for r in rows if r.series == label and r.gpus == gpus), key=lambda r: (r.load is None, r.load or 0)
+            )
+            groups.append(
+                _group(group_rows, skey, label, gpus, costs, gpu_hour_cost, slo_p99_ms, engine,
+                       max_batch.get((label, gpus)), knee_factor, knee_min_p99_growth)
+            )
+    _scaling(groups, series)
+    for g in groups:
+        if g.peak_images_per_s is None:
+            notes.append(f"{g.series} at {g.gpus} GPU(s): no usable point (all unstable, incomplete or failed), no peak")
+        if g.peak_images_per_s is not None and g.hourly_cost_usd is None and costs is not None:
+            notes.append(f"--costs has no price for {g.gpus} GPU(s): no cost for {g.series} at {g.gpus} GPU(s)")
+    for r in rows:
+        if not r.usable:
+            notes.append(
+                f"{r.series} at {r.gpus} GPU(s), load {r.load if r.load is not None else '?'}: "
+                f"{'; '.join(r.flags) or r.status}: excluded from peaks and picks"
+            )
+
+    best_by_series: dict[str, Pick] = {}
+    best = None
+    if slo_p99_ms is not None:
+        best = _pick_best_under_slo(rows, slo_p99_ms)
+        for label in series:
+            pick = _pick_best_under_slo([r for r in rows if r.series == label], slo_p99_ms)
+            if pick is not None:
+                best_by_series[label] = pick
+        if best is None:
+            notes.append(f"no usable point meets p99 ≤ {slo_p99_ms:g} ms")
+    cheapest = None
+    if throughput_target_ips is not None:
+        cheapest = _pick_cheapest(groups, throughput_target_ips, slo_p99_ms)
+        if cheapest is None:
+            notes.append(f"no measured configuration reaches {throughput_target_ips:g} img/s"
+                         + (f" with p99 ≤ {slo_p99_ms:g} ms" if slo_p99_ms is not None else ""))
+
+    return Report(
+        sources=sources + ([engine_name] if engine is not None else []),
+        setup=_setup(results, sources, engine, engine_name),
+        parameters={
+            "costs_usd_per_hour": {str(k): v for k, v in sorted(costs.items())} if costs else None,
+            "gpu_hour_cost_usd": gpu_hour_cost,
+            "slo_p99_ms": slo_p99_ms,
+            "throughput_target_ips": throughput_target_ips,
+            "knee_factor": knee_factor,
+            "knee_min_p99_growth": knee_min_p99_growth,
+            "allow_mismatch": allow_mismatch,
+            "engine": engine_name if engine is not None else None,
+        },
+        mismatches=mismatches,
+        series=series,
+        load_axis=load_axis,
+        points=rows,
+        groups=groups,
+        comparisons=_compare(groups, series),
+        best_under_slo=best,
+        best_under_slo_by_series=best_by_series,
+        cheapest_for_target=cheapest,
+        notes=notes,
+    )
+
+
+def _group(
+    rows: list[PointRow],
+    skey: tuple,
+    label: str,
+    gpus: int,
+    costs: dict[int, float] | None,
+    gpu_hour_cost: float | None,
+    slo_p99_ms: float | None,
+    engine: EngineBenchResult | None,
+    max_batch_size: int | None,
+    knee_factor: float,
+    knee_min_p99_growth: float,
+) -> GroupSummary:
+    target, transport, mode, ipr = skey
+    usable = [r for r in rows if r.usable]
+    g = GroupSummary(
+        series=label,
+        target=target,
+        transport=transport,
+        mode=mode,
+        images_per_request=ipr,
+        gpus=gpus,
+        replicas=rows[0].replicas,
+        points=len(rows),
+        usable_points=len(usable),
+        hourly_cost_usd=_hourly_cost(gpus, costs, gpu_hour_cost),
+        max_batch_size=max_batch_size,
+        flags=sorted({f for r in rows for f in r.flags}),
+    )
+    if not usable:
+        return g
+    peak = max(usable, key=lambda r: r.images_per_s)
+    g.peak_images_per_s, g.peak_load = peak.images_per_s, peak.load
+    g.peak_latency_p50_ms, g.peak_latency_p99_ms = peak.latency_p50_ms, peak.latency_p99_ms
+    g.mean_batch_images_at_peak = peak.mean_batch_images
+    g.cost_per_1000_images_usd = cost_per_1000_images_usd(g.hourly_cost_usd, peak.images_per_s)
+    if slo_p99_ms is not None:
+        meeting = [r for r in usable if r.latency_p99_ms <= slo_p99_ms]
+        if meeting:
+            best = max(meeting, key=lambda r: r.images_per_s)
+            g.slo_images_per_s, g.slo_load, g.slo_latency_p99_ms = best.images_per_s, best.load, best.latency_p99_ms
+    g.knee = find_knee(rows, factor=knee_factor, min_p99_growth=knee_min_p99_growth)
+    g.bottleneck = diagnose(peak)
+    if engine is not None:
+        ceiling = _engine_ceiling(engine, max_batch_size)
+        if ceiling is not None:
+            g.engine_batch_size = ceiling[0]
+            g.engine_ceiling_images_per_s = ceiling[1] * gpus
+            g.engine_fraction = peak.images_per_s / g.engine_ceiling_images_per_s
+    return g
+
+
+def _scaling(groups: list[GroupSummary], series: list[str]) -> None:
+    """Fill each group's efficiency against its series' smallest GPU count with a peak."""
+    for label in series:
+        peaked = sorted((g for g in groups if g.series == label and g.peak_images_per_s), key=lambda g: g.gpus)
+        if not peaked:
+            continue
+        base = peaked[0]
+        per_gpu_base = base.peak_images_per_s / base.gpus
+        for g in peaked:
+            g.efficiency = (g.peak_images_per_s / g.gpus) / per_gpu_base
+            g.efficiency_base_gpus = base.gpus
+
+
+def _compare(groups: list[GroupSummary], series: list[str]) -> list[Comparison]:
+    out = []
+    for gpus in sorted({g.gpus for g in groups}):
+        at = {g.series: g for g in groups if g.gpus == gpus}
+        peaks = {s: at[s].peak_images_per_s for s in series if s in at and at[s].peak_images_per_s}
+        ranked = sorted(peaks.items(), key=lambda kv: kv[1], reverse=True)
+        out.append(
+            Comparison(
+                gpus=gpus,
+                peak_images_per_s=peaks,
+                peak_latency_p99_ms={s: at[s].peak_latency_p99_ms for s in peaks},
+                slo_images_per_s={s: at[s].slo_images_per_s for s in series if s in at and at[s].slo_images_per_s},
+                leader=ranked[0][0] if len(ranked) > 1 else None,
+                lead_ratio=ranked[0][1] / ranked[1][1] if len(ranked) > 1 else None,
+            )
+        )
+    return out

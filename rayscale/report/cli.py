@@ -1,0 +1,94 @@
+"""`rayscale report`: load results files, build the report, write it, print where it went."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from rayscale.errors import RayscaleError
+
+__all__ = ["default_out_dir", "report_command", "run_report"]
+
+
+def default_out_dir(results: list[Path]) -> Path:
+    first = Path(results[0])
+    name = first.name if first.is_dir() else first.stem
+    return Path("reports") / (name or "report")
+
+
+def run_report(
+    results: list[Path],
+    *,
+    engine: Path | None = None,
+    costs: str | None = None,
+    gpu_hour_cost: float | None = None,
+    slo_p99_ms: float | None = None,
+    throughput_target: float | None = None,
+    out: Path | None = None,
+    allow_mismatch: bool = False,
+) -> list[Path]:
+    """What the command does, callable without typer: returns the files written."""
+    from rayscale.report import build_report, load_bench_results, load_engine_result, parse_costs, write_report
+
+    bench, sources = load_bench_results(results)
+    engine_result = load_engine_result(engine) if engine is not None else None
+    report = build_report(
+        bench,
+        engine=engine_result,
+        costs=parse_costs(costs) if costs is not None else None,
+        gpu_hour_cost=gpu_hour_cost,
+        slo_p99_ms=slo_p99_ms,
+        throughput_target_ips=throughput_target,
+        allow_mismatch=allow_mismatch,
+        sources=sources,
+        engine_source=str(engine) if engine is not None else None,
+    )
+    return write_report(report, out if out is not None else default_out_dir(results))
+
+
+def report_command(
+    results: Annotated[
+        list[Path], typer.Argument(help="Results files from `rayscale bench` (or directories of them).", show_default=False)
+    ],
+    engine: Annotated[
+        Optional[Path], typer.Option("--engine", help="A `rayscale engine-bench` file: report throughput as a fraction of the engine ceiling.")
+    ] = None,
+    costs: Annotated[
+        Optional[str], typer.Option("--costs", help="Hourly price of each GPU count, e.g. '1gpu:1.5,2gpu:3.0,4gpu:6.0'.")
+    ] = None,
+    gpu_hour_cost: Annotated[
+        Optional[float], typer.Option("--gpu-hour-cost", help="Price of one GPU-hour in dollars (instead of --costs).")
+    ] = None,
+    slo_p99_ms: Annotated[
+        Optional[float], typer.Option("--slo-p99-ms", help="Latency SLO: pick the highest throughput with p99 at or under it.")
+    ] = None,
+    throughput_target: Annotated[
+        Optional[float], typer.Option("--throughput-target", help="Images/s to reach: pick the cheapest configuration that does.")
+    ] = None,
+    out: Annotated[
+        Optional[Path], typer.Option("--out", help="Report directory [default: reports/<first results file name>].")
+    ] = None,
+    allow_mismatch: Annotated[
+        bool, typer.Option("--allow-mismatch", help="Compare results with different model, precision, batch size, input or GPU type, and say so.")
+    ] = False,
+) -> None:
+    """Write report.md, report.json, summary.csv and PNG plots from benchmark results."""
+    try:
+        written = run_report(
+            results,
+            engine=engine,
+            costs=costs,
+            gpu_hour_cost=gpu_hour_cost,
+            slo_p99_ms=slo_p99_ms,
+            throughput_target=throughput_target,
+            out=out,
+            allow_mismatch=allow_mismatch,
+        )
+    except RayscaleError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+    report_md = next((p for p in written if p.name == "report.md"), written[0])
+    typer.echo(f"wrote {len(written)} files to {report_md.parent}/ ({', '.join(p.name for p in written)})")
+    typer.echo(f"read {report_md}")

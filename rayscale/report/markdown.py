@@ -1,0 +1,294 @@
+"""report.md: the report's figures as Markdown tables, with their definitions."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from rayscale.report.analysis import (
+    CLIENT_SATURATED_PCT,
+    GPU_BUSY_PCT,
+    GPU_IDLE_PCT,
+    QUEUE_DOMINANT_SHARE,
+    GroupSummary,
+    Pick,
+    Report,
+)
+
+__all__ = ["format_load", "render_markdown"]
+
+
+def format_load(load: float | None) -> str:
+    if load is None:
+        return "–"
+    return str(int(load)) if float(load).is_integer() else f"{load:g}"
+
+
+def _num(value: float | None, digits: int = 1) -> str:
+    if value is None:
+        return "–"
+    return f"{value:,.{digits}f}"
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{value:.0%}"
+
+
+def _usd(value: float | None, digits: int = 4) -> str:
+    return "–" if value is None else f"${value:,.{digits}f}"
+
+
+def _table(header: list[str], rows: Iterable[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
+    return lines + [""]
+
+
+def _load_name(report: Report, series: str) -> str:
+    return "rate (req/s)" if report.load_axis.get(series) == "rate_rps" else "concurrency"
+
+
+def _pick_line(pick: Pick, report: Report) -> str:
+    cost = ""
+    if pick.cost_per_1000_images_usd is not None:
+        cost = f", {_usd(pick.hourly_cost_usd, 2)}/h, {_usd(pick.cost_per_1000_images_usd)} per 1000 images"
+    return (
+        f"**{pick.series}** on {pick.gpus} GPU(s) at {_load_name(report, pick.series)} {format_load(pick.load)}: "
+        f"{_num(pick.images_per_s)} img/s, p99 {_num(pick.latency_p99_ms)} ms{cost} ({pick.reason})"
+    )
+
+
+def _values(values: dict[str, list[str]], many: bool) -> str:
+    if not values:
+        return "not recorded"
+    if len(values) == 1:
+        return next(iter(values))
+    return "; ".join(f"{v} ({', '.join(files)})" for v, files in values.items()) if many else " / ".join(values)
+
+
+def _summary(report: Report) -> list[str]:
+    lines = ["## Summary", ""]
+    for series in report.series:
+        peaked = [g for g in report.groups_of(series) if g.peak_images_per_s]
+        if not peaked:
+            lines.append(f"- **{series}**: no usable point.")
+            continue
+        top = max(peaked, key=lambda g: g.gpus)
+        eff = f", scaling efficiency {_pct(top.efficiency)} of linear" if top.gpus != top.efficiency_base_gpus else ""
+        cost = f", {_usd(top.cost_per_1000_images_usd)} per 1000 images" if top.cost_per_1000_images_usd else ""
+        lines.append(
+            f"- **{series}**: peak {_num(top.peak_images_per_s)} img/s on {top.gpus} GPU(s) "
+            f"(p99 {_num(top.peak_latency_p99_ms)} ms){eff}{cost}."
+        )
+    for c in report.comparisons:
+        if c.leader is not None:
+            lines.append(f"- {c.gpus} GPU(s): **{c.leader}** leads at peak by ×{c.lead_ratio:.2f}.")
+    slo = report.parameters.get("slo_p99_ms")
+    if slo is not None:
+        if report.best_under_slo:
+            lines.append(f"- Best under the SLO (p99 ≤ {slo:g} ms): {_pick_line(report.best_under_slo, report)}.")
+        else:
+            lines.append(f"- No usable point meets p99 ≤ {slo:g} ms.")
+    target = report.parameters.get("throughput_target_ips")
+    if target is not None:
+        if report.cheapest_for_target:
+            lines.append(f"- Cheapest reaching {target:g} img/s: {_pick_line(report.cheapest_for_target, report)}.")
+        else:
+            lines.append(f"- No measured configuration reaches {target:g} img/s.")
+    return lines + [""]
+
+
+def _setup(report: Report) -> list[str]:
+    s = report.setup
+    lines = ["## Setup", ""]
+    rows = [
+        ["GPU", _values(s["gpu_type"], True)],
+        ["GPUs on the host", _values(s["gpu_count_on_host"], True)],
+        ["GPU driver", _values(s["gpu_driver"], True)],
+        ["CPU", _values(s["cpu"], True)],
+        ["memory (GiB)", _values(s["memory_gib"], True)],
+        ["host", _values(s["hostname"], True)],
+        ["git commit", _values(s["git_commit"], True)],
+        ["model", _values(s["model_name"], True)],
+        ["model sha256", _values(s["model_sha256"], True)],
+        ["precision", _values(s["precision"], True)],
+        ["weights", _values(s["weights"], True)],
+        ["input (H×W×C)", _values(s["input"], True)],
+    ]
+    for package, versions in sorted(s["versions"].items()):
+        rows.append([f"version: {package}", _values(versions, True)])
+    lines += _table(["setting", "value"], rows)
+    if s["serve_config"]:
+        lines += ["### Serving and batching", ""]
+        rows = [[targets, config, ", ".join(files)] for targets, configs in s["serve_config"].items()
+                for config, files in configs.items()]
+        lines += _table(["target", "settings", "files"], rows)
+    if any(s["bench_config"].values()):
+        lines += ["### Load settings", ""]
+        lines += _table(["file", "settings"], [[f, c or "–"] for f, c in s["bench_config"].items()])
+    if s["commands"]:
+        lines += ["### Commands", ""]
+        for source, command in s["commands"].items():
+            lines += [f"`{source}`:", "", "```", command, "```", ""]
+    return lines
+
+
+def _group_rows(groups: list[GroupSummary], report: Report, has_engine: bool, has_slo: bool) -> list[list[str]]:
+    rows = []
+    for g in groups:
+        knee = "none" if g.knee is None else format_load(g.knee.load)
+        if not g.usable_points:
+            knee = "–"
+        row = [
+            str(g.gpus),
+            str(g.replicas),
+            _num(g.peak_images_per_s),
+            format_load(g.peak_load),
+            _num(g.peak_latency_p50_ms),
+            _num(g.peak_latency_p99_ms),
+            _pct(g.efficiency),
+            _usd(g.hourly_cost_usd, 2),
+            _usd(g.cost_per_1000_images_usd),
+        ]
+        if has_slo:
+            row += [_num(g.slo_images_per_s), format_load(g.slo_load)]
+        row += [knee, g.bottleneck.cause if g.bottleneck else "–", f"{g.usable_points}/{g.points}"]
+        if has_engine:
+            row += [f"{_pct(g.engine_fraction)} of {_num(g.engine_ceiling_images_per_s, 0)} (batch {g.engine_batch_size})"
+                    if g.engine_fraction is not None else "–"]
+        rows.append(row)
+    return rows
+
+
+def _scaling(report: Report) -> list[str]:
+    slo = report.parameters.get("slo_p99_ms")
+    has_engine = report.parameters.get("engine") is not None
+    lines = ["## Peak throughput, scaling and cost", ""]
+    for series in report.series:
+        groups = report.groups_of(series)
+        load = _load_name(report, series)
+        header = ["GPUs", "replicas", "peak img/s", f"at {load}", "p50 ms", "p99 ms", "efficiency",
+                  "$/hour", "$/1000 img"]
+        if slo is not None:
+            header += [f"img/s p99≤{slo:g}ms", f"at {load}"]
+        header += [f"knee ({load})", "bottleneck", "usable points"]
+        if has_engine:
+            header += ["of engine ceiling"]
+        lines += [f"### {series}", ""]
+        lines += _table(header, _group_rows(groups, report, has_engine, slo is not None))
+        base = next((g.efficiency_base_gpus for g in groups if g.efficiency_base_gpus), None)
+        if base and base != 1:
+            lines += [f"Efficiency is relative to {base} GPU(s): no usable 1-GPU peak in this series.", ""]
+    return lines
+
+
+def _latency(report: Report) -> list[str]:
+    lines = ["## Latency at each load", ""]
+    for series in report.series:
+        load = _load_name(report, series)
+        for g in report.groups_of(series):
+            lines += [f"### {series}, {g.gpus} GPU(s)", ""]
+            rows = []
+            for r in report.points_of(series, g.gpus):
+                status = r.status if r.usable else f"**{r.status}** (not used)"
+                if r.flags and r.usable:
+                    status += " (" + "; ".join(r.flags) + ")"
+                rows.append([
+                    format_load(r.load), _num(r.images_per_s), _num(r.requests_per_s), _num(r.latency_mean_ms),
+                    _num(r.latency_p50_ms), _num(r.latency_p90_ms), _num(r.latency_p95_ms), _num(r.latency_p99_ms),
+                    _num(r.latency_p999_ms), _num(r.latency_max_ms), _num(r.mean_batch_images),
+                    _num(r.gpu_util_mean_pct, 0), status,
+                ])
+            lines += _table([load, "img/s", "req/s", "mean ms", "p50", "p90", "p95", "p99", "p99.9", "max",
+                             "batch", "GPU %", "status"], rows)
+    return lines
+
+
+def _comparison(report: Report) -> list[str]:
+    if len(report.series) < 2:
+        return []
+    slo = report.parameters.get("slo_p99_ms")
+    lines = ["## Side by side", ""]
+    header = ["GPUs"] + [f"{s} peak img/s (p99 ms)" for s in report.series]
+    if slo is not None:
+        header += [f"{s} img/s p99≤{slo:g}ms" for s in report.series]
+    header += ["leader"]
+    rows = []
+    for c in report.comparisons:
+        row = [str(c.gpus)]
+        row += [f"{_num(c.peak_images_per_s.get(s))} ({_num(c.peak_latency_p99_ms.get(s))})" if s in c.peak_images_per_s
+                else "–" for s in report.series]
+        if slo is not None:
+            row += [_num(c.slo_images_per_s.get(s)) for s in report.series]
+        row += [f"{c.leader} ×{c.lead_ratio:.2f}" if c.leader else "–"]
+        rows.append(row)
+    return lines + _table(header, rows)
+
+
+def _bottlenecks(report: Report) -> list[str]:
+    lines = ["## Bottlenecks at peak", ""]
+    for g in report.groups:
+        if g.bottleneck:
+            lines.append(f"- **{g.series}, {g.gpus} GPU(s)** — {g.bottleneck.cause}: {g.bottleneck.detail}.")
+    return lines + [""]
+
+
+def _flags(report: Report) -> list[str]:
+    lines = []
+    if report.mismatches:
+        lines += ["## Not like for like", "", "These results differ in settings that affect the numbers; "
+                  "they are compared only because `--allow-mismatch` was given.", ""]
+        lines += [f"- {m.describe()}" for m in report.mismatches] + [""]
+    if report.notes:
+        lines += ["## Flagged points and notes", ""] + [f"- {n}" for n in report.notes] + [""]
+    return lines
+
+
+def _definitions(report: Report) -> list[str]:
+    p: dict[str, Any] = report.parameters
+    price = "no prices given"
+    if p.get("costs_usd_per_hour"):
+        price = "prices per GPU count: " + ", ".join(f"{k} GPU(s) ${v:g}/h" for k, v in p["costs_usd_per_hour"].items())
+    elif p.get("gpu_hour_cost_usd"):
+        price = f"${p['gpu_hour_cost_usd']:g} per GPU-hour"
+    return [
+        "## Definitions",
+        "",
+        "- **Usable point**: status `ok`, stable measurement windows, images served. Unstable, incomplete and "
+        "failed points are shown but never used as peaks or picks.",
+        "- **Peak throughput**: the highest images/s among a configuration's usable points.",
+        "- **Scaling efficiency** at N GPUs: peak(N) ÷ (N × peak(1)); 100% is linear scaling. Without a 1-GPU "
+        "peak, per-GPU peak is compared with the smallest GPU count measured.",
+        f"- **Cost per 1000 images**: hourly cost of N GPUs ÷ (3600 × images/s) × 1000, at peak ({price}).",
+        f"- **Knee**: walking usable points in order of load, the first step where p99 grows by more than "
+        f"{p['knee_factor']:g} × the relative throughput growth and by at least {p['knee_min_p99_growth']:.0%}; "
+        "the knee is the load before that step. Past it, extra load buys latency, not throughput.",
+        "- **Best under the SLO**: the usable point with the highest images/s whose p99 ≤ the SLO.",
+        "- **Cheapest meeting the target**: among configurations whose throughput (under the SLO when one is "
+        "given, else at peak) reaches the target, the lowest hourly cost (fewest GPUs without prices).",
+        f"- **Bottleneck** at a configuration's peak, first rule that fires: client CPU saturated "
+        f"(≥ {CLIENT_SATURATED_PCT:.0f}% of a core, or flagged by the load generator) → *client*; busiest GPUs "
+        f"≥ {GPU_BUSY_PCT:.0f}% utilised → *gpu*; server queue ≥ {QUEUE_DOMINANT_SHARE:.0%} of server time → "
+        f"*queueing* (batching or replicas); GPUs < {GPU_IDLE_PCT:.0f}% utilised with little queueing → "
+        "*serving-path* (proxy, decode, serialisation); otherwise *undetermined*.",
+        "- **Engine ceiling**: N × the engine's images/s (onnxruntime, input from host memory) at the largest "
+        "measured batch size not above the server's max batch size.",
+        "",
+    ]
+
+
+def render_markdown(report: Report, plots: list[str], title: str = "rayscale report") -> str:
+    """The whole report.md; ``plots`` are PNG file names relative to the report."""
+    lines = [f"# {title}", "", f"From {len(report.sources)} results file(s): " +
+             ", ".join(f"`{s}`" for s in report.sources) + ".", ""]
+    lines += _summary(report)
+    lines += _flags(report)
+    lines += _scaling(report)
+    lines += _comparison(report)
+    lines += _latency(report)
+    lines += _bottlenecks(report)
+    if plots:
+        lines += ["## Plots", ""] + [f"![{name}]({name})" for name in plots] + [""]
+    lines += _setup(report)
+    lines += _definitions(report)
+    return "\n".join(lines).rstrip() + "\n"

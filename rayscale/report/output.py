@@ -1,0 +1,59 @@
+"""Writing a report: report.md, report.json, summary.csv and the PNG plots, each atomically."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import tempfile
+from dataclasses import asdict, fields
+from pathlib import Path
+
+from rayscale.report.analysis import PointRow, Report
+from rayscale.report.markdown import render_markdown
+from rayscale.results import write_json_atomic
+
+__all__ = ["summary_csv", "write_report", "write_text_atomic"]
+
+
+def write_text_atomic(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def summary_csv(report: Report) -> str:
+    """One row per measured point; flags joined with '; '."""
+    columns = [f.name for f in fields(PointRow)]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for row in report.points:
+        record = asdict(row)
+        record["flags"] = "; ".join(row.flags)
+        writer.writerow({k: "" if v is None else v for k, v in record.items()})
+    return buf.getvalue()
+
+
+def write_report(report: Report, out_dir: str | os.PathLike, *, title: str | None = None) -> list[Path]:
+    """Write the plots, report.md, report.json and summary.csv into ``out_dir``; return their paths."""
+    from rayscale.report.plots import write_plots
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    plots = write_plots(report, out)
+    title = title or f"rayscale report: {out.resolve().name}"
+    written = list(plots)
+    written.append(write_text_atomic(out / "report.md", render_markdown(report, [p.name for p in plots], title)))
+    written.append(write_json_atomic(out / "report.json", report.to_dict()))
+    written.append(write_text_atomic(out / "summary.csv", summary_csv(report)))
+    return written

@@ -1,0 +1,442 @@
+"""`rayscale report`: scaling efficiency, cost per 1000 images, SLO and target picks, knee, plots, guards.
+
+The results are built here the way `rayscale bench` writes them (one file per Ray Serve replica
+count, one Triton file with every GPU count), written with write_json_atomic and read back by the
+report; every figure checked is recomputed in the test from the points themselves.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import matplotlib.image as mpimg
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from rayscale.errors import ConfigError, ResultsError
+from rayscale.report import build_report, find_knee, parse_costs, write_report
+from rayscale.report.cli import report_command
+from rayscale.results import (
+    BenchResult,
+    EngineBenchResult,
+    EnginePoint,
+    GpuSummary,
+    LatencyStats,
+    PointResult,
+    ServerStats,
+    load_results,
+    write_json_atomic,
+)
+
+H100 = "NVIDIA H100 80GB HBM3"
+SHA = "5e" * 32
+CONCURRENCIES = [1, 2, 4, 8, 16, 32, 64]
+IMAGES_PER_REQUEST = 8
+SERVICE_MS = 12.0  # one request's latency on an idle server
+# Saturation throughput (img/s) by GPU count: Ray Serve and Triton scale differently.
+CAPACITY = {"rayscale": {1: 1500.0, 2: 2850.0, 4: 5400.0}, "triton": {1: 1700.0, 2: 3300.0, 4: 6200.0}}
+COSTS = "1gpu:2.0,2gpu:4.1,4gpu:8.5"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def closed_loop_point(target: str, gpu_count: int, concurrency: int, *, status: str = "ok", **overrides) -> PointResult:
+    """A closed-loop point on a server that saturates at CAPACITY: Little's law gives the latency."""
+    offered = concurrency * IMAGES_PER_REQUEST * 1000.0 / SERVICE_MS
+    ips = min(offered, CAPACITY[target][gpu_count])
+    mean_ms = concurrency * IMAGES_PER_REQUEST * 1000.0 / ips
+    saturated = offered > CAPACITY[target][gpu_count]
+    compute_ms = SERVICE_MS * 0.6
+    queue_ms = max(mean_ms - SERVICE_MS, 0.0) + 0.5
+    point = PointResult(
+        target=target,
+        transport="http-binary",
+        mode="closed",
+        replicas=gpu_count,
+        images_per_request=IMAGES_PER_REQUEST,
+        concurrency=concurrency,
+        status=status,
+        measured_s=20.0,
+        requests_sent=int(ips / IMAGES_PER_REQUEST * 20),
+        requests_ok=int(ips / IMAGES_PER_REQUEST * 20),
+        images_per_s=ips,
+        requests_per_s=ips / IMAGES_PER_REQUEST,
+        latency=LatencyStats(
+            count=int(ips / IMAGES_PER_REQUEST * 20),
+            mean_ms=mean_ms,
+            min_ms=mean_ms * 0.7,
+            p50_ms=mean_ms * 0.95,
+            p90_ms=mean_ms * 1.3,
+            p95_ms=mean_ms * 1.45,
+            p99_ms=mean_ms * 1.6,
+            p999_ms=mean_ms * 1.9,
+            max_ms=mean_ms * 2.2,
+        ),
+        server=ServerStats(
+            requests=1000,
+            images=8000,
+            batches=200,
+            queue_ms_per_request=queue_ms,
+            compute_ms_per_request=compute_ms,
+            mean_batch_images=min(8.0 * concurrency / gpu_count, 256.0),
+        ),
+        gpus=[
+            GpuSummary(index=i, name=H100, util_mean_pct=93.0 if saturated else 40.0 * concurrency / 4, samples=40)
+            for i in range(gpu_count)
+        ],
+        client_cpu_pct=35.0,
+    )
+    for name, value in overrides.items():
+        setattr(point, name, value)
+    return point
+
+
+def bench_result(points: list[PointResult], *, sha: str = SHA, precision: str = "fp16", gpu: str = H100,
+                 max_batch_size: int = 256, triton: bool = False) -> BenchResult:
+    serve_config = (
+        {"max_batch_size": max_batch_size, "max_queue_delay_us": 2000, "instance_count": 1}
+        if triton
+        else {"max_batch_size": max_batch_size, "batch_wait_ms": 2.0, "batches_in_flight": 2, "gpus_per_replica": 1.0}
+    )
+    return BenchResult(
+        command=f"rayscale bench --target {'triton' if triton else 'rayscale'} --concurrency 1,2,4,8,16,32,64",
+        config={"duration_s": 20.0, "warmup_s": 5.0, "transport": "http-binary", "images_per_request": 8},
+        environment={
+            "hostname": "gpu-node-1",
+            "cpu": {"model": "AMD EPYC 9454", "logical_cores": 96},
+            "memory_bytes": 512 * 2**30,
+            "gpu_driver": "550.54.15",
+            "gpus": [{"index": i, "name": gpu, "memory_total_bytes": 80 * 2**30} for i in range(4)],
+            "versions": {"python": "3.11.9", "ray": "2.60.0", "onnxruntime-gpu": "1.31.1"},
+            "git_commit": "abc123",
+        },
+        model={
+            "name": "openclip_vit_b32",
+            "sha256": sha,
+            "precision": precision,
+            "weights": "laion2b_s34b_b79k",
+            "inputs": [{"name": "IMAGE", "datatype": "UINT8", "shape": [-1, 224, 224, 3]}],
+        },
+        serve_config=serve_config,
+        points=points,
+    )
+
+
+def sweep(target: str, gpus: int) -> list[PointResult]:
+    return [closed_loop_point(target, gpus, c) for c in CONCURRENCIES]
+
+
+@pytest.fixture
+def results_files(tmp_path: Path) -> list[Path]:
+    """Ray Serve at 1, 2, 4 replicas (one file each, the 1-GPU file with two bad points) and Triton."""
+    files = []
+    for gpus in (1, 2, 4):
+        points = sweep("rayscale", gpus)
+        if gpus == 1:
+            # Past saturation the 1-GPU server broke down: these must never become its peak.
+            points.append(closed_loop_point("rayscale", 1, 128, status="unstable", images_per_s=2400.0, stable=False))
+            points.append(closed_loop_point("rayscale", 1, 256, status="failed", images_per_s=3000.0,
+                                            error="503 Service Unavailable"))
+        files.append(write_json_atomic(tmp_path / f"rayscale-{gpus}gpu.json", bench_result(points).to_dict()))
+    triton_points = [p for gpus in (1, 2, 4) for p in sweep("triton", gpus)]
+    files.append(write_json_atomic(tmp_path / "triton.json", bench_result(triton_points, triton=True).to_dict()))
+    return files
+
+
+def load_all(files: list[Path]) -> list[BenchResult]:
+    return [load_results(f) for f in files]
+
+
+def all_points(files: list[Path]) -> list[PointResult]:
+    return [p for f in files for p in load_results(f).points]
+
+
+def expected_peak(points: list[PointResult], target: str, gpus: int) -> float:
+    return max(p.images_per_s for p in points if p.target == target and p.replicas == gpus and p.status == "ok")
+
+
+def run_cli(*args: str) -> "typer.testing.Result":
+    app = typer.Typer()
+    app.command()(report_command)
+    return CliRunner().invoke(app, list(args))
+
+
+def report_json(out: Path) -> dict:
+    return json.loads((out / "report.json").read_text())
+
+
+def group(report: dict, target: str, gpus: int) -> dict:
+    return next(g for g in report["groups"] if g["target"] == target and g["gpus"] == gpus)
+
+
+# ---- the numbers a user buys GPUs by ---------------------------------------------------------------
+
+
+def test_cli_writes_report_with_efficiency_and_cost_per_1000_images(results_files, tmp_path):
+    out = tmp_path / "reports" / "h100"
+    result = run_cli(*map(str, results_files), "--costs", COSTS, "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert "report.md" in result.output
+
+    report = report_json(out)
+    points = all_points(results_files)
+    prices = {1: 2.0, 2: 4.1, 4: 8.5}
+    for target in ("rayscale", "triton"):
+        one_gpu = expected_peak(points, target, 1)
+        for gpus in (1, 2, 4):
+            peak = expected_peak(points, target, gpus)
+            g = group(report, target, gpus)
+            assert g["peak_images_per_s"] == pytest.approx(peak)
+            assert g["efficiency"] == pytest.approx(peak / (gpus * one_gpu))
+            assert g["cost_per_1000_images_usd"] == pytest.approx(prices[gpus] / (3600 * peak) * 1000)
+    # Ray Serve loses 10% of linear at 4 GPUs in this data; the report must show it.
+    assert group(report, "rayscale", 4)["efficiency"] == pytest.approx(5400 / (4 * 1500))
+
+    for name in ("report.md", "report.json", "summary.csv"):
+        assert (out / name).stat().st_size > 0
+    md = (out / "report.md").read_text()
+    assert "Scaling efficiency" in md and "Cost per 1000 images" in md and "Knee" in md
+    assert "550.54.15" in md and SHA in md and "fp16" in md  # the setup says what was measured
+    assert "rayscale bench --target triton" in md  # and how
+
+
+def test_unstable_and_failed_points_are_flagged_not_peaks(results_files, tmp_path):
+    report = build_report(load_all(results_files), sources=[str(f) for f in results_files])
+    one_gpu = next(g for g in report.groups if g.target == "rayscale" and g.gpus == 1)
+    assert one_gpu.peak_images_per_s == pytest.approx(1500.0)  # not the unstable 2400 nor the failed 3000
+    assert one_gpu.peak_load != 128 and one_gpu.peak_load != 256
+    assert one_gpu.usable_points == len(CONCURRENCIES) and one_gpu.points == len(CONCURRENCIES) + 2
+    flagged = {r.load: r for r in report.points if r.target == "rayscale" and r.gpus == 1 and not r.usable}
+    assert set(flagged) == {128, 256}
+    assert any("503" in f for f in flagged[256].flags)
+    assert any("128" in n and "excluded" in n for n in report.notes)
+
+    write_report(report, tmp_path / "out")
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "**unstable** (not used)" in md and "**failed** (not used)" in md
+
+
+def test_slo_pick_and_cheapest_configuration_meeting_a_target(results_files, tmp_path):
+    out = tmp_path / "r"
+    slo_ms, target_ips = 40.0, 2500.0
+    result = run_cli(*map(str, results_files), "--gpu-hour-cost", "2.5", "--slo-p99-ms", str(slo_ms),
+                     "--throughput-target", str(target_ips), "--out", str(out))
+    assert result.exit_code == 0, result.output
+    report = report_json(out)
+    points = [p for p in all_points(results_files) if p.status == "ok"]
+
+    under_slo = [p for p in points if p.latency.p99_ms <= slo_ms]
+    best = max(under_slo, key=lambda p: p.images_per_s)
+    pick = report["best_under_slo"]
+    assert (pick["target"], pick["gpus"], pick["load"]) == (best.target, best.replicas, best.concurrency)
+    assert pick["images_per_s"] == pytest.approx(best.images_per_s)
+    assert pick["latency_p99_ms"] <= slo_ms
+
+    # Capacity of a configuration = its best throughput under the SLO; cheapest = lowest $/hour.
+    capacity: dict[tuple[str, int], float] = {}
+    for p in under_slo:
+        capacity[(p.target, p.replicas)] = max(capacity.get((p.target, p.replicas), 0.0), p.images_per_s)
+    meeting = [(2.5 * gpus, -ips, target, gpus) for (target, gpus), ips in capacity.items() if ips >= target_ips]
+    hourly, neg_ips, target, gpus = min(meeting)
+    cheapest = report["cheapest_for_target"]
+    assert (cheapest["target"], cheapest["gpus"]) == (target, gpus)
+    assert cheapest["images_per_s"] == pytest.approx(-neg_ips) and cheapest["images_per_s"] >= target_ips
+    assert cheapest["hourly_cost_usd"] == pytest.approx(hourly)
+    assert cheapest["cost_per_1000_images_usd"] == pytest.approx(hourly / (3600 * -neg_ips) * 1000)
+
+
+def test_no_configuration_reaching_the_target_is_said_not_invented(results_files):
+    report = build_report(load_all(results_files), throughput_target_ips=1e6)
+    assert report.cheapest_for_target is None
+    assert any("reaches 1e+06 img/s" in n or "1000000" in n for n in report.notes)
+
+
+def knee_by_definition(points: list[PointResult], k: float = 2.0, min_growth: float = 0.10) -> float | None:
+    points = sorted(points, key=lambda p: p.concurrency)
+    for a, b in zip(points, points[1:]):
+        dp99 = (b.latency.p99_ms - a.latency.p99_ms) / a.latency.p99_ms
+        dthr = (b.images_per_s - a.images_per_s) / a.images_per_s
+        if dp99 >= min_growth and dp99 > k * max(dthr, 0):
+            return a.concurrency
+    return None
+
+
+def test_knee_is_the_load_past_which_p99_outgrows_throughput(results_files):
+    report = build_report(load_all(results_files))
+    points = [p for p in all_points(results_files) if p.status == "ok"]
+    for g in report.groups:
+        expected = knee_by_definition([p for p in points if p.target == g.target and p.replicas == g.gpus])
+        assert g.knee is not None and g.knee.load == expected
+    # Below saturation latency is flat, so the knee sits where offered load first exceeds capacity.
+    ray_1gpu = next(g for g in report.groups if g.target == "rayscale" and g.gpus == 1)
+    assert ray_1gpu.knee.load == 2  # offered 1333 img/s at 2, capacity 1500: at 4 p99 jumps, throughput +12%
+
+
+def test_knee_absent_while_latency_stays_flat():
+    rows = build_report([bench_result([closed_loop_point("rayscale", 4, c) for c in (1, 2)])]).points
+    assert find_knee(rows) is None
+
+
+def test_engine_ceiling_fraction(results_files, tmp_path):
+    engine = EngineBenchResult(
+        command="rayscale engine-bench",
+        environment=load_results(results_files[0]).environment,
+        model=load_results(results_files[0]).model,
+        points=[EnginePoint(batch_size=b, images_per_s=ips, latency_mean_ms=1, latency_p50_ms=1, latency_p99_ms=1,
+                            iterations=100) for b, ips in ((64, 1700.0), (256, 2000.0), (512, 2100.0))],
+    )
+    engine_file = write_json_atomic(tmp_path / "engine.json", engine.to_dict())
+    out = tmp_path / "r"
+    result = run_cli(*map(str, results_files), "--engine", str(engine_file), "--out", str(out))
+    assert result.exit_code == 0, result.output
+    report = report_json(out)
+    for target in ("rayscale", "triton"):
+        for gpus in (1, 2, 4):
+            g = group(report, target, gpus)
+            assert g["engine_batch_size"] == 256  # the server's max batch size, not the engine's 512
+            assert g["engine_fraction"] == pytest.approx(g["peak_images_per_s"] / (gpus * 2000.0))
+    assert "of engine ceiling" in (out / "report.md").read_text()
+
+
+# ---- outputs ------------------------------------------------------------------------------------------
+
+
+def test_plots_are_png_images_and_csv_has_one_row_per_point(results_files, tmp_path):
+    report = build_report(load_all(results_files), costs=parse_costs(COSTS), slo_p99_ms=50.0)
+    written = write_report(report, tmp_path / "out")
+    pngs = [p for p in written if p.suffix == ".png"]
+    assert {p.name for p in pngs} == {
+        "throughput_vs_load.png", "latency_vs_throughput.png", "scaling_efficiency.png",
+        "targets_side_by_side.png", "cost_per_1000_images.png",
+    }
+    for png in pngs:
+        assert png.read_bytes()[:8] == PNG_SIGNATURE
+        height, width = mpimg.imread(png).shape[:2]
+        assert height > 100 and width > 100
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert all(f"({p.name})" in md for p in pngs)  # the report embeds every plot
+
+    with open(tmp_path / "out" / "summary.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(all_points(results_files))
+    failed = next(r for r in rows if r["status"] == "failed")
+    assert failed["usable"] == "False" and "503" in failed["flags"]
+    assert not list((tmp_path / "out").glob(".*.tmp"))  # atomic writes leave no temp files
+
+
+def test_directory_of_results_is_read_like_the_files(results_files, tmp_path):
+    out = tmp_path / "from-dir"
+    result = run_cli(str(results_files[0].parent), "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert len(report_json(out)["points"]) == len(all_points(results_files))
+
+
+# ---- apples to apples ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "difference, setting, ours, theirs",
+    [
+        ({"sha": "77" * 32}, "model sha256", SHA[:12], "77" * 6),
+        ({"precision": "fp32"}, "precision", "fp16", "fp32"),
+        ({"gpu": "NVIDIA A100-SXM4-80GB"}, "GPU type", H100, "NVIDIA A100-SXM4-80GB"),
+        ({"max_batch_size": 64}, "max batch size", "256", "64"),
+    ],
+)
+def test_mismatched_results_are_refused_unless_allowed(results_files, tmp_path, difference, setting, ours, theirs):
+    other = write_json_atomic(tmp_path / "other.json", bench_result(sweep("triton", 1), triton=True, **difference).to_dict())
+    files = [results_files[0], other]
+    result = run_cli(*map(str, files), "--out", str(tmp_path / "refused"))
+    assert result.exit_code == 1
+    message = result.stderr.strip()
+    assert "\n" not in message and "Traceback" not in result.output
+    assert setting in message and ours in message and theirs in message
+    assert str(files[0]) in message and str(other) in message and "--allow-mismatch" in message
+    assert not (tmp_path / "refused").exists()
+
+    out = tmp_path / "allowed"
+    result = run_cli(*map(str, files), "--allow-mismatch", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    md = (out / "report.md").read_text()
+    assert "Not like for like" in md and f"{setting} differs" in md and theirs in md
+    assert report_json(out)["mismatches"][0]["setting"] == setting
+
+
+def test_engine_from_another_gpu_is_refused(results_files, tmp_path):
+    bench = load_results(results_files[0])
+    env = dict(bench.environment, gpus=[{"index": 0, "name": "NVIDIA L4"}])
+    engine = EngineBenchResult(command="rayscale engine-bench", environment=env, model=bench.model,
+                               points=[EnginePoint(256, 900.0, 1, 1, 1, 10)])
+    with pytest.raises(ResultsError, match="GPU type differs.*NVIDIA L4 in l4-engine"):
+        build_report([bench], engine=engine, engine_source="l4-engine")
+
+
+# ---- bad input --------------------------------------------------------------------------------------
+
+
+def test_parse_costs_accepts_the_documented_forms():
+    assert parse_costs("1gpu:1.5,2gpu:3") == {1: 1.5, 2: 3.0}
+    assert parse_costs(" 4:6.0 , 8 gpus:$12 ") == {4: 6.0, 8: 12.0}
+
+
+@pytest.mark.parametrize(
+    "text, says",
+    [
+        ("", "empty"),
+        ("1gpu", "no ':'"),
+        ("onegpu:1.5", "integer"),
+        ("1gpu:cheap", "number of dollars"),
+        ("0gpu:1.5", "≥ 1"),
+        ("1gpu:-2", "> 0"),
+        ("1gpu:1,1gpu:2", "twice"),
+    ],
+)
+def test_bad_costs_give_one_line_errors(results_files, tmp_path, text, says):
+    with pytest.raises(ConfigError, match=says) as err:
+        parse_costs(text)
+    assert "\n" not in str(err.value)
+    result = run_cli(str(results_files[0]), "--costs", text, "--out", str(tmp_path / "r"))
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: --costs") and result.stderr.count("\n") == 1
+    assert "Traceback" not in result.output
+
+
+def test_costs_and_gpu_hour_cost_together_are_refused(results_files, tmp_path):
+    result = run_cli(str(results_files[0]), "--costs", COSTS, "--gpu-hour-cost", "2", "--out", str(tmp_path / "r"))
+    assert result.exit_code == 1 and "not both" in result.stderr
+
+
+def test_missing_price_for_a_gpu_count_is_noted(results_files):
+    report = build_report(load_all(results_files), costs={1: 2.0, 2: 4.1})
+    four = [g for g in report.groups if g.gpus == 4]
+    assert all(g.cost_per_1000_images_usd is None for g in four)
+    assert any("no price for 4 GPU(s)" in n for n in report.notes)
+
+
+def test_engine_file_given_as_results_says_to_use_engine_option(tmp_path):
+    engine = EngineBenchResult(command="rayscale engine-bench", environment={}, model={},
+                               points=[EnginePoint(256, 900.0, 1, 1, 1, 10)])
+    path = write_json_atomic(tmp_path / "engine.json", engine.to_dict())
+    result = run_cli(str(path), "--out", str(tmp_path / "r"))
+    assert result.exit_code == 1 and f"--engine {path}" in result.stderr
+
+
+# ---- bottleneck rules ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "overrides, cause",
+    [
+        ({"client_cpu_saturated": True, "client_cpu_pct": 99.0}, "client"),
+        ({}, "gpu"),  # the saturated point's GPUs are 93% busy
+        ({"gpus": [GpuSummary(index=0, name=H100, util_mean_pct=60.0, samples=10)]}, "queueing"),
+        ({"gpus": [GpuSummary(index=0, name=H100, util_mean_pct=20.0, samples=10)],
+          "server": ServerStats(requests=100, queue_ms_per_request=0.4, compute_ms_per_request=7.0)}, "serving-path"),
+    ],
+)
+def test_bottleneck_rules_name_a_cause(overrides, cause):
+    point = closed_loop_point("rayscale", 1, 32, **overrides)  # well past saturation: queueing dominates
+    report = build_report([bench_result([point])])
+    assert report.groups[0].bottleneck.cause == cause
