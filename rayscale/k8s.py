@@ -41,6 +41,7 @@ __all__ = [
     "TRITON_IMAGE",
     "gpu_workers_for",
     "k8s_app",
+    "keep_node_exporters",
     "packaged_dashboard",
     "render_manifests",
     "write_manifests",
@@ -68,7 +69,7 @@ MODEL_REPOSITORY = "/model_repository"
 SERVE_PORT = 8000
 DASHBOARD_PORT = 8265
 RAY_METRICS_PORT = 8080
-GPU_EXPORTER_PORT = 9400
+EXPORTER_PORT = 9400  # rayscale.metrics exporter actors: GPU metrics per node, serving statistics on the head
 TRITON_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
 
 BENCH_CONCURRENCY = (1, 4, 16, 64, 128, 256)
@@ -123,6 +124,45 @@ def _serve_config(serve: ServeConfig | None, replicas: int, gpus_per_replica: fl
         port=SERVE_PORT,
         provider="cuda",
     )
+
+
+EXPORTER_KEEPER_COMMAND = (
+    "nohup python -c 'from rayscale.k8s import keep_node_exporters; keep_node_exporters()' "
+    ">/tmp/rayscale-exporters.log 2>&1 &"
+)
+
+
+def keep_node_exporters(
+    *, port: int = EXPORTER_PORT, app_name: str = "rayscale", interval_s: float = 30.0, rounds: int | None = None
+) -> int:
+    """Keep an exporter actor on every node of the local Ray cluster; returns the exporters last seen.
+
+    Runs on the head pod: joins the Ray node started there (waiting for it), then calls
+    ``start_node_exporters`` every ``interval_s`` so that workers that join or restart later get
+    theirs too (it reuses running ones). The exporters listen on the pod IP because Prometheus
+    scrapes them there; they serve metrics only. ``rounds=None`` runs until the pod stops.
+    """
+    import time
+
+    import ray
+
+    from rayscale.metrics import EXPORTER_NAMESPACE, start_node_exporters
+
+    while not ray.is_initialized():
+        try:
+            ray.init(address="auto", namespace=EXPORTER_NAMESPACE, log_to_driver=False, logging_level=logging.WARNING)
+        except (ConnectionError, RuntimeError, ValueError):
+            time.sleep(5)
+    count, done = 0, 0
+    while rounds is None or done < rounds:
+        try:
+            count = len(start_node_exporters(host="0.0.0.0", port=port, app_name=app_name))
+        except Exception as e:  # a node going away mid-call: try again next round
+            log.warning("starting node exporters failed: %s", e)
+        done += 1
+        if rounds is None or done < rounds:
+            time.sleep(interval_s)
+    return count
 
 
 def serve_config_v2(serve: ServeConfig) -> str:
@@ -205,7 +245,20 @@ def _port(name: str, port: int) -> dict[str, Any]:
 
 
 def _ray_head(image: str, *, namespace_labels: dict[str, str], mounts: list[dict[str, Any]],
-              volumes: list[dict[str, Any]]) -> dict[str, Any]:
+              volumes: list[dict[str, Any]], exporters: bool = False) -> dict[str, Any]:
+    ports = [
+        _port("gcs", 6379),
+        _port("dashboard", DASHBOARD_PORT),
+        _port("client", 10001),
+        _port("serve", SERVE_PORT),
+        _port("metrics", RAY_METRICS_PORT),
+    ]
+    extra: dict[str, Any] = {}
+    if exporters:
+        ports.append(_port("exporter", EXPORTER_PORT))
+        # KubeRay owns the container's command (`ray start`); the exporter keeper runs beside it,
+        # in the same container so that it joins the local Ray node.
+        extra["lifecycle"] = {"postStart": {"exec": {"command": ["sh", "-c", EXPORTER_KEEPER_COMMAND]}}}
     return {
         "rayStartParams": {
             "num-gpus": "0",
@@ -224,13 +277,7 @@ def _ray_head(image: str, *, namespace_labels: dict[str, str], mounts: list[dict
                         "name": "ray-head",
                         "image": image,
                         "imagePullPolicy": "IfNotPresent",
-                        "ports": [
-                            _port("gcs", 6379),
-                            _port("dashboard", DASHBOARD_PORT),
-                            _port("client", 10001),
-                            _port("serve", SERVE_PORT),
-                            _port("metrics", RAY_METRICS_PORT),
-                        ],
+                        "ports": ports,
                         "resources": _resources(4, "16Gi"),
                         "readinessProbe": {
                             "httpGet": {"path": "/api/gcs_healthz", "port": DASHBOARD_PORT},
@@ -240,6 +287,7 @@ def _ray_head(image: str, *, namespace_labels: dict[str, str], mounts: list[dict
                             "failureThreshold": 10,
                         },
                         "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}, *mounts],
+                        **extra,
                     }
                 ],
                 "volumes": [_shm_volume(), *volumes],
@@ -251,7 +299,9 @@ def _ray_head(image: str, *, namespace_labels: dict[str, str], mounts: list[dict
 def _rayservice(image: str, namespace: str, serve: ServeConfig, workers: int) -> dict[str, Any]:
     models_ro = {"name": "models", "mountPath": MODELS_MOUNT, "readOnly": True}
     models_volume = _volume_pvc("models", MODELS_PVC, read_only=True)
-    head = _ray_head(image, namespace_labels=_labels("rayscale", "ray-head"), mounts=[models_ro], volumes=[models_volume])
+    head = _ray_head(
+        image, namespace_labels=_labels("rayscale", "ray-head"), mounts=[models_ro], volumes=[models_volume], exporters=True
+    )
     worker = {
         "groupName": "gpu",
         "replicas": workers,
@@ -271,7 +321,7 @@ def _rayservice(image: str, namespace: str, serve: ServeConfig, workers: int) ->
                         "ports": [
                             _port("serve", SERVE_PORT),
                             _port("metrics", RAY_METRICS_PORT),
-                            _port("gpu-metrics", GPU_EXPORTER_PORT),
+                            _port("exporter", EXPORTER_PORT),
                         ],
                         "resources": _resources(WORKER_CPUS, WORKER_MEMORY, gpus=1),
                         # Serve's proxy answers /-/healthz once it can route; KubeRay adds the
@@ -560,11 +610,12 @@ def _monitoring(namespace: str, dashboard: str | None) -> list[dict[str, Any]]:
         {
             "apiVersion": "monitoring.coreos.com/v1",
             "kind": "PodMonitor",
-            "metadata": {"name": "rayscale-gpu", "namespace": namespace, "labels": dict(monitor_labels)},
+            "metadata": {"name": "rayscale-exporter", "namespace": namespace, "labels": dict(monitor_labels)},
             "spec": {
-                "selector": {"matchLabels": {"app.kubernetes.io/name": "rayscale", "app.kubernetes.io/component": "gpu-worker"}},
+                # GPU metrics from every GPU worker, serving statistics from the head.
+                "selector": {"matchLabels": {"app.kubernetes.io/name": "rayscale"}},
                 "namespaceSelector": {"matchNames": [namespace]},
-                "podMetricsEndpoints": [{"port": "gpu-metrics", "path": "/metrics", "interval": "5s"}],
+                "podMetricsEndpoints": [{"port": "exporter", "path": "/metrics", "interval": "5s"}],
             },
         },
         {
@@ -647,7 +698,8 @@ def _dump(obj: Any) -> str:
     import yaml
 
     class _Dumper(yaml.SafeDumper):
-        pass
+        def ignore_aliases(self, data: Any) -> bool:  # a manifest reads top to bottom, no &anchors
+            return True
 
     def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
         style = "|" if "\n" in value else None
@@ -744,6 +796,11 @@ k8s_app = typer.Typer(
     help="Kubernetes manifests (KubeRay RayService, Triton, benchmark RayJob, monitoring) for a GPU cluster.",
     no_args_is_help=True,
 )
+
+
+@k8s_app.callback()
+def _group() -> None:
+    """Kubernetes manifests for a GPU cluster with the KubeRay operator."""
 
 
 @k8s_app.command("render")
