@@ -548,10 +548,15 @@ def stop_node_exporters() -> int:
     for entry in ray.util.list_named_actors(all_namespaces=True):
         if entry["namespace"] == EXPORTER_NAMESPACE and entry["name"].startswith("rayscale-exporter:"):
             try:
-                ray.kill(ray.get_actor(entry["name"], namespace=EXPORTER_NAMESPACE))
-                stopped += 1
+                actor = ray.get_actor(entry["name"], namespace=EXPORTER_NAMESPACE)
             except ValueError:  # already gone
+                continue
+            try:  # close the socket first, so the port is free when this returns
+                ray.get(actor.stop.remote(), timeout=10)
+            except Exception:
                 pass
+            ray.kill(actor)
+            stopped += 1
     return stopped
 
 
