@@ -23,7 +23,9 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Annotated, Any, Iterable, Sequence
+
+import typer
 
 from rayscale.results import GpuSummary
 
@@ -301,7 +303,9 @@ class _GpuCollector:
         from prometheus_client.core import GaugeMetricFamily
 
         gpus = read_gpus()
-        count = GaugeMetricFamily("rayscale_gpus", "NVIDIA GPUs visible on this node (0 without a driver)", labels=["node"])
+        count = GaugeMetricFamily(
+            "rayscale_gpus", "NVIDIA GPUs visible on this node (0 without a driver)", labels=["node"]
+        )
         count.add_metric([self.node], len(gpus))
         yield count
         for metric, key, scale, doc in _GPU_GAUGES:
@@ -534,7 +538,8 @@ def start_node_exporters(*, host: str = "127.0.0.1", port: int = 9400, app_name:
                 f"the metrics exporter on {address} could not start ({cause}): choose another port, "
                 "or run without the exporter"
             ) from None
-        log.info("metrics exporter on %s: %s%s", info["node"], info["url"], " (with serving metrics)" if info["serving"] else "")
+        serving = " (with serving metrics)" if info["serving"] else ""
+        log.info("metrics exporter on %s: %s%s", info["node"], info["url"], serving)
     return handles
 
 
@@ -574,13 +579,14 @@ def _connect_ray() -> bool:
 
 
 def exporter_command(
-    port: int = 9400,
-    host: str = "127.0.0.1",
-    app: str = "rayscale",
+    port: Annotated[int, typer.Option(help="Port of the /metrics endpoint.")] = 9400,
+    host: Annotated[str, typer.Option(help="Address to bind; 0.0.0.0 lets other machines scrape it.")] = "127.0.0.1",
+    app: Annotated[str, typer.Option(help="Ray Serve app whose serving statistics to export.")] = "rayscale",
 ) -> None:
-    """Export GPU metrics and the app's serving metrics for Prometheus until Ctrl-C."""
-    import typer
+    """Export GPU metrics and the app's serving metrics for Prometheus until Ctrl-C.
 
+    Without a running Ray cluster it exports GPU metrics only, and joins a cluster that starts later.
+    """
     connected = _connect_ray()
     server = serve_exporter(host, port, app_name=app)
     gpus = len(read_gpus())
@@ -721,15 +727,20 @@ class LoadMetrics:
                 point.add_metric(list(self._point.values()), 1.0)
             yield point
             for metric, value, doc in (
-                ("rayscale_bench_offered_requests_per_second", self._offered_rps, "Request rate the schedule offered in the last window (open loop)"),
-                ("rayscale_bench_achieved_requests_per_second", self._achieved_rps, "Answered requests per second in the last window"),
-                ("rayscale_bench_achieved_images_per_second", self._achieved_ips, "Images in answered requests per second in the last window"),
+                ("rayscale_bench_offered_requests_per_second", self._offered_rps,
+                 "Request rate the schedule offered in the last window (open loop only)"),
+                ("rayscale_bench_achieved_requests_per_second", self._achieved_rps,
+                 "Answered requests per second in the last window"),
+                ("rayscale_bench_achieved_images_per_second", self._achieved_ips,
+                 "Images in answered requests per second in the last window"),
             ):  # fmt: skip
                 family = GaugeMetricFamily(metric, doc)
                 if value is not None:
                     family.add_metric([], value)
                 yield family
-            requests = CounterMetricFamily("rayscale_bench_requests", "Requests finished by the load generator", labels=["outcome"])
+            requests = CounterMetricFamily(
+                "rayscale_bench_requests", "Requests finished by the load generator", labels=["outcome"]
+            )
             for outcome, n in self._requests.items():
                 requests.add_metric([outcome], n)
             yield requests
@@ -740,7 +751,9 @@ class LoadMetrics:
             windows = CounterMetricFamily("rayscale_bench_windows", "Measurement windows recorded")
             windows.add_metric([], self._windows)
             yield windows
-            latency = HistogramMetricFamily("rayscale_bench_latency_seconds", "Client-side latency of answered requests, seconds")
+            latency = HistogramMetricFamily(
+                "rayscale_bench_latency_seconds", "Client-side latency of answered requests, seconds"
+            )
             h = {"bounds": BENCH_LATENCY_BOUNDS, "counts": self._bucket_counts, "sum": self._latency_sum_s}
             latency.add_metric([], _histogram_buckets(h), sum_value=self._latency_sum_s)
             yield latency

@@ -329,7 +329,8 @@ def _ray_serve_metric_names() -> set[str]:
                              for p in ("http", "grpc")]  # fmt: skip
             else:
                 continue
-            names |= {f"ray_{t}{suffix}" for t in templates if t.startswith("serve_") for suffix in kinds[node.func.attr]}
+            suffixes = kinds[node.func.attr]
+            names |= {f"ray_{t}{suffix}" for t in templates if t.startswith("serve_") for suffix in suffixes}
     return names
 
 
