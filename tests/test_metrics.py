@@ -329,8 +329,10 @@ def _ray_serve_metric_names() -> set[str]:
                              for p in ("http", "grpc")]  # fmt: skip
             else:
                 continue
-            suffixes = kinds[node.func.attr]
-            names |= {f"ray_{t}{suffix}" for t in templates if t.startswith("serve_") for suffix in suffixes}
+            for t in (t for t in templates if t.startswith("serve_")):
+                # a counter gains "_total" unless its name has it already
+                suffixes = [""] if t.endswith("_total") else kinds[node.func.attr]
+                names |= {f"ray_{t}{suffix}" for suffix in suffixes}
     return names
 
 
