@@ -525,3 +525,20 @@ def test_render_refuses_an_unwritable_directory(tmp_path):
         target = locked / "out"
     with pytest.raises(ConfigError, match="choose a writable --out directory"):
         k8s.write_manifests(target, replicas=1)
+
+
+def test_exporter_keeper_joins_the_local_ray_node_and_serves_metrics(port):
+    """What the head pod's postStart hook runs: an exporter per node, scrapeable on the pod IP."""
+    import urllib.request
+
+    ray = pytest.importorskip("ray")
+    from rayscale.metrics import stop_node_exporters
+
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        assert k8s.keep_node_exporters(port=port, rounds=2, interval_s=0.1) == 1  # one node; the second round reuses it
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+        assert "rayscale_" in body
+        assert stop_node_exporters() == 1
+    finally:
+        ray.shutdown()
