@@ -274,6 +274,17 @@ def test_knee_is_the_load_past_which_p99_outgrows_throughput(results_files):
     assert ray_1gpu.knee.load == 2  # offered 1333 img/s at 2, capacity 1500: at 4 p99 jumps, throughput +12%
 
 
+def test_knee_needs_p99_to_outgrow_throughput_by_the_factor():
+    # 2 -> 4: p99 +30% while throughput +20% (not a knee at factor 2); 4 -> 8: p99 +50%, throughput +5%.
+    curve = [(1, 100.0, 10.0), (2, 190.0, 10.5), (4, 228.0, 13.65), (8, 240.0, 20.5), (16, 242.0, 40.0)]
+    points = [closed_loop_point("rayscale", 1, c, images_per_s=ips, latency=LatencyStats(p50_ms=p99 / 2, p99_ms=p99))
+              for c, ips, p99 in curve]
+    knee = build_report([bench_result(points)]).groups[0].knee
+    assert knee.load == 4 and knee.next_load == 8
+    assert knee.p99_growth == pytest.approx(20.5 / 13.65 - 1) and knee.throughput_growth == pytest.approx(240 / 228 - 1)
+    assert build_report([bench_result(points)], knee_factor=1.0).groups[0].knee.load == 2
+
+
 def test_knee_absent_while_latency_stays_flat():
     rows = build_report([bench_result([closed_loop_point("rayscale", 4, c) for c in (1, 2)])]).points
     assert find_knee(rows) is None

@@ -48,6 +48,7 @@ __all__ = [
     "check_comparable",
     "cost_per_1000_images_usd",
     "find_knee",
+    "format_load",
     "parse_costs",
 ]
 
@@ -59,6 +60,13 @@ CLIENT_SATURATED_PCT = 95.0
 DEFAULT_KNEE_FACTOR = 2.0
 DEFAULT_KNEE_MIN_P99_GROWTH = 0.10
 _COSTS_EXAMPLE = "e.g. --costs '1gpu:1.5,2gpu:3.0,4gpu:6.0'"
+
+
+def format_load(load: float | None) -> str:
+    """A concurrency or rate as people write it: 16, 250.5, or '–' when unknown."""
+    if load is None:
+        return "–"
+    return str(int(load)) if float(load).is_integer() else f"{load:g}"
 
 
 # ---- inputs ------------------------------------------------------------------------------------
@@ -716,8 +724,11 @@ def build_report(
                 series_keys.append(skey)
             pkey = (skey, _gpus_of(point, result), _load_of(point))
             if pkey in latest and latest[pkey][2] != source:
-                notes.append(f"{point.target} at {pkey[1]} GPU(s), load {pkey[2]}: {source} replaces {latest[pkey][2]}")
+                notes.append(f"{point.target} at {pkey[1]} GPU(s), load {format_load(pkey[2])}: {source} replaces {latest[pkey][2]}")
             latest[pkey] = (point, result, source)
+    for result, source in zip(results, sources):
+        if result.status != "complete":
+            notes.append(f"{source}: the run that wrote it is {result.status}: points it lacks were not measured")
     if not latest:
         raise ResultsError(f"no measured points in {', '.join(sources)}: run `rayscale bench` to completion first")
     labels = _series_labels(series_keys)
@@ -751,7 +762,7 @@ def build_report(
     for r in rows:
         if not r.usable:
             notes.append(
-                f"{r.series} at {r.gpus} GPU(s), load {r.load if r.load is not None else '?'}: "
+                f"{r.series} at {r.gpus} GPU(s), load {format_load(r.load)}: "
                 f"{'; '.join(r.flags) or r.status}: excluded from peaks and picks"
             )
 

@@ -13,15 +13,10 @@ from rayscale.report.analysis import (
     GroupSummary,
     Pick,
     Report,
+    format_load,
 )
 
-__all__ = ["format_load", "render_markdown"]
-
-
-def format_load(load: float | None) -> str:
-    if load is None:
-        return "–"
-    return str(int(load)) if float(load).is_integer() else f"{load:g}"
+__all__ = ["render_markdown"]
 
 
 def _num(value: float | None, digits: int = 1) -> str:
@@ -34,8 +29,11 @@ def _pct(value: float | None) -> str:
     return "–" if value is None else f"{value:.0%}"
 
 
-def _usd(value: float | None, digits: int = 4) -> str:
-    return "–" if value is None else f"${value:,.{digits}f}"
+def _usd(value: float | None, digits: int | None = None) -> str:
+    """Dollars: fixed decimals for prices, three significant digits for (small) costs per 1000 images."""
+    if value is None:
+        return "–"
+    return f"${value:,.{digits}f}" if digits is not None else f"${value:#.3g}"
 
 
 def _table(header: list[str], rows: Iterable[list[str]]) -> list[str]:

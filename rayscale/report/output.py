@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import tempfile
 from dataclasses import asdict, fields
@@ -11,9 +12,15 @@ from pathlib import Path
 
 from rayscale.report.analysis import PointRow, Report
 from rayscale.report.markdown import render_markdown
-from rayscale.results import write_json_atomic
 
-__all__ = ["summary_csv", "write_report", "write_text_atomic"]
+__all__ = ["shared_file_mode", "summary_csv", "write_report", "write_text_atomic"]
+
+
+def shared_file_mode() -> int:
+    """rw for everyone the umask allows: a report is for sharing, not mkstemp's private 0600."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def write_text_atomic(path: Path, text: str) -> Path:
@@ -24,6 +31,7 @@ def write_text_atomic(path: Path, text: str) -> Path:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, shared_file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -54,6 +62,6 @@ def write_report(report: Report, out_dir: str | os.PathLike, *, title: str | Non
     title = title or f"rayscale report: {out.resolve().name}"
     written = list(plots)
     written.append(write_text_atomic(out / "report.md", render_markdown(report, [p.name for p in plots], title)))
-    written.append(write_json_atomic(out / "report.json", report.to_dict()))
+    written.append(write_text_atomic(out / "report.json", json.dumps(report.to_dict(), indent=2) + "\n"))
     written.append(write_text_atomic(out / "summary.csv", summary_csv(report)))
     return written

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from rayscale.errors import ConfigError
 from rayscale.report.analysis import Report
+from rayscale.report.output import shared_file_mode
 
 __all__ = [
     "plot_cost",
@@ -44,6 +45,7 @@ def _save(fig, path: Path) -> Path:
     os.close(fd)
     try:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+        os.chmod(tmp, shared_file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -144,9 +146,14 @@ def plot_scaling(report: Report, path: Path) -> Path:
     return _save(fig, path)
 
 
+def _bar_label(value: float) -> str:
+    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
+
+
 def _grouped_bars(ax, report: Report, value, ylabel: str, title: str) -> None:
     gpus = sorted({g.gpus for g in report.groups})
     width = 0.8 / max(1, len(report.series))
+    tallest = 0.0
     for i, series in enumerate(report.series):
         by_gpus = {g.gpus: value(g) for g in report.groups_of(series)}
         xs = [j + (i - (len(report.series) - 1) / 2) * width for j in range(len(gpus))]
@@ -154,15 +161,18 @@ def _grouped_bars(ax, report: Report, value, ylabel: str, title: str) -> None:
         bars = ax.bar(xs, heights, width=width, label=series)
         for bar, h in zip(bars, heights):
             if h:
-                ax.annotate(f"{h:.3g}", (bar.get_x() + bar.get_width() / 2, h), ha="center", va="bottom",
+                ax.annotate(_bar_label(h), (bar.get_x() + bar.get_width() / 2, h), ha="center", va="bottom",
                             fontsize="x-small")
+        tallest = max([tallest, *heights])
+    if tallest > 0:
+        ax.set_ylim(0, tallest * 1.25)  # room for the labels and the legend above the bars
     ax.set_xticks(range(len(gpus)))
     ax.set_xticklabels([str(n) for n in gpus])
     ax.set_xlabel("GPUs")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(True, axis="y", alpha=0.3)
-    ax.legend(fontsize="small")
+    ax.legend(fontsize="small", loc="upper left", ncols=max(1, len(report.series)))
 
 
 def plot_targets_side_by_side(report: Report, path: Path) -> Path:
