@@ -311,6 +311,25 @@ def test_engine_ceiling_fraction(results_files, tmp_path):
     assert "of engine ceiling" in (out / "report.md").read_text()
 
 
+def test_open_loop_points_are_their_own_series_against_offered_rate(tmp_path):
+    closed = sweep("rayscale", 1)
+    rates = (50.0, 100.0, 150.0, 250.0)
+    opened = []
+    for rate in rates:
+        p = closed_loop_point("rayscale", 1, 1, mode="open", rate_rps=rate,
+                              images_per_s=min(rate * IMAGES_PER_REQUEST, 1500.0),
+                              latency=LatencyStats(p50_ms=12.0, p99_ms=20.0 if rate * 8 < 1500 else 900.0))
+        p.concurrency = None
+        opened.append(p)
+    report = build_report([bench_result(closed + opened)])
+    assert report.series == ["rayscale closed loop", "rayscale open loop"]
+    assert report.load_axis == {"rayscale closed loop": "concurrency", "rayscale open loop": "rate_rps"}
+    open_group = next(g for g in report.groups if g.mode == "open")
+    assert open_group.peak_images_per_s == 1500.0 and open_group.knee.load == 150.0
+    write_report(report, tmp_path / "out")
+    assert "rate (req/s)" in (tmp_path / "out" / "report.md").read_text()
+
+
 # ---- outputs ------------------------------------------------------------------------------------------
 
 
@@ -344,6 +363,16 @@ def test_directory_of_results_is_read_like_the_files(results_files, tmp_path):
     assert len(report_json(out)["points"]) == len(all_points(results_files))
 
 
+def test_a_rerun_point_replaces_the_earlier_one_and_says_so(results_files, tmp_path):
+    rerun = closed_loop_point("rayscale", 1, 4, images_per_s=1550.0)
+    rerun_file = write_json_atomic(tmp_path / "rerun.json", bench_result([rerun]).to_dict())
+    report = build_report(load_all([results_files[0], rerun_file]), sources=[str(results_files[0]), str(rerun_file)])
+    at_4 = [r for r in report.points if r.gpus == 1 and r.load == 4]
+    assert len(at_4) == 1 and at_4[0].images_per_s == 1550.0 and at_4[0].source == str(rerun_file)
+    assert report.groups[0].peak_images_per_s == 1550.0
+    assert any(f"{rerun_file} replaces {results_files[0]}" in n for n in report.notes)
+
+
 # ---- apples to apples ------------------------------------------------------------------------------
 
 
@@ -357,7 +386,8 @@ def test_directory_of_results_is_read_like_the_files(results_files, tmp_path):
     ],
 )
 def test_mismatched_results_are_refused_unless_allowed(results_files, tmp_path, difference, setting, ours, theirs):
-    other = write_json_atomic(tmp_path / "other.json", bench_result(sweep("triton", 1), triton=True, **difference).to_dict())
+    other_result = bench_result(sweep("triton", 1), triton=True, **difference)
+    other = write_json_atomic(tmp_path / "other.json", other_result.to_dict())
     files = [results_files[0], other]
     result = run_cli(*map(str, files), "--out", str(tmp_path / "refused"))
     assert result.exit_code == 1

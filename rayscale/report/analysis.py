@@ -94,7 +94,9 @@ def parse_costs(text: str) -> dict[int, float]:
         try:
             price = float(price_text.strip().lstrip("$"))
         except ValueError:
-            raise ConfigError(f"--costs entry {part!r}: price must be a number of dollars per hour, {_COSTS_EXAMPLE}") from None
+            raise ConfigError(
+                f"--costs entry {part!r}: price must be a number of dollars per hour, {_COSTS_EXAMPLE}"
+            ) from None
         if gpus < 1:
             raise ConfigError(f"--costs entry {part!r}: GPU count must be ≥ 1, got {gpus}")
         if not math.isfinite(price) or price <= 0:
@@ -122,8 +124,12 @@ class Mismatch:
     setting: str
     values: dict[str, list[str]]
 
-    def describe(self) -> str:
-        parts = [f"{value} in {', '.join(files)}" for value, files in self.values.items()]
+    def describe(self, max_files: int = 3) -> str:
+        def names(files: list[str]) -> str:
+            more = f" and {len(files) - max_files} more" if len(files) > max_files else ""
+            return ", ".join(files[:max_files]) + more
+
+        parts = [f"{value} in {names(files)}" for value, files in self.values.items()]
         return f"{self.setting} differs: " + "; ".join(parts)
 
 
@@ -512,7 +518,8 @@ def diagnose(row: PointRow) -> Bottleneck:
     if row.client_cpu_saturated:
         return Bottleneck(
             "client",
-            f"the load generator is the limit ({seen}): add client actors or client machines before reading this as a server limit",
+            f"the load generator is the limit ({seen}): "
+            "add client actors or client machines before reading this as a server limit",
         )
     if util is not None and util >= GPU_BUSY_PCT:
         return Bottleneck(
@@ -705,32 +712,18 @@ def build_report(
     for i, r in enumerate(results):
         if not isinstance(r, BenchResult):
             name = sources[i] if sources else f"results[{i}]"
-            raise ResultsError(f"{name} is not a bench result (kind={getattr(r, 'kind', '?')!r}): pass engine-bench files with --engine")
+            kind = getattr(r, "kind", "?")
+            raise ResultsError(f"{name} is not a bench result (kind={kind!r}): pass engine-bench files with --engine")
     sources = list(sources) if sources else [f"results[{i}]" for i in range(len(results))]
     if len(sources) != len(results):
         raise ConfigError(f"sources names {len(sources)} files for {len(results)} results")
     engine_name = engine_source or "engine"
     compared = list(results) + ([engine] if engine is not None else [])
-    mismatches = check_comparable(compared, sources + ([engine_name] if engine is not None else []), allow_mismatch=allow_mismatch)
+    compared_names = sources + ([engine_name] if engine is not None else [])
+    mismatches = check_comparable(compared, compared_names, allow_mismatch=allow_mismatch)
     notes: list[str] = [f"not comparable, reported anyway: {m.describe()}" for m in mismatches]
 
-    # Points, deduplicated by what they measured (a later file replaces an earlier one).
-    series_keys: list[tuple] = []
-    latest: dict[tuple, tuple[PointResult, BenchResult, str]] = {}
-    for result, source in zip(results, sources):
-        for point in result.points:
-            skey = (point.target, point.transport, point.mode, point.images_per_request)
-            if skey not in series_keys:
-                series_keys.append(skey)
-            pkey = (skey, _gpus_of(point, result), _load_of(point))
-            if pkey in latest and latest[pkey][2] != source:
-                notes.append(f"{point.target} at {pkey[1]} GPU(s), load {format_load(pkey[2])}: {source} replaces {latest[pkey][2]}")
-            latest[pkey] = (point, result, source)
-    for result, source in zip(results, sources):
-        if result.status != "complete":
-            notes.append(f"{source}: the run that wrote it is {result.status}: points it lacks were not measured")
-    if not latest:
-        raise ResultsError(f"no measured points in {', '.join(sources)}: run `rayscale bench` to completion first")
+    series_keys, latest = _collect_points(results, sources, notes)
     labels = _series_labels(series_keys)
     rows = [
         _row(point, result, source, labels[pkey[0]], _hourly_cost(pkey[1], costs, gpu_hour_cost), slo_p99_ms)
@@ -754,17 +747,7 @@ def build_report(
                        max_batch.get((label, gpus)), knee_factor, knee_min_p99_growth)
             )
     _scaling(groups, series)
-    for g in groups:
-        if g.peak_images_per_s is None:
-            notes.append(f"{g.series} at {g.gpus} GPU(s): no usable point (all unstable, incomplete or failed), no peak")
-        if g.peak_images_per_s is not None and g.hourly_cost_usd is None and costs is not None:
-            notes.append(f"--costs has no price for {g.gpus} GPU(s): no cost for {g.series} at {g.gpus} GPU(s)")
-    for r in rows:
-        if not r.usable:
-            notes.append(
-                f"{r.series} at {r.gpus} GPU(s), load {format_load(r.load)}: "
-                f"{'; '.join(r.flags) or r.status}: excluded from peaks and picks"
-            )
+    notes += _exclusion_notes(groups, rows, costs)
 
     best_by_series: dict[str, Pick] = {}
     best = None
@@ -784,7 +767,7 @@ def build_report(
                          + (f" with p99 ≤ {slo_p99_ms:g} ms" if slo_p99_ms is not None else ""))
 
     return Report(
-        sources=sources + ([engine_name] if engine is not None else []),
+        sources=compared_names,
         setup=_setup(results, sources, engine, engine_name),
         parameters={
             "costs_usd_per_hour": {str(k): v for k, v in sorted(costs.items())} if costs else None,
@@ -807,6 +790,45 @@ def build_report(
         cheapest_for_target=cheapest,
         notes=notes,
     )
+
+
+def _collect_points(
+    results: list[BenchResult], sources: list[str], notes: list[str]
+) -> tuple[list[tuple], dict[tuple, tuple[PointResult, BenchResult, str]]]:
+    """Series keys in first-seen order, and each point by what it measured (a later file replaces an earlier one)."""
+    series_keys: list[tuple] = []
+    latest: dict[tuple, tuple[PointResult, BenchResult, str]] = {}
+    for result, source in zip(results, sources):
+        if result.status != "complete":
+            notes.append(f"{source}: the run that wrote it is {result.status}: points it lacks were not measured")
+        for point in result.points:
+            skey = (point.target, point.transport, point.mode, point.images_per_request)
+            if skey not in series_keys:
+                series_keys.append(skey)
+            pkey = (skey, _gpus_of(point, result), point.replicas, _load_of(point))
+            if pkey in latest and latest[pkey][2] != source:
+                where = f"{point.target} at {pkey[1]} GPU(s), load {format_load(pkey[3])}"
+                notes.append(f"{where}: {source} replaces {latest[pkey][2]}")
+            latest[pkey] = (point, result, source)
+    if not latest:
+        raise ResultsError(f"no measured points in {', '.join(sources)}: run `rayscale bench` to completion first")
+    return series_keys, latest
+
+
+def _exclusion_notes(groups: list[GroupSummary], rows: list[PointRow], costs: dict[int, float] | None) -> list[str]:
+    notes = []
+    for g in groups:
+        if g.peak_images_per_s is None:
+            notes.append(f"{g.series} at {g.gpus} GPU(s): no usable point (unstable, incomplete or failed), no peak")
+        elif g.hourly_cost_usd is None and costs is not None:
+            notes.append(f"--costs has no price for {g.gpus} GPU(s): no cost for {g.series} at {g.gpus} GPU(s)")
+    for r in rows:
+        if not r.usable:
+            notes.append(
+                f"{r.series} at {r.gpus} GPU(s), load {format_load(r.load)}: "
+                f"{'; '.join(r.flags) or r.status}: excluded from peaks and picks"
+            )
+    return notes
 
 
 def _group(

@@ -48,31 +48,29 @@ def run_report(
     return write_report(report, out if out is not None else default_out_dir(results))
 
 
+_HELP = {
+    "results": "Results files from `rayscale bench` (or directories of them).",
+    "engine": "A `rayscale engine-bench` file: report throughput as a fraction of the engine ceiling.",
+    "costs": "Hourly price of each GPU count, e.g. '1gpu:1.5,2gpu:3.0,4gpu:6.0'.",
+    "gpu_hour_cost": "Price of one GPU-hour in dollars (instead of --costs).",
+    "slo_p99_ms": "Latency SLO: pick the highest throughput with p99 at or under it.",
+    "throughput_target": "Images/s to reach: pick the cheapest configuration that does.",
+    "out": "Report directory [default: reports/<first results file name>].",
+    "allow_mismatch": "Compare results with different model, precision, batch size, input or GPU type, and say so.",
+}
+
+
 def report_command(
-    results: Annotated[
-        list[Path], typer.Argument(help="Results files from `rayscale bench` (or directories of them).", show_default=False)
-    ],
-    engine: Annotated[
-        Optional[Path], typer.Option("--engine", help="A `rayscale engine-bench` file: report throughput as a fraction of the engine ceiling.")
-    ] = None,
-    costs: Annotated[
-        Optional[str], typer.Option("--costs", help="Hourly price of each GPU count, e.g. '1gpu:1.5,2gpu:3.0,4gpu:6.0'.")
-    ] = None,
-    gpu_hour_cost: Annotated[
-        Optional[float], typer.Option("--gpu-hour-cost", help="Price of one GPU-hour in dollars (instead of --costs).")
-    ] = None,
-    slo_p99_ms: Annotated[
-        Optional[float], typer.Option("--slo-p99-ms", help="Latency SLO: pick the highest throughput with p99 at or under it.")
-    ] = None,
+    results: Annotated[list[Path], typer.Argument(help=_HELP["results"], show_default=False)],
+    engine: Annotated[Optional[Path], typer.Option("--engine", help=_HELP["engine"])] = None,
+    costs: Annotated[Optional[str], typer.Option("--costs", help=_HELP["costs"])] = None,
+    gpu_hour_cost: Annotated[Optional[float], typer.Option("--gpu-hour-cost", help=_HELP["gpu_hour_cost"])] = None,
+    slo_p99_ms: Annotated[Optional[float], typer.Option("--slo-p99-ms", help=_HELP["slo_p99_ms"])] = None,
     throughput_target: Annotated[
-        Optional[float], typer.Option("--throughput-target", help="Images/s to reach: pick the cheapest configuration that does.")
+        Optional[float], typer.Option("--throughput-target", help=_HELP["throughput_target"])
     ] = None,
-    out: Annotated[
-        Optional[Path], typer.Option("--out", help="Report directory [default: reports/<first results file name>].")
-    ] = None,
-    allow_mismatch: Annotated[
-        bool, typer.Option("--allow-mismatch", help="Compare results with different model, precision, batch size, input or GPU type, and say so.")
-    ] = False,
+    out: Annotated[Optional[Path], typer.Option("--out", help=_HELP["out"])] = None,
+    allow_mismatch: Annotated[bool, typer.Option("--allow-mismatch", help=_HELP["allow_mismatch"])] = False,
 ) -> None:
     """Write report.md, report.json, summary.csv and PNG plots from benchmark results."""
     try:

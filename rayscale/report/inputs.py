@@ -53,5 +53,7 @@ def load_bench_results(paths: list[str | os.PathLike]) -> tuple[list[BenchResult
 def load_engine_result(path: str | os.PathLike) -> EngineBenchResult:
     result = load_results(path)
     if not isinstance(result, EngineBenchResult):
-        raise ResultsError(f"{path} is a bench result, not an engine bench: --engine takes a `rayscale engine-bench` file")
+        raise ResultsError(
+            f"{path} is a bench result, not an engine bench: --engine takes a `rayscale engine-bench` file"
+        )
     return result

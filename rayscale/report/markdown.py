@@ -152,8 +152,8 @@ def _group_rows(groups: list[GroupSummary], report: Report, has_engine: bool, ha
             row += [_num(g.slo_images_per_s), format_load(g.slo_load)]
         row += [knee, g.bottleneck.cause if g.bottleneck else "–", f"{g.usable_points}/{g.points}"]
         if has_engine:
-            row += [f"{_pct(g.engine_fraction)} of {_num(g.engine_ceiling_images_per_s, 0)} (batch {g.engine_batch_size})"
-                    if g.engine_fraction is not None else "–"]
+            ceiling = f"{_num(g.engine_ceiling_images_per_s, 0)} (batch {g.engine_batch_size})"
+            row += [f"{_pct(g.engine_fraction)} of {ceiling}" if g.engine_fraction is not None else "–"]
         rows.append(row)
     return rows
 
