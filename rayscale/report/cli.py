@@ -55,13 +55,13 @@ _HELP = {
     "gpu_hour_cost": "Price of one GPU-hour in dollars (instead of --costs).",
     "slo_p99_ms": "Latency SLO: pick the highest throughput with p99 at or under it.",
     "throughput_target": "Images/s to reach: pick the cheapest configuration that does.",
-    "out": "Report directory [default: reports/<first results file name>].",
+    "out": "Report directory (default: reports/ and the first results file's name).",
     "allow_mismatch": "Compare results with different model, precision, batch size, input or GPU type, and say so.",
 }
 
 
 def report_command(
-    results: Annotated[list[Path], typer.Argument(help=_HELP["results"], show_default=False)],
+    results: Annotated[list[Path], typer.Argument(help=_HELP["results"], metavar="RESULTS", show_default=False)],
     engine: Annotated[Optional[Path], typer.Option("--engine", help=_HELP["engine"])] = None,
     costs: Annotated[Optional[str], typer.Option("--costs", help=_HELP["costs"])] = None,
     gpu_hour_cost: Annotated[Optional[float], typer.Option("--gpu-hour-cost", help=_HELP["gpu_hour_cost"])] = None,
