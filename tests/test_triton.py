@@ -297,3 +297,35 @@ def test_cli_up_status_down_leaves_no_process(model_dir, tmp_path):
         s.bind(("127.0.0.1", port))  # nothing listens on the port any more
     after = cli("status", "--state-dir", state)
     assert after.returncode == 1 and "no Triton server recorded" in after.stdout
+
+
+# ---- GPU (runs where an NVIDIA GPU is visible) ---------------------------------------------------
+
+
+def _gpu_count() -> int:
+    from rayscale.environment import gpu_inventory
+
+    return len(gpu_inventory().get("gpus", []))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(_gpu_count() == 0, reason="needs an NVIDIA GPU")
+def test_gpu_instances_run_onnxruntime_cuda_in_the_stub(model_dir, tmp_path):
+    from rayscale.engine import Engine
+
+    config = TritonConfig(
+        gpus=1, instances_per_gpu=2, provider="cuda", http_port=free_port(), grpc_port=free_port(),
+        metrics_port=free_port(), model_dir=str(model_dir), ready_timeout_s=300,
+    )  # fmt: skip
+    server = triton_up(config, state_dir=tmp_path)
+    try:
+        cfg = parse_config(Path(server.repo_dir) / MODEL_NAME / "config.pbtxt")
+        assert [(g.kind, list(g.gpus), g.count) for g in cfg.instance_group] == [(mc.ModelInstanceGroup.KIND_GPU, [0], 2)]
+        assert server.description == "python backend + onnxruntime in the stub, 2 instances per GPU on 1 GPU"
+        images = np.random.default_rng(5).integers(0, 256, (37, 224, 224, 3), dtype=np.uint8)
+        got = infer(server, images)
+        want = Engine(model_dir, provider="cuda").encode(images)
+        assert cosine_rows(got, want).min() >= 0.9999
+    finally:
+        triton_down(state_dir=tmp_path)
+    assert _session_members(server.pid) == []

@@ -66,6 +66,12 @@ if spec is not None:
     out["pytriton"] = locations[0] if locations else os.path.dirname(spec.origin)
 for mod in ("numpy", "onnxruntime"):
     out["modules"][mod] = importlib.util.find_spec(mod) is not None
+try:
+    import onnxruntime
+    out["onnxruntime"] = {"version": onnxruntime.__version__, "providers": onnxruntime.get_available_providers(),
+                          "path": os.path.dirname(onnxruntime.__file__)}
+except Exception as e:
+    out["onnxruntime"] = {"version": None, "providers": [], "error": repr(e)}
 for dist in ("nvidia-pytriton", "onnxruntime-gpu", "onnxruntime", "numpy"):
     try:
         out["versions"][dist] = md.version(dist)
@@ -91,6 +97,11 @@ class TritonInstall:
     backends_dir: str  # backends/python with the stub for python_version
     venv_dir: str | None = None
     versions: dict[str, str] = field(default_factory=dict)
+    # The onnxruntime the stub imports (where both onnxruntime and onnxruntime-gpu are installed,
+    # sys.path order decides), and its execution providers.
+    onnxruntime_version: str | None = None
+    onnxruntime_providers: list[str] = field(default_factory=list)
+    onnxruntime_path: str | None = None
 
     @property
     def bin_dir(self) -> str:
@@ -108,10 +119,30 @@ class TritonInstall:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def check_cuda(self) -> None:
+        """The stub's onnxruntime must have the CUDA provider for GPU instances; say how to get it if not."""
+        if "CUDAExecutionProvider" in self.onnxruntime_providers:
+            return
+        where = f"onnxruntime {self.onnxruntime_version} at {self.onnxruntime_path}"
+        if self.mode == "venv":
+            fix = "run `rayscale triton setup --gpu-libs`"
+        else:
+            fix = (
+                f"install onnxruntime-gpu for {self.python}, or, where it sits in another folder, put that folder first "
+                "on the interpreter's sys.path with a .pth file in its site-packages holding the line "
+                "`import sys; sys.path.insert(0, '/path/to/folder')` (PYTHONPATH does not reach the backend stub)"
+            )
+        raise ServerError(
+            f"Triton's Python backend imports {where}, which has no CUDA provider "
+            f"(it has {', '.join(self.onnxruntime_providers) or 'none'}): {fix}"
+        )
+
 
 def _probe(python: str) -> dict[str, Any]:
+    """What ``python`` sees; without PYTHONPATH, because the backend stub's embedded interpreter ignores it."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
     try:
-        done = subprocess.run([python, "-c", _PROBE], capture_output=True, text=True, timeout=120)
+        done = subprocess.run([python, "-c", _PROBE], capture_output=True, text=True, timeout=120, env=env)
     except (OSError, subprocess.TimeoutExpired) as e:
         raise ServerError(f"cannot run {python} ({e}): point RAYSCALE_TRITON_PYTHON at a working python3") from None
     if done.returncode != 0:
@@ -143,6 +174,8 @@ def _install_from_probe(info: dict[str, Any], *, mode: str, cache_dir: Path, ven
             "or unset RAYSCALE_TRITON_PYTHON to let rayscale manage a virtual environment"
         )
     missing = [m for m, ok in info["modules"].items() if not ok]
+    if not missing and not info["onnxruntime"].get("version"):
+        raise ServerError(f"onnxruntime fails to import in {python} ({info['onnxruntime'].get('error')}): reinstall it there")
     if missing:
         raise ServerError(f"{', '.join(missing)} not importable by {python}: {python} -m pip install {' '.join(missing)}")
     root = Path(info["pytriton"]) / "tritonserver"
@@ -168,6 +201,9 @@ def _install_from_probe(info: dict[str, Any], *, mode: str, cache_dir: Path, ven
         backends_dir=str(backends),
         venv_dir=str(venv_dir) if venv_dir else None,
         versions={**info["versions"], "python": info["version"]},
+        onnxruntime_version=info["onnxruntime"].get("version"),
+        onnxruntime_providers=list(info["onnxruntime"].get("providers", [])),
+        onnxruntime_path=info["onnxruntime"].get("path"),
     )
 
 

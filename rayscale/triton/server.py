@@ -321,6 +321,9 @@ def _log_tail(path: Path, lines: int = 12) -> str:
         text = path.read_text(errors="replace").splitlines()
     except OSError:
         return "(no log)"
+    errors = [ln for ln in text if ln.startswith("E") and "]" in ln]
+    if errors:  # Triton's own error lines say why a model failed to load
+        return "\n".join(errors[-lines:])
     keep = [ln for ln in text if ln.strip() and not ln.startswith(("+-", "| "))]
     return "\n".join(keep[-lines:]) or "(empty log)"
 
@@ -368,6 +371,8 @@ def triton_up(
     _check_shm(instances, config.shm_default_mb)
     _check_ports(config)
     install = install or ensure_triton()
+    if provider == "cuda":
+        install.check_cuda()
 
     state_root.mkdir(parents=True, exist_ok=True)
     repo = Path(config.repo_dir) if config.repo_dir else state_root / "triton-repo"
