@@ -86,7 +86,11 @@ class OpenClipEncoder:
     # ---- Python path (DeploymentHandle) --------------------------------------------------------
 
     async def infer(self, images: np.ndarray) -> np.ndarray:
-        """Embeddings for a uint8 [N, 224, 224, 3] batch (N ≤ max_batch_size)."""
+        """Embeddings for a uint8 [N, 224, 224, 3] batch (N ≤ max_batch_size), or an ObjectRef to one."""
+        import ray
+
+        if isinstance(images, ray.ObjectRef):
+            images = await images
         if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE, 3):
             raise BadRequest(f"infer takes a uint8 array of shape [N, 224, 224, 3], got {getattr(images, 'shape', type(images))}")
         if not 1 <= images.shape[0] <= self.cfg.max_batch_size:
@@ -105,8 +109,13 @@ class OpenClipEncoder:
     def describe(self) -> dict[str, Any]:
         import ray
 
+        ctx = ray.get_runtime_context()
         return {
             "replica": self.replica_id,
+            "actor_name": ctx.get_actor_name(),
+            "actor_namespace": _SERVE_NAMESPACE,
+            "config": self.cfg.to_dict(),
+            "auth": self._token is not None,
             "node": ray.get_runtime_context().get_node_id(),
             "hostname": os.uname().nodename,
             "pid": os.getpid(),
@@ -115,6 +124,14 @@ class OpenClipEncoder:
             "model_sha256": self.info.sha256,
             "precision": self.info.precision,
         }
+
+    def __del__(self) -> None:
+        # Serve calls this on graceful shutdown (scale-down, redeploy, `rayscale down`).
+        try:
+            self.collector.forget_replica.remote(self.replica_id)
+            self.batcher.close()
+        except Exception:
+            pass
 
     def check_health(self) -> None:
         """Serve calls this periodically; raising marks the replica unhealthy and replaces it."""
@@ -256,6 +273,7 @@ class OpenClipEncoder:
         return triton_model_config(self.cfg, replicas)
 
 
+_SERVE_NAMESPACE = "serve"  # where Ray Serve's controller creates replica actors
 _EXTENSIONS = ["binary_tensor_data", "statistics", "model_configuration"]
 
 

@@ -180,7 +180,22 @@ class StatsCollector:
         self.in_flight.setdefault(replica, 0)
 
     def replicas(self) -> list[dict[str, Any]]:
+        self.prune_dead()
         return list(self.replica_info.values())
+
+    def prune_dead(self) -> int:
+        """Forget replicas whose actor is gone (stopped, scaled down or crashed)."""
+        import ray
+
+        for replica, info in list(self.replica_info.items()):
+            name, namespace = info.get("actor_name"), info.get("actor_namespace")
+            if not name:
+                continue
+            try:
+                ray.get_actor(name, namespace=namespace)
+            except ValueError:
+                self.forget_replica(replica)
+        return len(self.replica_info)
 
     def record(self, replica: str, delta: dict[str, Any], in_flight: int) -> None:
         t = self.total
