@@ -39,6 +39,7 @@ __all__ = ["ExportConfig", "ModelInfo", "export_model", "load_model_info", "pari
 log = logging.getLogger(__name__)
 
 ARCH = "ViT-B-32"
+RANDOM_WEIGHTS_SEED = 0
 PARITY_MIN_COSINE = {"fp32": 0.999, "fp16": 0.99}
 _EXTRA_HINT = "install the export extra: pip install 'rayscale[export]' (torch, torchvision, open_clip_torch, onnx)"
 
@@ -149,6 +150,8 @@ def load_openclip_visual(pretrained: str | None):
             stacklevel=2,
         )
         log.warning("exporting with RANDOM weights (no --pretrained given)")
+        # Seeded, so the same random weights can be rebuilt (engine-bench's parity check on GPU).
+        torch.manual_seed(RANDOM_WEIGHTS_SEED)
         with _quiet_openclip():
             model = open_clip.create_model(ARCH, pretrained=None)
         source = "random"
@@ -450,6 +453,7 @@ def export_model(config: ExportConfig) -> ModelInfo:
         versions=_versions(),
         exported_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         export_seconds=round(time.perf_counter() - t0, 2),
+        extra={"random_seed": RANDOM_WEIGHTS_SEED} if source == "random" else {},
     )
     tmp_json = out_dir / "model.json.tmp"
     tmp_json.write_text(json.dumps(info.to_dict(), indent=2) + "\n")

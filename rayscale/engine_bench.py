@@ -1,0 +1,205 @@
+"""`rayscale engine-bench`: the engine alone, the ceiling every served number is compared with.
+
+For each batch size it times ``Engine.encode`` on host (numpy) input — what a serving replica
+must do — and, on CUDA, the same session on input already on the GPU. Where torch and a GPU
+are present it times torch eager fp16 on open_clip's own tower beside it, so the ratio of the
+two is measured in one run, and checks output parity against torch fp32.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rayscale.config import DEFAULT_MODEL_DIR, INPUT_NAME, OUTPUT_NAME, parse_int_list
+from rayscale.engine import Engine, random_images
+from rayscale.environment import collect_environment, now_iso
+from rayscale.errors import ConfigError
+from rayscale.export import load_model_info
+from rayscale.results import EngineBenchResult, EnginePoint, write_json_atomic
+
+__all__ = ["EngineBenchConfig", "run_engine_bench"]
+
+
+@dataclass
+class EngineBenchConfig:
+    model_dir: str = str(DEFAULT_MODEL_DIR)
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 8, 32, 128, 256])
+    provider: str = "auto"
+    min_time_s: float = 2.0  # per batch size and mode
+    min_iterations: int = 5
+    torch_eager: str = "auto"  # auto | on | off
+    device_input: bool = True  # also time input already on the GPU (CUDA only)
+    out: str | None = None
+    overwrite: bool = False
+    command: str | None = None
+
+    def __post_init__(self) -> None:
+        self.batch_sizes = parse_int_list(self.batch_sizes, "batch sizes")
+        if self.min_time_s <= 0:
+            raise ConfigError(f"min time must be > 0 s, got {self.min_time_s}")
+        if self.torch_eager not in ("auto", "on", "off"):
+            raise ConfigError(f"torch eager must be auto, on or off, got {self.torch_eager!r}")
+
+
+def _time_loop(fn, min_time_s: float, min_iterations: int) -> np.ndarray:
+    times = []
+    deadline = time.perf_counter() + min_time_s
+    while len(times) < min_iterations or time.perf_counter() < deadline:
+        t0 = time.perf_counter()
+        fn(len(times))
+        times.append(time.perf_counter() - t0)
+    return np.asarray(times)
+
+
+def _point(batch: int, times: np.ndarray, *, backend: str, where: str, provider: str) -> EnginePoint:
+    return EnginePoint(
+        batch_size=batch,
+        images_per_s=batch * len(times) / float(times.sum()),
+        latency_mean_ms=float(times.mean() * 1000),
+        latency_p50_ms=float(np.percentile(times, 50) * 1000),
+        latency_p99_ms=float(np.percentile(times, 99) * 1000),
+        iterations=int(len(times)),
+        backend=backend,
+        input_location=where,
+        provider=provider,
+    )
+
+
+def memcpy_report(model_path: Path, device_id: int = 0) -> dict[str, Any]:
+    """Memcpy nodes onnxruntime adds on CUDA (each is lost speed), read from the optimised graph."""
+    import onnx
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as tmp:
+        opt_path = os.path.join(tmp, "optimized.onnx")
+        opts = ort.SessionOptions()
+        opts.optimized_model_filepath = opt_path
+        opts.log_severity_level = 3
+        ort.InferenceSession(str(model_path), sess_options=opts, providers=[("CUDAExecutionProvider", {"device_id": device_id}), "CPUExecutionProvider"])
+        graph = onnx.load(opt_path, load_external_data=False).graph
+        ops: dict[str, int] = {}
+        for node in graph.node:
+            ops[node.op_type] = ops.get(node.op_type, 0) + 1
+    memcpy = {k: v for k, v in ops.items() if k.startswith("Memcpy")}
+    return {"memcpy_nodes": sum(memcpy.values()), "memcpy_by_type": memcpy, "fused": {k: ops[k] for k in ("Attention", "MultiHeadAttention", "SkipLayerNormalization", "BiasGelu", "FastGelu") if k in ops}}
+
+
+def _device_input_runner(engine: Engine, batch: int):
+    ort = engine._ort
+    dev = ort.OrtValue.ortvalue_from_numpy(random_images(batch, seed=batch), "cuda", engine.device_id)
+    out = ort.OrtValue.ortvalue_from_shape_and_type((batch, 512), np.float32, "cuda", engine.device_id)
+    binding = engine.session.io_binding()
+    binding.bind_ortvalue_input(INPUT_NAME, dev)
+    binding.bind_ortvalue_output(OUTPUT_NAME, out)
+
+    def run(_i: int) -> None:
+        engine.session.run_with_iobinding(binding)
+        binding.synchronize_outputs()
+
+    return run
+
+
+def _torch_eager(batch_sizes: list[int], cfg: EngineBenchConfig, engine: Engine, warnings: list[str]) -> tuple[list[EnginePoint], dict[str, Any] | None]:
+    try:
+        import torch
+
+        from rayscale.export import cosine_rows, load_openclip_visual
+    except ImportError:
+        warnings.append("torch eager comparison skipped: torch/open_clip not installed")
+        return [], None
+    if not torch.cuda.is_available():
+        warnings.append("torch eager comparison skipped: torch sees no CUDA device")
+        return [], None
+    info = load_model_info(cfg.model_dir)
+    if info.weights != "random":
+        pretrained = info.weights.split("file:", 1)[-1] if info.weights.startswith("file:") else info.weights.split("/", 1)[-1]
+    else:
+        pretrained = None
+    import warnings as pywarnings
+
+    with pywarnings.catch_warnings():
+        pywarnings.simplefilter("ignore")
+        visual, _, _ = load_openclip_visual(pretrained)
+    device = torch.device("cuda", 0)
+    mean = torch.tensor(info.preprocessing["mean"], device=device).view(1, 3, 1, 1)
+    std = torch.tensor(info.preprocessing["std"], device=device).view(1, 3, 1, 1)
+    points = []
+    half = visual.half().to(device).eval()
+    for batch in batch_sizes:
+        x = torch.from_numpy(random_images(batch, seed=batch)).to(device).permute(0, 3, 1, 2).float().div(255).sub(mean).div(std).half()
+        with torch.inference_mode():
+            for _ in range(3):
+                half(x)
+            torch.cuda.synchronize()
+
+            def run(_i: int) -> None:
+                half(x)
+                torch.cuda.synchronize()
+
+            times = _time_loop(run, cfg.min_time_s, cfg.min_iterations)
+        points.append(_point(batch, times, backend="torch-eager-fp16", where="device", provider="cuda"))
+    parity = None
+    if info.weights != "random" or info.extra.get("random_seed") is not None:  # the same weights rebuilt
+        imgs = random_images(16, seed=123)
+        ref_visual = half.float()
+        with torch.inference_mode():
+            x = torch.from_numpy(imgs).to(device).permute(0, 3, 1, 2).float().div(255).sub(mean).div(std)
+            ref = ref_visual(x).float().cpu().numpy()
+        cos = cosine_rows(ref, engine.encode(imgs))
+        parity = {"reference": "open_clip torch fp32 (GPU)", "min_cosine": float(cos.min()), "mean_cosine": float(cos.mean())}
+    return points, parity
+
+
+def run_engine_bench(cfg: EngineBenchConfig) -> EngineBenchResult:
+    info = load_model_info(cfg.model_dir)
+    max_batch = max(cfg.batch_sizes)
+    started = now_iso()
+    engine = Engine(cfg.model_dir, provider=cfg.provider, max_batch_size=max_batch, warmup=False)
+    warnings: list[str] = []
+    extra: dict[str, Any] = {}
+    if engine.provider == "cuda":
+        extra.update(memcpy_report(engine.model_path, engine.device_id))
+        if extra["memcpy_nodes"]:
+            warnings.append(f"onnxruntime added {extra['memcpy_nodes']} Memcpy nodes: {extra['memcpy_by_type']}")
+    else:
+        warnings.append("onnxruntime runs on the CPU: these are CPU figures, not a GPU ceiling")
+    points: list[EnginePoint] = []
+    for batch in cfg.batch_sizes:
+        inputs = [random_images(batch, seed=batch * 10 + k) for k in range(3)]  # rotate: no cache effects
+        for _ in range(3):
+            engine.encode(inputs[0])
+        times = _time_loop(lambda i: engine.encode(inputs[i % 3]), cfg.min_time_s, cfg.min_iterations)
+        points.append(_point(batch, times, backend="onnxruntime", where="host", provider=engine.provider))
+        if engine.provider == "cuda" and cfg.device_input:
+            run = _device_input_runner(engine, batch)
+            for i in range(3):
+                run(i)
+            times = _time_loop(run, cfg.min_time_s, cfg.min_iterations)
+            points.append(_point(batch, times, backend="onnxruntime", where="device", provider=engine.provider))
+    parity = None
+    if cfg.torch_eager == "on" or (cfg.torch_eager == "auto" and engine.provider == "cuda"):
+        torch_points, parity = _torch_eager(cfg.batch_sizes, cfg, engine, warnings)
+        points.extend(torch_points)
+    model = info.to_dict()
+    model["engine_extra"] = extra
+    if parity:
+        model["gpu_parity"] = parity
+    result = EngineBenchResult(
+        command=cfg.command or "",
+        environment=collect_environment(cfg.command),
+        model=model,
+        points=points,
+        warnings=warnings,
+        started_at=started,
+        ended_at=now_iso(),
+    )
+    if cfg.out:
+        write_json_atomic(cfg.out, result.to_dict(), overwrite=cfg.overwrite)
+    return result
