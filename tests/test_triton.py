@@ -329,3 +329,14 @@ def test_gpu_instances_run_onnxruntime_cuda_in_the_stub(model_dir, tmp_path):
     finally:
         triton_down(state_dir=tmp_path)
     assert _session_members(server.pid) == []
+
+
+def test_forced_interpreter_is_used_as_is_or_refused_with_the_fix(monkeypatch):
+    managed = ensure_triton()
+    monkeypatch.setenv("RAYSCALE_TRITON_PYTHON", managed.python)
+    forced = ensure_triton()
+    assert forced.mode == "interpreter" and forced.tritonserver_bin == managed.tritonserver_bin
+    assert forced.onnxruntime_version == managed.onnxruntime_version
+    monkeypatch.setenv("RAYSCALE_TRITON_PYTHON", sys.executable)  # this interpreter has no nvidia-pytriton
+    with pytest.raises(ServerError, match="pip install nvidia-pytriton==0.7.0|shared libpython"):
+        ensure_triton()

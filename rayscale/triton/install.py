@@ -67,6 +67,11 @@ if spec is not None:
 for mod in ("numpy", "onnxruntime"):
     out["modules"][mod] = importlib.util.find_spec(mod) is not None
 try:
+    import numpy
+    out["numpy_version"] = numpy.__version__
+except Exception:
+    out["numpy_version"] = None
+try:
     import onnxruntime
     out["onnxruntime"] = {"version": onnxruntime.__version__, "providers": onnxruntime.get_available_providers(),
                           "path": os.path.dirname(onnxruntime.__file__)}
@@ -174,6 +179,16 @@ def _install_from_probe(info: dict[str, Any], *, mode: str, cache_dir: Path, ven
             "or unset RAYSCALE_TRITON_PYTHON to let rayscale manage a virtual environment"
         )
     missing = [m for m, ok in info["modules"].items() if not ok]
+    numpy_version = info.get("numpy_version") or "0"
+    if int(numpy_version.split(".")[0]) >= 2:
+        # The bundled stub's pybind11 predates NumPy 2's ABI: on a GPU H100 with numpy 2.5 every
+        # response came back with the right shape and no data. nvidia-pytriton itself pins numpy<2.
+        raise ServerError(
+            f"{python} imports numpy {numpy_version}, but the Triton Python-backend stub bundled in nvidia-pytriton "
+            f"{PYTRITON_VERSION} needs numpy<2 (with numpy 2 its responses carry no data): {python} -m pip install "
+            "'numpy<2', or put a folder holding numpy<2 first on its sys.path, or unset RAYSCALE_TRITON_PYTHON to use "
+            "the managed venv"
+        )
     if not missing and not info["onnxruntime"].get("version"):
         raise ServerError(f"onnxruntime fails to import in {python} ({info['onnxruntime'].get('error')}): reinstall it there")
     if missing:
