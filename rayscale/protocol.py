@@ -47,13 +47,19 @@ def encode_error(message: str) -> bytes:
     return json.dumps({"error": message}).encode()
 
 
-def _loads(data: bytes | str) -> object:
+def _loads(data: bytes | str, *, header_length_given: bool = True) -> object:
+    # Raw bytes after the JSON read as "Extra data" or bad UTF-8: most likely a missing header.
+    hint = "" if header_length_given else f" (a body with binary tensor data needs the {HEADER_LENGTH} header)"
     try:
         return json.loads(data)
     except RecursionError:
         raise BadRequest("malformed JSON: nested too deeply") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise BadRequest(f"malformed JSON: {e}") from None
+    except json.JSONDecodeError as e:
+        raise BadRequest(f"malformed JSON: {e}{hint if e.msg == 'Extra data' else ''}") from None
+    except UnicodeDecodeError as e:
+        raise BadRequest(f"malformed JSON: {e}{hint}") from None
+    except ValueError:  # json turns integers longer than Python's digit limit into a ValueError
+        raise BadRequest("malformed JSON: a number has too many digits") from None
 
 
 def _header_length(value: str | None, body_len: int) -> int | None:
@@ -90,7 +96,7 @@ def parse_infer_request(body: bytes, header_length: str | None, *, max_batch_siz
     if not body:
         raise BadRequest("empty request body: send a v2 inference request")
     json_len = _header_length(header_length, len(body))
-    header = _loads(body[:json_len] if json_len is not None else body)
+    header = _loads(body[:json_len] if json_len is not None else body, header_length_given=json_len is not None)
     if not isinstance(header, dict):
         raise BadRequest("request body must be a JSON object with an 'inputs' list")
     inputs = header.get("inputs")
@@ -190,11 +196,15 @@ def encode_infer_response(
 # ---- client side -------------------------------------------------------------------------------
 
 
-def build_infer_request(images: np.ndarray, *, binary: bool = True) -> tuple[bytes, dict[str, str]]:
+def build_infer_request(
+    images: np.ndarray, *, binary: bool = True, request_id: str | None = None
+) -> tuple[bytes, dict[str, str]]:
     """Build a ready-to-send v2 request body and headers for a uint8 [N,224,224,3] batch."""
     images = np.ascontiguousarray(images, dtype=np.uint8)
     spec: dict = {"name": INPUT_NAME, "datatype": "UINT8", "shape": list(images.shape)}
     header: dict = {"inputs": [spec]}
+    if request_id is not None:
+        header["id"] = request_id
     if binary:
         raw = images.tobytes()
         spec["parameters"] = {"binary_data_size": len(raw)}
