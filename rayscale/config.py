@@ -78,8 +78,8 @@ class ServeConfig:
     max_batch_size: int = 256  # images, not requests
     batch_wait_ms: float = 2.0
     batches_in_flight: int = 2  # batches a replica runs at once (pipelining copy and compute)
-    max_ongoing_requests: int = 256
-    max_queued_requests: int = 1024
+    max_ongoing_requests: int = 512
+    max_queued_requests: int = 256
     host: str = LOCAL_HOST
     port: int = 8000
     max_body_bytes: int = 0  # 0: derived from max_batch_size (one full batch plus headroom)

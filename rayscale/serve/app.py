@@ -153,6 +153,7 @@ class OpenClipEncoder:
                 headers["Retry-After"] = "1"
             if request.url.path.endswith("/infer"):
                 self._fail(status, 0, t0)
+        headers["X-Rayscale-Replica"] = self.replica_id
         return Response(content=body, status_code=status, headers=headers)
 
     async def _route(self, request, t0: int) -> tuple[bytes, int, dict[str, str]]:

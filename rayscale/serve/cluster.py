@@ -92,10 +92,16 @@ def _start_local_cluster(num_gpus: int | None, num_cpus: int | None) -> str:
     ray_bin = shutil.which("ray")
     if ray_bin is None:
         raise ServerError("the `ray` command is not on PATH: install rayscale's dependencies (pip install rayscale)")
+    import socket
+
+    with socket.socket() as sock:  # a free GCS port: other Ray clusters may run on this machine
+        sock.bind((LOCAL_HOST, 0))
+        gcs_port = sock.getsockname()[1]
     cmd = [
         ray_bin,
         "start",
         "--head",
+        f"--port={gcs_port}",
         f"--node-ip-address={LOCAL_HOST}",
         f"--dashboard-host={LOCAL_HOST}",
         "--disable-usage-stats",
@@ -104,11 +110,79 @@ def _start_local_cluster(num_gpus: int | None, num_cpus: int | None) -> str:
         cmd.append(f"--num-gpus={num_gpus}")
     if num_cpus is not None:
         cmd.append(f"--num-cpus={num_cpus}")
+    temp_dir = os.environ.get("RAYSCALE_RAY_TEMP_DIR")
+    if temp_dir:
+        cmd.append(f"--temp-dir={temp_dir}")
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
         raise ServerError("could not start a local Ray cluster: " + " | ".join(tail))
-    return "auto"
+    return f"{LOCAL_HOST}:{gcs_port}"
+
+
+def _use_token_auth() -> None:
+    """Clusters rayscale starts keep Ray's token authentication on (driver and cluster alike)."""
+    if "RAY_AUTH_MODE" in os.environ:  # the user's explicit choice wins
+        return
+    from ray._private.authentication import authentication_token_setup as auth
+
+    if not auth._get_default_token_path().is_file():
+        auth.generate_and_save_token()
+    auth._enable_token_auth()  # sets RAY_AUTH_MODE=token for this process and re-reads Ray's config
+
+
+def _session_dir() -> str | None:
+    try:
+        import ray
+
+        return ray._private.worker.global_worker.node.get_session_dir_path()
+    except Exception:
+        return None
+
+
+def _cluster_pids(session_dir: str) -> list[int]:
+    """Processes of one local cluster: those naming its session directory, and their descendants."""
+    parents: dict[int, int] = {}
+    matched: set[int] = set()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        pid = int(proc.name)
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            parents[pid] = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if session_dir in cmdline:
+            matched.add(pid)
+    grew = True
+    while grew:
+        children = {pid for pid, ppid in parents.items() if ppid in matched and pid not in matched}
+        grew = bool(children)
+        matched |= children
+    matched.discard(os.getpid())
+    return sorted(matched)
+
+
+def _stop_local_cluster(state: dict[str, Any]) -> None:
+    """Stop the processes of the cluster ``up`` started, and only those (others may share the host)."""
+    import signal
+
+    session_dir = state.get("session_dir")
+    if not session_dir:
+        return
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        pids = _cluster_pids(session_dir)
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in pids):
+            time.sleep(0.2)
 
 
 def connect(address: str | None = None, *, start: bool = False, num_gpus: int | None = None, num_cpus: int | None = None) -> tuple[str, bool]:
@@ -121,7 +195,10 @@ def connect(address: str | None = None, *, start: bool = False, num_gpus: int | 
     state = _read_state()
     if address is None:
         address = state.get("address")
+        if address is not None:
+            _use_token_auth()
     if address is None and start:
+        _use_token_auth()
         address = _start_local_cluster(num_gpus, num_cpus)
         started = True
     if address is None:
@@ -134,7 +211,7 @@ def connect(address: str | None = None, *, start: bool = False, num_gpus: int | 
         ) from None
     gcs = ray.get_runtime_context().gcs_address
     if started:
-        _write_state({"address": gcs, "started_by_rayscale": True, "started_at": time.time()})
+        _write_state({"address": address, "session_dir": _session_dir(), "started_by_rayscale": True, "started_at": time.time()})
     return gcs, started
 
 
@@ -320,8 +397,7 @@ def down(app_name: str = "rayscale", *, address: str | None = None, stop_cluster
         serve.shutdown()
     ray.shutdown()
     if stop_cluster and state.get("started_by_rayscale") and address is None:
-        ray_bin = shutil.which("ray") or "ray"
-        subprocess.run([ray_bin, "stop", "--force"], capture_output=True, timeout=120)
+        _stop_local_cluster(state)
         result["cluster_stopped"] = True
         _state_file().unlink(missing_ok=True)
     return result
