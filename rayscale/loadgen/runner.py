@@ -254,7 +254,18 @@ def _make_clients(cfg: BenchConfig, n: int) -> list[Any]:
         timeout_s=cfg.request_timeout_s,
     )
     actor = ray.remote(LoadClient).options(num_cpus=cfg.client_cpus, scheduling_strategy="SPREAD", max_concurrency=1)
-    return [actor.remote(target) for _ in range(n)]
+    clients = [actor.remote(target) for _ in range(n)]
+    try:
+        ray.get([c.__ray_ready__.remote() for c in clients], timeout=120)
+    except ray.exceptions.GetTimeoutError:
+        for c in clients:
+            ray.kill(c)
+        free = ray.available_resources().get("CPU", 0)
+        raise ConfigError(
+            f"{n} client actors × {cfg.client_cpus:g} CPU could not be scheduled ({free:g} CPUs free in the cluster): "
+            "lower --clients or --client-cpus"
+        ) from None
+    return clients
 
 
 def _split(total: int, parts: int) -> list[int]:
@@ -447,6 +458,7 @@ def _run_point(
     point.requests_incomplete = totals.incomplete
     point.errors = totals.errors
     point.late_sends = totals.late
+    point.offered_rps = float(load) if cfg.mode == "open" else None
     point.error_timeline = _timeline(totals.error_events)
     point.client_cpu_pct = max((t["cpu_pct"] for takes in used for t in takes), default=0.0)
     point.client_cpu_saturated = point.client_cpu_pct >= CLIENT_CPU_SATURATED_PCT
