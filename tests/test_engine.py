@@ -48,6 +48,20 @@ def test_an_image_gets_the_same_embedding_alone_or_in_a_batch(engine):
     assert cosine_rows(batch[[0, 6]], alone).min() > 0.99999
 
 
+def test_encode_takes_the_protocols_read_only_views_and_strided_arrays(engine):
+    from rayscale.protocol import build_infer_request, parse_infer_request
+
+    images = random_images(4, seed=8)
+    expected = engine.encode(images)
+    body, headers = build_infer_request(images)
+    view = parse_infer_request(body, headers["Inference-Header-Content-Length"], max_batch_size=MAX_BATCH).images
+    assert not view.flags.writeable
+    np.testing.assert_array_equal(engine.encode(view), expected)
+    strided = np.stack([images, images], axis=1)[:, 0]  # a non-contiguous view of the same pixels
+    assert not strided.flags.c_contiguous
+    np.testing.assert_array_equal(engine.encode(strided), expected)
+
+
 def test_encode_parts_equals_encode_on_the_concatenation(engine):
     parts = [random_images(k, seed=20 + k) for k in (1, 3, 2)]
     outputs, gather_ns, run_ns = engine.encode_parts(parts)

@@ -18,7 +18,7 @@ from PIL import Image
 import open_clip
 from rayscale.config import EMBED_DIM, INPUT_NAME, OUTPUT_NAME
 from rayscale.engine import Engine
-from rayscale.errors import ConfigError
+from rayscale.errors import ConfigError, ExportError, ModelNotFoundError
 from rayscale.export import (
     ExportConfig,
     ModelInfo,
@@ -209,6 +209,34 @@ def test_unknown_precision_is_refused_before_any_work(tmp_path):
         ExportConfig(out_dir=str(tmp_path), precision="int8")
     line = error_line(rayscale("export", "--out", str(tmp_path / "m"), "--precision", "int8"))
     assert "precision must be fp16 or fp32, got 'int8'" in line
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"opset": 12}, "opset must be in 13..23, got 12"),
+        ({"parity_batch_size": 0}, "parity_batch_size must be in 1..64, got 0"),
+    ],
+)
+def test_export_settings_out_of_range(settings, message, tmp_path):
+    with pytest.raises(ConfigError, match=message):
+        ExportConfig(out_dir=str(tmp_path), **settings)
+
+
+def test_unknown_pretrained_tag_lists_the_known_ones(tmp_path):
+    with pytest.raises(ExportError, match="unknown pretrained tag 'no_such_tag' for ViT-B-32: use one of .*openai"):
+        export_model(ExportConfig(out_dir=str(tmp_path), pretrained="no_such_tag"))
+
+
+def test_a_broken_model_json_says_to_export_again(tmp_path):
+    (tmp_path / "model.onnx").write_bytes(b"")
+    for text in ("{not json", "[1, 2]", '{"name": "x"}'):
+        (tmp_path / "model.json").write_text(text)
+        with pytest.raises(ModelNotFoundError, match="is not a rayscale model.json .*export the model again"):
+            load_model_info(tmp_path)
+    (tmp_path / "model.onnx").unlink()
+    with pytest.raises(ModelNotFoundError, match=f"run `rayscale export --out {tmp_path}` first"):
+        load_model_info(tmp_path)
 
 
 def test_missing_checkpoint(tmp_path):
