@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -64,6 +65,7 @@ def parse_float_list(text: str | list[float], what: str, *, exclusive_minimum: f
     _check(bool(values), f"{what} is empty: give at least one value, e.g. '100,500'")
     for v in values:
         _check(v > exclusive_minimum, f"{what} values must be > {exclusive_minimum:g}, got {v:g}")
+        _check(math.isfinite(v), f"{what} values must be finite, got {v:g}")
     return values
 
 

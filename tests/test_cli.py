@@ -55,6 +55,7 @@ def test_engine_bench_empty_batch_sizes(tmp_path):
     [
         (["--rate", "0"], "--rate values must be > 0, got 0"),
         (["--rate", "100,fast"], "--rate must be a comma-separated list of numbers"),
+        (["--rate", "500,inf"], "--rate values must be finite, got inf"),
         (["--concurrency", ""], "--concurrency is empty"),
         (["--concurrency", "0"], "--concurrency values must be ≥ 1, got 0"),
         (["--images-per-request", "1,x"], "--images-per-request must be a comma-separated list of integers"),
