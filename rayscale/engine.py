@@ -59,6 +59,25 @@ def _resolve_model_path(model: str | os.PathLike) -> Path:
     return p
 
 
+def _describe(args) -> str:
+    return ", ".join(f"{a.name} {a.type} {list(a.shape)}" for a in args)
+
+
+def _check_signature(session, path: Path) -> None:
+    """The file must be this model's contract: IMAGE uint8 [N, 224, 224, 3] -> EMBEDDING float [N, 512]."""
+    ins, outs = session.get_inputs(), session.get_outputs()
+    ok = (
+        len(ins) == 1
+        and (ins[0].name, ins[0].type, list(ins[0].shape[1:])) == (INPUT_NAME, "tensor(uint8)", list(IMAGE_SHAPE))
+        and any((o.name, o.type, list(o.shape[1:])) == (OUTPUT_NAME, "tensor(float)", [EMBED_DIM]) for o in outs)
+    )
+    if not ok:
+        raise ModelNotFoundError(
+            f"{path} takes {_describe(ins)} and returns {_describe(outs)}; expected {INPUT_NAME} tensor(uint8) "
+            f"[N, 224, 224, 3] -> {OUTPUT_NAME} tensor(float) [N, {EMBED_DIM}]: export the model with `rayscale export`"
+        )
+
+
 @dataclass
 class _Buffers:
     binding: object
@@ -107,7 +126,17 @@ class Engine:
             if intra_op_threads:
                 opts.intra_op_num_threads = intra_op_threads
             providers = ["CPUExecutionProvider"]
-        self.session = ort.InferenceSession(str(self.model_path), sess_options=opts, providers=providers)
+        try:
+            self.session = ort.InferenceSession(str(self.model_path), sess_options=opts, providers=providers)
+        except Exception as e:  # onnxruntime has one exception type per status code; a bad file is any of several
+            if "Load model from" not in str(e):
+                raise
+            reason = str(e).split("failed:", 1)[-1].strip()
+            reason = f": {reason}" if len(reason) < 160 and "\n" not in reason else ""
+            raise ModelNotFoundError(
+                f"cannot load {self.model_path} (onnxruntime cannot read it{reason}): export it again with `rayscale export`"
+            ) from None
+        _check_signature(self.session, self.model_path)
         got = self.session.get_providers()[0]
         self.provider = "cuda" if got == "CUDAExecutionProvider" else "cpu"
         if provider == "cuda" and self.provider != "cuda":

@@ -154,6 +154,26 @@ def test_missing_model_says_to_export(tmp_path):
         assert str(where) in str(info.value)
 
 
+@pytest.mark.parametrize("content", [b"half a download", b"xx", b""])
+def test_a_corrupt_model_file_says_to_export_again(tmp_path, content):
+    (tmp_path / "model.onnx").write_bytes(content)
+    with pytest.raises(ModelNotFoundError, match=f"cannot load {tmp_path / 'model.onnx'}.*rayscale export") as info:
+        Engine(tmp_path, provider="cpu")
+    assert "\n" not in str(info.value)
+
+
+def test_a_model_with_another_signature_is_refused(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 224, 224])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3, 224, 224])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "other", [x], [y])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), tmp_path / "model.onnx")
+    with pytest.raises(ModelNotFoundError, match=r"takes x tensor\(float\).*expected IMAGE tensor\(uint8\).*rayscale export"):
+        Engine(tmp_path, provider="cpu")
+
+
 def test_unknown_provider(model_dir):
     with pytest.raises(ConfigError, match="provider must be auto, cuda or cpu, got 'tpu'"):
         Engine(model_dir, provider="tpu")
