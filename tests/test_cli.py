@@ -45,6 +45,13 @@ def test_engine_bench_without_a_model():
     assert "model not found at /nonexistent" in line and "rayscale export" in line
 
 
+def test_engine_bench_with_a_corrupt_model(model_dir, tmp_path):
+    (tmp_path / "model.json").write_bytes((model_dir / "model.json").read_bytes())
+    (tmp_path / "model.onnx").write_bytes(b"half a download")
+    line = error_line(rayscale("engine-bench", "--model", str(tmp_path), "--batch-sizes", "1"))
+    assert f"cannot load {tmp_path / 'model.onnx'}" in line and "rayscale export" in line
+
+
 def test_engine_bench_empty_batch_sizes(tmp_path):
     line = error_line(rayscale("engine-bench", "--batch-sizes", "", "--model", str(tmp_path)))
     assert "batch sizes is empty" in line
