@@ -40,13 +40,28 @@ from rayscale.errors import (
     Unauthorized,
 )
 
-__all__ = ["DEPLOYMENT_NAME", "OpenClipEncoder", "build_app", "deployment_options"]
+__all__ = [
+    "DEPLOYMENT_NAME",
+    "PROXY_CALLBACK",
+    "PROXY_CALLBACK_ENV",
+    "OpenClipEncoder",
+    "ProtocolErrorMiddleware",
+    "build_app",
+    "deployment_options",
+    "proxy_env_vars",
+    "proxy_middlewares",
+]
 
 log = logging.getLogger("rayscale.serve")
 
 DEPLOYMENT_NAME = "OpenClipEncoder"
 MODEL_VERSION = "1"
 _UNSUPPORTED_PREFIXES = ("/v2/repository", "/v2/systemsharedmemory", "/v2/cudasharedmemory", "/v2/trace", "/v2/logging")
+# Ray Serve imports this in its HTTP proxy when the variable is set in the proxy's environment.
+PROXY_CALLBACK_ENV = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
+PROXY_CALLBACK = "rayscale.serve.app:proxy_middlewares"
+# Test hook: a file naming replica ids whose health check fails (Serve then replaces them).
+FAIL_HEALTH_ENV = "RAYSCALE_FAIL_HEALTH_CHECK_FILE"
 
 
 class OpenClipEncoder:
@@ -105,6 +120,8 @@ class OpenClipEncoder:
             raise
         finally:
             self.in_flight -= 1
+            if self.in_flight == 0:
+                self._flush()
 
     def describe(self) -> dict[str, Any]:
         import ray
@@ -138,6 +155,11 @@ class OpenClipEncoder:
         task = self.batcher._loop_task
         if task is not None and task.done() and not task.cancelled() and task.exception() is not None:
             raise RuntimeError(f"batching loop died: {task.exception()!r}")
+        marked = os.environ.get(FAIL_HEALTH_ENV)
+        if marked and os.path.isfile(marked):
+            with open(marked) as f:
+                if self.replica_id in f.read().split():
+                    raise RuntimeError(f"replica {self.replica_id} is marked unhealthy in {marked}")
 
     # ---- HTTP path -----------------------------------------------------------------------------
 
@@ -147,7 +169,14 @@ class OpenClipEncoder:
         t0 = time.perf_counter_ns()
         try:
             body, status, headers = await self._route(request, t0)
-        except ProtocolError as e:
+        except asyncio.CancelledError:  # the client went away (or the proxy timed out): nobody to answer
+            if request.url.path.endswith("/infer"):
+                self._fail(499, 0, t0)
+            raise
+        except Exception as e:  # every answer is the protocol's JSON error form, never a bare 500
+            if not isinstance(e, ProtocolError):
+                log.exception("request %s failed", request.url.path)
+                e = ProtocolError(f"internal error: {type(e).__name__}: {e}")
             body, status, headers = protocol.encode_error(str(e)), e.status_code, {"Content-Type": "application/json"}
             if isinstance(e, Overloaded):
                 headers["Retry-After"] = "1"
@@ -167,8 +196,8 @@ class OpenClipEncoder:
             return self._json({"live": True}, method)
         if path == "/v2/health/ready":
             _require(method, "GET")
-            if self.draining:
-                return protocol.encode_error("server is draining"), 503, {"Content-Type": "application/json"}
+            if await self._is_draining():
+                return protocol.encode_error("server is draining: send new requests elsewhere"), 503, {"Content-Type": "application/json"}
             return self._json({"ready": True}, method)
         if path == "/v2":
             return self._json({"name": "rayscale", "version": _version(), "extensions": _EXTENSIONS}, method)
@@ -188,7 +217,10 @@ class OpenClipEncoder:
         if action == "":
             return self._json(self._metadata, method)
         if action == "ready":
-            return self._json({"name": MODEL_NAME, "ready": not self.draining}, method)
+            _require(method, "GET")
+            if await self._is_draining():
+                return protocol.encode_error(f"{MODEL_NAME} is draining: send new requests elsewhere"), 503, {"Content-Type": "application/json"}
+            return self._json({"name": MODEL_NAME, "ready": True}, method)
         if action == "config":
             return self._json(await self._triton_config(), method)
         if action == "stats":
@@ -236,11 +268,21 @@ class OpenClipEncoder:
         req = protocol.parse_infer_request(
             body, request.headers.get(protocol.HEADER_LENGTH.lower()), max_batch_size=self.cfg.max_batch_size
         )
+        remaining_s = self.cfg.request_timeout_s - (time.perf_counter_ns() - t0) / 1e9
         self.in_flight += 1
         try:
-            out, _, _ = await self.batcher.submit(req.images)
+            async with asyncio.timeout(max(remaining_s, 0.0)):  # cancels the queued request, so it costs no compute
+                out, _, _ = await self.batcher.submit(req.images)
+        except TimeoutError:
+            raise ProtocolError(
+                f"inference did not finish within request_timeout_s={self.cfg.request_timeout_s:g} s: the server is "
+                "overloaded; retry later or send smaller batches",
+                status_code=504,
+            ) from None
         finally:
             self.in_flight -= 1
+            if self.in_flight == 0:  # so the collector's in-flight count returns to zero when idle
+                self._flush()
         return _ok(*protocol.encode_infer_response(MODEL_NAME, out, binary=req.binary_output, request_id=req.request_id))
 
     # ---- statistics ----------------------------------------------------------------------------
@@ -264,6 +306,11 @@ class OpenClipEncoder:
 
     def _flush(self) -> None:
         self.collector.record.remote(self.replica_id, self.stats.take(), self.in_flight)
+
+    async def _is_draining(self) -> bool:
+        if not self.draining:  # `rayscale down` marks the whole app draining in the collector
+            self.draining = bool(await self.collector.is_draining.remote())
+        return self.draining
 
     async def _stats(self) -> dict[str, Any]:
         snap = await self.collector.snapshot.remote()
@@ -360,7 +407,10 @@ def deployment_options(cfg: ServeConfig) -> dict[str, Any]:
         "num_replicas": cfg.replicas,
         "ray_actor_options": {"num_gpus": cfg.gpus_per_replica, "num_cpus": cfg.cpus_per_replica},
         "max_ongoing_requests": cfg.max_ongoing_requests,
-        "max_queued_requests": cfg.max_queued_requests,
+        # The replica's batcher enforces max_queued_requests with the protocol's 503; Serve's own limit
+        # (whose rejections the proxy middleware rewrites) only guards against a runaway queue in the router,
+        # which also holds requests for a moment while it picks a replica.
+        "max_queued_requests": _serve_queue_limit(cfg),
         "graceful_shutdown_timeout_s": max(cfg.request_timeout_s, 5.0),
         "graceful_shutdown_wait_loop_s": 0.5,
         "health_check_period_s": 5.0,
@@ -368,6 +418,12 @@ def deployment_options(cfg: ServeConfig) -> dict[str, Any]:
         # A log line per request costs the replica CPU on the hot path; errors are still logged.
         "logging_config": {"enable_access_log": False, "log_level": "WARNING"},
     }
+
+
+def _serve_queue_limit(cfg: ServeConfig) -> int:
+    if cfg.max_queued_requests < 0:
+        return -1
+    return max(4 * cfg.max_queued_requests * cfg.replicas, 1024)
 
 
 def build_app(args: dict[str, Any] | None = None):
@@ -388,3 +444,97 @@ def build_app(args: dict[str, Any] | None = None):
     cfg = ServeConfig(**args)
     deployment = serve.deployment(OpenClipEncoder, **deployment_options(cfg))
     return deployment.bind(cfg.to_dict() | {"api_token": cfg.api_token})
+
+
+# ---- Ray Serve's proxy -------------------------------------------------------------------------
+
+
+class ProtocolErrorMiddleware:
+    """Gives the errors Ray Serve's HTTP proxy writes itself the protocol's JSON form.
+
+    The proxy answers some requests without the replica's help, in plain text that tritonclient
+    cannot parse: 503 when Serve's own queue is full (``max_queued_requests``) or no replica is
+    available, 408 when a proxy timeout expires, 404 for a path outside every route, and an empty
+    500 when the replica died mid-request. This ASGI middleware runs in the proxy (Serve imports
+    ``PROXY_CALLBACK`` from ``PROXY_CALLBACK_ENV``) and rewrites each into ``{"error": ...}``,
+    keeping the status and ``Retry-After``; a request left unanswered becomes a retryable 503.
+    Serve's own ``/-/`` routes are left alone.
+    """
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope.get("type") != "http" or scope.get("path", "").startswith("/-/"):
+            await self.app(scope, receive, send)
+            return
+        started = False
+        held: dict | None = None  # the start of a plain-text error, rewritten once its body is complete
+        chunks: list[bytes] = []
+
+        async def send_json_errors(message) -> None:
+            nonlocal started, held
+            if message["type"] == "http.response.start":
+                started = True
+                if message["status"] >= 400 and not _is_json(message.get("headers") or []):
+                    held = message
+                    return
+            elif message["type"] == "http.response.body" and held is not None:
+                chunks.append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    text = b"".join(chunks).decode(errors="replace").strip()
+                    await _send_json_error(send, held["status"], text, held.get("headers") or [])
+                return
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_json_errors)
+        except Exception as e:
+            if started:
+                raise
+            log.warning("Serve's proxy failed a request: %r", e)
+            await _send_json_error(send, 500, f"proxy error: {type(e).__name__}: {e}", [])
+            return
+        if not started:  # the proxy gave up on the replica (it died) without writing an answer
+            await _send_json_error(
+                send, 503, "the replica handling this request failed before answering (Serve replaces it): retry", []
+            )
+
+
+def proxy_middlewares() -> list:
+    """What Serve's proxy imports through ``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH``."""
+    from starlette.middleware import Middleware
+
+    return [Middleware(ProtocolErrorMiddleware)]
+
+
+def proxy_env_vars() -> dict[str, str]:
+    """Environment for Serve's controller (and so its proxies) that installs the middleware."""
+    return {PROXY_CALLBACK_ENV: PROXY_CALLBACK}
+
+
+def _is_json(headers: list) -> bool:
+    for key, value in headers:
+        if bytes(key).lower() == b"content-type":
+            return bytes(value).lower().startswith(b"application/json")
+    return False
+
+
+_PROXY_DEFAULT_MESSAGES = {
+    404: "no such route on this server: see /v2 for the Open Inference Protocol endpoints",
+    408: "request timed out in Ray Serve's proxy: retry, or raise the timeout",
+    503: "server overloaded or no replica available: retry later",
+}
+
+
+async def _send_json_error(send, status: int, text: str, headers: list) -> None:
+    import json
+
+    message = text or _PROXY_DEFAULT_MESSAGES.get(status, f"HTTP {status}")
+    body = json.dumps({"error": message}).encode()
+    kept = [(bytes(k), bytes(v)) for k, v in headers if bytes(k).lower() not in (b"content-type", b"content-length")]
+    if status in (503, 429) and not any(k.lower() == b"retry-after" for k, _ in kept):
+        kept.append((b"retry-after", b"1"))
+    kept += [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": kept})
+    await send({"type": "http.response.body", "body": body})

@@ -113,7 +113,10 @@ def _start_local_cluster(num_gpus: int | None, num_cpus: int | None) -> str:
     temp_dir = os.environ.get("RAYSCALE_RAY_TEMP_DIR")
     if temp_dir:
         cmd.append(f"--temp-dir={temp_dir}")
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+    from rayscale.serve.app import proxy_env_vars
+
+    env = dict(os.environ, **proxy_env_vars())  # Serve's proxy answers its own errors in the protocol's JSON form
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env)
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
         raise ServerError("could not start a local Ray cluster: " + " | ".join(tail))
@@ -288,9 +291,12 @@ def up(
 
     warnings: list[str] = []
     if cfg.host not in (LOCAL_HOST, "localhost", "::1"):
-        msg = f"serving HTTP on {cfg.host}: reachable from other machines"
         if not cfg.api_token:
-            msg += " without an API token (pass --api-token or set RAYSCALE_API_TOKEN)"
+            raise ConfigError(
+                f"host {cfg.host} exposes the server to other machines: also pass --api-token (or set "
+                f"RAYSCALE_API_TOKEN), or keep the default host {LOCAL_HOST}"
+            )
+        msg = f"serving HTTP on {cfg.host}: reachable from other machines (API token required)"
         warnings.append(msg)
         log.warning(msg)
     gcs, started = connect(address, start=True, num_gpus=num_gpus)
@@ -298,7 +304,13 @@ def up(
     cfg = _resolve_gpus(cfg, cluster_gpus, warnings)
     info = _ensure_model(cfg, gpu_present=cluster_gpus > 0)
     cfg.model_dir = str(Path(cfg.model_dir).resolve())
-    serve.start(http_options={"host": cfg.host, "port": cfg.port})
+    from rayscale.serve.app import proxy_env_vars
+
+    # The proxy inherits the controller's environment, which installs rayscale's JSON error form there.
+    serve.start(
+        http_options={"host": cfg.host, "port": cfg.port},
+        controller_options={"runtime_env": {"env_vars": proxy_env_vars()}},
+    )
     kill_collector(cfg.app_name)  # fresh statistics for a fresh deployment
     app = build_app(cfg.to_dict() | {"api_token": cfg.api_token})
     try:
@@ -369,12 +381,18 @@ def status(app_name: str = "rayscale", *, address: str | None = None) -> StatusR
     )
 
 
-def down(app_name: str = "rayscale", *, address: str | None = None, stop_cluster: bool = True) -> dict[str, Any]:
-    """Delete the app (Serve drains in-flight requests), then stop the cluster ``up`` started."""
+def down(
+    app_name: str = "rayscale", *, address: str | None = None, stop_cluster: bool = True, drain_s: float = 0.0
+) -> dict[str, Any]:
+    """Drain and delete the app, then stop the cluster ``up`` started.
+
+    Readiness (``/v2/health/ready``) turns 503 first; after ``drain_s`` (time for load balancers
+    to notice) the app is deleted, and Serve lets in-flight requests finish before stopping a replica.
+    """
     import ray
     from ray import serve
 
-    from rayscale.serve.stats import kill_collector
+    from rayscale.serve.stats import NAMESPACE, collector_name, kill_collector
 
     state = _read_state()
     result: dict[str, Any] = {"app_deleted": False, "cluster_stopped": False}
@@ -384,6 +402,11 @@ def down(app_name: str = "rayscale", *, address: str | None = None, stop_cluster
         _state_file().unlink(missing_ok=True)
         return result
     if app_name in serve.status().applications:
+        try:
+            ray.get(ray.get_actor(collector_name(app_name), namespace=NAMESPACE).set_draining.remote(True), timeout=10)
+            time.sleep(drain_s)
+        except (ValueError, ray.exceptions.RayError):
+            pass  # no collector: no replica ever started, nothing to drain
         serve.delete(app_name, _blocking=True)
         result["app_deleted"] = True
     kill_collector(app_name)

@@ -174,6 +174,14 @@ class StatsCollector:
         self.in_flight: dict[str, int] = {}
         self.rejected = 0
         self.replica_info: dict[str, dict[str, Any]] = {}
+        self.draining = False
+
+    def set_draining(self, draining: bool = True) -> None:
+        """Marks the app draining: every replica's readiness answers 503 from now on."""
+        self.draining = draining
+
+    def is_draining(self) -> bool:
+        return self.draining
 
     def register(self, replica: str, info: dict[str, Any]) -> None:
         self.replica_info[replica] = info
