@@ -49,13 +49,14 @@ import urllib.request
 import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from rayscale.config import DEFAULT_MODEL_DIR, MODEL_NAME
 from rayscale.environment import collect_environment, now_iso
 from rayscale.errors import ConfigError, RayscaleError, ResultsError, ServerError
+from rayscale.loadgen.runner import BenchConfig
 from rayscale.results import BenchResult, LatencyStats, PointResult, ServerStats, WindowStats, load_results, write_json_atomic
 
 __all__ = [
@@ -569,7 +570,7 @@ def interval_for_window(window_s: float) -> int:
     return max(100, round(window_s * 1000.0 / _WINDOW_FACTOR))
 
 
-def _check_bench_config(cfg: Any) -> None:
+def _check_bench_config(cfg: BenchConfig) -> None:
     if cfg.handle or not cfg.url:
         raise ConfigError("perf_analyzer measures a server over HTTP: pass --url instead of --handle")
     if len(cfg.replicas) != 1:
@@ -581,7 +582,7 @@ def _check_bench_config(cfg: Any) -> None:
         raise ConfigError(f"perf_analyzer's request distribution is constant or poisson, got {cfg.arrival!r}")
 
 
-def _model_record(cfg: Any, server: _Server) -> dict[str, Any]:
+def _model_record(cfg: BenchConfig, server: _Server) -> dict[str, Any]:
     """model.json where the client can read it; else what the server says of its model."""
     from rayscale.export import load_model_info
 
@@ -608,7 +609,12 @@ def _default_out(target: str) -> str:
     return str(Path("benchmarks") / "results" / f"bench-{target}-perf_analyzer-{time.strftime('%Y%m%d-%H%M%S')}.json")
 
 
-def bench_with_perf_analyzer(cfg: Any, *, install: PerfAnalyzerInstall | None = None) -> BenchResult:
+def bench_with_perf_analyzer(
+    cfg: BenchConfig,
+    *,
+    on_event: Callable[[dict[str, Any]], None] | None = None,
+    install: PerfAnalyzerInstall | None = None,
+) -> BenchResult:
     """Run every (images per request × concurrency or rate) point of ``cfg`` with perf_analyzer.
 
     The results file has the same form as ``rayscale bench``'s (environment, model, config,
@@ -617,10 +623,10 @@ def bench_with_perf_analyzer(cfg: Any, *, install: PerfAnalyzerInstall | None = 
     interval is ``window_s / 1.2``, its stability percentage ``100 × stability`` (its rule,
     max/min of the last three windows, is stricter than rayscale's ±stability around their mean)
     and its trial cap ``max_windows``. perf_analyzer has no separate warm-up: its early windows
-    are the warm-up, discarded until three agree.
+    are the warm-up, discarded until three agree. ``on_event`` gets run_bench's ``start``,
+    ``point`` and ``skip`` events (so its progress printer works).
     """
-    from rayscale.loadgen.runner import BenchConfig  # the same settings as `rayscale bench`
-
+    emit = on_event or (lambda e: None)
     if not isinstance(cfg, BenchConfig):
         raise ConfigError(f"bench_with_perf_analyzer takes a BenchConfig, got {type(cfg).__name__}")
     _check_bench_config(cfg)
@@ -664,7 +670,9 @@ def bench_with_perf_analyzer(cfg: Any, *, install: PerfAnalyzerInstall | None = 
                 )  # fmt: skip
                 if planned.key in done:
                     result.points.append(done[planned.key])
+                    emit({"event": "skip", "point": planned})
                     continue
+                emit({"event": "start", "point": planned})
                 try:
                     point = run_perf_analyzer(
                         cfg.url, model=cfg.model, batch_size=ipr,
@@ -677,6 +685,7 @@ def bench_with_perf_analyzer(cfg: Any, *, install: PerfAnalyzerInstall | None = 
                     point = planned
                     point.status, point.error, point.stable = "failed", str(e), False
                 result.points.append(point)
+                emit({"event": "point", "point": point})
                 write_json_atomic(out, result.to_dict())
         result.status = "complete"
     finally:

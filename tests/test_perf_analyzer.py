@@ -1,9 +1,16 @@
 """Triton's perf_analyzer, unmodified, measures rayscale and the Triton baseline, and agrees with `rayscale bench`.
 
 perf_analyzer is installed by rayscale's own set-up (the binary from the tritonclient 2.41.1
-wheel, in a cache dir); each server is measured by both clients at the same point (2 images per
-request, concurrency 2, 3 s windows): throughput within 10 %, p50 within 15 %. The CPU here is
-shared with other work, so a pair that disagrees is measured once more before the test fails.
+wheel, in a cache dir). Each server is measured by both clients at the same point (2 images per
+request, concurrency 2, 4 s windows, the same stability rule), one after the other.
+
+The CPU here is shared with other work, and the server's own compute time per request swings by
+2x between consecutive runs, so raw figures from two runs cannot agree within 10 %. Each client's
+figures are therefore taken relative to the server's queue + compute time per request over the
+same windows (both read it from the statistics endpoint): throughput × server time and
+p50 / server time must agree within 10 % and 15 %. That cancels the machine's speed and keeps
+every client-side definition under test: images versus requests, which requests a window counts
+and how long it lasts, percentiles, client overhead. A pair that disagrees is measured again (twice at most).
 """
 
 from __future__ import annotations
@@ -33,7 +40,12 @@ from conftest import free_port
 
 IMAGES_PER_REQUEST = 2
 CONCURRENCY = 2
-WINDOW_S = 3.0
+WINDOW_S = 4.0
+# Loose enough that both clients settle within a few windows on a shared CPU: this file checks
+# that the two clients measure alike, not how steady the machine is.
+STABILITY = 0.5
+MAX_WINDOWS = 5
+ATTEMPTS = 3  # a burst of other work during one run skews its latency distribution; measure the pair again
 THROUGHPUT_TOLERANCE = 0.10
 P50_TOLERANCE = 0.15
 
@@ -44,10 +56,13 @@ def install():
 
 
 def bench_config(url: str, out: Path, model_dir: Path) -> BenchConfig:
-    """One point, the same for both clients: windows, stability rule and cap, images per request, load."""
+    """One point, the same for both clients: windows, stability rule and cap, images per request, load.
+
+    rayscale's client warms up for one window; perf_analyzer's first windows are its warm-up.
+    """
     return BenchConfig(
-        url=url, concurrency=[CONCURRENCY], images_per_request=[IMAGES_PER_REQUEST], warmup_s=2.0,
-        window_s=WINDOW_S, stability=0.25, max_windows=10, duration_s=10 * WINDOW_S, clients=1,
+        url=url, concurrency=[CONCURRENCY], images_per_request=[IMAGES_PER_REQUEST], warmup_s=WINDOW_S,
+        window_s=WINDOW_S, stability=STABILITY, max_windows=MAX_WINDOWS, duration_s=MAX_WINDOWS * WINDOW_S, clients=1,
         model_dir=str(model_dir), out=str(out), overwrite=True,
     )  # fmt: skip
 
@@ -56,24 +71,31 @@ def relative_gap(a: float, b: float) -> float:
     return abs(a - b) / ((a + b) / 2)
 
 
+def server_ms(p: PointResult) -> float:
+    """The server's own time per request (queue + compute) over the point's windows."""
+    assert p.server is not None and p.server.requests > 0, f"{p.transport}: no server statistics"
+    return p.server.queue_ms_per_request + p.server.compute_ms_per_request
+
+
 def disagreements(pa: PointResult, rs: PointResult) -> list[str]:
-    problems = []
     if pa.status != "ok" or rs.status != "ok":
-        problems.append(f"status perf_analyzer={pa.status} ({pa.error}) rayscale={rs.status}")
-        return problems
-    gap = relative_gap(pa.images_per_s, rs.images_per_s)
-    if gap > THROUGHPUT_TOLERANCE:
-        problems.append(f"images/s perf_analyzer={pa.images_per_s:.2f} rayscale={rs.images_per_s:.2f} ({gap:.0%} apart)")
-    gap = relative_gap(pa.latency.p50_ms, rs.latency.p50_ms)
-    if gap > P50_TOLERANCE:
-        problems.append(f"p50 perf_analyzer={pa.latency.p50_ms:.1f} ms rayscale={rs.latency.p50_ms:.1f} ms ({gap:.0%} apart)")
+        return [f"status perf_analyzer={pa.status} ({pa.error}) rayscale={rs.status}"]
+    raw = (f"raw: perf_analyzer {pa.images_per_s:.2f} images/s, p50 {pa.latency.p50_ms:.0f} ms, server {server_ms(pa):.0f} ms/request; "
+           f"rayscale {rs.images_per_s:.2f} images/s, p50 {rs.latency.p50_ms:.0f} ms, server {server_ms(rs):.0f} ms/request")  # fmt: skip
+    problems = []
+    a, b = pa.images_per_s * server_ms(pa) / 1000, rs.images_per_s * server_ms(rs) / 1000
+    if relative_gap(a, b) > THROUGHPUT_TOLERANCE:
+        problems.append(f"images per server-second: perf_analyzer {a:.2f}, rayscale {b:.2f} ({relative_gap(a, b):.0%} apart; {raw})")
+    a, b = pa.latency.p50_ms / server_ms(pa), rs.latency.p50_ms / server_ms(rs)
+    if relative_gap(a, b) > P50_TOLERANCE:
+        problems.append(f"p50 / server time: perf_analyzer {a:.2f}, rayscale {b:.2f} ({relative_gap(a, b):.0%} apart; {raw})")
     return problems
 
 
 def measure_both(url: str, tmp: Path, model_dir: Path, install) -> tuple[BenchResult, BenchResult, list[str]]:
-    """perf_analyzer, then rayscale's client, on the same point; a disagreeing pair is measured once more."""
+    """perf_analyzer, then rayscale's client, on the same point; a disagreeing pair is measured again, up to twice."""
     problems: list[str] = []
-    for attempt in range(2):
+    for attempt in range(ATTEMPTS):
         pa = bench_with_perf_analyzer(bench_config(url, tmp / f"pa-{attempt}.json", model_dir), install=install)
         rs = run_bench(bench_config(url, tmp / f"rs-{attempt}.json", model_dir))
         problems = disagreements(pa.points[0], rs.points[0])
@@ -83,9 +105,12 @@ def measure_both(url: str, tmp: Path, model_dir: Path, install) -> tuple[BenchRe
 
 
 def assert_same_story(pa: BenchResult, rs: BenchResult, problems: list[str], target: str) -> None:
-    assert not problems, "perf_analyzer and rayscale bench disagree twice: " + "; ".join(problems)
+    assert not problems, f"perf_analyzer and rayscale bench disagree {ATTEMPTS} times in a row: " + "; ".join(problems)
     (p,) = pa.points
     (r,) = rs.points
+    # Both clients count what the server counted in their windows (up to the requests in flight at the edges).
+    for point in (p, r):
+        assert abs(point.server.requests - point.latency.count) <= 2 * CONCURRENCY
     assert (p.target, p.transport, p.images_per_request, p.concurrency) == (target, "perf_analyzer", IMAGES_PER_REQUEST, CONCURRENCY)
     assert r.target == target
     # perf_analyzer's "Inferences/Second" counts images: requests × images per request.
