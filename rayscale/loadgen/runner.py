@@ -217,9 +217,13 @@ def server_stats_delta(before: dict[str, Any] | None, after: dict[str, Any] | No
 def _connect_ray(cfg: BenchConfig) -> None:
     import ray
 
-    from rayscale.serve.cluster import connect
+    from rayscale.serve.cluster import _read_state, connect
 
     if ray.is_initialized():
+        return
+    if not cfg.handle and cfg.address is None and not _read_state():
+        # An external server and no cluster of ours: a fresh local one, never a guessed (maybe stale) one.
+        ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False, namespace="rayscale")
         return
     try:
         connect(cfg.address)
@@ -227,7 +231,7 @@ def _connect_ray(cfg: BenchConfig) -> None:
         if cfg.handle or cfg.address:
             raise
         # An external server (e.g. Triton) and no cluster: client actors run in a local one.
-        ray.init(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False, namespace="rayscale")
+        ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False, namespace="rayscale")
 
 
 def _auto_clients(cfg: BenchConfig, load: int) -> int:
