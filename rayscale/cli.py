@@ -52,9 +52,10 @@ def export(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            cfg = ExportConfig(out_dir=str(out), precision=precision, pretrained=pretrained, opset=opset, optimize=optimize)
             if pretrained is None:
                 typer.secho("warning: no --pretrained given: exporting RANDOM weights (speed is real, embeddings are not)", fg="yellow", err=True)
-            info = export_model(ExportConfig(out_dir=str(out), precision=precision, pretrained=pretrained, opset=opset, optimize=optimize))
+            info = export_model(cfg)
     except RayscaleError as e:
         raise _fail(e) from None
     p = info.parity

@@ -20,7 +20,7 @@ import numpy as np
 from rayscale.config import DEFAULT_MODEL_DIR, INPUT_NAME, OUTPUT_NAME, parse_int_list
 from rayscale.engine import Engine, random_images
 from rayscale.environment import collect_environment, now_iso
-from rayscale.errors import ConfigError
+from rayscale.errors import ConfigError, ResultsError
 from rayscale.export import load_model_info
 from rayscale.results import EngineBenchResult, EnginePoint, write_json_atomic
 
@@ -158,6 +158,8 @@ def _torch_eager(batch_sizes: list[int], cfg: EngineBenchConfig, engine: Engine,
 
 
 def run_engine_bench(cfg: EngineBenchConfig) -> EngineBenchResult:
+    if cfg.out and not cfg.overwrite and Path(cfg.out).exists():
+        raise ResultsError(f"{cfg.out} exists: pass --overwrite to replace it")
     info = load_model_info(cfg.model_dir)
     max_batch = max(cfg.batch_sizes)
     started = now_iso()
