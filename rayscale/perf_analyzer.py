@@ -164,7 +164,12 @@ def _verify(install: PerfAnalyzerInstall) -> None:
     text = done.stdout + done.stderr
     if "error while loading shared libraries" in text:
         lib = text.split("error while loading shared libraries:", 1)[1].split(":")[0].strip()
-        fix = f"`{_APT_HINT}`" if "libb64" in lib else f"remove {default_cache_dir()} and rerun the set-up"
+        if "libb64" in lib:
+            fix = f"`{_APT_HINT}`"
+        elif install.source == "env":
+            fix = f"put the folder holding {lib} on LD_LIBRARY_PATH, or unset RAYSCALE_PERF_ANALYZER to let rayscale install one"
+        else:
+            fix = f"remove {Path(install.binary).parent.parent} and rerun the set-up"
         raise ServerError(f"perf_analyzer cannot load {lib}: {fix}")
     if "measurement-interval" not in text:
         tail = " | ".join(text.strip().splitlines()[-3:]) or f"exit status {done.returncode}"

@@ -18,6 +18,7 @@ from __future__ import annotations
 import http.server
 import importlib.metadata as md
 import json
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -140,6 +141,27 @@ def test_install_is_idempotent_and_leaves_the_environments_tritonclient_alone(in
     import tritonclient
 
     assert not Path(tritonclient.__file__).is_relative_to(Path(install.binary).parent.parent)
+
+
+def test_install_script_sets_up_a_fresh_cache_unattended_then_only_checks_it(tmp_path):
+    script = Path(__file__).resolve().parent.parent / "scripts" / "install_perf_analyzer.sh"
+    first = subprocess.run([str(script), str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr
+    binary = Path(first.stdout.strip())
+    assert binary == tmp_path / "bin" / "perf_analyzer" and binary.is_file()
+    t0 = time.perf_counter()
+    again = subprocess.run([str(script), str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0 and again.stdout.strip() == str(binary)
+    assert time.perf_counter() - t0 < 10
+
+
+def test_an_external_binary_without_its_libraries_names_the_fix(install, monkeypatch):
+    monkeypatch.setenv("RAYSCALE_PERF_ANALYZER", install.binary)  # the CUDA runtime is not on LD_LIBRARY_PATH
+    monkeypatch.delenv("LD_LIBRARY_PATH", raising=False)
+    with pytest.raises(ServerError, match="cannot load libcudart.so.12: put the folder holding libcudart.so.12 on LD_LIBRARY_PATH"):
+        ensure_perf_analyzer()
+    monkeypatch.setenv("LD_LIBRARY_PATH", ":".join(install.library_dirs))
+    assert ensure_perf_analyzer().source == "env"
 
 
 def test_points_are_checked_before_perf_analyzer_starts(install):
