@@ -1,0 +1,224 @@
+"""`rayscale up` as a user runs it: two replicas, one logical GPU each, real HTTP, real tritonclient."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rayscale import protocol
+from rayscale.config import MODEL_NAME, ServeConfig
+from rayscale.engine import Engine, random_images
+
+from conftest import free_port
+
+pytestmark = pytest.mark.timeout(600)
+
+
+@pytest.fixture(scope="module")
+def app(model_dir):
+    import ray
+
+    from rayscale.serve.cluster import down, up
+
+    ray.init(address="local", num_cpus=4, num_gpus=2, include_dashboard=False, namespace="rayscale")
+    port = free_port()
+    cfg = ServeConfig(model_dir=str(model_dir), replicas=2, gpus_per_replica=1, cpus_per_replica=0.5,
+                      provider="cpu", port=port, batch_wait_ms=5, max_batch_size=16)
+    result = up(cfg, exporter=False)
+    yield result
+    down(cfg.app_name)
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def engine(model_dir):
+    return Engine(model_dir, provider="cpu", max_batch_size=16)
+
+
+def _post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes, dict[str, str]]:
+    req = urllib.request.Request(url, data=body, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=120) as resp:
+            return resp.status, resp.read(), _headers(resp.headers)
+    except urllib.error.HTTPError as e:
+        return e.code, e.read(), _headers(e.headers)
+
+
+def _headers(h) -> dict[str, str]:
+    """Header names as the protocol spells them (HTTP header names are case-insensitive)."""
+    out = {k.lower(): v for k, v in h.items()}
+    if protocol.HEADER_LENGTH.lower() in out:
+        out[protocol.HEADER_LENGTH] = out[protocol.HEADER_LENGTH.lower()]
+    return out
+
+
+def _get(url: str) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(url, timeout=30) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def _infer_url(app) -> str:
+    return f"{app.url}/v2/models/{MODEL_NAME}/infer"
+
+
+def test_each_replica_holds_its_own_gpu(app):
+    gpus = sorted(r["gpu_ids"][0] for r in app.replica_info)
+    assert gpus == ["0", "1"]
+    assert {r["provider"] for r in app.replica_info} == {"cpu"}
+
+
+def test_tritonclient_binary_infer_equals_engine(app, engine):
+    import tritonclient.http as httpclient
+
+    images = random_images(3, seed=11)
+    client = httpclient.InferenceServerClient(app.url.removeprefix("http://"))
+    assert client.is_server_live() and client.is_model_ready(MODEL_NAME)
+    inp = httpclient.InferInput("IMAGE", list(images.shape), "UINT8")
+    inp.set_data_from_numpy(images, binary_data=True)
+    out = httpclient.InferRequestedOutput("EMBEDDING", binary_data=True)
+    result = client.infer(MODEL_NAME, [inp], outputs=[out])
+    np.testing.assert_allclose(result.as_numpy("EMBEDDING"), engine.encode(images), rtol=1e-4, atol=1e-4)
+    meta = client.get_model_metadata(MODEL_NAME)
+    assert meta["inputs"][0] == {"name": "IMAGE", "datatype": "UINT8", "shape": [-1, 224, 224, 3]}
+
+
+def test_json_tensors_give_the_same_embeddings(app, engine):
+    images = random_images(2, seed=12)
+    body, headers = protocol.build_infer_request(images, binary=False)
+    status, data, resp_headers = _post(_infer_url(app), body, headers)
+    assert status == 200, data
+    got = protocol.parse_infer_response(data, resp_headers.get(protocol.HEADER_LENGTH))
+    np.testing.assert_allclose(got, engine.encode(images), rtol=1e-4, atol=1e-4)
+
+
+def test_both_replicas_receive_traffic(app):
+    body, headers = protocol.build_infer_request(random_images(1, seed=13))
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda _: _post(_infer_url(app), body, headers), range(24)))
+    assert all(status == 200 for status, _, _ in results)
+    replicas = {h.get("x-rayscale-replica") for _, _, h in results}
+    assert replicas == {r["replica"] for r in app.replica_info}
+
+
+def test_statistics_count_requests_and_images(app):
+    before = _get(f"{app.url}/v2/models/{MODEL_NAME}/stats")[1]["model_stats"][0]
+    body, headers = protocol.build_infer_request(random_images(3, seed=14))
+    for _ in range(4):
+        assert _post(_infer_url(app), body, headers)[0] == 200
+    after = _get(f"{app.url}/v2/models/{MODEL_NAME}/stats")[1]["model_stats"][0]
+    assert after["inference_stats"]["success"]["count"] - before["inference_stats"]["success"]["count"] == 4
+    assert after["inference_count"] - before["inference_count"] == 12
+    assert after["inference_stats"]["compute_infer"]["ns"] > before["inference_stats"]["compute_infer"]["ns"]
+    assert sum(b["compute_infer"]["count"] for b in after["batch_stats"]) == after["execution_count"]
+
+
+def test_metadata_health_and_config_endpoints(app):
+    assert _get(f"{app.url}/v2/health/live")[0] == 200
+    assert _get(f"{app.url}/v2/health/ready")[0] == 200
+    status, server = _get(f"{app.url}/v2")
+    assert status == 200 and server["name"] == "rayscale" and "binary_tensor_data" in server["extensions"]
+    status, cfg = _get(f"{app.url}/v2/models/{MODEL_NAME}/config")
+    assert status == 200 and cfg["max_batch_size"] == 16
+    assert cfg["input"][0]["data_type"] == "TYPE_UINT8" and cfg["output"][0]["dims"] == [512]
+    assert cfg["instance_group"][0]["count"] == 2 and cfg["instance_group"][0]["gpus"] == [0, 1]
+    assert _get(f"{app.url}/v2/models/{MODEL_NAME}/versions/1/ready")[0] == 200
+
+
+def _bad_requests():
+    good = random_images(1, seed=15)
+    body, headers = protocol.build_infer_request(good)
+    hl = int(headers[protocol.HEADER_LENGTH])
+    header = json.loads(body[:hl])
+
+    def with_header(h: dict, raw: bytes = good.tobytes()) -> tuple[bytes, dict]:
+        head = json.dumps(h).encode()
+        return head + raw, {"Content-Type": "application/octet-stream", protocol.HEADER_LENGTH: str(len(head))}
+
+    def edit(**changes) -> dict:
+        h = json.loads(json.dumps(header))
+        h["inputs"][0].update(changes)
+        return h
+
+    over = random_images(17, seed=1)
+    over_body, over_headers = protocol.build_infer_request(over)
+    return {
+        "wrong input name": (*with_header(edit(name="PIXELS")), "PIXELS"),
+        "wrong dtype": (*with_header(edit(datatype="FP32")), "UINT8"),
+        "wrong shape": (*with_header(edit(shape=[1, 224, 224, 4])), "shape"),
+        "empty batch": (*with_header(edit(shape=[0, 224, 224, 3], parameters={"binary_data_size": 0}), b""), "batch size"),
+        "batch over the limit": (over_body, over_headers, "max_batch_size"),
+        "malformed JSON": (b"{not json", {"Content-Type": "application/json"}, "malformed JSON"),
+        "truncated binary body": (body[:-100], headers, "expected"),
+        "wrong header length": (body, {**headers, protocol.HEADER_LENGTH: str(hl + 7)}, ""),
+    }
+
+
+@pytest.mark.parametrize("case", list(_bad_requests()))
+def test_bad_input_is_a_400_naming_the_problem_and_the_server_still_works(app, engine, case):
+    body, headers, needle = _bad_requests()[case]
+    status, data, _ = _post(_infer_url(app), body, headers)
+    assert status == 400, (case, data)
+    error = json.loads(data)["error"]
+    assert needle.lower() in error.lower()
+    images = random_images(2, seed=16)
+    good_body, good_headers = protocol.build_infer_request(images)
+    status, data, h = _post(_infer_url(app), good_body, good_headers)
+    assert status == 200
+    np.testing.assert_allclose(protocol.parse_infer_response(data, h.get(protocol.HEADER_LENGTH)), engine.encode(images), rtol=1e-4, atol=1e-4)
+
+
+def test_unknown_model_is_404_and_unsupported_extensions_501(app):
+    body, headers = protocol.build_infer_request(random_images(1))
+    status, data, _ = _post(f"{app.url}/v2/models/resnet50/infer", body, headers)
+    assert status == 404 and "resnet50" in json.loads(data)["error"]
+    status, data, _ = _post(f"{app.url}/v2/repository/index", b"{}", {"Content-Type": "application/json"})
+    assert status == 501 and "error" in json.loads(data)
+
+
+def test_handle_path_takes_a_numpy_batch(app, engine):
+    from ray import serve
+
+    from rayscale.serve.app import DEPLOYMENT_NAME
+
+    handle = serve.get_deployment_handle(DEPLOYMENT_NAME, app.app_name)
+    images = random_images(4, seed=17)
+    out = handle.infer.remote(images).result(timeout_s=120)
+    np.testing.assert_allclose(out, engine.encode(images), rtol=1e-4, atol=1e-4)
+
+
+def test_cli_up_status_down_leaves_no_ray_process(model_dir, tmp_path):
+    """The README's commands in a fresh process: a cluster of our own, and nothing left after down."""
+    env = dict(os.environ, RAYSCALE_STATE_DIR=str(tmp_path / "state"), RAYSCALE_RAY_TEMP_DIR=f"/tmp/rs-{os.getpid()}")
+    port = free_port()
+    cli = [sys.executable, "-m", "rayscale.cli"]
+    up = subprocess.run([*cli, "up", "--replicas", "1", "--model", str(model_dir), "--port", str(port),
+                         "--cpus-per-replica", "0.5", "--no-exporter", "--num-gpus", "0"],
+                        env=env, capture_output=True, text=True, timeout=300)
+    assert up.returncode == 0, up.stderr[-2000:]
+    assert f"http://127.0.0.1:{port}" in up.stdout
+    state = json.loads((tmp_path / "state" / "cluster.json").read_text())
+    status = subprocess.run([*cli, "status"], env=env, capture_output=True, text=True, timeout=120)
+    assert status.returncode == 0 and "RUNNING" in status.stdout
+    down = subprocess.run([*cli, "down"], env=env, capture_output=True, text=True, timeout=300)
+    assert down.returncode == 0, down.stderr[-2000:]
+    assert "Ray cluster stopped" in down.stdout
+    from rayscale.serve.cluster import _cluster_pids
+
+    deadline = time.monotonic() + 20
+    while _cluster_pids(state["session_dir"]) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _cluster_pids(state["session_dir"]) == []
+    assert not (tmp_path / "state" / "cluster.json").exists()
