@@ -1,0 +1,171 @@
+"""`rayscale bench` as users rely on it: valid sweeps, honest percentiles, open loop without coordinated omission."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from rayscale.config import ServeConfig
+from rayscale.errors import ConfigError, ResultsError, ServerError
+from rayscale.loadgen import BenchConfig, run_bench
+from rayscale.loadgen.schedule import arrival_offsets
+from rayscale.loadgen.stats import is_stable, latency_stats, percentile
+from rayscale.loadgen.trivial_server import TrivialServer
+from rayscale.results import BenchResult, WindowStats, load_results
+
+from conftest import free_port
+
+pytestmark = pytest.mark.timeout(900)
+
+FAST = dict(warmup_s=0.5, window_s=1.0, duration_s=4.0, max_windows=4, client_cpus=0)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    import ray
+
+    ray.init(address="local", num_cpus=4, num_gpus=2, include_dashboard=False, namespace="rayscale")
+    yield
+    ray.shutdown()
+
+
+# ---- pure parts --------------------------------------------------------------------------------
+
+
+def test_nearest_rank_percentiles_of_pooled_samples_equal_numpy():
+    rng = np.random.default_rng(0)
+    actors = [rng.lognormal(-4, 0.6, size=n) for n in (1000, 37, 5000)]
+    pooled = np.concatenate(actors)
+    stats = latency_stats(pooled)
+    for p, got in ((50, stats.p50_ms), (90, stats.p90_ms), (99, stats.p99_ms), (99.9, stats.p999_ms)):
+        expected = np.percentile(pooled, p, method="inverted_cdf") * 1000
+        assert got == pytest.approx(expected, rel=1e-12)
+        assert percentile(pooled, p) * 1000 == pytest.approx(expected, rel=1e-12)
+    # averaging per-actor percentiles is not the same thing (and not what rayscale does)
+    averaged = np.mean([np.percentile(a, 99, method="inverted_cdf") for a in actors]) * 1000
+    assert abs(averaged - stats.p99_ms) > 1e-6
+    assert stats.count == pooled.size and stats.max_ms == pytest.approx(pooled.max() * 1000)
+
+
+def test_stability_rule_needs_three_agreeing_windows():
+    w = lambda ips, p95: WindowStats(start_s=0, duration_s=1, requests=1, images_per_s=ips, p95_ms=p95)
+    assert not is_stable([w(100, 10), w(101, 10)], 0.1)
+    assert is_stable([w(50, 30), w(100, 10), w(104, 10.5), w(98, 9.8)], 0.1)
+    assert not is_stable([w(100, 10), w(130, 10), w(100, 10)], 0.1)
+    assert not is_stable([w(100, 10), w(100, 14), w(100, 10)], 0.1)
+
+
+def test_open_loop_schedules():
+    constant = arrival_offsets(200.0, 5.0, "constant")
+    assert len(constant) == 1000
+    np.testing.assert_allclose(np.diff(constant), 1 / 200.0)
+    poisson = arrival_offsets(500.0, 20.0, "poisson", seed=3)
+    assert len(poisson) == pytest.approx(10000, rel=0.05)
+    gaps = np.diff(poisson)
+    assert gaps.std() / gaps.mean() == pytest.approx(1.0, abs=0.05)  # exponential: CV = 1
+    assert not np.array_equal(poisson, arrival_offsets(500.0, 20.0, "poisson", seed=4))
+
+
+@pytest.mark.parametrize(
+    "kwargs, needle",
+    [
+        (dict(url="http://x", concurrency=[]), "concurrency"),
+        (dict(url="http://x", concurrency=None, rates_rps=[0.0]), "rates"),
+        (dict(url="http://x", concurrency=[1], rates_rps=[10.0]), "exactly one load shape"),
+        (dict(url=None, handle=False), "exactly one target"),
+        (dict(url="ftp://x"), "http://"),
+        (dict(url="http://x", arrival="bursty", concurrency=None, rates_rps=[5.0]), "arrival"),
+        (dict(url="http://x", replicas=[]), "replicas"),
+    ],
+)
+def test_bad_bench_settings_are_refused_before_any_load(kwargs, needle):
+    with pytest.raises(ConfigError, match=needle):
+        BenchConfig(**kwargs)
+
+
+# ---- against real servers ----------------------------------------------------------------------
+
+
+def test_unreachable_url_fails_before_load(tmp_path):
+    cfg = BenchConfig(url=f"http://127.0.0.1:{free_port()}", concurrency=[1], out=str(tmp_path / "r.json"), **FAST)
+    with pytest.raises(ServerError, match="cannot reach"):
+        run_bench(cfg)
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_open_loop_p99_shows_a_stall_that_closed_loop_cannot(ray_cluster, tmp_path):
+    """A server that stalls 1.5 s: open-loop latency counts from the intended send time."""
+    with TrivialServer() as server:
+        results = {}
+        for mode, shape in (("open", dict(concurrency=None, rates_rps=[40.0])), ("closed", dict(concurrency=[2]))):
+            cfg = BenchConfig(url=server.url, images_per_request=[1], out=str(tmp_path / f"{mode}.json"), clients=1,
+                              warmup_s=0.5, window_s=4.0, duration_s=12.0, max_windows=3, client_cpus=0, **shape)
+
+            def stall_in_first_window(event, server=server):
+                if event["event"] == "window" and event["index"] == 1:
+                    server.stall(1.5)
+
+            results[mode] = run_bench(cfg, on_event=stall_in_first_window).points[0]
+        open_point, closed_point = results["open"], results["closed"]
+        # ~60 of ~480 measured requests are due during the stall; each waits until it ends, so their
+        # latencies from the intended send time spread over 0..1.5 s: the top 12% of the distribution
+        assert open_point.latency.p99_ms >= 1000
+        assert open_point.latency.p95_ms >= 500
+        # closed loop: 2 slots each see one slow request; the rest are fast, the stall is hidden
+        assert closed_point.latency.p90_ms < 100
+        for p in (open_point, closed_point):
+            assert p.requests_sent == p.requests_ok + p.requests_failed + p.requests_incomplete
+        assert open_point.offered_rps is None or open_point.offered_rps == pytest.approx(40.0)
+        assert open_point.requests_per_s == pytest.approx(40.0, rel=0.15)
+
+
+def test_closed_loop_counts_every_error(ray_cluster, tmp_path):
+    with TrivialServer(fail_every=4) as server:
+        cfg = BenchConfig(url=server.url, concurrency=[4], images_per_request=[2], out=str(tmp_path / "e.json"), clients=2, **FAST)
+        point = run_bench(cfg).points[0]
+    assert point.errors.get("http_500", 0) == point.requests_failed > 0
+    assert point.requests_sent == point.requests_ok + point.requests_failed + point.requests_incomplete
+    assert point.requests_failed == pytest.approx(point.requests_sent / 4, abs=8)
+
+
+def test_sweep_of_two_replica_counts_and_two_concurrencies_writes_a_valid_file(ray_cluster, model_dir, tmp_path):
+    from rayscale.serve.cluster import down, up
+
+    cfg = ServeConfig(model_dir=str(model_dir), replicas=1, gpus_per_replica=1, cpus_per_replica=0.5, provider="cpu",
+                      port=free_port(), max_batch_size=8, batch_wait_ms=5)
+    app = up(cfg, exporter=False)
+    try:
+        out = tmp_path / "sweep.json"
+        bench = BenchConfig(url=app.url, replicas=[1, 2], concurrency=[1, 2], images_per_request=[2], out=str(out),
+                            csv=True, clients=1, **FAST)
+        result = run_bench(bench)
+        loaded = load_results(out)
+        assert isinstance(loaded, BenchResult) and loaded.status == "complete"
+        assert [(p.replicas, p.concurrency) for p in loaded.points] == [(1, 1), (1, 2), (2, 1), (2, 2)]
+        for p in loaded.points:
+            assert p.status in ("ok", "unstable") and p.target == "rayscale"
+            assert p.requests_sent == p.requests_ok + p.requests_failed + p.requests_incomplete
+            assert p.requests_failed == 0 and p.images_per_s > 0
+            assert p.latency.p50_ms <= p.latency.p99_ms <= p.latency.max_ms
+            assert p.server is not None and p.server.requests > 0 and p.server.images == 2 * p.server.requests
+            assert len(p.windows) >= 3
+        assert loaded.model["sha256"] and loaded.environment["versions"]["ray"] == "2.60.0"
+        assert loaded.serve_config["replicas"] == 2
+        assert out.with_suffix(".csv").read_text().count("\n") == 5
+        # the replica sweep really rescaled the app
+        from rayscale.serve.cluster import status
+
+        assert status(cfg.app_name).replica_states.get("RUNNING") == 2
+        # an existing results file is never overwritten silently
+        with pytest.raises(ResultsError, match="--overwrite"):
+            run_bench(bench)
+        # --resume skips what is there
+        resumed = run_bench(BenchConfig(url=app.url, replicas=[2], concurrency=[1, 2], images_per_request=[2], out=str(out),
+                                        resume=True, clients=1, **FAST))
+        assert [p.started_at for p in resumed.points] == [p.started_at for p in loaded.points[2:]]
+        # handle mode through the same batcher
+        handle_point = run_bench(BenchConfig(handle=True, replicas=[2], concurrency=[2], images_per_request=[2],
+                                             out=str(tmp_path / "handle.json"), clients=1, **FAST)).points[0]
+        assert handle_point.transport == "handle" and handle_point.requests_ok > 0 and handle_point.requests_failed == 0
+    finally:
+        down(cfg.app_name)
