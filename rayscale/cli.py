@@ -225,6 +225,7 @@ def bench(
     overwrite: bool = typer.Option(False, help="Replace an existing --out file."),
     resume: bool = typer.Option(False, help="Continue an existing --out file, skipping its finished points."),
     metrics_port: Optional[int] = typer.Option(None, help="Serve live load metrics for Prometheus on this port (e.g. 9401)."),
+    client: str = typer.Option("rayscale", help="Load engine: rayscale (Ray actors) or perf_analyzer (Triton's client)."),
 ) -> None:
     """Drive load from Ray actors and measure throughput and honest latency percentiles."""
     from rayscale.loadgen import BenchConfig, run_bench
@@ -249,9 +250,16 @@ def bench(
         raise _fail(e) from None
     from rayscale.loadgen.progress import ProgressPrinter
 
+    if client not in ("rayscale", "perf_analyzer"):
+        raise _fail(RayscaleError(f"unknown --client {client!r}: use rayscale or perf_analyzer"))
     printer = ProgressPrinter()
     try:
-        result = run_bench(cfg, on_event=printer)
+        if client == "perf_analyzer":
+            from rayscale.perf_analyzer import bench_with_perf_analyzer
+
+            result = bench_with_perf_analyzer(cfg, on_event=printer)
+        else:
+            result = run_bench(cfg, on_event=printer)
     except KeyboardInterrupt:
         typer.echo(f"\ninterrupted: finished points kept in {printer.out or cfg.out or 'the results file'} (marked incomplete)", err=True)
         raise typer.Exit(130) from None
