@@ -165,11 +165,19 @@ def keep_node_exporters(
     return count
 
 
+def proxy_env_vars() -> dict[str, str]:
+    from rayscale.serve.app import proxy_env_vars as serve_proxy_env_vars
+
+    return serve_proxy_env_vars()
+
+
 def serve_config_v2(serve: ServeConfig) -> str:
     """The RayService's ``serveConfigV2``: a Serve config file (YAML; JSON is valid YAML)."""
     config = {
         "proxy_location": "EveryNode",
         "http_options": {"host": serve.host, "port": serve.port},
+        # Serve's proxy answers its own errors (queue full, timeout, dead replica) in the protocol's JSON.
+        "controller_options": {"runtime_env": {"env_vars": proxy_env_vars()}},
         "applications": [
             {
                 "name": serve.app_name,
