@@ -5,7 +5,7 @@ For every point:
 1. clients start the load (closed loop: N slots; open loop: a schedule) and run a warm-up
    whose samples are discarded;
 2. consecutive windows of ``window_s`` are measured until the last three agree within
-   ``stability`` on throughput and p95 (perf_analyzer's rule), or ``max_windows`` /
+   ``stability`` on throughput and p95 (perf_analyzer's rule: max/min ≤ 1 + stability), or ``max_windows`` /
    ``duration_s`` is reached (then the point is flagged ``unstable``);
 3. the point's figures come from the last three windows: latencies pooled from every client
    (exact percentiles), server-side queue/compute split from the statistics endpoint (deltas
@@ -395,12 +395,14 @@ def _run_point(
     t_start = time.perf_counter()
     try:
         time.sleep(cfg.warmup_s)
+        # Start the GPU samplers (an actor start: ~0.5-1 s) before the warm-up's last take, so the
+        # first window's requests and its duration both start at that take.
+        samplers = _gpu_samplers(cfg)
         for take in _take_all(active):
             totals.add(take)
-        snapshots.append(_fetch_stats(cfg))
-        samplers = _gpu_samplers(cfg)
         t_last = time.perf_counter()
         measured_start = t_last
+        snapshots.append(_fetch_stats(cfg))
         while True:
             time.sleep(max(0.0, cfg.window_s - (time.perf_counter() - t_last)))
             takes = _take_all(active)

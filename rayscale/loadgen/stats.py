@@ -2,7 +2,8 @@
 
 Client actors return raw latency samples; pooling them and taking percentiles of the pool is
 exact (percentiles are never averaged across actors). Percentiles use the nearest-rank method
-(the smallest sample with at least p% of samples at or below it), as perf_analyzer does.
+(the smallest sample with at least p% of samples at or below it); perf_analyzer picks index
+round(p/100·(n−1)) instead: the two are at most one sample apart.
 """
 
 from __future__ import annotations
@@ -49,14 +50,11 @@ def latency_stats(samples_s: np.ndarray | Sequence[float]) -> LatencyStats:
 
 
 def is_stable(windows: list[WindowStats], tolerance: float, *, count: int = 3) -> bool:
-    """The last ``count`` windows agree within ±tolerance of their mean, on throughput and p95."""
+    """perf_analyzer's rule: over the last ``count`` windows, max/min ≤ 1 + tolerance for throughput and p95."""
     if len(windows) < count:
         return False
     last = windows[-count:]
     for values in ([w.images_per_s for w in last], [w.p95_ms for w in last]):
-        mean = sum(values) / count
-        if mean <= 0:
-            return False
-        if any(abs(v - mean) > tolerance * mean for v in values):
+        if min(values) <= 0 or max(values) / min(values) > 1 + tolerance:
             return False
     return True
