@@ -55,9 +55,9 @@ import numpy as np
 
 from rayscale.config import DEFAULT_MODEL_DIR, MODEL_NAME
 from rayscale.environment import collect_environment, now_iso
-from rayscale.errors import ConfigError, RayscaleError, ResultsError, ServerError
+from rayscale.errors import ConfigError, RayscaleError, ServerError
 from rayscale.loadgen.runner import BenchConfig
-from rayscale.results import BenchResult, LatencyStats, PointResult, ServerStats, WindowStats, load_results, write_json_atomic
+from rayscale.results import BenchResult, LatencyStats, PointResult, ServerStats, WindowStats, previous_bench_result, write_json_atomic
 
 __all__ = [
     "CUDA_RUNTIME_VERSION",
@@ -639,15 +639,7 @@ def bench_with_perf_analyzer(
     server = _preflight(cfg.url, cfg.model, cfg.api_token)
     target = server.target if cfg.target == "auto" else cfg.target
     out = Path(cfg.out or _default_out(target))
-    previous: BenchResult | None = None
-    if out.exists():
-        if cfg.resume:
-            loaded = load_results(out)
-            if not isinstance(loaded, BenchResult):
-                raise ResultsError(f"{out} is not a bench results file; choose another --out")
-            previous = loaded
-        elif not cfg.overwrite:
-            raise ResultsError(f"{out} exists: pass --overwrite to replace it, or --resume to continue it")
+    previous = previous_bench_result(out, resume=cfg.resume, overwrite=cfg.overwrite)
     install = install or ensure_perf_analyzer()
     config = cfg.to_dict() | {"client": "perf_analyzer", "out": str(out)}
     environment = collect_environment(cfg.command)

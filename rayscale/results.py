@@ -28,6 +28,7 @@ __all__ = [
     "ServerStats",
     "WindowStats",
     "load_results",
+    "previous_bench_result",
     "write_json_atomic",
 ]
 
@@ -206,6 +207,21 @@ def load_results(path: str | os.PathLike) -> BenchResult | EngineBenchResult:
         data["points"] = [_build(EnginePoint, pt) for pt in data.get("points", [])]
         return _build(EngineBenchResult, data)
     raise ResultsError(f"{p} is not a rayscale results file (kind={kind!r})")
+
+
+def previous_bench_result(path: str | os.PathLike, *, resume: bool, overwrite: bool) -> BenchResult | None:
+    """The results already in ``path`` when a sweep resumes it; refuses to overwrite one silently."""
+    p = Path(path)
+    if not p.exists():
+        return None
+    if resume:
+        loaded = load_results(p)
+        if not isinstance(loaded, BenchResult):
+            raise ResultsError(f"{p} is not a bench results file; choose another --out")
+        return loaded
+    if not overwrite:
+        raise ResultsError(f"{p} exists: pass --overwrite to replace it, or --resume to continue it")
+    return None
 
 
 def write_json_atomic(path: str | os.PathLike, data: Any, *, overwrite: bool = True) -> Path:

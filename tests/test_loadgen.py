@@ -138,7 +138,7 @@ def test_sweep_of_two_replica_counts_and_two_concurrencies_writes_a_valid_file(r
         out = tmp_path / "sweep.json"
         bench = BenchConfig(url=app.url, replicas=[1, 2], concurrency=[1, 2], images_per_request=[2], out=str(out),
                             csv=True, clients=1, **FAST)
-        result = run_bench(bench)
+        run_bench(bench)
         loaded = load_results(out)
         assert isinstance(loaded, BenchResult) and loaded.status == "complete"
         assert [(p.replicas, p.concurrency) for p in loaded.points] == [(1, 1), (1, 2), (2, 1), (2, 2)]

@@ -34,11 +34,11 @@ import numpy as np
 
 from rayscale.config import DEFAULT_MODEL_DIR, MODEL_NAME
 from rayscale.environment import collect_environment, now_iso
-from rayscale.errors import ConfigError, RayscaleError, ResultsError, ServerError
+from rayscale.errors import ConfigError, RayscaleError, ServerError
 from rayscale.loadgen.client import LoadClient, TargetSpec
 from rayscale.loadgen.schedule import ARRIVALS
 from rayscale.loadgen.stats import is_stable, latency_stats
-from rayscale.results import BenchResult, PointResult, ServerStats, WindowStats, load_results, write_json_atomic
+from rayscale.results import BenchResult, PointResult, ServerStats, WindowStats, previous_bench_result, write_json_atomic
 
 __all__ = ["BenchConfig", "run_bench", "server_stats_delta"]
 
@@ -551,15 +551,7 @@ def run_bench(cfg: BenchConfig, *, on_event: EventCallback | None = None) -> Ben
         if target.startswith("triton"):
             target = "triton"
     out = Path(cfg.out or _default_out(target))
-    previous: BenchResult | None = None
-    if out.exists():
-        if cfg.resume:
-            loaded = load_results(out)
-            if not isinstance(loaded, BenchResult):
-                raise ResultsError(f"{out} is not a bench results file; choose another --out")
-            previous = loaded
-        elif not cfg.overwrite:
-            raise ResultsError(f"{out} exists: pass --overwrite to replace it, or --resume to continue it")
+    previous = previous_bench_result(out, resume=cfg.resume, overwrite=cfg.overwrite)
     _connect_ray(cfg)
     rescalable = target == "rayscale" and _running_app_config(cfg) is not None
     if len(cfg.replicas) > 1 and not rescalable:
