@@ -123,6 +123,17 @@ def _start_local_cluster(num_gpus: int | None, num_cpus: int | None) -> str:
     return f"{LOCAL_HOST}:{gcs_port}"
 
 
+def _gcs_reachable(address: str, timeout_s: float = 2.0) -> bool:
+    import socket
+
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host or LOCAL_HOST, int(port)), timeout=timeout_s):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
 def _use_token_auth() -> None:
     """Clusters rayscale starts keep Ray's token authentication on (driver and cluster alike)."""
     if "RAY_AUTH_MODE" in os.environ:  # the user's explicit choice wins
@@ -196,16 +207,21 @@ def connect(address: str | None = None, *, start: bool = False, num_gpus: int | 
         return ray.get_runtime_context().gcs_address, False
     started = False
     state = _read_state()
-    if address is None:
-        address = state.get("address")
-        if address is not None:
+    if address is None and state.get("address"):
+        if _gcs_reachable(state["address"]):
+            address = state["address"]
             _use_token_auth()
+        else:  # the cluster `up` started is gone (reboot, `ray stop`): forget it
+            _state_file().unlink(missing_ok=True)
     if address is None and start:
         _use_token_auth()
         address = _start_local_cluster(num_gpus, num_cpus)
         started = True
     if address is None:
-        address = "auto"
+        address = os.environ.get("RAY_ADDRESS")
+    if address is None:
+        # Never guess ("auto" can pick another user's cluster, or hang on a dead one).
+        raise ServerError("no Ray cluster started by rayscale is running: run `rayscale up`, or pass --address")
     try:
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False, namespace="rayscale")
     except ConnectionError:
