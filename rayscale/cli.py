@@ -112,9 +112,10 @@ def up(
     max_queued_requests: int = typer.Option(256, help="Queued requests per replica before quick 503s."),
     gpus_per_replica: Optional[float] = typer.Option(None, help="GPUs per replica (default: 1 when the cluster has GPUs, else 0)."),
     cpus_per_replica: float = typer.Option(1.0, help="CPUs per replica."),
-    provider: str = typer.Option("auto", help="onnxruntime provider: auto | cuda | cpu"),
+    provider: str = typer.Option("auto", help="onnxruntime provider: auto | cuda | cpu, or null (zeros at once: measures the serving path alone)"),
     address: Optional[str] = typer.Option(None, help="Join this Ray cluster instead of starting a local one."),
     api_token: Optional[str] = typer.Option(None, envvar="RAYSCALE_API_TOKEN", help="Bearer token required on every request (needed with a public --host)."),
+    ingress: str = typer.Option("proxy", help="proxy: Serve's Python proxy | haproxy: HAProxy straight to replicas (faster; see README)."),
     exporter: bool = typer.Option(True, help="Start the Prometheus exporter on each node (port 9400)."),
     exporter_port: int = typer.Option(9400, help="Exporter port."),
     num_gpus: Optional[int] = typer.Option(None, help="GPUs a locally started cluster advertises (default: detected)."),
@@ -129,7 +130,8 @@ def up(
         cfg = ServeConfig(model_dir=str(model), replicas=replicas, host=host, port=port, max_batch_size=max_batch_size,
                           batch_wait_ms=batch_wait_ms, batches_in_flight=batches_in_flight,
                           max_ongoing_requests=max_ongoing_requests, max_queued_requests=max_queued_requests,
-                          gpus_per_replica=gpr, cpus_per_replica=cpus_per_replica, provider=provider, api_token=api_token)
+                          gpus_per_replica=gpr, cpus_per_replica=cpus_per_replica, provider=provider, api_token=api_token,
+                          ingress=ingress)
         result = serve_up(cfg, address=address, exporter=exporter, exporter_port=exporter_port, num_gpus=num_gpus)
     except RayscaleError as e:
         raise _fail(e) from None

@@ -30,6 +30,7 @@ IMAGE_BYTES = IMAGE_SIZE * IMAGE_SIZE * 3
 DEFAULT_MODEL_DIR = Path("models") / MODEL_NAME
 APP_NAME = "rayscale"
 LOCAL_HOST = "127.0.0.1"
+INGRESSES = ("proxy", "haproxy")
 
 
 def _check(cond: bool, message: str) -> None:
@@ -87,10 +88,11 @@ class ServeConfig:
     max_body_bytes: int = 0  # 0: derived from max_batch_size (one full batch plus headroom)
     request_timeout_s: float = 60.0
     api_token: str | None = None
-    provider: str = "auto"  # auto | cuda | cpu
+    provider: str = "auto"  # auto | cuda | cpu | null (zeros at once: measures the serving path alone)
     intra_op_threads: int = 0  # 0: onnxruntime's default on CPU, 1 on CUDA
     app_name: str = "rayscale"
     route_prefix: str = "/"
+    ingress: str = "proxy"  # proxy: Serve's Python proxy | haproxy: HAProxy in front of replicas' own HTTP ports
 
     def __post_init__(self) -> None:
         _check(self.replicas >= 1, f"replicas must be ≥ 1, got {self.replicas}")
@@ -105,7 +107,11 @@ class ServeConfig:
             f"max_queued_requests must be ≥ 0 (or -1 for no limit), got {self.max_queued_requests}",
         )
         _check(1 <= self.port <= 65535, f"port must be in 1..65535, got {self.port}")
-        _check(self.provider in ("auto", "cuda", "cpu"), f"provider must be auto, cuda or cpu, got {self.provider!r}")
+        _check(
+            self.provider in ("auto", "cuda", "cpu", "null"),
+            f"provider must be auto, cuda, cpu or null (serving path only), got {self.provider!r}",
+        )
+        _check(self.ingress in INGRESSES, f"ingress must be one of {', '.join(INGRESSES)}, got {self.ingress!r}")
         _check(self.request_timeout_s > 0, f"request_timeout_s must be > 0, got {self.request_timeout_s}")
         _check(self.max_body_bytes >= 0, f"max_body_bytes must be ≥ 0, got {self.max_body_bytes}")
 

@@ -22,7 +22,7 @@ import numpy as np
 from rayscale.config import EMBED_DIM, IMAGE_SHAPE, INPUT_NAME, OUTPUT_NAME
 from rayscale.errors import ConfigError, ModelNotFoundError
 
-__all__ = ["Engine", "batch_buckets", "random_images"]
+__all__ = ["Engine", "NullEngine", "batch_buckets", "random_images"]
 
 log = logging.getLogger(__name__)
 
@@ -250,3 +250,24 @@ class Engine:
         t2 = time.perf_counter_ns()
         outputs = np.split(result, np.cumsum(sizes)[:-1]) if len(parts) > 1 else [result]
         return outputs, t1 - t0, t2 - t1
+
+
+class NullEngine:
+    """Returns zero embeddings at once: measures the serving path alone (like Triton's identity model).
+
+    ``rayscale up --provider null`` serves it, so a benchmark shows how many requests and images
+    per second the proxy, batcher and protocol can move before any model runs. Never for real use.
+    """
+
+    provider = "null"
+    device_id = 0
+
+    def __init__(self, model: str | os.PathLike | None = None, *, max_batch_size: int = 256, **_ignored: object):
+        self.max_batch_size = max_batch_size
+        log.warning("null engine: embeddings are zeros; this measures the serving path only")
+
+    def encode(self, images: np.ndarray) -> np.ndarray:
+        return np.zeros((images.shape[0], EMBED_DIM), dtype=np.float32)
+
+    def encode_parts(self, parts: list[np.ndarray]) -> tuple[list[np.ndarray], int, int]:
+        return [np.zeros((p.shape[0], EMBED_DIM), dtype=np.float32) for p in parts], 0, 0

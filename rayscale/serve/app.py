@@ -68,14 +68,15 @@ class OpenClipEncoder:
     """One replica: an engine on its GPU, a batcher, and the v2 HTTP routes."""
 
     def __init__(self, config: dict[str, Any]):
-        from rayscale.engine import Engine
+        from rayscale.engine import Engine, NullEngine
         from rayscale.export import load_model_info
         from rayscale.serve.batcher import ImageBatcher
         from rayscale.serve.stats import ReplicaStats, get_or_create_collector
 
         self.cfg = ServeConfig(**config)
         self.info = load_model_info(self.cfg.model_dir)
-        self.engine = Engine(
+        engine_cls = NullEngine if self.cfg.provider == "null" else Engine
+        self.engine = engine_cls(
             self.cfg.model_dir,
             provider=self.cfg.provider,
             max_batch_size=self.cfg.max_batch_size,
@@ -405,7 +406,8 @@ def deployment_options(cfg: ServeConfig) -> dict[str, Any]:
     return {
         "name": DEPLOYMENT_NAME,
         "num_replicas": cfg.replicas,
-        "ray_actor_options": {"num_gpus": cfg.gpus_per_replica, "num_cpus": cfg.cpus_per_replica},
+        "ray_actor_options": {"num_gpus": cfg.gpus_per_replica, "num_cpus": cfg.cpus_per_replica}
+        | ({"runtime_env": {"env_vars": HAPROXY_ENV}} if cfg.ingress == "haproxy" else {}),
         "max_ongoing_requests": cfg.max_ongoing_requests,
         # The replica's batcher enforces max_queued_requests with the protocol's 503; Serve's own limit
         # (whose rejections the proxy middleware rewrites) only guards against a runaway queue in the router,
@@ -511,6 +513,20 @@ def proxy_middlewares() -> list:
 def proxy_env_vars() -> dict[str, str]:
     """Environment for Serve's controller (and so its proxies) that installs the middleware."""
     return {PROXY_CALLBACK_ENV: PROXY_CALLBACK}
+
+
+HAPROXY_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1"}
+
+
+def serve_env_vars(ingress: str) -> dict[str, str]:
+    """Environment for Serve's processes: the JSON-error middleware, and HAProxy mode when asked for.
+
+    With ``haproxy``, each replica serves HTTP on its own port and HAProxy routes to them, so
+    requests skip Serve's Python proxy and its pull-based body transfer (one actor call back to the
+    proxy per body chunk). Measured with the null engine on one 2-core machine: 7.3x the requests/s
+    at 1 image per request, 2.5x the images/s at 32 (benchmarks/results/serving-overhead-*).
+    """
+    return proxy_env_vars() | (HAPROXY_ENV if ingress == "haproxy" else {})
 
 
 def _is_json(headers: list) -> bool:

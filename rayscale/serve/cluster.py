@@ -315,17 +315,19 @@ def up(
         msg = f"serving HTTP on {cfg.host}: reachable from other machines (API token required)"
         warnings.append(msg)
         log.warning(msg)
+    from rayscale.serve.app import serve_env_vars
+
+    if cfg.ingress == "haproxy":  # a cluster started below inherits it (Serve reads it at process start)
+        os.environ.update(serve_env_vars(cfg.ingress))
     gcs, started = connect(address, start=True, num_gpus=num_gpus)
     cluster_gpus = float(ray.cluster_resources().get("GPU", 0))
     cfg = _resolve_gpus(cfg, cluster_gpus, warnings)
     info = _ensure_model(cfg, gpu_present=cluster_gpus > 0)
     cfg.model_dir = str(Path(cfg.model_dir).resolve())
-    from rayscale.serve.app import proxy_env_vars
-
     # The proxy inherits the controller's environment, which installs rayscale's JSON error form there.
     serve.start(
         http_options={"host": cfg.host, "port": cfg.port},
-        controller_options={"runtime_env": {"env_vars": proxy_env_vars()}},
+        controller_options={"runtime_env": {"env_vars": serve_env_vars(cfg.ingress)}},
     )
     kill_collector(cfg.app_name)  # fresh statistics for a fresh deployment
     app = build_app(cfg.to_dict() | {"api_token": cfg.api_token})
