@@ -222,3 +222,37 @@ def test_cli_up_status_down_leaves_no_ray_process(model_dir, tmp_path):
         time.sleep(0.5)
     assert _cluster_pids(state["session_dir"]) == []
     assert not (tmp_path / "state" / "cluster.json").exists()
+
+
+def _listening_addresses(port: int) -> set[str]:
+    """Local addresses with a listening TCP socket on ``port`` (from /proc/net/tcp)."""
+    found = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        addr_hex, port_hex = local.split(":")
+        if state == "0A" and int(port_hex, 16) == port:
+            found.add(".".join(str(int(addr_hex[i : i + 2], 16)) for i in (6, 4, 2, 0)))
+    return found
+
+
+def test_haproxy_ingress_serves_the_protocol_on_loopback(model_dir, tmp_path):
+    """`--ingress haproxy`: HAProxy in front of the replica's own port, still loopback-only, same protocol."""
+    env = dict(os.environ, RAYSCALE_STATE_DIR=str(tmp_path / "state"), RAYSCALE_RAY_TEMP_DIR=f"/tmp/rsh-{os.getpid()}")
+    port = free_port()
+    cli = [sys.executable, "-m", "rayscale.cli"]
+    up = subprocess.run([*cli, "up", "--replicas", "1", "--model", str(model_dir), "--port", str(port), "--ingress", "haproxy",
+                         "--provider", "null", "--cpus-per-replica", "0.5", "--no-exporter", "--num-gpus", "0"],
+                        env=env, capture_output=True, text=True, timeout=300)
+    try:
+        assert up.returncode == 0, up.stderr[-2000:]
+        assert _listening_addresses(port) == {"127.0.0.1"}
+        body, headers = protocol.build_infer_request(random_images(3, seed=21))
+        status, data, h = _post(f"http://127.0.0.1:{port}/v2/models/{MODEL_NAME}/infer", body, headers)
+        assert status == 200
+        emb = protocol.parse_infer_response(data, h.get(protocol.HEADER_LENGTH))
+        assert emb.shape == (3, 512) and not emb.any()  # the null engine: zeros, serving path only
+        status, data, _ = _post(f"http://127.0.0.1:{port}/v2/models/nope/infer", body, headers)
+        assert status == 404 and "nope" in json.loads(data)["error"]
+    finally:
+        down = subprocess.run([*cli, "down"], env=env, capture_output=True, text=True, timeout=300)
+    assert down.returncode == 0, down.stderr[-2000:]
