@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+
+# A test never joins whatever Ray cluster happens to run on the machine by accident (Ray's auto-init
+# would, on any actor call made without ray.init): each test starts its own.
+os.environ.setdefault("RAY_ENABLE_AUTO_CONNECT", "0")
 import shutil
 import socket
 import warnings

@@ -144,10 +144,14 @@ class OpenClipEncoder:
         }
 
     def __del__(self) -> None:
-        # Serve calls this on graceful shutdown (scale-down, redeploy, `rayscale down`).
+        # Serve calls this on graceful shutdown (scale-down, redeploy, `rayscale down`). Never let a
+        # late garbage collection start or join a Ray cluster (an actor call would auto-init Ray).
+        import ray
+
         try:
-            self.collector.forget_replica.remote(self.replica_id)
             self.batcher.close()
+            if ray.is_initialized():
+                self.collector.forget_replica.remote(self.replica_id)
         except Exception:
             pass
 
