@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["collect_environment", "gpu_inventory", "now_iso"]
+__all__ = ["collect_environment", "gpu_inventory", "now_iso", "package_versions"]
 
 _PACKAGES = (
     "rayscale",
@@ -92,14 +92,19 @@ def _git_commit() -> str | None:
         return None
 
 
-def _versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for pkg in _PACKAGES:
+def package_versions(packages: tuple[str, ...] | list[str]) -> dict[str, str]:
+    """Installed versions of ``packages``; ones not installed are left out."""
+    out = {}
+    for pkg in packages:
         try:
             out[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
             pass
     return out
+
+
+def _versions() -> dict[str, str]:
+    return {"python": platform.python_version()} | package_versions(_PACKAGES)
 
 
 def collect_environment(command: list[str] | str | None = None) -> dict[str, Any]:

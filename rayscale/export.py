@@ -360,15 +360,9 @@ def _sha256(path: Path) -> str:
 
 
 def _versions() -> dict[str, str]:
-    import importlib.metadata as md
+    from rayscale.environment import package_versions
 
-    out = {}
-    for pkg in ("torch", "open_clip_torch", "onnx", "onnxruntime-gpu", "onnxruntime", "numpy"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            pass
-    return out
+    return package_versions(("torch", "open_clip_torch", "onnx", "onnxruntime-gpu", "onnxruntime", "numpy"))
 
 
 def _check_writable(out_dir: Path) -> None:

@@ -45,7 +45,6 @@ import tempfile
 import time
 import urllib.error
 import urllib.parse
-import urllib.request
 import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -57,6 +56,7 @@ from rayscale.config import DEFAULT_MODEL_DIR, MODEL_NAME
 from rayscale.environment import collect_environment, now_iso
 from rayscale.errors import ConfigError, RayscaleError, ServerError
 from rayscale.loadgen.runner import BenchConfig
+from rayscale.protocol import get_json
 from rayscale.results import BenchResult, LatencyStats, PointResult, ServerStats, WindowStats, previous_bench_result, write_json_atomic
 
 __all__ = [
@@ -254,14 +254,6 @@ def ensure_perf_analyzer(cache_dir: str | os.PathLike | None = None) -> PerfAnal
 # ---- one point ---------------------------------------------------------------------------------
 
 
-def _http_json(url: str, token: str | None, timeout_s: float = 10.0) -> Any:
-    req = urllib.request.Request(url)
-    if token:
-        req.add_header("Authorization", f"Bearer {token}")
-    with urllib.request.urlopen(req, timeout=timeout_s) as resp:
-        return json.loads(resp.read())
-
-
 @dataclass
 class _Server:
     """What the server says about itself before any load."""
@@ -276,7 +268,7 @@ def _preflight(url: str, model: str, token: str | None) -> _Server:
     """The server answers, serves ``model`` and its configuration (perf_analyzer reads it first)."""
     base = url.rstrip("/")
     try:
-        server = _http_json(f"{base}/v2", token)
+        server = get_json(f"{base}/v2", token=token)
     except urllib.error.HTTPError as e:
         if e.code == 401:
             raise ConfigError(f"{base} wants an API token: pass --api-token or set RAYSCALE_API_TOKEN") from None
@@ -284,11 +276,11 @@ def _preflight(url: str, model: str, token: str | None) -> _Server:
     except (urllib.error.URLError, OSError, ValueError) as e:
         raise ServerError(f"cannot reach {base} ({getattr(e, 'reason', e)}): is the server up? (`rayscale up` / `rayscale triton up`)") from None
     try:
-        metadata = _http_json(f"{base}/v2/models/{model}", token)
+        metadata = get_json(f"{base}/v2/models/{model}", token=token)
     except (urllib.error.URLError, OSError, ValueError) as e:
         raise ConfigError(f"{base} does not serve model {model!r} ({getattr(e, 'code', e)}): check --model") from None
     try:
-        config = _http_json(f"{base}/v2/models/{model}/config", token)
+        config = get_json(f"{base}/v2/models/{model}/config", token=token)
     except (urllib.error.URLError, OSError, ValueError) as e:
         raise ServerError(
             f"{base} does not answer GET /v2/models/{model}/config ({getattr(e, 'code', e)}), which perf_analyzer reads "

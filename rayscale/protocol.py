@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -28,6 +29,7 @@ __all__ = [
     "build_infer_request",
     "encode_error",
     "encode_infer_response",
+    "get_json",
     "parse_infer_request",
     "parse_infer_response",
 ]
@@ -214,6 +216,17 @@ def build_infer_request(
     spec["data"] = images.ravel().tolist()
     header["outputs"] = [{"name": OUTPUT_NAME}]
     return json.dumps(header, separators=(",", ":")).encode(), {"Content-Type": "application/json"}
+
+
+def get_json(url: str, *, token: str | None = None, timeout_s: float = 10.0) -> Any:
+    """GET a v2 JSON endpoint (metadata, config, statistics); urllib errors propagate to the caller."""
+    import urllib.request
+
+    req = urllib.request.Request(url)
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    with urllib.request.urlopen(req, timeout=timeout_s) as resp:
+        return json.loads(resp.read())
 
 
 def parse_infer_response(body: bytes, header_length: str | None) -> np.ndarray:

@@ -20,12 +20,10 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 import math
 import time
 import urllib.error
-import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -36,6 +34,7 @@ from rayscale.config import DEFAULT_MODEL_DIR, MODEL_NAME
 from rayscale.environment import collect_environment, now_iso
 from rayscale.errors import ConfigError, RayscaleError, ServerError
 from rayscale.loadgen.client import LoadClient, TargetSpec
+from rayscale.protocol import get_json
 from rayscale.loadgen.schedule import ARRIVALS
 from rayscale.loadgen.stats import is_stable, latency_stats
 from rayscale.results import BenchResult, PointResult, ServerStats, WindowStats, previous_bench_result, write_json_atomic
@@ -126,19 +125,11 @@ class BenchConfig:
 # ---- talking to the server -------------------------------------------------------------------
 
 
-def _http_json(url: str, token: str | None = None, timeout_s: float = 10.0) -> Any:
-    req = urllib.request.Request(url)
-    if token:
-        req.add_header("Authorization", f"Bearer {token}")
-    with urllib.request.urlopen(req, timeout=timeout_s) as resp:
-        return json.loads(resp.read())
-
-
 def _preflight_http(cfg: BenchConfig) -> dict[str, Any]:
     """Before any load: the server answers, is ready, and serves the model."""
     base = cfg.url.rstrip("/")
     try:
-        server = _http_json(f"{base}/v2", cfg.api_token)
+        server = get_json(f"{base}/v2", token=cfg.api_token)
     except urllib.error.HTTPError as e:
         if e.code == 401:
             raise ConfigError(f"{base} wants an API token: pass --api-token or set RAYSCALE_API_TOKEN") from None
@@ -146,12 +137,12 @@ def _preflight_http(cfg: BenchConfig) -> dict[str, Any]:
     except (urllib.error.URLError, OSError) as e:
         raise ServerError(f"cannot reach {base} ({getattr(e, 'reason', e)}): is the server up? (`rayscale up` / `rayscale triton up`)") from None
     try:
-        metadata = _http_json(f"{base}/v2/models/{cfg.model}", cfg.api_token)
+        metadata = get_json(f"{base}/v2/models/{cfg.model}", token=cfg.api_token)
     except urllib.error.HTTPError as e:
         raise ConfigError(f"{base} does not serve model {cfg.model!r} (HTTP {e.code}): check --model") from None
     config = None
     try:
-        config = _http_json(f"{base}/v2/models/{cfg.model}/config", cfg.api_token)
+        config = get_json(f"{base}/v2/models/{cfg.model}/config", token=cfg.api_token)
     except (urllib.error.URLError, OSError, ValueError):
         pass
     return {"server": server, "metadata": metadata, "config": config}
@@ -165,7 +156,7 @@ def _fetch_stats(cfg: BenchConfig) -> dict[str, Any] | None:
 
             snap = get_stats_snapshot(cfg.app_name)
             return {"model_stats": snap["model_stats"]} if snap else None
-        return _http_json(f"{cfg.url.rstrip('/')}/v2/models/{cfg.model}/stats", cfg.api_token)
+        return get_json(f"{cfg.url.rstrip('/')}/v2/models/{cfg.model}/stats", token=cfg.api_token)
     except Exception:  # statistics are a bonus; never fail a point for them
         return None
 
