@@ -1,8 +1,10 @@
 """The inference engine: one onnxruntime session on one device, encoding uint8 image batches.
 
-On CUDA the engine uses IO binding: each batch is copied once from host memory into a device
-buffer of its size bucket (buffers are allocated once per bucket and reused), the output is
-written to a device buffer and copied back once. Batches are padded up to the next bucket so
+On CUDA the engine uses IO binding: each batch is gathered once into a page-locked host buffer
+of its size bucket and copied to a device buffer by DMA on the thread's own stream, with the GIL
+released (see ``rayscale.cudart``; pageable memory and onnxruntime's own copy are the fallback);
+the output is written to a device buffer and copied back once. Buffers are allocated once per
+bucket and reused. Batches are padded up to the next bucket so
 the set of shapes the session sees stays small (no re-planning per batch size). ``encode`` is
 thread-safe: each calling thread has its own binding and buffers, so a replica can keep two
 batches in flight (one copying while the other computes).
@@ -19,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from rayscale.config import EMBED_DIM, IMAGE_SHAPE, INPUT_NAME, OUTPUT_NAME
+from rayscale.config import EMBED_DIM, IMAGE_BYTES, IMAGE_SHAPE, INPUT_NAME, OUTPUT_NAME
+from rayscale.cudart import CudaRuntime, PinnedArray
 from rayscale.errors import ConfigError, ModelNotFoundError
 
 __all__ = ["Engine", "NullEngine", "batch_buckets", "random_images"]
@@ -81,8 +84,9 @@ def _check_signature(session, path: Path) -> None:
 @dataclass
 class _Buffers:
     binding: object
-    inputs: dict  # bucket -> (host staging array, device OrtValue)
+    inputs: dict  # bucket -> (host staging array, device OrtValue, host array is page-locked)
     outputs: dict  # bucket -> device OrtValue
+    stream: int = 0  # this thread's CUDA stream for host->device copies (0: not created yet)
 
 
 class Engine:
@@ -96,6 +100,7 @@ class Engine:
         device_id: int = 0,
         max_batch_size: int = 256,
         intra_op_threads: int = 0,
+        pinned: bool = True,
         warmup: bool = True,
     ):
         import onnxruntime as ort
@@ -148,6 +153,10 @@ class Engine:
             log.warning("onnxruntime runs on the CPU (no CUDA provider available): expect CPU-level throughput")
         self._local = threading.local()
         self._ort = ort
+        self._cudart: CudaRuntime | None = None
+        self.pinned = False
+        if self.provider == "cuda":
+            self.set_pinned(pinned)
         if warmup:
             self.warmup()
 
@@ -167,6 +176,19 @@ class Engine:
         for s in sizes:
             self.encode(random_images(s, seed=s))
         return time.perf_counter() - t0
+
+    def set_pinned(self, pinned: bool) -> bool:
+        """Stage host input in page-locked memory (default on CUDA) or pageable memory; returns the mode in use.
+
+        Buffers are re-created on next use. Pageable staging exists to measure what pinning buys.
+        """
+        if pinned and self.provider == "cuda" and self._cudart is None:
+            self._cudart = CudaRuntime.load()
+            if self._cudart is None:
+                log.warning("no CUDA runtime library found for page-locked staging: host->GPU copies stay pageable")
+        self.pinned = bool(pinned and self._cudart is not None)
+        self._local = threading.local()
+        return self.pinned
 
     def bucket_for(self, n: int) -> int:
         for b in self.buckets:
@@ -195,15 +217,26 @@ class Engine:
 
     def _bucket_buffers(self, bucket: int):
         buf = self._buffers()
-        pair = buf.inputs.get(bucket)
-        if pair is None:
+        entry = buf.inputs.get(bucket)
+        if entry is None:
             ort = self._ort
-            host = np.zeros((bucket, *IMAGE_SHAPE), dtype=np.uint8)
+            host, locked = PinnedArray.allocate((bucket, *IMAGE_SHAPE), np.uint8, self._cudart if self.pinned else None)
             dev = ort.OrtValue.ortvalue_from_shape_and_type(host.shape, np.uint8, "cuda", self.device_id)
             out = ort.OrtValue.ortvalue_from_shape_and_type((bucket, EMBED_DIM), np.float32, "cuda", self.device_id)
-            pair = buf.inputs[bucket] = (host, dev)
+            entry = buf.inputs[bucket] = (host, dev, locked)
             buf.outputs[bucket] = out
-        return buf, pair[0], pair[1], buf.outputs[bucket]
+        return buf, entry, buf.outputs[bucket]
+
+    def _to_device(self, buf: _Buffers, entry, n: int) -> None:
+        """Copy the first ``n`` staged images to the bucket's device buffer."""
+        host, dev, locked = entry
+        if not locked:
+            dev.update_inplace(host)
+            return
+        if not buf.stream:
+            self._cudart.set_device(self.device_id)
+            buf.stream = self._cudart.stream()
+        self._cudart.copy_to_device(dev.data_ptr(), host, n * IMAGE_BYTES, buf.stream)
 
     def _run_cuda(self, buf: _Buffers, dev, out, n: int) -> np.ndarray:
         binding = buf.binding
@@ -214,12 +247,13 @@ class Engine:
 
     def _encode_cuda(self, images: np.ndarray, n: int) -> np.ndarray:
         bucket = self.bucket_for(n)
-        buf, host, dev, out = self._bucket_buffers(bucket)
-        if n == bucket and images.flags.c_contiguous:
-            dev.update_inplace(images)
+        buf, entry, out = self._bucket_buffers(bucket)
+        host, dev, locked = entry
+        if not locked and n == bucket and images.flags.c_contiguous:
+            dev.update_inplace(images)  # pageable either way: skip the staging copy
         else:
             host[:n] = images
-            dev.update_inplace(host)
+            self._to_device(buf, entry, n)
         return self._run_cuda(buf, dev, out, n)
 
     def encode_parts(self, parts: list[np.ndarray]) -> tuple[list[np.ndarray], int, int]:
@@ -239,13 +273,14 @@ class Engine:
             result = self.session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
         else:
             bucket = self.bucket_for(n)
-            buf, host, dev, out = self._bucket_buffers(bucket)
+            buf, entry, out = self._bucket_buffers(bucket)
+            host, dev, _ = entry
             offset = 0
             for p, k in zip(parts, sizes):
                 host[offset : offset + k] = p
                 offset += k
             t1 = time.perf_counter_ns()
-            dev.update_inplace(host)
+            self._to_device(buf, entry, n)
             result = self._run_cuda(buf, dev, out, n)
         t2 = time.perf_counter_ns()
         outputs = np.split(result, np.cumsum(sizes)[:-1]) if len(parts) > 1 else [result]

@@ -1,7 +1,8 @@
 """`rayscale engine-bench`: the engine alone, the ceiling every served number is compared with.
 
 For each batch size it times ``Engine.encode`` on host (numpy) input — what a serving replica
-must do — and, on CUDA, the same session on input already on the GPU. Where torch and a GPU
+must do — and, on CUDA, the same with pageable instead of page-locked staging (what pinning
+buys) and the same session on input already on the GPU. Where torch and a GPU
 are present it times torch eager fp16 on open_clip's own tower beside it, so the ratio of the
 two is measured in one run, and checks output parity against torch fp32.
 """
@@ -167,6 +168,7 @@ def run_engine_bench(cfg: EngineBenchConfig) -> EngineBenchResult:
     warnings: list[str] = []
     extra: dict[str, Any] = {}
     if engine.provider == "cuda":
+        extra["host_staging"] = "page-locked" if engine.pinned else "pageable"
         extra.update(memcpy_report(engine.model_path, engine.device_id))
         if extra["memcpy_nodes"]:
             warnings.append(f"onnxruntime added {extra['memcpy_nodes']} Memcpy nodes: {extra['memcpy_by_type']}")
@@ -179,6 +181,13 @@ def run_engine_bench(cfg: EngineBenchConfig) -> EngineBenchResult:
             engine.encode(inputs[0])
         times = _time_loop(lambda i: engine.encode(inputs[i % 3]), cfg.min_time_s, cfg.min_iterations)
         points.append(_point(batch, times, backend="onnxruntime", where="host", provider=engine.provider))
+        if engine.pinned:
+            engine.set_pinned(False)
+            for _ in range(3):
+                engine.encode(inputs[0])
+            times = _time_loop(lambda i: engine.encode(inputs[i % 3]), cfg.min_time_s, cfg.min_iterations)
+            points.append(_point(batch, times, backend="onnxruntime", where="host-pageable", provider=engine.provider))
+            engine.set_pinned(True)
         if engine.provider == "cuda" and cfg.device_input:
             run = _device_input_runner(engine, batch)
             for i in range(3):

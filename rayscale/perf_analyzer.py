@@ -529,6 +529,8 @@ def run_perf_analyzer(
             point.requests_per_s = point.images_per_s / batch_size
             point.measured_s = sum(w.duration_s for w in last)
             point.requests_ok = point.requests_sent = sum(w.requests for w in point.windows)
+            # perf_analyzer keeps no samples of an unstable point: only each window's p95 is known.
+            point.latency = LatencyStats(p95_ms=max((w.p95_ms for w in last), default=0.0))
             return point
         if done.returncode != 0 or not csv_path.is_file():
             raise ServerError(

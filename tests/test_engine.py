@@ -198,3 +198,25 @@ def test_cuda_engine_matches_the_cpu_engine(model_dir, engine):
     parts, _, _ = gpu.encode_parts([images[:3], images[3:]])
     np.testing.assert_allclose(np.concatenate(parts), got, rtol=0, atol=1e-3)
     np.testing.assert_array_equal(gpu.encode(images), got)  # reused buffers give the same answer
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _has_cuda_driver(), reason="needs an NVIDIA GPU")
+def test_cuda_engine_stages_input_in_page_locked_memory_and_pageable_gives_the_same_answer(model_dir):
+    gpu = Engine(model_dir, provider="cuda", max_batch_size=MAX_BATCH)
+    assert gpu.pinned, "page-locked staging should load the CUDA runtime onnxruntime uses"
+    images = random_images(MAX_BATCH, seed=9)
+    pinned_full, pinned_part = gpu.encode(images), gpu.encode(images[:5])
+    assert gpu.set_pinned(False) is False
+    np.testing.assert_array_equal(gpu.encode(images), pinned_full)
+    np.testing.assert_array_equal(gpu.encode(images[:5]), pinned_part)
+    # Two threads at once, each with its own stream and buffers, still answer their own images.
+    assert gpu.set_pinned(True)
+    from concurrent.futures import ThreadPoolExecutor
+
+    batches = [random_images(MAX_BATCH, seed=s) for s in range(4)]
+    expected = [gpu.encode(b) for b in batches]
+    with ThreadPoolExecutor(2) as pool:
+        for _ in range(5):
+            for got, want in zip(pool.map(gpu.encode, batches), expected):
+                np.testing.assert_array_equal(got, want)

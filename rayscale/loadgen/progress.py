@@ -39,8 +39,8 @@ class ProgressPrinter:
             p = event["point"]
             colour = {"ok": "green", "unstable": "yellow"}.get(p.status, "red")
             self.console.print(
-                f"  → [{colour}]{p.status}[/{colour}] {p.images_per_s:,.1f} img/s, p50 {p.latency.p50_ms:.1f} ms, "
-                f"p99 {p.latency.p99_ms:.1f} ms, sent {p.requests_sent} ok {p.requests_ok} failed {p.requests_failed}"
+                f"  → [{colour}]{p.status}[/{colour}] {p.images_per_s:,.1f} img/s, p50 {_ms(p, 'p50_ms')} ms, "
+                f"p99 {_ms(p, 'p99_ms')} ms, sent {p.requests_sent} ok {p.requests_ok} failed {p.requests_failed}"
                 + (f" [red]client CPU {p.client_cpu_pct:.0f}%[/red]" if p.client_cpu_saturated else "")
                 + (f" ({p.error})" if p.error else "")
             )
@@ -54,7 +54,13 @@ class ProgressPrinter:
         for p in result.points:
             load = str(p.concurrency) if p.concurrency is not None else f"{p.rate_rps:g}/s"
             table.add_row(p.target, p.transport, str(p.replicas), str(p.images_per_request), load,
-                          f"{p.images_per_s:,.1f}", f"{p.requests_per_s:,.1f}", f"{p.latency.p50_ms:.1f}",
-                          f"{p.latency.p99_ms:.1f}", str(p.requests_failed), p.status)
+                          f"{p.images_per_s:,.1f}", f"{p.requests_per_s:,.1f}", _ms(p, "p50_ms"),
+                          _ms(p, "p99_ms"), str(p.requests_failed), p.status)
         Console().print(table)
         Console().print(f"results: {result.config.get('out')}")
+
+
+def _ms(point, field: str) -> str:
+    """A latency percentile, or a dash where no latency sample was kept (an unstable perf_analyzer point)."""
+    value = getattr(point.latency, field)
+    return f"{value:.1f}" if value or point.latency.count else "–"
