@@ -8,8 +8,13 @@
 #   serve    rayscale up (Serve's proxy) -> bench over a handle and over HTTP, and perf_analyzer
 #            over HTTP with the same settings -> down
 #   haproxy  rayscale up --ingress haproxy -> HTTP bench (32 images and 1 image per request),
-#            perf_analyzer -> down; then 2 replicas sharing the GPU (0.5 GPU each)
+#            perf_analyzer -> down
+#   shared   the same with 2 replicas sharing the GPU (0.5 GPU each): bench and perf_analyzer
 #   triton   rayscale triton up (Python backend, 2 instances) -> bench and perf_analyzer -> down
+#   referee  Triton again, one point (32 images, concurrency 16) from each of three clients —
+#            rayscale bench, perf_analyzer and Triton's own Python client — with the server's
+#            own queue/compute split for each (benchmarks/client_referee.py)
+#   gputest  the GPU-only tests (pytest -m gpu)
 #   report   rayscale report over everything measured
 #
 #   bash benchmarks/gpu_check.sh export engine serve      # first call
@@ -33,7 +38,7 @@ if [ "${QUICK:-0}" = 1 ]; then
   BS=1,4; MINT=0.3; CONC=1,2; CONC1=2; WIN="--warmup 1 --window 1.5 --duration 6 --max-windows 4"; GPR=0; RCPU=0.5
   TRITON="--gpus 1 --provider cpu"; CL="--clients 1 --client-cpus 0"; IPR=2; FRAC=0
 else
-  BS=32,64,128,256; MINT=1.5; CONC=16,64; CONC1=64; WIN="--warmup 3 --window 2.5 --duration 15 --max-windows 6"; GPR=1; RCPU=2
+  BS=${BS:-32,64,128,256}; MINT=1.5; CONC=16,64; CONC1=64; WIN="--warmup 3 --window 2.5 --duration 15 --max-windows 6"; GPR=1; RCPU=2
   TRITON="--gpus 1"; CL="--clients 4 --client-cpus 0.5"; FRAC=0.5
   export RAYSCALE_TRITON_PYTHON=${RAYSCALE_TRITON_PYTHON:-$(command -v python3)}
 fi
@@ -67,9 +72,12 @@ phase_haproxy() {
   step bench_haproxy_1img $RS bench --url http://127.0.0.1:8000 --target rayscale-haproxy --concurrency $CONC1 $CL --images-per-request 1 $WIN --model-dir $MODEL --overwrite --out "$R/bench-rayscale-haproxy-http-1img.json"
   step pa_haproxy $RS bench --client perf_analyzer --url http://127.0.0.1:8000 --target rayscale-haproxy --concurrency $CONC $SAME --out "$R/bench-rayscale-haproxy-http-perf_analyzer.json"
   step down_haproxy $RS down
+}
+phase_shared() {
   [ "$FRAC" = 0 ] && return
   step up_shared $RS up --ingress haproxy --replicas 2 --model $MODEL --port 8000 --gpus-per-replica $FRAC --cpus-per-replica $RCPU
   step bench_shared $RS bench --url http://127.0.0.1:8000 --target rayscale-haproxy-2x0.5gpu --concurrency $CONC $CL $SAME --out "$R/bench-rayscale-haproxy-2x0.5gpu-http.json"
+  step pa_shared $RS bench --client perf_analyzer --url http://127.0.0.1:8000 --target rayscale-haproxy-2x0.5gpu --concurrency $CONC $SAME --out "$R/bench-rayscale-haproxy-2x0.5gpu-http-perf_analyzer.json"
   step down_shared $RS down
 }
 phase_triton() {
@@ -86,13 +94,35 @@ phase_triton() {
   step triton_down $RS triton down
   cp ~/.cache/rayscale/triton.log "$R/triton-server.log" 2>/dev/null
 }
+phase_referee() {
+  local ref="python3 benchmarks/client_referee.py" url=http://127.0.0.1:8100 snap=$R/.snap.json c=${CONC%%,*}
+  if [ -n "${RAYSCALE_NUMPY1:-}" ]; then export RAYSCALE_STUB_PATH=$RAYSCALE_NUMPY1:/tmp/site; fi
+  step triton_up_referee $RS triton up $TRITON --instances-per-gpu 2 --model $MODEL --port 8100
+  unset RAYSCALE_STUB_PATH
+  $ref tritonclient $url --concurrency $c --images $IPR --seconds 5 > /dev/null  # warm-up
+  $ref snapshot $url "$snap"
+  step ref_rayscale $RS bench --url $url --concurrency $c $CL $SAME --out "$R/referee-triton-rayscale.json"
+  $ref delta $url "$snap" --label "rayscale bench" | tee "$R/referee-server-rayscale.json"
+  $ref snapshot $url "$snap"
+  step ref_pa $RS bench --client perf_analyzer --url $url --concurrency $c $SAME --out "$R/referee-triton-perf_analyzer.json"
+  $ref delta $url "$snap" --label perf_analyzer | tee "$R/referee-server-perf_analyzer.json"
+  step ref_tritonclient $ref tritonclient $url --concurrency $c --images $IPR --seconds 12
+  cp "$R/ref_tritonclient.log" "$R/referee-tritonclient.json"
+  $ref snapshot $url "$snap"
+  step ref_rayscale_again $RS bench --url $url --concurrency $c $CL $SAME --out "$R/referee-triton-rayscale-again.json"
+  $ref delta $url "$snap" --label "rayscale bench, again" | tee "$R/referee-server-rayscale-again.json"
+  step triton_down_referee $RS triton down
+}
+phase_gputest() {
+  step gputest python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_engine.py
+}
 phase_report() {
   local engine=(); [ -f "$R/engine-fp16.json" ] && engine=(--engine "$R/engine-fp16.json")
   step report $RS report "$R"/bench-*.json "${engine[@]}" --gpu-hour-cost 2.5 --slo-p99-ms 300 --out "$R/report"
   cp $MODEL/model.json "$R/model-fp16.json" 2>/dev/null
 }
 
-for phase in ${@:-export engine serve haproxy triton report}; do
+for phase in ${@:-export engine serve haproxy shared triton referee report}; do
   echo "##### phase $phase"
   "phase_$phase"
 done

@@ -249,8 +249,10 @@ class Engine:
         bucket = self.bucket_for(n)
         buf, entry, out = self._bucket_buffers(bucket)
         host, dev, locked = entry
-        if not locked and n == bucket and images.flags.c_contiguous:
-            dev.update_inplace(images)  # pageable either way: skip the staging copy
+        if n == bucket and images.flags.c_contiguous:
+            # A whole bucket needs no gathering: one copy straight from the caller's array beats
+            # a copy into page-locked staging plus DMA (measured on an H100, batch 256).
+            dev.update_inplace(images)
         else:
             host[:n] = images
             self._to_device(buf, entry, n)

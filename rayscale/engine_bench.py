@@ -1,8 +1,9 @@
 """`rayscale engine-bench`: the engine alone, the ceiling every served number is compared with.
 
 For each batch size it times ``Engine.encode`` on host (numpy) input — what a serving replica
-must do — and, on CUDA, the same with pageable instead of page-locked staging (what pinning
-buys) and the same session on input already on the GPU. Where torch and a GPU
+must do — and, on CUDA, the same batch gathered from 32-image requests into page-locked and into
+pageable staging (what a replica does, and what pinning buys), and the same session on input
+already on the GPU. Where torch and a GPU
 are present it times torch eager fp16 on open_clip's own tower beside it, so the ratio of the
 two is measured in one run, and checks output parity against torch fp32.
 """
@@ -26,6 +27,8 @@ from rayscale.export import load_model_info
 from rayscale.results import EngineBenchResult, EnginePoint, write_json_atomic
 
 __all__ = ["EngineBenchConfig", "run_engine_bench"]
+
+GATHER_PART = 32  # images per request in the gathered (as-served) measurement
 
 
 @dataclass
@@ -181,12 +184,15 @@ def run_engine_bench(cfg: EngineBenchConfig) -> EngineBenchResult:
             engine.encode(inputs[0])
         times = _time_loop(lambda i: engine.encode(inputs[i % 3]), cfg.min_time_s, cfg.min_iterations)
         points.append(_point(batch, times, backend="onnxruntime", where="host", provider=engine.provider))
-        if engine.pinned:
-            engine.set_pinned(False)
-            for _ in range(3):
-                engine.encode(inputs[0])
-            times = _time_loop(lambda i: engine.encode(inputs[i % 3]), cfg.min_time_s, cfg.min_iterations)
-            points.append(_point(batch, times, backend="onnxruntime", where="host-pageable", provider=engine.provider))
+        if engine.pinned and batch > GATHER_PART:
+            # What a replica does: gather several requests' images into the batch buffer, then copy.
+            parts = [np.array_split(x, batch // GATHER_PART) for x in inputs]
+            for pinned, where in ((True, "host-gathered"), (False, "host-gathered-pageable")):
+                engine.set_pinned(pinned)
+                for _ in range(3):
+                    engine.encode_parts(parts[0])
+                times = _time_loop(lambda i: engine.encode_parts(parts[i % 3]), cfg.min_time_s, cfg.min_iterations)
+                points.append(_point(batch, times, backend="onnxruntime", where=where, provider=engine.provider))
             engine.set_pinned(True)
         if engine.provider == "cuda" and cfg.device_input:
             run = _device_input_runner(engine, batch)
