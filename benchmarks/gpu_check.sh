@@ -80,12 +80,14 @@ phase_shared() {
   step pa_shared $RS bench --client perf_analyzer --url http://127.0.0.1:8000 --target rayscale-haproxy-2x0.5gpu --concurrency $CONC $SAME --out "$R/bench-rayscale-haproxy-2x0.5gpu-http-perf_analyzer.json"
   step down_shared $RS down
 }
+stub_path() {  # Triton's stub and tritonserver's interpreter get numpy<2 and the staged packages first
+  [ -n "${RAYSCALE_NUMPY1:-}" ] || return 0
+  local site; site=$(python3 -c 'import site; print(site.getsitepackages()[0])')
+  echo "import os, sys; sys.path[0:0] = [p for p in os.environ.get('RAYSCALE_STUB_PATH', '').split(':') if p]" > "$site/zz_rayscale_stub.pth"
+  export RAYSCALE_STUB_PATH=$RAYSCALE_NUMPY1:/tmp/site
+}
 phase_triton() {
-  if [ -n "${RAYSCALE_NUMPY1:-}" ]; then
-    local site; site=$(python3 -c 'import site; print(site.getsitepackages()[0])')
-    echo "import os, sys; sys.path[0:0] = [p for p in os.environ.get('RAYSCALE_STUB_PATH', '').split(':') if p]" > "$site/zz_rayscale_stub.pth"
-    export RAYSCALE_STUB_PATH=$RAYSCALE_NUMPY1:/tmp/site
-  fi
+  stub_path
   step triton_up $RS triton up $TRITON --instances-per-gpu 2 --model $MODEL --port 8100
   unset RAYSCALE_STUB_PATH
   step bench_triton $RS bench --url http://127.0.0.1:8100 --concurrency $CONC $CL $SAME --out "$R/bench-triton-http.json"
@@ -96,7 +98,7 @@ phase_triton() {
 }
 phase_referee() {
   local ref="python3 benchmarks/client_referee.py" url=http://127.0.0.1:8100 snap=$R/.snap.json c=${CONC%%,*}
-  if [ -n "${RAYSCALE_NUMPY1:-}" ]; then export RAYSCALE_STUB_PATH=$RAYSCALE_NUMPY1:/tmp/site; fi
+  stub_path
   step triton_up_referee $RS triton up $TRITON --instances-per-gpu 2 --model $MODEL --port 8100
   unset RAYSCALE_STUB_PATH
   $ref tritonclient $url --concurrency $c --images $IPR --seconds 5 > /dev/null  # warm-up

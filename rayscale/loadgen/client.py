@@ -102,7 +102,12 @@ class LoadClient:
             await self.session.close()
         connector = aiohttp.TCPConnector(limit=0, force_close=False, enable_cleanup_closed=True)
         timeout = aiohttp.ClientTimeout(total=self.target["timeout_s"])
-        self.session = aiohttp.ClientSession(connector=connector, timeout=timeout, skip_auto_headers=("User-Agent",))
+        # No Accept-Encoding: aiohttp offers gzip/deflate by default, and Triton then compresses every
+        # response in its output path (measured on an H100: +100 ms per 32-image request, 3-4x lower
+        # throughput than perf_analyzer, which asks for no compression either).
+        self.session = aiohttp.ClientSession(
+            connector=connector, timeout=timeout, skip_auto_headers=("User-Agent", "Accept-Encoding")
+        )
         async with self.session.post(self.url, data=self.body, headers=self.headers) as resp:
             data = await resp.read()
             if resp.status != 200:
