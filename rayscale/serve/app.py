@@ -519,7 +519,12 @@ def proxy_env_vars() -> dict[str, str]:
     return {PROXY_CALLBACK_ENV: PROXY_CALLBACK}
 
 
-HAPROXY_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1"}
+HAPROXY_ENV = {
+    "RAY_SERVE_ENABLE_HA_PROXY": "1",
+    # Replicas drain 30 s by default before stopping; HAProxy hears of a removal from the controller
+    # within a fraction of a second, so 5 s keeps scale-down safe and `rayscale down` quick.
+    "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "5",
+}
 
 
 def serve_env_vars(ingress: str) -> dict[str, str]:
@@ -527,8 +532,11 @@ def serve_env_vars(ingress: str) -> dict[str, str]:
 
     With ``haproxy``, each replica serves HTTP on its own port and HAProxy routes to them, so
     requests skip Serve's Python proxy and its pull-based body transfer (one actor call back to the
-    proxy per body chunk). Measured with the null engine on one 2-core machine: 7.3x the requests/s
-    at 1 image per request, 2.5x the images/s at 32 (benchmarks/results/serving-overhead-*).
+    proxy per body chunk). Measured on an H100 with the real model: 2.1-2.4x the images/s at 32
+    images per request and 10x the requests/s at 1 (benchmarks/results/h100-2026-11-25-study).
+    Not the default: Ray 2.60's HAProxy config binds its statistics page (8404) and Prometheus
+    endpoint (9101) on every interface, which rayscale cannot configure (their fixed ports also
+    allow one such cluster per machine).
     """
     return proxy_env_vars() | (HAPROXY_ENV if ingress == "haproxy" else {})
 
