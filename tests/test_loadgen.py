@@ -169,3 +169,28 @@ def test_sweep_of_two_replica_counts_and_two_concurrencies_writes_a_valid_file(r
         assert handle_point.transport == "handle" and handle_point.requests_ok > 0 and handle_point.requests_failed == 0
     finally:
         down(cfg.app_name)
+
+
+def test_client_asks_for_uncompressed_responses():
+    """A client that offers gzip makes Triton compress every response in its output stage.
+
+    On an H100 that cost Triton 3-4x its throughput under rayscale's client alone; perf_analyzer
+    offers no compression, and neither may rayscale's client.
+    """
+    import asyncio
+
+    from rayscale.loadgen.client import LoadClient, TargetSpec
+    from rayscale.loadgen.trivial_server import TrivialServer
+
+    async def one_request(url: str) -> None:
+        client = LoadClient(TargetSpec(kind="http", url=url))
+        try:
+            await client.prepare(2)
+        finally:
+            await client.close()
+
+    with TrivialServer() as server:
+        asyncio.run(one_request(server.url))
+        headers = {k.lower(): v for k, v in server.behaviour.last_headers.items()}
+    assert headers["content-type"] == "application/octet-stream"
+    assert "accept-encoding" not in headers

@@ -32,6 +32,7 @@ class _Behaviour:
     delay_s: float = 0.0  # fixed service time per request
     count: int = 0
     responses: dict = field(default_factory=dict)
+    last_headers: dict = field(default_factory=dict)  # the latest infer request's headers
 
 
 class TrivialServer:
@@ -82,6 +83,7 @@ class TrivialServer:
         web = self._web
         b = self.behaviour
         b.count += 1
+        b.last_headers = dict(request.headers)
         body = await request.read()
         hl = request.headers.get(protocol.HEADER_LENGTH)
         # Read the batch size from the JSON header only: the server must stay trivial (a JSON-tensor
