@@ -7,6 +7,7 @@
 #   engine   rayscale engine-bench: page-locked vs pageable host input, device input, torch eager
 #   serve    rayscale up (Serve's proxy) -> bench over a handle and over HTTP, and perf_analyzer
 #            over HTTP with the same settings -> down
+#   handle   rayscale up -> bench over a handle only -> down
 #   haproxy  rayscale up --ingress haproxy -> HTTP bench (32 images and 1 image per request),
 #            perf_analyzer -> down
 #   shared   the same with 2 replicas sharing the GPU (0.5 GPU each): bench and perf_analyzer
@@ -38,7 +39,7 @@ if [ "${QUICK:-0}" = 1 ]; then
   BS=1,4; MINT=0.3; CONC=1,2; CONC1=2; WIN="--warmup 1 --window 1.5 --duration 6 --max-windows 4"; GPR=0; RCPU=0.5
   TRITON="--gpus 1 --provider cpu"; CL="--clients 1 --client-cpus 0"; IPR=2; FRAC=0
 else
-  BS=${BS:-32,64,128,256}; MINT=1.5; CONC=16,64; CONC1=64; WIN="--warmup 3 --window 2.5 --duration 15 --max-windows 6"; GPR=1; RCPU=2
+  BS=${BS:-32,64,128,256}; MINT=1.5; CONC=${CONC:-16,64}; CONC1=64; WIN="--warmup 3 --window 2.5 --duration 15 --max-windows 6"; GPR=1; RCPU=2
   TRITON="--gpus 1"; CL="--clients 4 --client-cpus 0.5"; FRAC=0.5
   export RAYSCALE_TRITON_PYTHON=${RAYSCALE_TRITON_PYTHON:-$(command -v python3)}
 fi
@@ -65,6 +66,11 @@ phase_serve() {
   step pa_http $RS bench --client perf_analyzer --url http://127.0.0.1:8000 --concurrency $CONC $SAME --out "$R/bench-rayscale-http-perf_analyzer.json"
   curl -s 127.0.0.1:8000/v2/models/openclip_vit_b32/stats > "$R/rayscale-stats.json"
   step down $RS down
+}
+phase_handle() {  # the handle path alone (RAYSCALE_ENGINE_COPY picks the replicas' copy mode)
+  step up_handle $RS up --replicas 1 --model $MODEL --port 8000 --gpus-per-replica $GPR --cpus-per-replica $RCPU
+  step bench_handle_only $RS bench --handle --concurrency $CONC $CL $SAME --out "$R/bench-rayscale-handle-copy-${RAYSCALE_ENGINE_COPY:-default}.json"
+  step down_handle $RS down
 }
 phase_haproxy() {
   step up_haproxy $RS up --ingress haproxy --replicas 1 --model $MODEL --port 8000 --gpus-per-replica $GPR --cpus-per-replica $RCPU

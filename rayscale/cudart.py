@@ -93,10 +93,17 @@ class CudaRuntime:
         self._check(self._lib.cudaStreamCreateWithFlags(ctypes.byref(handle), _STREAM_NON_BLOCKING), "cudaStreamCreateWithFlags")
         return int(handle.value or 0)
 
+    def copy_async(self, device_ptr: int, host: np.ndarray, nbytes: int, stream: int) -> None:
+        """Queue a copy of the first ``nbytes`` of ``host`` to ``device_ptr``; keep ``host`` alive until synchronised."""
+        self._check(self._lib.cudaMemcpyAsync(device_ptr, host.ctypes.data, nbytes, _H2D, stream), "cudaMemcpyAsync")
+
+    def synchronize(self, stream: int) -> None:
+        self._check(self._lib.cudaStreamSynchronize(stream), "cudaStreamSynchronize")
+
     def copy_to_device(self, device_ptr: int, host: np.ndarray, nbytes: int, stream: int) -> None:
         """Copy the first ``nbytes`` of ``host`` to ``device_ptr`` and wait for it (the GIL is released)."""
-        self._check(self._lib.cudaMemcpyAsync(device_ptr, host.ctypes.data, nbytes, _H2D, stream), "cudaMemcpyAsync")
-        self._check(self._lib.cudaStreamSynchronize(stream), "cudaStreamSynchronize")
+        self.copy_async(device_ptr, host, nbytes, stream)
+        self.synchronize(stream)
 
 
 class PinnedArray:

@@ -1,9 +1,15 @@
 """The inference engine: one onnxruntime session on one device, encoding uint8 image batches.
 
-On CUDA the engine uses IO binding: each batch is gathered once into a page-locked host buffer
-of its size bucket and copied to a device buffer by DMA on the thread's own stream, with the GIL
-released (see ``rayscale.cudart``; pageable memory and onnxruntime's own copy are the fallback);
-the output is written to a device buffer and copied back once. Buffers are allocated once per
+On CUDA the engine uses IO binding. How a batch's images reach the device buffer of its size bucket
+is the ``copy`` mode (see ``rayscale.cudart``; both fast modes release the GIL while copying):
+
+* ``pinned`` (default): gather the requests' images into a page-locked host buffer, one DMA copy;
+* ``direct``: copy each request's array straight into its place in the device buffer (no host
+  gather; the driver stages pageable memory itself);
+* ``pageable``: gather into ordinary memory and let onnxruntime copy (the fallback when the CUDA
+  runtime library cannot be loaded). ``RAYSCALE_ENGINE_COPY`` overrides the default.
+
+The output is written to a device buffer and copied back once. Buffers are allocated once per
 bucket and reused. Batches are padded up to the next bucket so
 the set of shapes the session sees stays small (no re-planning per batch size). ``encode`` is
 thread-safe: each calling thread has its own binding and buffers, so a replica can keep two
@@ -25,7 +31,10 @@ from rayscale.config import EMBED_DIM, IMAGE_BYTES, IMAGE_SHAPE, INPUT_NAME, OUT
 from rayscale.cudart import CudaRuntime, PinnedArray
 from rayscale.errors import ConfigError, ModelNotFoundError
 
-__all__ = ["Engine", "NullEngine", "batch_buckets", "random_images"]
+__all__ = ["COPY_MODES", "Engine", "NullEngine", "batch_buckets", "random_images"]
+
+COPY_MODES = ("pinned", "direct", "pageable")
+DEFAULT_COPY = "pinned"
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +109,7 @@ class Engine:
         device_id: int = 0,
         max_batch_size: int = 256,
         intra_op_threads: int = 0,
-        pinned: bool = True,
+        copy: str = "auto",
         warmup: bool = True,
     ):
         import onnxruntime as ort
@@ -154,9 +163,9 @@ class Engine:
         self._local = threading.local()
         self._ort = ort
         self._cudart: CudaRuntime | None = None
-        self.pinned = False
+        self.copy = "pageable"
         if self.provider == "cuda":
-            self.set_pinned(pinned)
+            self.set_copy(copy)
         if warmup:
             self.warmup()
 
@@ -177,18 +186,26 @@ class Engine:
             self.encode(random_images(s, seed=s))
         return time.perf_counter() - t0
 
-    def set_pinned(self, pinned: bool) -> bool:
-        """Stage host input in page-locked memory (default on CUDA) or pageable memory; returns the mode in use.
+    @property
+    def pinned(self) -> bool:
+        return self.copy == "pinned"
 
-        Buffers are re-created on next use. Pageable staging exists to measure what pinning buys.
+    def set_copy(self, mode: str = "auto") -> str:
+        """Choose how host input reaches the GPU (module docstring); returns the mode in use.
+
+        Buffers are re-created on next use. The other modes exist to measure what each one buys.
         """
-        if pinned and self.provider == "cuda" and self._cudart is None:
+        if mode == "auto":
+            mode = os.environ.get("RAYSCALE_ENGINE_COPY", DEFAULT_COPY)
+        if mode not in COPY_MODES:
+            raise ConfigError(f"copy mode must be one of {', '.join(COPY_MODES)} (or auto), got {mode!r}")
+        if mode != "pageable" and self.provider == "cuda" and self._cudart is None:
             self._cudart = CudaRuntime.load()
             if self._cudart is None:
-                log.warning("no CUDA runtime library found for page-locked staging: host->GPU copies stay pageable")
-        self.pinned = bool(pinned and self._cudart is not None)
+                log.warning("no CUDA runtime library found: host->GPU copies stay pageable, through onnxruntime")
+        self.copy = mode if self._cudart is not None else "pageable"
         self._local = threading.local()
-        return self.pinned
+        return self.copy
 
     def bucket_for(self, n: int) -> int:
         for b in self.buckets:
@@ -220,12 +237,21 @@ class Engine:
         entry = buf.inputs.get(bucket)
         if entry is None:
             ort = self._ort
-            host, locked = PinnedArray.allocate((bucket, *IMAGE_SHAPE), np.uint8, self._cudart if self.pinned else None)
+            if self.copy == "direct":  # nothing is gathered on the host
+                host, locked = np.empty((0, *IMAGE_SHAPE), dtype=np.uint8), False
+            else:
+                host, locked = PinnedArray.allocate((bucket, *IMAGE_SHAPE), np.uint8, self._cudart if self.pinned else None)
             dev = ort.OrtValue.ortvalue_from_shape_and_type(host.shape, np.uint8, "cuda", self.device_id)
             out = ort.OrtValue.ortvalue_from_shape_and_type((bucket, EMBED_DIM), np.float32, "cuda", self.device_id)
             entry = buf.inputs[bucket] = (host, dev, locked)
             buf.outputs[bucket] = out
         return buf, entry, buf.outputs[bucket]
+
+    def _stream(self, buf: _Buffers) -> int:
+        if not buf.stream:
+            self._cudart.set_device(self.device_id)
+            buf.stream = self._cudart.stream()
+        return buf.stream
 
     def _to_device(self, buf: _Buffers, entry, n: int) -> None:
         """Copy the first ``n`` staged images to the bucket's device buffer."""
@@ -233,10 +259,16 @@ class Engine:
         if not locked:
             dev.update_inplace(host)
             return
-        if not buf.stream:
-            self._cudart.set_device(self.device_id)
-            buf.stream = self._cudart.stream()
-        self._cudart.copy_to_device(dev.data_ptr(), host, n * IMAGE_BYTES, buf.stream)
+        self._cudart.copy_to_device(dev.data_ptr(), host, n * IMAGE_BYTES, self._stream(buf))
+
+    def _parts_to_device(self, buf: _Buffers, dev, parts: list[np.ndarray]) -> None:
+        """``direct`` mode: each part straight into its rows of the device buffer, then one wait."""
+        stream, base, offset = self._stream(buf), dev.data_ptr(), 0
+        parts = [np.ascontiguousarray(p) for p in parts]  # kept alive until the copies are done
+        for p in parts:
+            self._cudart.copy_async(base + offset, p, p.nbytes, stream)
+            offset += p.nbytes
+        self._cudart.synchronize(stream)
 
     def _run_cuda(self, buf: _Buffers, dev, out, n: int) -> np.ndarray:
         binding = buf.binding
@@ -249,7 +281,9 @@ class Engine:
         bucket = self.bucket_for(n)
         buf, entry, out = self._bucket_buffers(bucket)
         host, dev, locked = entry
-        if n == bucket and images.flags.c_contiguous:
+        if self.copy == "direct":
+            self._parts_to_device(buf, dev, [images])
+        elif n == bucket and images.flags.c_contiguous:
             # A whole bucket needs no gathering: one copy straight from the caller's array beats
             # a copy into page-locked staging plus DMA (measured on an H100, batch 256).
             dev.update_inplace(images)
@@ -277,12 +311,16 @@ class Engine:
             bucket = self.bucket_for(n)
             buf, entry, out = self._bucket_buffers(bucket)
             host, dev, _ = entry
-            offset = 0
-            for p, k in zip(parts, sizes):
-                host[offset : offset + k] = p
-                offset += k
-            t1 = time.perf_counter_ns()
-            self._to_device(buf, entry, n)
+            if self.copy == "direct":
+                t1 = time.perf_counter_ns()  # no gather: the copy is part of the run
+                self._parts_to_device(buf, dev, parts)
+            else:
+                offset = 0
+                for p, k in zip(parts, sizes):
+                    host[offset : offset + k] = p
+                    offset += k
+                t1 = time.perf_counter_ns()
+                self._to_device(buf, entry, n)
             result = self._run_cuda(buf, dev, out, n)
         t2 = time.perf_counter_ns()
         outputs = np.split(result, np.cumsum(sizes)[:-1]) if len(parts) > 1 else [result]

@@ -1,9 +1,9 @@
 """`rayscale engine-bench`: the engine alone, the ceiling every served number is compared with.
 
 For each batch size it times ``Engine.encode`` on host (numpy) input — what a serving replica
-must do — and, on CUDA, the same batch gathered from 32-image requests into page-locked and into
-pageable staging (what a replica does, and what pinning buys), and the same session on input
-already on the GPU. Where torch and a GPU
+must do — and, on CUDA, the same batch made of 32-image requests in each copy mode (what a
+replica does: ``host-parts-pinned|direct|pageable``), and the same session on input already on
+the GPU. Where torch and a GPU
 are present it times torch eager fp16 on open_clip's own tower beside it, so the ratio of the
 two is measured in one run, and checks output parity against torch fp32.
 """
@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from rayscale.config import DEFAULT_MODEL_DIR, INPUT_NAME, OUTPUT_NAME, parse_int_list
-from rayscale.engine import Engine, random_images
+from rayscale.engine import COPY_MODES, Engine, random_images
 from rayscale.environment import collect_environment, now_iso
 from rayscale.errors import ConfigError, ResultsError
 from rayscale.export import load_model_info
@@ -171,7 +171,7 @@ def run_engine_bench(cfg: EngineBenchConfig) -> EngineBenchResult:
     warnings: list[str] = []
     extra: dict[str, Any] = {}
     if engine.provider == "cuda":
-        extra["host_staging"] = "page-locked" if engine.pinned else "pageable"
+        extra["copy_mode"] = engine.copy
         extra.update(memcpy_report(engine.model_path, engine.device_id))
         if extra["memcpy_nodes"]:
             warnings.append(f"onnxruntime added {extra['memcpy_nodes']} Memcpy nodes: {extra['memcpy_by_type']}")
@@ -184,16 +184,17 @@ def run_engine_bench(cfg: EngineBenchConfig) -> EngineBenchResult:
             engine.encode(inputs[0])
         times = _time_loop(lambda i: engine.encode(inputs[i % 3]), cfg.min_time_s, cfg.min_iterations)
         points.append(_point(batch, times, backend="onnxruntime", where="host", provider=engine.provider))
-        if engine.pinned and batch > GATHER_PART:
-            # What a replica does: gather several requests' images into the batch buffer, then copy.
+        if engine.copy != "pageable" and batch > GATHER_PART:
+            # What a replica does: several requests' images into one batch, in each copy mode.
             parts = [np.array_split(x, batch // GATHER_PART) for x in inputs]
-            for pinned, where in ((True, "host-gathered"), (False, "host-gathered-pageable")):
-                engine.set_pinned(pinned)
+            default = engine.copy
+            for mode in COPY_MODES:
+                engine.set_copy(mode)
                 for _ in range(3):
                     engine.encode_parts(parts[0])
                 times = _time_loop(lambda i: engine.encode_parts(parts[i % 3]), cfg.min_time_s, cfg.min_iterations)
-                points.append(_point(batch, times, backend="onnxruntime", where=where, provider=engine.provider))
-            engine.set_pinned(True)
+                points.append(_point(batch, times, backend="onnxruntime", where=f"host-parts-{mode}", provider=engine.provider))
+            engine.set_copy(default)
         if engine.provider == "cuda" and cfg.device_input:
             run = _device_input_runner(engine, batch)
             for i in range(3):

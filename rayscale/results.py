@@ -154,7 +154,7 @@ class EnginePoint:
     latency_p99_ms: float
     iterations: int
     backend: str = "onnxruntime"  # onnxruntime | torch-eager
-    input_location: str = "host"  # host (numpy, copied each run) | host-gathered[-pageable] (from 32-image parts) | device (on the GPU)
+    input_location: str = "host"  # host (numpy) | host-parts-<copy mode> (from 32-image requests) | device (on the GPU)
     provider: str = ""
 
 

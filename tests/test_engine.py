@@ -202,21 +202,30 @@ def test_cuda_engine_matches_the_cpu_engine(model_dir, engine):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not _has_cuda_driver(), reason="needs an NVIDIA GPU")
-def test_cuda_engine_stages_input_in_page_locked_memory_and_pageable_gives_the_same_answer(model_dir):
-    gpu = Engine(model_dir, provider="cuda", max_batch_size=MAX_BATCH)
-    assert gpu.pinned, "page-locked staging should load the CUDA runtime onnxruntime uses"
-    images = random_images(MAX_BATCH, seed=9)
-    pinned_full, pinned_part = gpu.encode(images), gpu.encode(images[:5])
-    assert gpu.set_pinned(False) is False
-    np.testing.assert_array_equal(gpu.encode(images), pinned_full)
-    np.testing.assert_array_equal(gpu.encode(images[:5]), pinned_part)
-    # Two threads at once, each with its own stream and buffers, still answer their own images.
-    assert gpu.set_pinned(True)
+def test_every_copy_mode_gives_the_same_answer_also_from_two_threads(model_dir):
     from concurrent.futures import ThreadPoolExecutor
 
+    gpu = Engine(model_dir, provider="cuda", max_batch_size=MAX_BATCH)
+    assert gpu.copy == "pinned", "page-locked staging should load the CUDA runtime onnxruntime uses"
+    images = random_images(MAX_BATCH, seed=9)
+    want_full, want_part = gpu.encode(images), gpu.encode(images[:5])
+    want_parts, _, _ = gpu.encode_parts([images[:3], images[3:5]])
     batches = [random_images(MAX_BATCH, seed=s) for s in range(4)]
-    expected = [gpu.encode(b) for b in batches]
-    with ThreadPoolExecutor(2) as pool:
-        for _ in range(5):
-            for got, want in zip(pool.map(gpu.encode, batches), expected):
-                np.testing.assert_array_equal(got, want)
+    want_batches = [gpu.encode(b) for b in batches]
+    for mode in ("direct", "pageable", "pinned"):
+        assert gpu.set_copy(mode) == mode
+        np.testing.assert_array_equal(gpu.encode(images), want_full)
+        np.testing.assert_array_equal(gpu.encode(images[:5]), want_part)
+        got_parts, _, _ = gpu.encode_parts([images[:3], images[3:5]])
+        np.testing.assert_array_equal(np.concatenate(got_parts), np.concatenate(want_parts))
+        # Two threads at once, each with its own stream and buffers, still answer their own images.
+        with ThreadPoolExecutor(2) as pool:
+            for _ in range(5):
+                for got, want in zip(pool.map(gpu.encode, batches), want_batches):
+                    np.testing.assert_array_equal(got, want)
+
+
+def test_unknown_copy_mode_is_refused(model_dir):
+    engine = Engine(model_dir, provider="cpu", warmup=False)
+    with pytest.raises(ConfigError, match="copy mode must be one of pinned, direct, pageable"):
+        engine.set_copy("zero-copy")
