@@ -4,8 +4,8 @@ On CUDA the engine uses IO binding. How a batch's images reach the device buffer
 is the ``copy`` mode (see ``rayscale.cudart``; both fast modes release the GIL while copying):
 
 * ``pinned`` (default): gather the requests' images into a page-locked host buffer, one DMA copy;
-* ``direct``: copy each request's array straight into its place in the device buffer (no host
-  gather; the driver stages pageable memory itself);
+* ``direct`` (opt-in, not yet measured on a GPU): copy each request's array straight into its
+  place in the device buffer (no host gather; the driver stages pageable memory itself);
 * ``pageable``: gather into ordinary memory and let onnxruntime copy (the fallback when the CUDA
   runtime library cannot be loaded). ``RAYSCALE_ENGINE_COPY`` overrides the default.
 
@@ -241,7 +241,7 @@ class Engine:
                 host, locked = np.empty((0, *IMAGE_SHAPE), dtype=np.uint8), False
             else:
                 host, locked = PinnedArray.allocate((bucket, *IMAGE_SHAPE), np.uint8, self._cudart if self.pinned else None)
-            dev = ort.OrtValue.ortvalue_from_shape_and_type(host.shape, np.uint8, "cuda", self.device_id)
+            dev = ort.OrtValue.ortvalue_from_shape_and_type((bucket, *IMAGE_SHAPE), np.uint8, "cuda", self.device_id)
             out = ort.OrtValue.ortvalue_from_shape_and_type((bucket, EMBED_DIM), np.float32, "cuda", self.device_id)
             entry = buf.inputs[bucket] = (host, dev, locked)
             buf.outputs[bucket] = out
