@@ -19,7 +19,7 @@ import weakref
 
 import numpy as np
 
-__all__ = ["CudaRuntime", "PinnedArray"]
+__all__ = ["CudaRuntime", "page_locked_zeros"]
 
 log = logging.getLogger(__name__)
 
@@ -106,17 +106,14 @@ class CudaRuntime:
         self.synchronize(stream)
 
 
-class PinnedArray:
-    """A zeroed numpy array whose memory is page-locked when ``runtime`` allows, else ordinary."""
-
-    @staticmethod
-    def allocate(shape: tuple[int, ...], dtype, runtime: CudaRuntime | None) -> tuple[np.ndarray, bool]:
-        array = np.zeros(shape, dtype=dtype)
-        if runtime is None:
-            return array, False
-        try:
-            runtime.register(array)
-        except RuntimeError as e:
-            log.warning("host staging stays pageable (slower host->GPU copies): %s", e)
-            return array, False
-        return array, True
+def page_locked_zeros(shape: tuple[int, ...], dtype, runtime: CudaRuntime | None) -> tuple[np.ndarray, bool]:
+    """A zeroed array, page-locked when ``runtime`` allows (else ordinary); and whether it is."""
+    array = np.zeros(shape, dtype=dtype)
+    if runtime is None:
+        return array, False
+    try:
+        runtime.register(array)
+    except RuntimeError as e:
+        log.warning("host staging stays pageable (slower host->GPU copies): %s", e)
+        return array, False
+    return array, True

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from rayscale.config import EMBED_DIM, IMAGE_BYTES, IMAGE_SHAPE, INPUT_NAME, OUTPUT_NAME
-from rayscale.cudart import CudaRuntime, PinnedArray
+from rayscale.cudart import CudaRuntime, page_locked_zeros
 from rayscale.errors import ConfigError, ModelNotFoundError
 
 __all__ = ["COPY_MODES", "Engine", "NullEngine", "batch_buckets", "random_images"]
@@ -186,10 +186,6 @@ class Engine:
             self.encode(random_images(s, seed=s))
         return time.perf_counter() - t0
 
-    @property
-    def pinned(self) -> bool:
-        return self.copy == "pinned"
-
     def set_copy(self, mode: str = "auto") -> str:
         """Choose how host input reaches the GPU (module docstring); returns the mode in use.
 
@@ -240,7 +236,8 @@ class Engine:
             if self.copy == "direct":  # nothing is gathered on the host
                 host, locked = np.empty((0, *IMAGE_SHAPE), dtype=np.uint8), False
             else:
-                host, locked = PinnedArray.allocate((bucket, *IMAGE_SHAPE), np.uint8, self._cudart if self.pinned else None)
+                runtime = self._cudart if self.copy == "pinned" else None
+                host, locked = page_locked_zeros((bucket, *IMAGE_SHAPE), np.uint8, runtime)
             dev = ort.OrtValue.ortvalue_from_shape_and_type((bucket, *IMAGE_SHAPE), np.uint8, "cuda", self.device_id)
             out = ort.OrtValue.ortvalue_from_shape_and_type((bucket, EMBED_DIM), np.float32, "cuda", self.device_id)
             entry = buf.inputs[bucket] = (host, dev, locked)
@@ -253,22 +250,32 @@ class Engine:
             buf.stream = self._cudart.stream()
         return buf.stream
 
-    def _to_device(self, buf: _Buffers, entry, n: int) -> None:
-        """Copy the first ``n`` staged images to the bucket's device buffer."""
-        host, dev, locked = entry
-        if not locked:
-            dev.update_inplace(host)
-            return
-        self._cudart.copy_to_device(dev.data_ptr(), host, n * IMAGE_BYTES, self._stream(buf))
+    def _upload(self, buf: _Buffers, entry, parts: list[np.ndarray], n: int) -> int:
+        """Put ``parts`` (``n`` images in all) into the bucket's device buffer, in this engine's copy mode.
 
-    def _parts_to_device(self, buf: _Buffers, dev, parts: list[np.ndarray]) -> None:
-        """``direct`` mode: each part straight into its rows of the device buffer, then one wait."""
-        stream, base, offset = self._stream(buf), dev.data_ptr(), 0
-        parts = [np.ascontiguousarray(p) for p in parts]  # kept alive until the copies are done
+        Returns when the host-side gather ended (``perf_counter_ns``); in ``direct`` mode nothing is
+        gathered and the copy counts as part of the run.
+        """
+        host, dev, locked = entry
+        if self.copy == "direct":  # each part straight into its rows of the device buffer, then one wait
+            gathered = time.perf_counter_ns()
+            stream, base, offset = self._stream(buf), dev.data_ptr(), 0
+            parts = [np.ascontiguousarray(p) for p in parts]  # kept alive until the copies are done
+            for p in parts:
+                self._cudart.copy_async(base + offset, p, p.nbytes, stream)
+                offset += p.nbytes
+            self._cudart.synchronize(stream)
+            return gathered
+        offset = 0
         for p in parts:
-            self._cudart.copy_async(base + offset, p, p.nbytes, stream)
-            offset += p.nbytes
-        self._cudart.synchronize(stream)
+            host[offset : offset + p.shape[0]] = p
+            offset += p.shape[0]
+        gathered = time.perf_counter_ns()
+        if locked:
+            self._cudart.copy_to_device(dev.data_ptr(), host, n * IMAGE_BYTES, self._stream(buf))
+        else:
+            dev.update_inplace(host)
+        return gathered
 
     def _run_cuda(self, buf: _Buffers, dev, out, n: int) -> np.ndarray:
         binding = buf.binding
@@ -280,16 +287,13 @@ class Engine:
     def _encode_cuda(self, images: np.ndarray, n: int) -> np.ndarray:
         bucket = self.bucket_for(n)
         buf, entry, out = self._bucket_buffers(bucket)
-        host, dev, locked = entry
-        if self.copy == "direct":
-            self._parts_to_device(buf, dev, [images])
-        elif n == bucket and images.flags.c_contiguous:
+        dev = entry[1]
+        if self.copy != "direct" and n == bucket and images.flags.c_contiguous:
             # A whole bucket needs no gathering: one copy straight from the caller's array beats
             # a copy into page-locked staging plus DMA (measured on an H100, batch 256).
             dev.update_inplace(images)
         else:
-            host[:n] = images
-            self._to_device(buf, entry, n)
+            self._upload(buf, entry, [images], n)
         return self._run_cuda(buf, dev, out, n)
 
     def encode_parts(self, parts: list[np.ndarray]) -> tuple[list[np.ndarray], int, int]:
@@ -310,18 +314,8 @@ class Engine:
         else:
             bucket = self.bucket_for(n)
             buf, entry, out = self._bucket_buffers(bucket)
-            host, dev, _ = entry
-            if self.copy == "direct":
-                t1 = time.perf_counter_ns()  # no gather: the copy is part of the run
-                self._parts_to_device(buf, dev, parts)
-            else:
-                offset = 0
-                for p, k in zip(parts, sizes):
-                    host[offset : offset + k] = p
-                    offset += k
-                t1 = time.perf_counter_ns()
-                self._to_device(buf, entry, n)
-            result = self._run_cuda(buf, dev, out, n)
+            t1 = self._upload(buf, entry, parts, n)
+            result = self._run_cuda(buf, entry[1], out, n)
         t2 = time.perf_counter_ns()
         outputs = np.split(result, np.cumsum(sizes)[:-1]) if len(parts) > 1 else [result]
         return outputs, t1 - t0, t2 - t1
