@@ -18,17 +18,17 @@ import argparse
 import json
 import threading
 import time
-import urllib.request
 
 import numpy as np
 
-MODEL = "openclip_vit_b32"
+from rayscale.config import MODEL_NAME as MODEL
+from rayscale.protocol import get_json
+
 PARTS = ("queue", "compute_input", "compute_infer", "compute_output")
 
 
 def stats(url: str) -> dict:
-    with urllib.request.urlopen(f"{url}/v2/models/{MODEL}/stats", timeout=10) as r:
-        s = json.loads(r.read())["model_stats"][0]
+    s = get_json(f"{url}/v2/models/{MODEL}/stats")["model_stats"][0]
     inf = s["inference_stats"]
     out = {"requests": inf["success"]["count"], "images": s.get("inference_count", 0), "batches": s.get("execution_count", 0)}
     for p in PARTS:
