@@ -94,6 +94,7 @@ class OpenClipEncoder:
         self.stats = ReplicaStats()
         self.collector = get_or_create_collector(self.cfg.app_name)
         self.in_flight = 0
+        self._flushed_ns = 0
         self.draining = False
         self._token = self.cfg.api_token.encode() if self.cfg.api_token else None
         self._metadata = _model_metadata(self.info)
@@ -310,6 +311,13 @@ class OpenClipEncoder:
         self._flush()
 
     def _flush(self) -> None:
+        """Send this replica's statistics delta to the collector: at most every ``_FLUSH_PERIOD_NS``
+        under load (an actor call per batch is measurable work on the replica's event loop), and
+        always when the replica goes idle, so totals are exact once requests have finished."""
+        now = time.perf_counter_ns()
+        if self.in_flight and now - self._flushed_ns < _FLUSH_PERIOD_NS:
+            return
+        self._flushed_ns = now
         self.collector.record.remote(self.replica_id, self.stats.take(), self.in_flight)
 
     async def _is_draining(self) -> bool:
@@ -326,6 +334,7 @@ class OpenClipEncoder:
         return triton_model_config(self.cfg, replicas)
 
 
+_FLUSH_PERIOD_NS = 100_000_000
 _SERVE_NAMESPACE = "serve"  # where Ray Serve's controller creates replica actors
 _EXTENSIONS = ["binary_tensor_data", "statistics", "model_configuration"]
 
