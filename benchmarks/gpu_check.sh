@@ -7,10 +7,12 @@
 #   engine   rayscale engine-bench: page-locked vs pageable host input, device input, torch eager
 #   serve    rayscale up (Serve's proxy) -> bench over a handle and over HTTP, and perf_analyzer
 #            over HTTP with the same settings -> down
-#   handle   rayscale up -> bench over a handle only -> down
+#   handle   rayscale up -> bench over a handle only (with a py-spy profile of the replica) -> down;
+#            VARIANT labels the run, HANDLE_IPR lists images per request, PROVIDER=null serves no model
 #   haproxy  rayscale up --ingress haproxy -> HTTP bench (32 images and 1 image per request),
 #            perf_analyzer -> down
-#   shared   the same with 2 replicas sharing the GPU (0.5 GPU each): bench and perf_analyzer
+#   shared   the same with N replicas sharing the GPU (1/N GPU each; SHARES lists N, default 2):
+#            bench and perf_analyzer (SHARED_PA=0 skips it)
 #   triton   rayscale triton up (Python backend, 2 instances) -> bench and perf_analyzer -> down
 #   referee  Triton again, one point (32 images, concurrency 16) from each of three clients —
 #            rayscale bench, perf_analyzer and Triton's own Python client — with the server's
@@ -67,10 +69,20 @@ phase_serve() {
   curl -s 127.0.0.1:8000/v2/models/openclip_vit_b32/stats > "$R/rayscale-stats.json"
   step down $RS down
 }
-phase_handle() {  # the handle path alone (RAYSCALE_ENGINE_COPY picks the replicas' copy mode)
-  step up_handle $RS up --replicas 1 --model $MODEL --port 8000 --gpus-per-replica $GPR --cpus-per-replica $RCPU
-  step bench_handle_only $RS bench --handle --concurrency $CONC $CL $SAME --out "$R/bench-rayscale-handle-copy-${RAYSCALE_ENGINE_COPY:-default}.json"
-  step down_handle $RS down
+phase_handle() {  # the handle path alone; VARIANT names the run, and its environment reaches the replicas
+  # (e.g. RAYSCALE_ENGINE_COPY=direct, or RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=0);
+  # HANDLE_IPR lists images per request; PROVIDER=null measures the serving path with no model
+  local v=${VARIANT:-default} ipr=${HANDLE_IPR:-$IPR}
+  step up_handle_$v $RS up --replicas 1 --model $MODEL --port 8000 --gpus-per-replica $GPR --cpus-per-replica $RCPU --provider ${PROVIDER:-auto}
+  local pid; pid=$(grep -o 'pid [0-9]*' "$R/up_handle_$v.log" | head -1 | cut -d' ' -f2)
+  if [ -n "$pid" ] && command -v py-spy >/dev/null; then
+    ( sleep 10; py-spy record --nonblocking --idle -d 6 -r 50 -p "$pid" -f speedscope -o "$R/pyspy-replica-handle-$v.json" > "$R/pyspy-$v.log" 2>&1 ) &
+  fi
+  step bench_handle_$v $RS bench --handle --target rayscale-handle-$v --concurrency $CONC $CL --images-per-request $ipr $WIN \
+    --model-dir $MODEL --overwrite --out "$R/bench-rayscale-handle-$v.json"
+  curl -s 127.0.0.1:8000/v2/models/openclip_vit_b32/stats > "$R/rayscale-stats-handle-$v.json"
+  wait
+  step down_handle_$v $RS down
 }
 phase_haproxy() {
   step up_haproxy $RS up --ingress haproxy --replicas 1 --model $MODEL --port 8000 --gpus-per-replica $GPR --cpus-per-replica $RCPU
@@ -79,12 +91,16 @@ phase_haproxy() {
   step pa_haproxy $RS bench --client perf_analyzer --url http://127.0.0.1:8000 --target rayscale-haproxy --concurrency $CONC $SAME --out "$R/bench-rayscale-haproxy-http-perf_analyzer.json"
   step down_haproxy $RS down
 }
-phase_shared() {
+phase_shared() {  # SHARES lists how many replicas share the GPU (1/N GPU each), behind HAProxy
   [ "$FRAC" = 0 ] && return
-  step up_shared $RS up --ingress haproxy --replicas 2 --model $MODEL --port 8000 --gpus-per-replica $FRAC --cpus-per-replica $RCPU
-  step bench_shared $RS bench --url http://127.0.0.1:8000 --target rayscale-haproxy-2x0.5gpu --concurrency $CONC $CL $SAME --out "$R/bench-rayscale-haproxy-2x0.5gpu-http.json"
-  step pa_shared $RS bench --client perf_analyzer --url http://127.0.0.1:8000 --target rayscale-haproxy-2x0.5gpu --concurrency $CONC $SAME --out "$R/bench-rayscale-haproxy-2x0.5gpu-http-perf_analyzer.json"
-  step down_shared $RS down
+  local n frac t
+  for n in ${SHARES:-2}; do
+    frac=$(python3 -c "print(round(1 / $n, 4))"); t=rayscale-haproxy-${n}x$(python3 -c "print(f'{1 / $n:.2g}')")gpu
+    step up_shared_$n $RS up --ingress haproxy --replicas $n --model $MODEL --port 8000 --gpus-per-replica $frac --cpus-per-replica $RCPU
+    step bench_shared_$n $RS bench --url http://127.0.0.1:8000 --target $t --concurrency $CONC $CL $SAME --out "$R/bench-$t-http.json"
+    [ "${SHARED_PA:-1}" = 1 ] && step pa_shared_$n $RS bench --client perf_analyzer --url http://127.0.0.1:8000 --target $t --concurrency $CONC $SAME --out "$R/bench-$t-http-perf_analyzer.json"
+    step down_shared_$n $RS down
+  done
 }
 stub_path() {  # Triton's stub and tritonserver's interpreter get numpy<2 and the staged packages first
   [ -n "${RAYSCALE_NUMPY1:-}" ] || return 0
