@@ -204,7 +204,9 @@ def bench(
     url: Optional[str] = typer.Option(None, help="Open Inference Protocol server (default http://127.0.0.1:8000 unless --handle)."),
     handle: bool = typer.Option(False, "--handle", help="Call the rayscale app through a DeploymentHandle (in-cluster)."),
     model: str = typer.Option(MODEL_NAME, help="Model name on the server."),
-    replicas: str = typer.Option("1", help="Replica counts to sweep (rescales the running rayscale app)."),
+    replicas: Optional[str] = typer.Option(
+        None, help="Replica counts to sweep (rescales the running rayscale app); default: as it runs now."
+    ),
     concurrency: Optional[str] = typer.Option(None, help="Closed loop: in-flight requests, e.g. 1,4,16,64,128."),
     rate: Optional[str] = typer.Option(None, help="Open loop: requests/s, e.g. 100,500,2000."),
     arrival: str = typer.Option("constant", help="Open-loop arrivals: constant | poisson."),
@@ -238,7 +240,7 @@ def bench(
         if url is None and not handle:
             url = "http://127.0.0.1:8000"
         cfg = BenchConfig(
-            url=url, handle=handle, model=model, replicas=parse_int_list(replicas, "--replicas"),
+            url=url, handle=handle, model=model, replicas=parse_int_list(replicas, "--replicas") if replicas is not None else None,
             concurrency=parse_int_list(concurrency, "--concurrency") if concurrency is not None else None,
             rates_rps=parse_float_list(rate, "--rate") if rate is not None else None,
             arrival=arrival, images_per_request=parse_int_list(images_per_request, "--images-per-request"),

@@ -68,6 +68,7 @@ __all__ = [
     "ensure_perf_analyzer",
     "interval_for_window",
     "parse_perf_analyzer_csv",
+    "replicas_from_config",
     "run_perf_analyzer",
 ]
 
@@ -293,7 +294,7 @@ def _preflight(url: str, model: str, token: str | None) -> _Server:
     return _Server(name=name, target=target, metadata=metadata, config=config)
 
 
-def _replicas_from_config(config: dict[str, Any]) -> int:
+def replicas_from_config(config: dict[str, Any]) -> int:
     """GPUs the model is served on (rayscale's replicas), from Triton's instance groups; 1 on the CPU."""
     gpus: set[int] = set()
     counted = 0
@@ -489,7 +490,7 @@ def run_perf_analyzer(
         target=server.target if target == "auto" else target,
         transport="perf_analyzer",
         mode="closed" if concurrency is not None else "open",
-        replicas=replicas if replicas is not None else _replicas_from_config(server.config),
+        replicas=replicas if replicas is not None else replicas_from_config(server.config),
         images_per_request=batch_size,
         concurrency=concurrency,
         rate_rps=float(rate_rps) if rate_rps is not None else None,
@@ -572,7 +573,7 @@ def interval_for_window(window_s: float) -> int:
 def _check_bench_config(cfg: BenchConfig) -> None:
     if cfg.handle or not cfg.url:
         raise ConfigError("perf_analyzer measures a server over HTTP: pass --url instead of --handle")
-    if len(cfg.replicas) != 1:
+    if cfg.replicas is not None and len(cfg.replicas) != 1:
         raise ConfigError(
             f"perf_analyzer measures the server as it runs: give one --replicas value (the GPUs it serves on), got {cfg.replicas}; "
             "restart the server at each size, or sweep replicas with rayscale's own client"
@@ -632,6 +633,7 @@ def bench_with_perf_analyzer(
     _host_port(cfg.url)
     server = _preflight(cfg.url, cfg.model, cfg.api_token)
     target = server.target if cfg.target == "auto" else cfg.target
+    replicas = cfg.replicas[0] if cfg.replicas else replicas_from_config(server.config)
     out = Path(cfg.out or _default_out(target))
     previous = previous_bench_result(out, resume=cfg.resume, overwrite=cfg.overwrite)
     install = install or ensure_perf_analyzer()
@@ -655,7 +657,7 @@ def bench_with_perf_analyzer(
             for load in loads:
                 closed = cfg.mode == "closed"
                 planned = PointResult(
-                    target=target, transport="perf_analyzer", mode=cfg.mode, replicas=cfg.replicas[0],
+                    target=target, transport="perf_analyzer", mode=cfg.mode, replicas=replicas,
                     images_per_request=ipr, concurrency=int(load) if closed else None,
                     rate_rps=None if closed else float(load), arrival=None if closed else cfg.arrival,
                 )  # fmt: skip
@@ -669,7 +671,7 @@ def bench_with_perf_analyzer(
                         cfg.url, model=cfg.model, batch_size=ipr,
                         concurrency=planned.concurrency, rate_rps=planned.rate_rps, arrival=cfg.arrival,
                         measurement_interval_ms=interval_ms, stability_percentage=cfg.stability * 100,
-                        max_trials=cfg.max_windows, binary=cfg.binary, replicas=cfg.replicas[0], target=target,
+                        max_trials=cfg.max_windows, binary=cfg.binary, replicas=replicas, target=target,
                         api_token=cfg.api_token, install=install,
                     )  # fmt: skip
                 except ServerError as e:  # one failed point is a record, and the sweep goes on

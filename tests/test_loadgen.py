@@ -163,10 +163,17 @@ def test_sweep_of_two_replica_counts_and_two_concurrencies_writes_a_valid_file(r
         resumed = run_bench(BenchConfig(url=app.url, replicas=[2], concurrency=[1, 2], images_per_request=[2], out=str(out),
                                         resume=True, clients=1, **FAST))
         assert [p.started_at for p in resumed.points] == [p.started_at for p in loaded.points[2:]]
-        # handle mode through the same batcher
-        handle_point = run_bench(BenchConfig(handle=True, replicas=[2], concurrency=[2], images_per_request=[2],
+        # handle mode through the same batcher; without --replicas the app is measured as it runs
+        handle_point = run_bench(BenchConfig(handle=True, concurrency=[2], images_per_request=[2],
                                              out=str(tmp_path / "handle.json"), clients=1, **FAST)).points[0]
         assert handle_point.transport == "handle" and handle_point.requests_ok > 0 and handle_point.requests_failed == 0
+        assert handle_point.replicas == 2 and status(cfg.app_name).replica_states.get("RUNNING") == 2
+        # ... and so it is under a label of the user's choosing, which records what runs
+        labelled = run_bench(BenchConfig(url=app.url, target="rayscale-two", concurrency=[2], images_per_request=[2],
+                                         out=str(tmp_path / "labelled.json"), clients=1, **FAST))
+        assert [(p.target, p.replicas) for p in labelled.points] == [("rayscale-two", 2)]
+        assert labelled.serve_config["replicas"] == 2 and labelled.serve_config["gpus_per_replica"] == 1
+        assert status(cfg.app_name).replica_states.get("RUNNING") == 2
     finally:
         down(cfg.app_name)
 

@@ -54,7 +54,7 @@ class BenchConfig:
     model: str = MODEL_NAME
     app_name: str = "rayscale"
     target: str = "auto"  # label in results; auto: the server's own name from GET /v2
-    replicas: list[int] = field(default_factory=lambda: [1])
+    replicas: list[int] | None = None  # rayscale replica counts to sweep; None: measure the server as it runs
     concurrency: list[int] | None = field(default_factory=lambda: [1, 4, 16, 64, 128])
     rates_rps: list[float] | None = None
     arrival: str = "constant"
@@ -269,6 +269,7 @@ def _split(total: int, parts: int) -> list[int]:
 
 
 def _running_app_config(cfg: BenchConfig) -> dict[str, Any] | None:
+    """The running rayscale app's config, with ``replicas`` set to the replicas up now; None if none runs."""
     import ray
 
     from rayscale.serve.stats import NAMESPACE, collector_name
@@ -277,7 +278,7 @@ def _running_app_config(cfg: BenchConfig) -> dict[str, Any] | None:
         infos = ray.get(ray.get_actor(collector_name(cfg.app_name), namespace=NAMESPACE).replicas.remote(), timeout=10)
     except ValueError:
         return None
-    return infos[0].get("config") if infos else None
+    return dict(infos[0].get("config") or {}, replicas=len(infos)) if infos else None
 
 
 def _rescale(cfg: BenchConfig, replicas: int) -> dict[str, Any]:
@@ -544,19 +545,24 @@ def run_bench(cfg: BenchConfig, *, on_event: EventCallback | None = None) -> Ben
     out = Path(cfg.out or _default_out(target))
     previous = previous_bench_result(out, resume=cfg.resume, overwrite=cfg.overwrite)
     _connect_ray(cfg)
-    rescalable = target == "rayscale" and _running_app_config(cfg) is not None
-    if len(cfg.replicas) > 1 and not rescalable:
+    # A rayscale app in this Ray cluster (whatever --target calls it) is measured at the replica
+    # count it runs, or rescaled to each --replicas value; another server is measured as it runs.
+    is_rayscale = cfg.handle or bool(preflight and preflight["server"].get("name") == "rayscale")
+    running = _running_app_config(cfg) if is_rayscale else None
+    rescalable = running is not None
+    if cfg.replicas is not None and len(cfg.replicas) > 1 and not rescalable:
         raise ConfigError(
             "sweeping --replicas needs the rayscale app in a reachable Ray cluster (pass --address if it is remote); "
             "for another server, restart it at each size and pass its GPU count as a single --replicas value"
         )
+    sweep = cfg.replicas or [int(running["replicas"]) if running else _served_replicas(preflight)]
     loads: list[int | float] = list(cfg.concurrency or cfg.rates_rps or [])
     result = BenchResult(
         command=cfg.command or "",
         config=cfg.to_dict(),
         environment=collect_environment(cfg.command),
         model=_model_record(cfg, preflight),
-        serve_config=_running_app_config(cfg) if rescalable else ((preflight or {}).get("config")),
+        serve_config=running if rescalable else ((preflight or {}).get("config")),
         started_at=now_iso(),
         status="incomplete",
     )
@@ -566,8 +572,8 @@ def run_bench(cfg: BenchConfig, *, on_event: EventCallback | None = None) -> Ben
     metrics = _load_metrics(cfg)
     clients: list[Any] = []
     try:
-        for replicas in cfg.replicas:
-            if rescalable:
+        for replicas in sweep:
+            if rescalable and cfg.replicas is not None:
                 emit({"event": "rescale", "replicas": replicas})
                 result.serve_config = _rescale(cfg, replicas)
             for ipr in cfg.images_per_request:
@@ -636,6 +642,13 @@ def run_bench(cfg: BenchConfig, *, on_event: EventCallback | None = None) -> Ben
             metrics.close()
     result.config["out"] = str(out)
     return result
+
+
+def _served_replicas(preflight: dict[str, Any] | None) -> int:
+    """What to record as replicas for a server measured as it runs: the GPUs its model config names."""
+    from rayscale.perf_analyzer import replicas_from_config
+
+    return replicas_from_config((preflight or {}).get("config") or {})
 
 
 def _load_metrics(cfg: BenchConfig) -> Any:
