@@ -481,3 +481,20 @@ def test_bottleneck_rules_name_a_cause(overrides, cause):
     point = closed_loop_point("rayscale", 1, 32, **overrides)  # well past saturation: queueing dominates
     report = build_report([bench_result([point])])
     assert report.groups[0].bottleneck.cause == cause
+
+
+def test_a_point_without_latency_samples_shows_dashes_not_zero_milliseconds(results_files, tmp_path):
+    """perf_analyzer keeps only each window's p95 for a point it could not stabilise."""
+    unstable = closed_loop_point("triton", 1, 512, status="unstable")
+    unstable.transport = "perf_analyzer"
+    unstable.latency = LatencyStats(p95_ms=161.0)
+    extra = tmp_path / "pa.json"
+    write_json_atomic(extra, bench_result([unstable], triton=True).to_dict())
+    report = build_report(load_all([*results_files, extra]), sources=[str(f) for f in [*results_files, extra]])
+    row = next(r for r in report.points if r.transport == "perf_analyzer")
+    assert (row.latency_p50_ms, row.latency_p95_ms, row.latency_p99_ms, row.latency_mean_ms) == (None, 161.0, None, None)
+    write_report(report, tmp_path / "out")
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "| 512 | " in md
+    line = next(l for l in md.splitlines() if l.startswith("| 512 | ") and "161.0" in l)
+    assert line.count("| – |") >= 3 and "| 0.0 |" not in line

@@ -153,13 +153,13 @@ class PointRow:
     flags: list[str]
     images_per_s: float
     requests_per_s: float
-    latency_mean_ms: float
-    latency_p50_ms: float
-    latency_p90_ms: float
-    latency_p95_ms: float
-    latency_p99_ms: float
-    latency_p999_ms: float
-    latency_max_ms: float
+    latency_mean_ms: float | None
+    latency_p50_ms: float | None
+    latency_p90_ms: float | None
+    latency_p95_ms: float | None
+    latency_p99_ms: float | None
+    latency_p999_ms: float | None
+    latency_max_ms: float | None
     requests_ok: int
     requests_failed: int
     requests_incomplete: int
@@ -348,6 +348,12 @@ def check_comparable(
 # ---- points --------------------------------------------------------------------------------------
 
 
+def _measured(value: float, lat) -> float | None:
+    """A latency figure, or None where the point kept no samples for it (perf_analyzer keeps only
+    each window's p95 for a point it could not stabilise): a missing figure is not 0 ms."""
+    return value if value or lat.count else None
+
+
 def _gpus_of(point: PointResult, result: BenchResult) -> int:
     """GPUs a point used: replicas × gpus_per_replica where the serve config says, else replicas."""
     per_replica = (result.serve_config or {}).get("gpus_per_replica")
@@ -461,13 +467,13 @@ def _row(
         flags=_flags(point),
         images_per_s=point.images_per_s,
         requests_per_s=point.requests_per_s,
-        latency_mean_ms=lat.mean_ms,
-        latency_p50_ms=lat.p50_ms,
-        latency_p90_ms=lat.p90_ms,
-        latency_p95_ms=lat.p95_ms,
-        latency_p99_ms=lat.p99_ms,
-        latency_p999_ms=lat.p999_ms,
-        latency_max_ms=lat.max_ms,
+        latency_mean_ms=_measured(lat.mean_ms, lat),
+        latency_p50_ms=_measured(lat.p50_ms, lat),
+        latency_p90_ms=_measured(lat.p90_ms, lat),
+        latency_p95_ms=_measured(lat.p95_ms, lat),
+        latency_p99_ms=_measured(lat.p99_ms, lat),
+        latency_p999_ms=_measured(lat.p999_ms, lat),
+        latency_max_ms=_measured(lat.max_ms, lat),
         requests_ok=point.requests_ok,
         requests_failed=point.requests_failed,
         requests_incomplete=point.requests_incomplete,
@@ -493,7 +499,7 @@ def find_knee(
     """The first load step where p99 grows > factor × throughput's relative growth (and ≥ min_p99_growth)."""
     usable = sorted((r for r in rows if r.usable and r.load is not None), key=lambda r: r.load)
     for prev, cur in zip(usable, usable[1:]):
-        if prev.latency_p99_ms <= 0 or prev.images_per_s <= 0:
+        if not prev.latency_p99_ms or cur.latency_p99_ms is None or prev.images_per_s <= 0:
             continue
         p99_growth = (cur.latency_p99_ms - prev.latency_p99_ms) / prev.latency_p99_ms
         thr_growth = (cur.images_per_s - prev.images_per_s) / prev.images_per_s
@@ -510,7 +516,7 @@ def diagnose(row: PointRow) -> Bottleneck:
         figures.append(f"GPU {util:.0f}% busy")
     if share is not None:
         figures.append(f"queue {share:.0%} of server time")
-    if row.server_queue_ms is not None and row.server_compute_ms is not None and row.latency_mean_ms > 0:
+    if row.server_queue_ms is not None and row.server_compute_ms is not None and row.latency_mean_ms:
         outside = max(row.latency_mean_ms - row.server_queue_ms - row.server_compute_ms, 0.0)
         figures.append(f"{outside / row.latency_mean_ms:.0%} of client latency outside the server's queue+compute")
     figures.append(f"client CPU {row.client_cpu_pct:.0f}%")
@@ -557,7 +563,7 @@ def _engine_ceiling(engine: EngineBenchResult, max_batch_size: int | None) -> tu
 
 
 def _pick_best_under_slo(rows: list[PointRow], slo_p99_ms: float) -> Pick | None:
-    meeting = [r for r in rows if r.usable and r.latency_p99_ms <= slo_p99_ms]
+    meeting = [r for r in rows if r.usable and r.latency_p99_ms is not None and r.latency_p99_ms <= slo_p99_ms]
     if not meeting:
         return None
     best = max(meeting, key=lambda r: (r.images_per_s, -r.gpus))
@@ -868,7 +874,7 @@ def _group(
     g.mean_batch_images_at_peak = peak.mean_batch_images
     g.cost_per_1000_images_usd = cost_per_1000_images_usd(g.hourly_cost_usd, peak.images_per_s)
     if slo_p99_ms is not None:
-        meeting = [r for r in usable if r.latency_p99_ms <= slo_p99_ms]
+        meeting = [r for r in usable if r.latency_p99_ms is not None and r.latency_p99_ms <= slo_p99_ms]
         if meeting:
             best = max(meeting, key=lambda r: r.images_per_s)
             g.slo_images_per_s, g.slo_load, g.slo_latency_p99_ms = best.images_per_s, best.load, best.latency_p99_ms
