@@ -107,7 +107,7 @@ def up(
     port: int = typer.Option(8000, help="HTTP port."),
     max_batch_size: int = typer.Option(256, help="Largest batch, in images."),
     batch_wait_ms: float = typer.Option(2.0, help="How long a batch may wait to fill once a GPU slot is free."),
-    batches_in_flight: int = typer.Option(2, help="Batches a replica runs at once (copy/compute overlap)."),
+    batches_in_flight: int = typer.Option(4, help="Batches a replica runs at once (copy/compute overlap)."),
     max_ongoing_requests: int = typer.Option(512, help="Requests a replica accepts at once."),
     max_queued_requests: int = typer.Option(256, help="Queued requests per replica before quick 503s."),
     gpus_per_replica: Optional[float] = typer.Option(None, help="GPUs per replica (default: 1 when the cluster has GPUs, else 0)."),

@@ -63,7 +63,7 @@ class ImageBatcher:
         *,
         max_batch_images: int,
         batch_wait_s: float,
-        batches_in_flight: int = 2,
+        batches_in_flight: int = 4,
         max_queued_requests: int = -1,
         on_batch: BatchCallback | None = None,
     ):
