@@ -310,6 +310,15 @@ def test_engine_ceiling_fraction(results_files, tmp_path):
             assert g["engine_fraction"] == pytest.approx(g["peak_images_per_s"] / (gpus * 2000.0))
     assert "of engine ceiling" in (out / "report.md").read_text()
 
+    # where the engine file also measured input already on the GPU, that is the ceiling
+    engine.points += [EnginePoint(batch_size=b, images_per_s=ips, latency_mean_ms=1, latency_p50_ms=1, latency_p99_ms=1,
+                                  iterations=100, input_location="device") for b, ips in ((256, 3600.0), (512, 3900.0))]
+    write_json_atomic(engine_file, engine.to_dict())
+    result = run_cli(*map(str, results_files), "--engine", str(engine_file), "--out", str(tmp_path / "r2"))
+    assert result.exit_code == 0, result.output
+    g = group(report_json(tmp_path / "r2"), "rayscale", 2)
+    assert g["engine_batch_size"] == 256 and g["engine_ceiling_images_per_s"] == pytest.approx(2 * 3600.0)
+
 
 def test_open_loop_points_are_their_own_series_against_offered_rate(tmp_path):
     closed = sweep("rayscale", 1)

@@ -547,16 +547,21 @@ def diagnose(row: PointRow) -> Bottleneck:
 
 
 def _engine_ceiling(engine: EngineBenchResult, max_batch_size: int | None) -> tuple[int, float] | None:
-    """(batch size, images/s) of one engine at the batch matching the server's max batch size."""
+    """(batch size, images/s) of one engine at the batch matching the server's max batch size.
+
+    The ceiling is the engine with its input already on the GPU (what the card itself can do)
+    where the file measured it; a server that overlaps its copies with compute can reach it,
+    so the host-input figure would be no ceiling. Older files without that row use host input.
+    """
     points = [p for p in engine.points if p.images_per_s > 0]
     ort = [p for p in points if p.backend == "onnxruntime"] or points
-    host = [p for p in ort if p.input_location == "host"] or ort
-    if not host:
+    chosen = [p for p in ort if p.input_location == "device"] or [p for p in ort if p.input_location == "host"] or ort
+    if not chosen:
         return None
-    sizes = sorted({p.batch_size for p in host})
+    sizes = sorted({p.batch_size for p in chosen})
     fitting = [s for s in sizes if max_batch_size is None or s <= max_batch_size]
     batch = fitting[-1] if fitting else sizes[0]
-    return batch, max(p.images_per_s for p in host if p.batch_size == batch)
+    return batch, max(p.images_per_s for p in chosen if p.batch_size == batch)
 
 
 # ---- picks ---------------------------------------------------------------------------------------

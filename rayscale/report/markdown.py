@@ -269,8 +269,9 @@ def _definitions(report: Report) -> list[str]:
         f"≥ {GPU_BUSY_PCT:.0f}% utilised → *gpu*; server queue ≥ {QUEUE_DOMINANT_SHARE:.0%} of server time → "
         f"*queueing* (batching or replicas); GPUs < {GPU_IDLE_PCT:.0f}% utilised with little queueing → "
         "*serving-path* (proxy, decode, serialisation); otherwise *undetermined*.",
-        "- **Engine ceiling**: N × the engine's images/s (onnxruntime, input from host memory) at the largest "
-        "measured batch size not above the server's max batch size.",
+        "- **Engine ceiling**: N × the engine's images/s (onnxruntime, input already on the GPU; input from host "
+        "memory for an engine file without that row) at the largest measured batch size not above the server's "
+        "max batch size.",
         "",
     ]
 
