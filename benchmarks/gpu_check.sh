@@ -13,7 +13,8 @@
 #            perf_analyzer -> down
 #   shared   the same with N replicas sharing the GPU (1/N GPU each; SHARES lists N, default 2):
 #            bench and perf_analyzer (SHARED_PA=0 skips it)
-#   triton   rayscale triton up (Python backend, 2 instances) -> bench and perf_analyzer -> down
+#   triton   rayscale triton up (Python backend, TRITON_INSTANCES per GPU, default 2) -> bench and
+#            perf_analyzer (TRITON_PA=0 skips it) -> down
 #   referee  Triton again, one point (32 images, concurrency 16) from each of three clients —
 #            rayscale bench, perf_analyzer and Triton's own Python client — with the server's
 #            own queue/compute split for each (benchmarks/client_referee.py)
@@ -110,10 +111,11 @@ stub_path() {  # Triton's stub and tritonserver's interpreter get numpy<2 and th
 }
 phase_triton() {
   stub_path
-  step triton_up $RS triton up $TRITON --instances-per-gpu 2 --model $MODEL --port 8100
+  local n=${TRITON_INSTANCES:-2} t=triton; [ "$n" = 2 ] || t=triton-${n}inst
+  step triton_up $RS triton up $TRITON --instances-per-gpu $n --model $MODEL --port 8100
   unset RAYSCALE_STUB_PATH
-  step bench_triton $RS bench --url http://127.0.0.1:8100 --concurrency $CONC $CL $SAME --out "$R/bench-triton-http.json"
-  step pa_triton $RS bench --client perf_analyzer --url http://127.0.0.1:8100 --concurrency $CONC $SAME --out "$R/bench-triton-http-perf_analyzer.json"
+  step bench_triton $RS bench --url http://127.0.0.1:8100 --target $t --concurrency $CONC $CL $SAME --out "$R/bench-$t-http.json"
+  [ "${TRITON_PA:-1}" = 1 ] && step pa_triton $RS bench --client perf_analyzer --url http://127.0.0.1:8100 --target $t --concurrency $CONC $SAME --out "$R/bench-$t-http-perf_analyzer.json"
   curl -s 127.0.0.1:8100/v2/models/openclip_vit_b32/stats > "$R/triton-stats.json"
   step triton_down $RS triton down
   cp ~/.cache/rayscale/triton.log "$R/triton-server.log" 2>/dev/null
