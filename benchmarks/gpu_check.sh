@@ -13,7 +13,7 @@
 #            perf_analyzer -> down
 #   shared   the same with N replicas sharing the GPU (1/N GPU each; SHARES lists N, default 2):
 #            bench and perf_analyzer (SHARED_PA=0 skips it)
-#   triton   rayscale triton up (Python backend, TRITON_INSTANCES per GPU, default 2) -> bench and
+#   triton   rayscale triton up (Python backend, TRITON_INSTANCES per GPU, default 4) -> bench and
 #            perf_analyzer (TRITON_PA=0 skips it) -> down
 #   referee  Triton again, one point (32 images, concurrency 16) from each of three clients —
 #            rayscale bench, perf_analyzer and Triton's own Python client — with the server's
@@ -111,7 +111,7 @@ stub_path() {  # Triton's stub and tritonserver's interpreter get numpy<2 and th
 }
 phase_triton() {
   stub_path
-  local n=${TRITON_INSTANCES:-2} t=triton; [ "$n" = 2 ] || t=triton-${n}inst
+  local n=${TRITON_INSTANCES:-4} t=triton; [ "$n" = 4 ] || t=triton-${n}inst
   step triton_up $RS triton up $TRITON --instances-per-gpu $n --model $MODEL --port 8100
   unset RAYSCALE_STUB_PATH
   step bench_triton $RS bench --url http://127.0.0.1:8100 --target $t --concurrency $CONC $CL $SAME --out "$R/bench-$t-http.json"
@@ -123,7 +123,7 @@ phase_triton() {
 phase_referee() {
   local ref="python3 benchmarks/client_referee.py" url=http://127.0.0.1:8100 snap=$R/.snap.json c=${CONC%%,*}
   stub_path
-  step triton_up_referee $RS triton up $TRITON --instances-per-gpu 2 --model $MODEL --port 8100
+  step triton_up_referee $RS triton up $TRITON --model $MODEL --port 8100
   unset RAYSCALE_STUB_PATH
   $ref tritonclient $url --concurrency $c --images $IPR --seconds 5 > /dev/null  # warm-up
   $ref snapshot $url "$snap"

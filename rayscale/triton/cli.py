@@ -10,7 +10,7 @@ import typer
 
 from rayscale.config import DEFAULT_MODEL_DIR, LOCAL_HOST, parse_int_list
 from rayscale.errors import RayscaleError
-from rayscale.triton.repository import DEFAULT_MAX_QUEUE_DELAY_US
+from rayscale.triton.repository import DEFAULT_INSTANCES_PER_GPU, DEFAULT_MAX_QUEUE_DELAY_US
 
 __all__ = ["triton_app"]
 
@@ -48,7 +48,9 @@ def setup(
 @triton_app.command()
 def up(
     gpus: int = typer.Option(1, help="GPUs to serve on (devices 0..N-1); one instance group per GPU."),
-    instances_per_gpu: int = typer.Option(2, help="Model instances (onnxruntime sessions) per GPU, or in all on the CPU."),
+    instances_per_gpu: int = typer.Option(
+        DEFAULT_INSTANCES_PER_GPU, help="Model instances (onnxruntime sessions) per GPU, or in all on the CPU."
+    ),
     max_batch_size: int = typer.Option(256, help="Largest batch in images, as rayscale's max_batch_size."),
     max_queue_delay_us: int = typer.Option(DEFAULT_MAX_QUEUE_DELAY_US, help="Dynamic batcher queue delay (µs)."),
     preferred_batch_sizes: str = typer.Option("", help="Comma-separated preferred batch sizes (default: none)."),
@@ -120,7 +122,7 @@ def repo(
     model: Path = typer.Option(DEFAULT_MODEL_DIR, help="Exported model directory (model.onnx + model.json)."),
     max_batch_size: int = typer.Option(256, help="Largest batch in images, as rayscale's max_batch_size."),
     max_queue_delay_us: int = typer.Option(DEFAULT_MAX_QUEUE_DELAY_US, help="Dynamic batcher queue delay (µs)."),
-    instances_per_gpu: int = typer.Option(2, help="Model instances per GPU."),
+    instances_per_gpu: int = typer.Option(DEFAULT_INSTANCES_PER_GPU, help="Model instances per GPU."),
     preferred_batch_sizes: str = typer.Option("", help="Comma-separated preferred batch sizes (default: none)."),
     accelerator: str = typer.Option("none", help="none | tensorrt (onnxruntime's TensorRT execution provider)."),
     cuda_graphs: bool = typer.Option(False, "--cuda-graphs", help="CUDA graphs (needs --accelerator tensorrt)."),

@@ -26,6 +26,7 @@ from rayscale.export import load_model_info
 
 __all__ = [
     "ACCELERATORS",
+    "DEFAULT_INSTANCES_PER_GPU",
     "DEFAULT_MAX_QUEUE_DELAY_US",
     "MODEL_PY",
     "onnxruntime_config",
@@ -63,6 +64,11 @@ def _check_batching(max_batch_size: int, max_queue_delay_us: int, preferred: lis
             f"preferred batch size {s} must be in 1..max_batch_size ({max_batch_size})",
         )
     return sizes
+
+
+# Concurrent model executions per GPU, matched to a rayscale replica's default batches in flight
+# (ServeConfig.batches_in_flight), so the two servers' defaults compare like for like.
+DEFAULT_INSTANCES_PER_GPU = 4
 
 
 def _check_instances(instances_per_gpu: int) -> None:
@@ -194,7 +200,7 @@ def _prepare_out(out_dir: str | os.PathLike) -> Path:
 def python_backend_config(
     *,
     gpus: int,
-    instances_per_gpu: int = 2,
+    instances_per_gpu: int = DEFAULT_INSTANCES_PER_GPU,
     max_batch_size: int = 256,
     max_queue_delay_us: int = DEFAULT_MAX_QUEUE_DELAY_US,
     preferred_batch_sizes: list[int] | None = None,
@@ -231,7 +237,7 @@ def write_python_backend_repo(
     out_dir: str | os.PathLike,
     *,
     gpus: int,
-    instances_per_gpu: int = 2,
+    instances_per_gpu: int = DEFAULT_INSTANCES_PER_GPU,
     max_batch_size: int = 256,
     max_queue_delay_us: int = DEFAULT_MAX_QUEUE_DELAY_US,
     preferred_batch_sizes: list[int] | None = None,
@@ -269,7 +275,7 @@ def write_python_backend_repo(
 def onnxruntime_config(
     *,
     gpus: int,
-    instances_per_gpu: int = 2,
+    instances_per_gpu: int = DEFAULT_INSTANCES_PER_GPU,
     max_batch_size: int = 256,
     max_queue_delay_us: int = DEFAULT_MAX_QUEUE_DELAY_US,
     preferred_batch_sizes: list[int] | None = None,
@@ -322,7 +328,7 @@ def write_onnxruntime_repo(
     out_dir: str | os.PathLike,
     *,
     gpus_list: tuple[int, ...] | list[int] = (1, 2, 4, 8),
-    instances_per_gpu: int = 2,
+    instances_per_gpu: int = DEFAULT_INSTANCES_PER_GPU,
     max_batch_size: int = 256,
     max_queue_delay_us: int = DEFAULT_MAX_QUEUE_DELAY_US,
     preferred_batch_sizes: list[int] | None = None,

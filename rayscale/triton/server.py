@@ -29,7 +29,7 @@ from rayscale.errors import ConfigError, ServerError
 from rayscale.export import load_model_info
 from rayscale.results import write_json_atomic
 from rayscale.triton.install import TritonInstall, default_cache_dir, ensure_triton
-from rayscale.triton.repository import DEFAULT_MAX_QUEUE_DELAY_US, write_python_backend_repo
+from rayscale.triton.repository import DEFAULT_INSTANCES_PER_GPU, DEFAULT_MAX_QUEUE_DELAY_US, write_python_backend_repo
 
 __all__ = [
     "STATE_FILE",
@@ -62,7 +62,7 @@ class TritonConfig:
     """How the local Triton baseline runs. Batch limits default to rayscale's own (ServeConfig)."""
 
     gpus: int = 1
-    instances_per_gpu: int = 2  # on the CPU: instances in all
+    instances_per_gpu: int = DEFAULT_INSTANCES_PER_GPU  # on the CPU: instances in all
     max_batch_size: int = 256  # images, as in ServeConfig
     max_queue_delay_us: int = DEFAULT_MAX_QUEUE_DELAY_US  # = ServeConfig.batch_wait_ms (2 ms)
     preferred_batch_sizes: list[int] = field(default_factory=list)
