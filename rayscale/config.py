@@ -80,7 +80,7 @@ class ServeConfig:
     cpus_per_replica: float = 1.0
     max_batch_size: int = 256  # images, not requests
     batch_wait_ms: float = 2.0
-    batches_in_flight: int = 4  # batches a replica runs at once: copies, compute and Python overlap (H100: 1.4x over 2)
+    batches_in_flight: int = 4  # batches a replica runs at once: copies, compute and Python overlap (H100: 1.3-1.4x over 2)
     max_ongoing_requests: int = 512
     max_queued_requests: int = 256
     host: str = LOCAL_HOST
