@@ -28,6 +28,7 @@ from rayscale.triton import (
     write_onnxruntime_repo,
     write_python_backend_repo,
 )
+from rayscale.triton.repository import DEFAULT_INSTANCES_PER_GPU
 from rayscale.triton.server import _session_members
 
 from conftest import free_port
@@ -98,7 +99,7 @@ def test_onnxruntime_repos_one_per_gpu_count(model_dir, tmp_path):
         assert_same_contract(cfg)
         assert cfg.backend == "onnxruntime"
         assert [list(g.gpus) for g in cfg.instance_group] == [[i] for i in range(gpus)]
-        assert all(g.kind == mc.ModelInstanceGroup.KIND_GPU and g.count == 2 for g in cfg.instance_group)
+        assert all(g.kind == mc.ModelInstanceGroup.KIND_GPU and g.count == DEFAULT_INSTANCES_PER_GPU for g in cfg.instance_group)
         (trt,) = cfg.optimization.execution_accelerators.gpu_execution_accelerator
         assert trt.name == "tensorrt"
         assert trt.parameters["precision_mode"] == "FP16"
