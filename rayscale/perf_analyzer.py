@@ -295,7 +295,14 @@ def _preflight(url: str, model: str, token: str | None) -> _Server:
 
 
 def replicas_from_config(config: dict[str, Any]) -> int:
-    """GPUs the model is served on (rayscale's replicas), from Triton's instance groups; 1 on the CPU."""
+    """GPUs the model is served on (rayscale's replicas), from Triton's instance groups; 1 on the CPU.
+
+    A rayscale app states its GPUs in all (``parameters.rayscale_gpus``): its instance group lists
+    GPU indices only, which repeat across nodes.
+    """
+    stated = ((config.get("parameters") or {}).get("rayscale_gpus") or {}).get("string_value")
+    if stated is not None and str(stated).isdigit():
+        return max(int(stated), 1)
     gpus: set[int] = set()
     counted = 0
     for group in config.get("instance_group") or []:

@@ -18,6 +18,8 @@ import pytest
 from rayscale import protocol
 from rayscale.config import MODEL_NAME, ServeConfig
 from rayscale.engine import Engine, random_images
+from rayscale.perf_analyzer import replicas_from_config
+from rayscale.serve.app import triton_model_config
 
 from conftest import free_port
 
@@ -134,6 +136,7 @@ def test_metadata_health_and_config_endpoints(app):
     assert status == 200 and cfg["max_batch_size"] == 16
     assert cfg["input"][0]["data_type"] == "TYPE_UINT8" and cfg["output"][0]["dims"] == [512]
     assert cfg["instance_group"][0]["count"] == 2 and cfg["instance_group"][0]["gpus"] == [0, 1]
+    assert replicas_from_config(cfg) == 2  # what perf_analyzer runs record as the server's GPUs
     assert _get(f"{app.url}/v2/models/{MODEL_NAME}/versions/1/ready")[0] == 200
 
 
@@ -256,3 +259,15 @@ def test_haproxy_ingress_serves_the_protocol_on_loopback(model_dir, tmp_path):
     finally:
         down = subprocess.run([*cli, "down"], env=env, capture_output=True, text=True, timeout=300)
     assert down.returncode == 0, down.stderr[-2000:]
+
+
+def test_model_config_counts_gpus_across_nodes_and_shared_gpus_once():
+    """Every node has a GPU 0: the config's GPU count must not collapse them, nor count a shared one twice."""
+    cfg = ServeConfig(gpus_per_replica=1.0)
+    two_nodes = [{"node": "a", "gpu_ids": ["0"]}, {"node": "b", "gpu_ids": ["0"]}]
+    assert replicas_from_config(triton_model_config(cfg, two_nodes)) == 2
+    shared = ServeConfig(gpus_per_replica=0.25)
+    one_gpu = [{"node": "a", "gpu_ids": ["0"]} for _ in range(4)]
+    config = triton_model_config(shared, one_gpu)
+    assert replicas_from_config(config) == 1 and config["instance_group"][0]["count"] == 4
+    assert config["parameters"]["gpus_per_replica"]["string_value"] == "0.25"

@@ -399,6 +399,9 @@ def triton_model_config(cfg: ServeConfig, replicas: list[dict[str, Any]]) -> dic
     """The model configuration in Triton's JSON form (what perf_analyzer reads)."""
     kind = "KIND_GPU" if cfg.gpus_per_replica > 0 else "KIND_CPU"
     gpus = sorted({int(g) for r in replicas for g in r.get("gpu_ids", []) if str(g).isdigit()})
+    # Triton's form names GPU indices only, and every node has a GPU 0: the GPUs in all (what a
+    # client records as the server's size) and the replica layout go in parameters.
+    gpus_in_all = len({(r.get("node"), str(g)) for r in replicas for g in r.get("gpu_ids", [])})
     return {
         "name": MODEL_NAME,
         "platform": "onnxruntime_onnx",
@@ -412,6 +415,11 @@ def triton_model_config(cfg: ServeConfig, replicas: list[dict[str, Any]]) -> dic
         },
         "instance_group": [{"name": DEPLOYMENT_NAME, "kind": kind, "count": max(len(replicas), 1), "gpus": gpus}],
         "version_policy": {"latest": {"num_versions": 1}},
+        "parameters": {
+            "rayscale_gpus": {"string_value": str(gpus_in_all)},
+            "rayscale_replicas": {"string_value": str(len(replicas))},
+            "gpus_per_replica": {"string_value": f"{cfg.gpus_per_replica:g}"},
+        },
     }
 
 
