@@ -73,14 +73,15 @@ phase_serve() {
 phase_handle() {  # the handle path alone; VARIANT names the run, and its environment reaches the replicas
   # (e.g. RAYSCALE_ENGINE_COPY=direct, or RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=0);
   # HANDLE_IPR lists images per request; PROVIDER=null measures the serving path with no model
-  local v=${VARIANT:-default} ipr=${HANDLE_IPR:-$IPR}
+  local v=${VARIANT:-default} ipr=${HANDLE_IPR:-$IPR} f=bench
+  [ "${PROVIDER:-auto}" = null ] && f=serving-path  # no model: kept out of the report's bench-*.json
   step up_handle_$v $RS up --replicas 1 --model $MODEL --port 8000 --gpus-per-replica $GPR --cpus-per-replica $RCPU --provider ${PROVIDER:-auto}
   local pid; pid=$(grep -o 'pid [0-9]*' "$R/up_handle_$v.log" | head -1 | cut -d' ' -f2)
   if [ -n "$pid" ] && command -v py-spy >/dev/null; then
     ( sleep 10; py-spy record --nonblocking --idle -d 6 -r 50 -p "$pid" -f speedscope -o "$R/pyspy-replica-handle-$v.json" > "$R/pyspy-$v.log" 2>&1 ) &
   fi
   step bench_handle_$v $RS bench --handle --target rayscale-handle-$v --concurrency $CONC $CL --images-per-request $ipr $WIN \
-    --model-dir $MODEL --overwrite --out "$R/bench-rayscale-handle-$v.json"
+    --model-dir $MODEL --overwrite --out "$R/$f-rayscale-handle-$v.json"
   curl -s 127.0.0.1:8000/v2/models/openclip_vit_b32/stats > "$R/rayscale-stats-handle-$v.json"
   wait
   step down_handle_$v $RS down
@@ -96,7 +97,7 @@ phase_shared() {  # SHARES lists how many replicas share the GPU (1/N GPU each),
   [ "$FRAC" = 0 ] && return
   local n frac t
   for n in ${SHARES:-2}; do
-    frac=$(python3 -c "print(round(1 / $n, 4))"); t=rayscale-haproxy-${n}x$(python3 -c "print(f'{1 / $n:.2g}')")gpu
+    frac=$(python3 -c "print(int(10000 / $n) / 10000)")  # rounded down: N of them fit one GPU; t=rayscale-haproxy-${n}x$(python3 -c "print(f'{1 / $n:.2g}')")gpu
     step up_shared_$n $RS up --ingress haproxy --replicas $n --model $MODEL --port 8000 --gpus-per-replica $frac --cpus-per-replica $RCPU
     step bench_shared_$n $RS bench --url http://127.0.0.1:8000 --target $t --concurrency $CONC $CL $SAME --out "$R/bench-$t-http.json"
     [ "${SHARED_PA:-1}" = 1 ] && step pa_shared_$n $RS bench --client perf_analyzer --url http://127.0.0.1:8000 --target $t --concurrency $CONC $SAME --out "$R/bench-$t-http-perf_analyzer.json"
@@ -116,9 +117,9 @@ phase_triton() {
   unset RAYSCALE_STUB_PATH
   step bench_triton $RS bench --url http://127.0.0.1:8100 --target $t --concurrency $CONC $CL $SAME --out "$R/bench-$t-http.json"
   [ "${TRITON_PA:-1}" = 1 ] && step pa_triton $RS bench --client perf_analyzer --url http://127.0.0.1:8100 --target $t --concurrency $CONC $SAME --out "$R/bench-$t-http-perf_analyzer.json"
-  curl -s 127.0.0.1:8100/v2/models/openclip_vit_b32/stats > "$R/triton-stats.json"
+  curl -s 127.0.0.1:8100/v2/models/openclip_vit_b32/stats > "$R/$t-stats.json"
   step triton_down $RS triton down
-  cp ~/.cache/rayscale/triton.log "$R/triton-server.log" 2>/dev/null
+  cp ~/.cache/rayscale/triton.log "$R/$t-server.log" 2>/dev/null
 }
 phase_referee() {
   local ref="python3 benchmarks/client_referee.py" url=http://127.0.0.1:8100 snap=$R/.snap.json c=${CONC%%,*}
