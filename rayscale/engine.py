@@ -180,12 +180,22 @@ class Engine:
         return self._encode_cuda(images, n)
 
     def warmup(self) -> float:
-        """Run every bucket once so the first real batch pays no allocation or planning; returns seconds."""
+        """Run every bucket once so no real batch pays the session's planning for its shape; returns seconds.
+
+        Buffers belong to the calling thread, so other threads still allocate theirs on first use.
+        """
         t0 = time.perf_counter()
         sizes = self.buckets if self.provider == "cuda" else [1, min(8, self.max_batch_size)]
         for s in sizes:
             self.encode(random_images(s, seed=s))
         return time.perf_counter() - t0
+
+    def release_buffers(self) -> None:
+        """Free the calling thread's buffers (one per bucket it used: ~330 MB of GPU and as much
+        page-locked host memory at max batch 256). A replica calls it after warming up on a thread
+        that never runs a batch again; this thread's next ``encode`` allocates afresh."""
+        if hasattr(self._local, "buffers"):
+            del self._local.buffers
 
     def set_copy(self, mode: str = "auto") -> str:
         """Choose how host input reaches the GPU (module docstring); returns the mode in use.
@@ -338,6 +348,9 @@ class NullEngine:
 
     def encode(self, images: np.ndarray) -> np.ndarray:
         return np.zeros((images.shape[0], EMBED_DIM), dtype=np.float32)
+
+    def release_buffers(self) -> None:
+        pass
 
     def encode_parts(self, parts: list[np.ndarray]) -> tuple[list[np.ndarray], int, int]:
         return [np.zeros((p.shape[0], EMBED_DIM), dtype=np.float32) for p in parts], 0, 0

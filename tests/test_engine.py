@@ -223,6 +223,32 @@ def test_every_copy_mode_gives_the_same_answer_also_from_two_threads(model_dir):
             for _ in range(5):
                 for got, want in zip(pool.map(gpu.encode, batches), want_batches):
                     np.testing.assert_array_equal(got, want)
+    gpu.release_buffers()  # as a replica does after warming up: this thread allocates afresh
+    np.testing.assert_array_equal(gpu.encode(images), want_full)
+    np.testing.assert_array_equal(gpu.encode(images[:5]), want_part)
+
+
+def test_release_buffers_frees_the_calling_threads_buffers_only(engine):
+    """A replica warms up on one thread and runs batches on others: it frees the warm-up's set."""
+    mine = engine._buffers()
+    ready, done, kept = threading.Event(), threading.Event(), {}
+
+    def worker() -> None:
+        kept["before"] = engine._buffers()
+        ready.set()
+        done.wait(10)
+        kept["after"] = engine._buffers()
+
+    t = threading.Thread(target=worker)
+    t.start()
+    ready.wait(10)
+    engine.release_buffers()
+    done.set()
+    t.join()
+    assert kept["after"] is kept["before"]  # the other thread's buffers survive
+    assert engine._buffers() is not mine  # this thread's were dropped and are made anew
+    engine.release_buffers()
+    engine.release_buffers()  # releasing twice is harmless
 
 
 def test_unknown_copy_mode_is_refused(model_dir):

@@ -82,6 +82,9 @@ class OpenClipEncoder:
             max_batch_size=self.cfg.max_batch_size,
             intra_op_threads=self.cfg.intra_op_threads,
         )
+        # Batches run on the batcher's worker threads, each with its own buffers: the set the
+        # warm-up allocated on this thread would never be used again.
+        self.engine.release_buffers()
         self.batcher = ImageBatcher(
             self.engine.encode_parts,
             max_batch_images=self.cfg.max_batch_size,
