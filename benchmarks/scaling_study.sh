@@ -4,9 +4,13 @@
 #   GPUS="1 2" bash benchmarks/scaling_study.sh                 # a 2-GPU machine
 #   GPUS="1 2 4 8" CONC=1,4,16,64,128,256,512 bash benchmarks/scaling_study.sh
 #   QUICK=1 GPUS="1 2" bash benchmarks/scaling_study.sh         # rehearsal on a CPU machine (logical GPUs)
+#   PER_GPU=4 INGRESS=haproxy GPUS="1 2" bash benchmarks/scaling_study.sh   # 4 replicas sharing each GPU
 #
-# Steps: export -> engine-bench on each GPU -> rayscale up with max(GPUS) replicas -> bench --replicas
-# <GPUS> over the handle and over HTTP (best images/request and 1 image/request) -> for each N: Triton
+# PER_GPU replicas share each GPU (1/PER_GPU GPU each; the one-card study found 4 best for requests
+# of 32 images); INGRESS is proxy (Serve's Python proxy, the default) or haproxy (see README).
+#
+# Steps: export -> engine-bench on each GPU -> rayscale up with max(GPUS) × PER_GPU replicas -> bench --replicas
+# <GPUS × PER_GPU> over the handle and over HTTP (best images/request and 1 image/request) -> for each N: Triton
 # with N GPUs -> the same bench -> rayscale report with per-GPU-count costs. Results go to $OUT (default
 # benchmarks/results/scaling-<date>); a failed step is logged and the study goes on.
 set -u
@@ -18,15 +22,18 @@ MODEL=${MODEL:-models/openclip_vit_b32}
 RS=${RS:-"python3 -m rayscale.cli"}
 mkdir -p "$OUT"
 MAXG=$(echo $GPUS | tr ' ' '\n' | sort -n | tail -1)
-REPLICAS=$(echo $GPUS | tr ' ' ',')
+PER_GPU=${PER_GPU:-1}
+FRAC=$(python3 -c "print(int(10000 / $PER_GPU) / 10000)")  # rounded down: PER_GPU of them fit one GPU
+REPLICAS=$(for g in $GPUS; do printf "%s," $((g * PER_GPU)); done | sed 's/,$//')
+MAXR=$((MAXG * PER_GPU))
 COSTS=$(for g in $GPUS; do printf "%sgpu:%s," "$g" "$(python3 -c "print($g*$GPU_HOUR)")"; done | sed 's/,$//')
 if [ "$QUICK" = 1 ]; then
   CONC=${CONC:-1,2}; IPR=${IPR:-2}; WIN="--warmup 1 --window 1.5 --duration 6 --max-windows 4"
-  UP="--num-gpus $MAXG --gpus-per-replica 1 --cpus-per-replica 0.25 --provider cpu"; CL="--clients 1 --client-cpus 0"
+  UP="--num-gpus $MAXG --gpus-per-replica $FRAC --cpus-per-replica 0.25 --provider cpu"; CL="--clients 1 --client-cpus 0"
   TRITON="--gpus 1 --provider cpu --instances-per-gpu 1"; PREC=fp32; BS=1,2
 else
   CONC=${CONC:-1,4,16,64,128,256}; IPR=${IPR:-32}; WIN="--warmup 5 --window 5 --duration 60 --max-windows 10"
-  UP="--cpus-per-replica 2"; CL="--clients $((MAXG * 2)) --client-cpus 1"; TRITON=""; PREC=fp16; BS=1,8,32,64,128,256
+  UP="--gpus-per-replica $FRAC --cpus-per-replica 2"; CL="--clients $((MAXG * 2)) --client-cpus 1"; TRITON=""; PREC=fp16; BS=1,8,32,64,128,256
 fi
 step() { local name=$1; shift; echo "=== $(date +%T) $name: $*"; "$@" > "$OUT/$name.log" 2>&1; local rc=$?; echo "    rc=$rc"; tail -n 4 "$OUT/$name.log"; return $rc; }
 
@@ -38,7 +45,7 @@ for g in $(seq 0 $((MAXG - 1))); do
 done
 
 export RAYSCALE_STATE_DIR=${RAYSCALE_STATE_DIR:-/tmp/rayscale-study-state}
-step up $RS up --replicas "$MAXG" --model "$MODEL" $UP
+step up $RS up --replicas "$MAXR" --ingress "${INGRESS:-proxy}" --model "$MODEL" $UP
 for ipr in $IPR 1; do
   step "rayscale_handle_${ipr}img" $RS bench --handle --replicas "$REPLICAS" --concurrency "$CONC" --images-per-request $ipr $WIN $CL --out "$OUT/rayscale-handle-${ipr}img.json" --overwrite
   step "rayscale_http_${ipr}img" $RS bench --url http://127.0.0.1:8000 --replicas "$REPLICAS" --concurrency "$CONC" --images-per-request $ipr $WIN $CL --out "$OUT/rayscale-http-${ipr}img.json" --overwrite
