@@ -47,6 +47,12 @@ class LatencyStats:
     p999_ms: float = 0.0
     max_ms: float = 0.0
 
+    def measured(self, field: str) -> float | None:
+        """``field`` (e.g. ``"p99_ms"``), or None where no sample backs it: perf_analyzer keeps only
+        each window's p95 for a point it could not stabilise, and a missing figure is not 0 ms."""
+        value = getattr(self, field)
+        return value if value or self.count else None
+
 
 @dataclass
 class WindowStats:

@@ -62,5 +62,5 @@ class ProgressPrinter:
 
 def _ms(point, field: str) -> str:
     """A latency percentile, or a dash where no latency sample was kept (an unstable perf_analyzer point)."""
-    value = getattr(point.latency, field)
-    return f"{value:.1f}" if value or point.latency.count else "–"
+    value = point.latency.measured(field)
+    return "–" if value is None else f"{value:.1f}"

@@ -348,12 +348,6 @@ def check_comparable(
 # ---- points --------------------------------------------------------------------------------------
 
 
-def _measured(value: float, lat) -> float | None:
-    """A latency figure, or None where the point kept no samples for it (perf_analyzer keeps only
-    each window's p95 for a point it could not stabilise): a missing figure is not 0 ms."""
-    return value if value or lat.count else None
-
-
 def _gpus_of(point: PointResult, result: BenchResult) -> int:
     """GPUs a point used: replicas × gpus_per_replica where the serve config says, else replicas."""
     per_replica = (result.serve_config or {}).get("gpus_per_replica")
@@ -467,13 +461,13 @@ def _row(
         flags=_flags(point),
         images_per_s=point.images_per_s,
         requests_per_s=point.requests_per_s,
-        latency_mean_ms=_measured(lat.mean_ms, lat),
-        latency_p50_ms=_measured(lat.p50_ms, lat),
-        latency_p90_ms=_measured(lat.p90_ms, lat),
-        latency_p95_ms=_measured(lat.p95_ms, lat),
-        latency_p99_ms=_measured(lat.p99_ms, lat),
-        latency_p999_ms=_measured(lat.p999_ms, lat),
-        latency_max_ms=_measured(lat.max_ms, lat),
+        latency_mean_ms=lat.measured("mean_ms"),
+        latency_p50_ms=lat.measured("p50_ms"),
+        latency_p90_ms=lat.measured("p90_ms"),
+        latency_p95_ms=lat.measured("p95_ms"),
+        latency_p99_ms=lat.measured("p99_ms"),
+        latency_p999_ms=lat.measured("p999_ms"),
+        latency_max_ms=lat.measured("max_ms"),
         requests_ok=point.requests_ok,
         requests_failed=point.requests_failed,
         requests_incomplete=point.requests_incomplete,
