@@ -288,16 +288,14 @@ def _rescale(cfg: BenchConfig, replicas: int) -> dict[str, Any]:
 
     from rayscale.serve.app import build_app
     from rayscale.serve.cluster import wait_for_replicas
-    from rayscale.serve.stats import NAMESPACE, collector_name
 
     current = _running_app_config(cfg)
     if current is None:
         raise ServerError(
             f"no running rayscale app {cfg.app_name!r} in this Ray cluster to rescale: start it with `rayscale up`"
         )
-    running = ray.get(ray.get_actor(collector_name(cfg.app_name), namespace=NAMESPACE).replicas.remote(), timeout=10)
-    if len(running) == replicas:
-        return dict(current, replicas=replicas)
+    if current["replicas"] == replicas:  # _running_app_config counted the replicas up now
+        return current
     need = replicas * float(current.get("gpus_per_replica", 0))
     have = float(ray.cluster_resources().get("GPU", 0))
     if need > have + 1e-9:
@@ -484,14 +482,13 @@ def _default_out(target: str) -> str:
     return str(Path("benchmarks") / "results" / f"bench-{target}-{time.strftime('%Y%m%d-%H%M%S')}.json")
 
 
-def _model_record(cfg: BenchConfig, preflight: dict[str, Any] | None) -> dict[str, Any]:
+def _model_record(cfg: BenchConfig, preflight: dict[str, Any] | None, running: dict[str, Any] | None) -> dict[str, Any]:
+    """model.json of --model-dir, else of the running rayscale app's model, else of the default."""
     from rayscale.export import load_model_info
 
     candidates = [cfg.model_dir] if cfg.model_dir else []
-    if cfg.handle or (preflight and preflight["server"].get("name") == "rayscale"):
-        current = _running_app_config(cfg)
-        if current:
-            candidates.append(current.get("model_dir"))
+    if running:
+        candidates.append(running.get("model_dir"))
     candidates.append(str(DEFAULT_MODEL_DIR))
     for d in candidates:
         if not d:
@@ -561,7 +558,7 @@ def run_bench(cfg: BenchConfig, *, on_event: EventCallback | None = None) -> Ben
         command=cfg.command or "",
         config=cfg.to_dict(),
         environment=collect_environment(cfg.command),
-        model=_model_record(cfg, preflight),
+        model=_model_record(cfg, preflight, running),
         serve_config=running if rescalable else ((preflight or {}).get("config")),
         started_at=now_iso(),
         status="incomplete",
