@@ -403,7 +403,7 @@ def triton_model_config(cfg: ServeConfig, replicas: list[dict[str, Any]]) -> dic
     kind = "KIND_GPU" if cfg.gpus_per_replica > 0 else "KIND_CPU"
     gpus = sorted({int(g) for r in replicas for g in r.get("gpu_ids", []) if str(g).isdigit()})
     # Triton's form names GPU indices only, and every node has a GPU 0: the GPUs in all (what a
-    # client records as the server's size) and the replica layout go in parameters.
+    # client records as the server's size) and each replica's share go in parameters.
     gpus_in_all = len({(r.get("node"), str(g)) for r in replicas for g in r.get("gpu_ids", [])})
     return {
         "name": MODEL_NAME,
@@ -420,7 +420,6 @@ def triton_model_config(cfg: ServeConfig, replicas: list[dict[str, Any]]) -> dic
         "version_policy": {"latest": {"num_versions": 1}},
         "parameters": {
             "rayscale_gpus": {"string_value": str(gpus_in_all)},
-            "rayscale_replicas": {"string_value": str(len(replicas))},
             "gpus_per_replica": {"string_value": f"{cfg.gpus_per_replica:g}"},
         },
     }
