@@ -23,6 +23,7 @@ RS=${RS:-"python3 -m rayscale.cli"}
 mkdir -p "$OUT"
 MAXG=$(echo $GPUS | tr ' ' '\n' | sort -n | tail -1)
 PER_GPU=${PER_GPU:-1}
+[ "$PER_GPU" -ge 1 ] 2>/dev/null || { echo "error: PER_GPU must be an integer ≥ 1 (replicas per GPU), got '$PER_GPU'" >&2; exit 2; }
 FRAC=$(python3 -c "print(int(10000 / $PER_GPU) / 10000)")  # rounded down: PER_GPU of them fit one GPU
 REPLICAS=$(for g in $GPUS; do printf "%s," $((g * PER_GPU)); done | sed 's/,$//')
 MAXR=$((MAXG * PER_GPU))
