@@ -14,7 +14,7 @@ from typing import Optional
 
 import typer
 
-from rayscale.config import DEFAULT_MODEL_DIR, LOCAL_HOST, MODEL_NAME, ServeConfig, parse_float_list, parse_int_list
+from rayscale.config import DEFAULT_MODEL_DIR, LOCAL_HOST, MODEL_NAME, PROCESSES_PER_GPU, ServeConfig, parse_float_list, parse_int_list
 from rayscale.errors import RayscaleError
 
 __all__ = ["app", "main"]
@@ -115,7 +115,9 @@ def up(
     provider: str = typer.Option("auto", help="onnxruntime provider: auto | cuda | cpu, or null (zeros at once: measures the serving path alone)"),
     address: Optional[str] = typer.Option(None, help="Join this Ray cluster instead of starting a local one."),
     api_token: Optional[str] = typer.Option(None, envvar="RAYSCALE_API_TOKEN", help="Bearer token required on every request (needed with a public --host)."),
-    ingress: str = typer.Option("proxy", help="proxy: Serve's Python proxy | haproxy: HAProxy straight to replicas (faster; see README)."),
+    ingress: str = typer.Option("direct", help="direct: rayscale's load balancer straight to each replica process (default) | proxy: Serve's Python proxy | haproxy: Ray Serve's HAProxy mode (binds every interface; see README)."),
+    processes_per_replica: int = typer.Option(0, help=f"Replica processes sharing each replica's GPU (0: auto, {PROCESSES_PER_GPU} per GPU on GPUs, 1 on the CPU)."),
+    grpc_port: int = typer.Option(8001, help="gRPC port of the default ingress (0: no gRPC)."),
     exporter: bool = typer.Option(True, help="Start the Prometheus exporter on each node (port 9400)."),
     exporter_port: int = typer.Option(9400, help="Exporter port."),
     num_gpus: Optional[int] = typer.Option(None, help="GPUs a locally started cluster advertises (default: detected)."),
@@ -131,17 +133,21 @@ def up(
                           batch_wait_ms=batch_wait_ms, batches_in_flight=batches_in_flight,
                           max_ongoing_requests=max_ongoing_requests, max_queued_requests=max_queued_requests,
                           gpus_per_replica=gpr, cpus_per_replica=cpus_per_replica, provider=provider, api_token=api_token,
-                          ingress=ingress)
+                          ingress=ingress, processes_per_replica=processes_per_replica, grpc_port=grpc_port)
         result = serve_up(cfg, address=address, exporter=exporter, exporter_port=exporter_port, num_gpus=num_gpus)
     except RayscaleError as e:
         raise _fail(e) from None
     for w in result.warnings:
         typer.secho(f"warning: {w}", fg="yellow", err=True)
-    typer.echo(f"rayscale is up: {result.replicas} replica(s) × {result.gpus_per_replica:g} GPU, model {result.precision} sha256 {result.model_sha256[:12]}")
+    typer.echo(f"rayscale is up: {result.replicas} replica(s) × {result.gpus_per_replica:g} GPU, "
+               f"{result.processes_per_replica} process(es) each, ingress {result.ingress}, "
+               f"model {result.precision} sha256 {result.model_sha256[:12]}")
     for r in result.replica_info:
         typer.echo(f"  replica {r['replica']}: GPU {','.join(r['gpu_ids']) or '-'} provider {r['provider']} pid {r['pid']}")
     for name, url in result.endpoints().items():
         typer.echo(f"  {name:8s} {url}")
+    if result.grpc_target:
+        typer.echo(f"  {'grpc':8s} {result.grpc_target} (inference.GRPCInferenceService)")
     typer.echo("next: rayscale bench --concurrency 1,16,64 --images-per-request 32    stop: rayscale down")
 
 

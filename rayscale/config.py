@@ -30,7 +30,18 @@ IMAGE_BYTES = IMAGE_SIZE * IMAGE_SIZE * 3
 DEFAULT_MODEL_DIR = Path("models") / MODEL_NAME
 APP_NAME = "rayscale"
 LOCAL_HOST = "127.0.0.1"
-INGRESSES = ("proxy", "haproxy")
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+# direct: rayscale's load balancer straight to each replica process's own servers (default) |
+# proxy: Serve's Python HTTP proxy | haproxy: Ray Serve's own HAProxy mode (binds every interface)
+INGRESSES = ("direct", "proxy", "haproxy")
+# Replica processes per GPU when --processes-per-replica is auto: one process serves about
+# 350-530 requests/s of HTTP whatever the model (H100, H200), and 4 sharing a card reached the
+# best HTTP figures measured (benchmarks/results/h100-2026-11-25-session3/).
+PROCESSES_PER_GPU = 4
+
+
+def is_loopback(host: str) -> bool:
+    return host in LOOPBACK_HOSTS or host.startswith("127.")
 
 
 def _check(cond: bool, message: str) -> None:
@@ -85,6 +96,7 @@ class ServeConfig:
     max_queued_requests: int = 256
     host: str = LOCAL_HOST
     port: int = 8000
+    grpc_port: int = 8001  # the ingress's gRPC port (ingress "direct"); 0: no gRPC
     max_body_bytes: int = 0  # 0: derived from max_batch_size (one full batch plus headroom)
     request_timeout_s: float = 60.0
     api_token: str | None = None
@@ -92,7 +104,10 @@ class ServeConfig:
     intra_op_threads: int = 0  # 0: onnxruntime's default on CPU, 1 on CUDA
     app_name: str = "rayscale"
     route_prefix: str = "/"
-    ingress: str = "proxy"  # proxy: Serve's Python proxy | haproxy: HAProxy in front of replicas' own HTTP ports
+    ingress: str = "direct"  # see INGRESSES
+    # Serve replica processes per rayscale replica, sharing its GPUs: 0 = auto (PROCESSES_PER_GPU per
+    # GPU on GPUs, 1 on the CPU). Serve runs replicas × processes_per_replica processes in all.
+    processes_per_replica: int = 0
 
     def __post_init__(self) -> None:
         _check(self.replicas >= 1, f"replicas must be ≥ 1, got {self.replicas}")
@@ -107,6 +122,9 @@ class ServeConfig:
             f"max_queued_requests must be ≥ 0 (or -1 for no limit), got {self.max_queued_requests}",
         )
         _check(1 <= self.port <= 65535, f"port must be in 1..65535, got {self.port}")
+        _check(0 <= self.grpc_port <= 65535, f"grpc_port must be in 1..65535 (0: no gRPC), got {self.grpc_port}")
+        _check(self.grpc_port != self.port, f"grpc_port and port must differ, both are {self.port}")
+        _check(0 <= self.processes_per_replica <= 64, f"processes_per_replica must be in 0..64 (0: auto), got {self.processes_per_replica}")
         _check(
             self.provider in ("auto", "cuda", "cpu", "null"),
             f"provider must be auto, cuda, cpu or null (serving path only), got {self.provider!r}",
@@ -121,6 +139,26 @@ class ServeConfig:
         if self.max_body_bytes:
             return self.max_body_bytes
         return self.max_batch_size * IMAGE_BYTES * 5 + (1 << 20)
+
+    def resolved(self) -> "ServeConfig":
+        """This config with ``processes_per_replica`` decided (auto: PROCESSES_PER_GPU per GPU on GPUs)."""
+        from dataclasses import replace
+
+        if self.processes_per_replica:
+            return self
+        on_gpu = self.gpus_per_replica > 0 and self.provider != "cpu"
+        per = max(1, math.floor(PROCESSES_PER_GPU * self.gpus_per_replica + 1e-9)) if on_gpu else 1
+        return replace(self, processes_per_replica=per)
+
+    @property
+    def serve_replicas(self) -> int:
+        """Serve replicas (processes) in all."""
+        return self.replicas * max(self.processes_per_replica, 1)
+
+    @property
+    def gpus_per_process(self) -> float:
+        """Each process's share of its replica's GPUs, rounded down so that the shares fit."""
+        return math.floor(self.gpus_per_replica / max(self.processes_per_replica, 1) * 10000) / 10000
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -93,12 +93,15 @@ def _check_shape(shape: object, max_batch_size: int) -> tuple[int, ...]:
     return tuple(shape)
 
 
-def parse_infer_request(body: bytes, header_length: str | None, *, max_batch_size: int) -> InferRequest:
-    """Decode a v2 infer request for this model's single UINT8 image input."""
-    if not body:
+def parse_infer_request(body: bytes | memoryview, header_length: str | None, *, max_batch_size: int) -> InferRequest:
+    """Decode a v2 infer request for this model's single UINT8 image input.
+
+    Binary image data is not copied: the images are a view of ``body``.
+    """
+    if not len(body):
         raise BadRequest("empty request body: send a v2 inference request")
     json_len = _header_length(header_length, len(body))
-    header = _loads(body[:json_len] if json_len is not None else body, header_length_given=json_len is not None)
+    header = _loads(bytes(body[:json_len] if json_len is not None else body), header_length_given=json_len is not None)
     if not isinstance(header, dict):
         raise BadRequest("request body must be a JSON object with an 'inputs' list")
     inputs = header.get("inputs")

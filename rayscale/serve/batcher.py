@@ -109,6 +109,13 @@ class ImageBatcher:
                 pending.future.cancel()
             raise
 
+    def loop_error(self) -> BaseException | None:
+        """The exception that ended the batching loop, if it died (None while it runs)."""
+        task = self._loop_task
+        if task is not None and task.done() and not task.cancelled():
+            return task.exception()
+        return None
+
     def close(self) -> None:
         if self._loop_task is not None:
             self._loop_task.cancel()

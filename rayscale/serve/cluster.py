@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rayscale.config import LOCAL_HOST, MODEL_NAME, ServeConfig
+from rayscale.config import LOCAL_HOST, MODEL_NAME, ServeConfig, is_loopback
 from rayscale.errors import ConfigError, ModelNotFoundError, ServerError
 
 __all__ = ["StatusResult", "UpResult", "connect", "down", "status", "up", "wait_for_replicas"]
@@ -62,6 +62,9 @@ class UpResult:
     replica_info: list[dict[str, Any]] = field(default_factory=list)
     exporters: int = 0
     warnings: list[str] = field(default_factory=list)
+    ingress: str = "direct"
+    processes_per_replica: int = 1
+    grpc_target: str | None = None  # host:port of the gRPC endpoint, when served
 
     def endpoints(self) -> dict[str, str]:
         base = self.url.rstrip("/")
@@ -113,7 +116,7 @@ def _start_local_cluster(num_gpus: int | None, num_cpus: int | None) -> str:
     temp_dir = os.environ.get("RAYSCALE_RAY_TEMP_DIR")
     if temp_dir:
         cmd.append(f"--temp-dir={temp_dir}")
-    from rayscale.serve.app import proxy_env_vars
+    from rayscale.serve.proxy import proxy_env_vars
 
     env = dict(os.environ, **proxy_env_vars())  # Serve's proxy answers its own errors in the protocol's JSON form
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env)
@@ -260,8 +263,9 @@ def _resolve_gpus(cfg: ServeConfig, cluster_gpus: float, warnings: list[str]) ->
     return cfg
 
 
-def wait_for_replicas(app_name: str, replicas: int, timeout_s: float = 600.0) -> list[dict[str, Any]]:
-    """Block until the app is RUNNING with ``replicas`` running replicas that registered their info."""
+def wait_for_replicas(app_name: str, replicas: int, timeout_s: float = 600.0, *, routed: bool = False) -> list[dict[str, Any]]:
+    """Block until the app is RUNNING with ``replicas`` running replica processes that registered
+    their info (and, with ``routed``, that the ingress routes to that many healthy ones)."""
     import ray
     from ray import serve
 
@@ -281,12 +285,29 @@ def wait_for_replicas(app_name: str, replicas: int, timeout_s: float = 600.0) ->
                 try:
                     actor = ray.get_actor(collector_name(app_name), namespace=NAMESPACE)
                     infos = ray.get(actor.replicas.remote(), timeout=10)
-                    if len(infos) >= replicas:
+                    if len(infos) >= replicas and (not routed or _routed(app_name) >= replicas):
                         return infos
                 except ValueError:
                     pass
         time.sleep(0.25)
     raise ServerError(f"app {app_name} did not reach {replicas} running replicas in {timeout_s:.0f} s (last: {last})")
+
+
+def _routed(app_name: str) -> int:
+    """Replica processes the ingress routes to and finds healthy."""
+    import ray
+
+    from rayscale.serve.ingress import get_ingress
+
+    actor = get_ingress(app_name)
+    if actor is None:
+        return 0
+    return ray.get(actor.state.remote(), timeout=10).servers_up
+
+
+def client_host(host: str) -> str:
+    """Where a client on this machine reaches a server bound to ``host``."""
+    return LOCAL_HOST if host in ("0.0.0.0", "::", "") else host
 
 
 def up(
@@ -298,53 +319,59 @@ def up(
     num_gpus: int | None = None,
     timeout_s: float = 600.0,
 ) -> UpResult:
-    """Start (or join) Ray, deploy the app with ``cfg``, wait until every replica is ready."""
+    """Start (or join) Ray, deploy the app with ``cfg``, wait until every replica is ready and routed."""
     import ray
     from ray import serve
 
-    from rayscale.serve.app import build_app
+    from rayscale.serve.app import app_for
+    from rayscale.serve.proxy import serve_env_vars
     from rayscale.serve.stats import kill_collector
 
     warnings: list[str] = []
-    if cfg.host not in (LOCAL_HOST, "localhost", "::1"):
+    if not is_loopback(cfg.host):
         if not cfg.api_token:
             raise ConfigError(
                 f"host {cfg.host} exposes the server to other machines: also pass --api-token (or set "
                 f"RAYSCALE_API_TOKEN), or keep the default host {LOCAL_HOST}"
             )
-        msg = f"serving HTTP on {cfg.host}: reachable from other machines (API token required)"
+        msg = f"serving on {cfg.host}: reachable from other machines (API token required)"
         warnings.append(msg)
         log.warning(msg)
-    from rayscale.serve.app import serve_env_vars
-
     if cfg.ingress == "haproxy":  # a cluster started below inherits it (Serve reads it at process start)
         os.environ.update(serve_env_vars(cfg.ingress))
     gcs, started = connect(address, start=True, num_gpus=num_gpus)
     cluster_gpus = float(ray.cluster_resources().get("GPU", 0))
-    cfg = _resolve_gpus(cfg, cluster_gpus, warnings)
+    cfg = _resolve_gpus(cfg, cluster_gpus, warnings).resolved()
     info = _ensure_model(cfg, gpu_present=cluster_gpus > 0)
     cfg.model_dir = str(Path(cfg.model_dir).resolve())
-    # The proxy inherits the controller's environment, which installs rayscale's JSON error form there.
-    serve.start(
-        http_options={"host": cfg.host, "port": cfg.port},
-        controller_options={"runtime_env": {"env_vars": serve_env_vars(cfg.ingress)}},
-    )
     kill_collector(cfg.app_name)  # fresh statistics for a fresh deployment
-    app = build_app(cfg.to_dict() | {"api_token": cfg.api_token})
+    if cfg.ingress == "direct":
+        # Serve's HTTP proxy is not needed: rayscale's ingress takes the port.
+        serve.start(proxy_location="Disabled", http_options={"host": cfg.host, "port": cfg.port})
+        from rayscale.serve.ingress import ensure_ingress, ingress_config, stop_ingress
+
+        stop_ingress(cfg.app_name)
+        ensure_ingress(ingress_config(cfg))
+    else:
+        # The proxy inherits the controller's environment, which installs rayscale's JSON error form there.
+        serve.start(
+            http_options={"host": cfg.host, "port": cfg.port},
+            controller_options={"runtime_env": {"env_vars": serve_env_vars(cfg.ingress)}},
+        )
     try:
-        serve.run(app, name=cfg.app_name, route_prefix=cfg.route_prefix, blocking=False)
+        serve.run(app_for(cfg), name=cfg.app_name, route_prefix=cfg.route_prefix, blocking=False)
     except Exception as e:  # Serve wraps replica constructor failures
         raise ServerError(f"deploying {cfg.app_name} failed: {str(e).strip().splitlines()[-1]}") from None
-    replica_info = wait_for_replicas(cfg.app_name, cfg.replicas, timeout_s)
+    replica_info = wait_for_replicas(cfg.app_name, cfg.serve_replicas, timeout_s, routed=cfg.ingress == "direct")
     exporters = 0
     if exporter:
         try:
             from rayscale.metrics import start_node_exporters
 
-            exporters = len(start_node_exporters(host=cfg.host if cfg.host != "0.0.0.0" else LOCAL_HOST, port=exporter_port, app_name=cfg.app_name))
+            exporters = len(start_node_exporters(host=client_host(cfg.host), port=exporter_port, app_name=cfg.app_name))
         except Exception as e:  # metrics must never block serving
             warnings.append(f"metrics exporter not started: {e}")
-    host = "127.0.0.1" if cfg.host in ("0.0.0.0", "::") else cfg.host
+    host = client_host(cfg.host)
     return UpResult(
         app_name=cfg.app_name,
         url=f"http://{host}:{cfg.port}",
@@ -358,6 +385,9 @@ def up(
         replica_info=replica_info,
         exporters=exporters,
         warnings=warnings,
+        ingress=cfg.ingress,
+        processes_per_replica=cfg.processes_per_replica,
+        grpc_target=f"{host}:{cfg.grpc_port}" if cfg.ingress == "direct" and cfg.grpc_port else None,
     )
 
 
@@ -427,6 +457,9 @@ def down(
             pass  # no collector: no replica ever started, nothing to drain
         serve.delete(app_name, _blocking=True)
         result["app_deleted"] = True
+    from rayscale.serve.ingress import stop_ingress
+
+    stop_ingress(app_name)  # after the replicas: they drained the requests the ingress gave them
     kill_collector(app_name)
     try:
         from rayscale.metrics import stop_node_exporters

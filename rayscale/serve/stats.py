@@ -20,6 +20,7 @@ non-cumulative counts and one more count than bounds (the +Inf bucket).
 from __future__ import annotations
 
 import bisect
+import secrets
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -175,6 +176,12 @@ class StatsCollector:
         self.rejected = 0
         self.replica_info: dict[str, dict[str, Any]] = {}
         self.draining = False
+        # The secret the ingress load balancer sends to replicas' own servers: only processes of this
+        # (token-authenticated) Ray cluster can read it, so a replica port refuses everyone else.
+        self._ingress_token = secrets.token_urlsafe(32)
+
+    def ingress_token(self) -> str:
+        return self._ingress_token
 
     def set_draining(self, draining: bool = True) -> None:
         """Marks the app draining: every replica's readiness answers 503 from now on."""
