@@ -17,7 +17,7 @@ import typer
 from typer.testing import CliRunner
 
 from rayscale.errors import ConfigError, ResultsError
-from rayscale.report import build_report, find_knee, parse_costs, write_report
+from rayscale.report import ReportConfig, build_report, find_knee, parse_costs, write_report
 from rayscale.report.cli import report_command
 from rayscale.results import (
     BenchResult,
@@ -248,7 +248,7 @@ def test_slo_pick_and_cheapest_configuration_meeting_a_target(results_files, tmp
 
 
 def test_no_configuration_reaching_the_target_is_said_not_invented(results_files):
-    report = build_report(load_all(results_files), throughput_target_ips=1e6)
+    report = build_report(load_all(results_files), ReportConfig(throughput_target_ips=1e6))
     assert report.cheapest_for_target is None
     assert any("reaches 1e+06 img/s" in n or "1000000" in n for n in report.notes)
 
@@ -282,7 +282,7 @@ def test_knee_needs_p99_to_outgrow_throughput_by_the_factor():
     knee = build_report([bench_result(points)]).groups[0].knee
     assert knee.load == 4 and knee.next_load == 8
     assert knee.p99_growth == pytest.approx(20.5 / 13.65 - 1) and knee.throughput_growth == pytest.approx(240 / 228 - 1)
-    assert build_report([bench_result(points)], knee_factor=1.0).groups[0].knee.load == 2
+    assert build_report([bench_result(points)], ReportConfig(knee_factor=1.0)).groups[0].knee.load == 2
 
 
 def test_knee_absent_while_latency_stays_flat():
@@ -331,8 +331,10 @@ def test_open_loop_points_are_their_own_series_against_offered_rate(tmp_path):
         p.concurrency = None
         opened.append(p)
     report = build_report([bench_result(closed + opened)])
-    assert report.series == ["rayscale closed loop", "rayscale open loop"]
-    assert report.load_axis == {"rayscale closed loop": "concurrency", "rayscale open loop": "rate_rps"}
+    closed_label = "rayscale, http via proxy, 1 process/GPU, closed loop, 8 img/req"
+    open_label = "rayscale, http via proxy, 1 process/GPU, open loop, 8 img/req"
+    assert report.series == [closed_label, open_label]
+    assert report.load_axis == {closed_label: "concurrency", open_label: "rate_rps"}
     open_group = next(g for g in report.groups if g.mode == "open")
     assert open_group.peak_images_per_s == 1500.0 and open_group.knee.load == 150.0
     write_report(report, tmp_path / "out")
@@ -343,7 +345,7 @@ def test_open_loop_points_are_their_own_series_against_offered_rate(tmp_path):
 
 
 def test_plots_are_png_images_and_csv_has_one_row_per_point(results_files, tmp_path):
-    report = build_report(load_all(results_files), costs=parse_costs(COSTS), slo_p99_ms=50.0)
+    report = build_report(load_all(results_files), ReportConfig(costs_usd_per_hour=parse_costs(COSTS), slo_p99_ms=50.0))
     written = write_report(report, tmp_path / "out")
     pngs = [p for p in written if p.suffix == ".png"]
     assert {p.name for p in pngs} == {
@@ -459,7 +461,7 @@ def test_costs_and_gpu_hour_cost_together_are_refused(results_files, tmp_path):
 
 
 def test_missing_price_for_a_gpu_count_is_noted(results_files):
-    report = build_report(load_all(results_files), costs={1: 2.0, 2: 4.1})
+    report = build_report(load_all(results_files), ReportConfig(costs_usd_per_hour={1: 2.0, 2: 4.1}))
     four = [g for g in report.groups if g.gpus == 4]
     assert all(g.cost_per_1000_images_usd is None for g in four)
     assert any("no price for 4 GPU(s)" in n for n in report.notes)
