@@ -474,11 +474,11 @@ def _usable(point: PointResult) -> bool:
 
 
 def _transport_text(transport: str, layout: Layout) -> str:
-    """The transport as compared (http, grpc, handle), and the client where it is not rayscale's binary one."""
-    if transport in ("handle", f"{layout.transport}-binary", layout.transport):
+    """The transport as compared (http, grpc, handle), with JSON bodies or another client named."""
+    if transport.endswith("-json"):
+        return f"{layout.transport} json"
+    if transport in ("handle", layout.transport) or transport.startswith(("http", "grpc")):
         return layout.transport
-    if transport.startswith(layout.transport + "-"):
-        return f"{layout.transport} {transport[len(layout.transport) + 1:]}"  # http json
     return f"{layout.transport} ({transport})"  # http (perf_analyzer)
 
 
@@ -891,9 +891,10 @@ def _exclusion_notes(groups: list[GroupSummary], rows: list[PointRow], config: R
             notes.append(f"--costs has no price for {g.gpus} GPU(s): no cost for {g.series} at {g.gpus} GPU(s)")
     gpu_priced = config.costs_usd_per_hour is not None or config.gpu_hour_cost_usd is not None
     if config.cpu_hour_cost_usd is None and any(g.hardware == "CPU" for g in groups):
-        cpu_series = sorted({g.series for g in groups if g.hardware == "CPU"})
+        cpu_series = [s for s in dict.fromkeys(g.series for g in groups if g.hardware == "CPU")]
+        which = "every configuration" if all(g.hardware == "CPU" for g in groups) else "; ".join(cpu_series)
         notes.append(
-            f"{', '.join(cpu_series)} ran on CPU (no GPU in its hardware record): "
+            f"{which} ran on CPU (no GPU in the hardware record): "
             + ("GPU prices do not apply to it, " if gpu_priced else "")
             + "pass --cpu-hour-cost (dollars per CPU replica-hour) to cost it"
         )

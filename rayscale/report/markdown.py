@@ -238,26 +238,29 @@ LIKE_FOR_LIKE = (
 
 
 def _comparison(report: Report) -> list[str]:
+    """One row per configuration, grouped by like-for-like class; only a class of two or more has a leader."""
     if len(report.series) < 2:
         return []
     slo = report.parameters.get("slo_p99_ms")
     lines = ["## Side by side", "", LIKE_FOR_LIKE, ""]
-    header = ["size", "transport, img/request"] + [f"{s} peak img/s (p99 ms)" for s in report.series]
+    header = ["size", "transport, img/request", "configuration", "peak img/s", "p99 ms at peak"]
     if slo is not None:
-        header += [f"{s} goodput (p99≤{slo:g}ms)" for s in report.series]
-    header += ["leader (like for like)"]
+        header += [f"best goodput (p99≤{slo:g}ms)"]
+    header += ["ranking"]
     rows = []
     for c in report.comparisons:
-        row = [size_label(c.hardware, c.units), c.like_for_like]
-        row += [f"{_num(c.peak_images_per_s.get(s))} ({_num(c.peak_latency_p99_ms.get(s))})" if s in c.peak_images_per_s
-                else "–" for s in report.series]
-        if slo is not None:
-            row += [_num(c.goodput_images_per_s.get(s)) for s in report.series]
-        if c.leader:
-            row += [f"{c.leader} ×{c.lead_ratio:.2f} over {c.runner_up}"]
-        else:
-            row += ["– (no like-for-like partner)" if len(c.peak_images_per_s) < 2 else "–"]
-        rows.append(row)
+        for series in sorted(c.peak_images_per_s, key=c.peak_images_per_s.get, reverse=True):
+            row = [size_label(c.hardware, c.units), c.like_for_like, series,
+                   _num(c.peak_images_per_s[series]), _num(c.peak_latency_p99_ms.get(series))]
+            if slo is not None:
+                row += [_num(c.goodput_images_per_s.get(series))]
+            if c.leader is None:
+                ranking = "no like-for-like partner"
+            elif series == c.leader:
+                ranking = f"**leader**, ×{c.lead_ratio:.2f} over {c.runner_up}"
+            else:
+                ranking = f"×{c.peak_images_per_s[c.leader] / c.peak_images_per_s[series]:.2f} behind the leader"
+            rows.append(row + [ranking])
     return lines + _table(header, rows)
 
 
