@@ -12,9 +12,7 @@ from typing import Any
 
 from rayscale.results import BenchResult, PointResult
 
-__all__ = ["Layout", "layout_of"]
-
-TRANSPORTS = ("http", "grpc", "handle")
+__all__ = ["Layout", "layout_of", "transport_of"]
 
 
 @dataclass(frozen=True)
