@@ -17,8 +17,9 @@ import typer
 from typer.testing import CliRunner
 
 from rayscale.errors import ConfigError, ResultsError
-from rayscale.report import build_report, find_knee, parse_costs, write_report
+from rayscale.report import ReportConfig, build_report, find_knee, parse_costs, write_report
 from rayscale.report.cli import report_command
+from rayscale.report.markdown import render_markdown
 from rayscale.results import (
     BenchResult,
     EngineBenchResult,
@@ -248,7 +249,7 @@ def test_slo_pick_and_cheapest_configuration_meeting_a_target(results_files, tmp
 
 
 def test_no_configuration_reaching_the_target_is_said_not_invented(results_files):
-    report = build_report(load_all(results_files), throughput_target_ips=1e6)
+    report = build_report(load_all(results_files), ReportConfig(throughput_target_ips=1e6))
     assert report.cheapest_for_target is None
     assert any("reaches 1e+06 img/s" in n or "1000000" in n for n in report.notes)
 
@@ -282,7 +283,7 @@ def test_knee_needs_p99_to_outgrow_throughput_by_the_factor():
     knee = build_report([bench_result(points)]).groups[0].knee
     assert knee.load == 4 and knee.next_load == 8
     assert knee.p99_growth == pytest.approx(20.5 / 13.65 - 1) and knee.throughput_growth == pytest.approx(240 / 228 - 1)
-    assert build_report([bench_result(points)], knee_factor=1.0).groups[0].knee.load == 2
+    assert build_report([bench_result(points)], ReportConfig(knee_factor=1.0)).groups[0].knee.load == 2
 
 
 def test_knee_absent_while_latency_stays_flat():
@@ -331,8 +332,10 @@ def test_open_loop_points_are_their_own_series_against_offered_rate(tmp_path):
         p.concurrency = None
         opened.append(p)
     report = build_report([bench_result(closed + opened)])
-    assert report.series == ["rayscale closed loop", "rayscale open loop"]
-    assert report.load_axis == {"rayscale closed loop": "concurrency", "rayscale open loop": "rate_rps"}
+    closed_label = "rayscale, http via proxy, 1 process/GPU, closed loop, 8 img/req"
+    open_label = "rayscale, http via proxy, 1 process/GPU, open loop, 8 img/req"
+    assert report.series == [closed_label, open_label]
+    assert report.load_axis == {closed_label: "concurrency", open_label: "rate_rps"}
     open_group = next(g for g in report.groups if g.mode == "open")
     assert open_group.peak_images_per_s == 1500.0 and open_group.knee.load == 150.0
     write_report(report, tmp_path / "out")
@@ -343,7 +346,7 @@ def test_open_loop_points_are_their_own_series_against_offered_rate(tmp_path):
 
 
 def test_plots_are_png_images_and_csv_has_one_row_per_point(results_files, tmp_path):
-    report = build_report(load_all(results_files), costs=parse_costs(COSTS), slo_p99_ms=50.0)
+    report = build_report(load_all(results_files), ReportConfig(costs_usd_per_hour=parse_costs(COSTS), slo_p99_ms=50.0))
     written = write_report(report, tmp_path / "out")
     pngs = [p for p in written if p.suffix == ".png"]
     assert {p.name for p in pngs} == {
@@ -459,7 +462,7 @@ def test_costs_and_gpu_hour_cost_together_are_refused(results_files, tmp_path):
 
 
 def test_missing_price_for_a_gpu_count_is_noted(results_files):
-    report = build_report(load_all(results_files), costs={1: 2.0, 2: 4.1})
+    report = build_report(load_all(results_files), ReportConfig(costs_usd_per_hour={1: 2.0, 2: 4.1}))
     four = [g for g in report.groups if g.gpus == 4]
     assert all(g.cost_per_1000_images_usd is None for g in four)
     assert any("no price for 4 GPU(s)" in n for n in report.notes)
@@ -507,3 +510,212 @@ def test_a_point_without_latency_samples_shows_dashes_not_zero_milliseconds(resu
     assert "| 512 | " in md
     line = next(l for l in md.splitlines() if l.startswith("| 512 | ") and "161.0" in l)
     assert line.count("| – |") >= 3 and "| 0.0 |" not in line
+
+
+# ---- like for like, goodput, CPU runs, serving layout ------------------------------------------------
+
+
+def a_run(target: str, points: list[PointResult], *, config: dict | None = None, serve: dict | None = None,
+          gpus_on_host: int = 4) -> BenchResult:
+    """A results file as bench writes it, with the bench config and serve config given."""
+    result = bench_result(points, triton=target == "triton")
+    if config is not None:
+        result.config = config
+    if serve is not None:
+        result.serve_config = serve
+    result.environment = dict(result.environment, gpus=result.environment["gpus"][:gpus_on_host])
+    return result
+
+
+def test_leaders_and_ratios_compare_only_the_same_transport_and_request_size(tmp_path):
+    """rayscale over the handle at 256 img/request never leads Triton over HTTP at 32; like pairs do get ratios."""
+    handle_256 = [closed_loop_point("rayscale", 1, c, transport="handle", images_per_request=256, images_per_s=ips)
+                  for c, ips in ((4, 30000.0), (16, 38000.0))]
+    rayscale_http_32 = [closed_loop_point("rayscale", 1, c, images_per_request=32, images_per_s=ips)
+                        for c, ips in ((16, 20000.0), (64, 24000.0))]
+    triton_http_32 = [closed_loop_point("triton", 1, c, images_per_request=32, images_per_s=ips)
+                      for c, ips in ((16, 15000.0), (64, 19200.0))]
+    results = [
+        a_run("rayscale", handle_256, config={"handle": True}),
+        a_run("rayscale", rayscale_http_32, config={"handle": False}),
+        a_run("triton", triton_http_32, config={"handle": False, "client": "rayscale"}),
+    ]
+    report = build_report(results, sources=["handle.json", "http.json", "triton.json"])
+
+    handle_series = next(s for s in report.series if "handle" in s)
+    triton_series = next(s for s in report.series if s.startswith("triton"))
+    http_series = next(s for s in report.series if s.startswith("rayscale") and "handle" not in s)
+    assert "256 img/req" in handle_series and "32 img/req" in triton_series
+    for c in report.comparisons:
+        assert not ({handle_series, triton_series} <= set(c.peak_images_per_s)), "handle-256 ranked against HTTP-32"
+    handle_alone = next(c for c in report.comparisons if handle_series in c.peak_images_per_s)
+    assert handle_alone.leader is None and handle_alone.lead_ratio is None
+    assert (handle_alone.transport_kind, handle_alone.images_per_request) == ("handle", 256)
+    pair = next(c for c in report.comparisons if triton_series in c.peak_images_per_s)
+    assert (pair.transport_kind, pair.images_per_request) == ("http", 32)
+    assert pair.leader == http_series and pair.runner_up == triton_series
+    assert pair.lead_ratio == pytest.approx(24000.0 / 19200.0)
+
+    write_report(report, tmp_path / "out")
+    md = (tmp_path / "out" / "report.md").read_text()
+    summary = md.split("## Summary")[1].split("\n## ")[0]
+    assert f"**{http_series}** leads {triton_series} at peak by ×1.25" in summary
+    assert not any(handle_series in line and "leads" in line for line in summary.splitlines())
+    side = md.split("## Side by side")[1].split("\n## ")[0]
+    assert "same transport" in side and "same images per request" in side
+    handle_row = next(line for line in side.splitlines() if line.startswith("| ") and handle_series in line)
+    assert "38,000.0" in handle_row and "no like-for-like partner" in handle_row  # shown, never ranked
+    assert "×" not in handle_row
+    saved = report_json(tmp_path / "out")["comparisons"]
+    assert [(c["transport_kind"], c["images_per_request"], c["leader"]) for c in saved] == [
+        ("handle", 256, None), ("http", 32, http_series)]
+
+
+def test_goodput_counts_a_point_only_where_its_p99_meets_the_slo(results_files, tmp_path):
+    slo_ms = 30.0  # the 1-GPU peak (p99 34 ms) misses it, concurrency 2 (p99 19 ms) meets it
+    out = tmp_path / "r"
+    result = run_cli(*map(str, results_files), "--slo-p99-ms", str(slo_ms), "--out", str(out))
+    assert result.exit_code == 0, result.output
+    report = report_json(out)
+    checked = 0
+    for row in report["points"]:
+        if not row["usable"]:
+            assert row["goodput_images_per_s"] is None
+            continue
+        expected = row["images_per_s"] if row["latency_p99_ms"] <= slo_ms else 0.0
+        assert row["goodput_images_per_s"] == pytest.approx(expected)
+        checked += 1
+    assert checked > 0 and any(r["goodput_images_per_s"] == 0.0 for r in report["points"])
+    assert report["parameters"]["goodput_method"] == "p99-estimate"
+    one_gpu = group(report, "rayscale", 1)
+    best = max(r["goodput_images_per_s"] for r in report["points"]
+               if r["target"] == "rayscale" and r["gpus"] == 1 and r["usable"])
+    assert one_gpu["goodput_images_per_s"] == pytest.approx(best) and best < one_gpu["peak_images_per_s"]
+    assert one_gpu["peak_goodput_images_per_s"] == 0.0  # the peak is past the SLO
+
+    with open(out / "summary.csv") as f:
+        rows = list(csv.DictReader(f))
+    header = list(rows[0])
+    assert header.index("goodput_images_per_s") == header.index("images_per_s") + 1
+    md = (out / "report.md").read_text()
+    assert "goodput img/s" in md and "goodput at peak" in md
+    assert "estimated" in md and "p99 meets the SLO" in md  # the report says how goodput was computed
+
+    plain = build_report(load_all(results_files))
+    assert all(r.goodput_images_per_s is None for r in plain.points)
+
+
+CPU_ENVIRONMENT = {"gpus": [], "gpu_driver": None, "cpu": {"model": "Intel Xeon", "logical_cores": 2}}
+
+
+def quickstart_on_cpu(**serve) -> BenchResult:
+    """What scripts/quickstart.sh records on a machine without GPUs: no GPU inventory, no GPU samples."""
+    points = [closed_loop_point("rayscale", 1, c, gpus=[], images_per_request=4, images_per_s=ips)
+              for c, ips in ((1, 12.0), (4, 16.9))]
+    result = bench_result(points)
+    result.environment = dict(result.environment, **CPU_ENVIRONMENT)
+    result.serve_config = {"max_batch_size": 256, "replicas": 1, "provider": "auto", "ingress": "proxy"} | serve
+    return result
+
+
+@pytest.mark.parametrize("serve", [{"gpus_per_replica": 0.0}, {"gpus_per_replica": 1.0}],
+                         ids=["no-gpu-per-replica", "ray-logical-gpus"])
+def test_a_run_without_gpus_is_labelled_cpu_and_never_priced_at_a_gpu_price(tmp_path, serve):
+    bench = write_json_atomic(tmp_path / "bench.json", quickstart_on_cpu(**serve).to_dict())
+    out = tmp_path / "r"
+    result = run_cli(str(bench), "--gpu-hour-cost", "2.5", "--slo-p99-ms", "1000", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    report = report_json(out)
+    (g,) = report["groups"]
+    assert (g["hardware"], g["gpus"], g["units"]) == ("CPU", 0, 1)
+    assert g["hourly_cost_usd"] is None and g["cost_per_1000_images_usd"] is None
+    assert all(r["hardware"] == "CPU" and r["cost_per_1000_images_usd"] is None for r in report["points"])
+    md = (out / "report.md").read_text()
+    summary = md.split("## Summary")[1].split("\n## ")[0]
+    assert "peak 16.9 img/s on CPU, 1 replica(s)" in summary
+    assert "GPU(s)" not in summary and "per 1000 images" not in summary and "--cpu-hour-cost" in summary
+    assert "GPU prices do not apply" in md
+
+    out = tmp_path / "priced"
+    result = run_cli(str(bench), "--cpu-hour-cost", "0.2", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    (g,) = report_json(out)["groups"]
+    assert g["hourly_cost_usd"] == pytest.approx(0.2)
+    assert g["cost_per_1000_images_usd"] == pytest.approx(0.2 / (3600 * 16.9) * 1000)
+
+
+def test_triton_instances_on_cpu_are_a_cpu_run_even_on_a_gpu_host():
+    point = closed_loop_point("triton", 1, 4, gpus=[])
+    serve = {"max_batch_size": 256, "instance_group": [{"kind": "KIND_CPU", "count": 2}]}
+    report = build_report([a_run("triton", [point], serve=serve)], ReportConfig(gpu_hour_cost_usd=2.5))
+    assert report.groups[0].hardware == "CPU" and report.groups[0].hourly_cost_usd is None
+    gpu_serve = {"max_batch_size": 256, "instance_group": [{"kind": "KIND_GPU", "count": 4, "gpus": [0]}]}
+    report = build_report([a_run("triton", [closed_loop_point("triton", 1, 4)], serve=gpu_serve)],
+                          ReportConfig(gpu_hour_cost_usd=2.5))
+    assert report.groups[0].hardware == "GPU" and report.groups[0].hourly_cost_usd == 2.5
+    assert report.series == ["triton, http, 4 instances/GPU, 8 img/req"]
+
+
+RAYSCALE_SERVE = {"max_batch_size": 256, "batch_wait_ms": 2.0, "gpus_per_replica": 1.0, "replicas": 2}
+
+
+def test_layout_is_in_labels_and_setup_and_older_files_read_as_http_through_the_proxy(tmp_path):
+    new = a_run("rayscale", [closed_loop_point("rayscale", 2, c) for c in (4, 16)],
+                config={"transport": "grpc", "handle": False},
+                serve=RAYSCALE_SERVE | {"processes_per_replica": 2, "ingress": "direct"})
+    older = a_run("rayscale", [closed_loop_point("rayscale", 2, c) for c in (4, 16)], config={"binary": True},
+                  serve=dict(RAYSCALE_SERVE))
+    handle = a_run("rayscale", [closed_loop_point("rayscale", 2, c, transport="handle") for c in (4, 16)],
+                   config={"handle": True}, serve=RAYSCALE_SERVE | {"ingress": "haproxy"})
+    files = [write_json_atomic(tmp_path / f"{name}.json", r.to_dict())
+             for name, r in (("new", new), ("older", older), ("handle", handle))]
+    built = build_report(load_all(files), sources=[str(f) for f in files])
+    report = json.loads(json.dumps(built.to_dict()))  # as report.json holds it
+    assert report["series"] == [
+        "rayscale, grpc via direct, 2 processes/GPU, 8 img/req",
+        "rayscale, http via proxy, 1 process/GPU, 8 img/req",
+        "rayscale, handle, 1 process/GPU, 8 img/req",  # a handle call skips the ingress
+    ]
+    by_kind = {g["transport_kind"]: g for g in report["groups"]}
+    assert (by_kind["grpc"]["ingress"], by_kind["grpc"]["processes_per_gpu"]) == ("direct", 2.0)
+    assert (by_kind["http"]["ingress"], by_kind["http"]["processes_per_gpu"]) == ("proxy", 1.0)
+    assert by_kind["handle"]["ingress"] is None
+    assert all(g["gpus"] == 2 for g in report["groups"])
+    md = render_markdown(built, plots=[])
+    layout = md.split("### Serving layout")[1].split("\n## ")[0]
+    assert f"| rayscale | grpc via direct, 2 processes/GPU | {files[0]} |" in layout
+    assert f"| rayscale | http via proxy, 1 process/GPU | {files[1]} |" in layout
+    # three transports: three like-for-like classes, no leader among them
+    assert all(c["leader"] is None for c in report["comparisons"])
+
+
+def test_shared_gpus_count_processes_per_gpu_from_the_replica_share():
+    shared = a_run("rayscale", [closed_loop_point("rayscale", 1, 4, replicas=4)],
+                   serve=RAYSCALE_SERVE | {"gpus_per_replica": 0.25, "replicas": 4, "ingress": "haproxy"})
+    (g,) = build_report([shared]).groups
+    assert (g.gpus, g.replicas, g.processes_per_gpu, g.ingress) == (1, 4, 4.0, "haproxy")
+
+
+@pytest.mark.parametrize(
+    "flags, says",
+    [
+        (["--cpu-hour-cost", "-1"], "--cpu-hour-cost must be > 0"),
+        (["--gpu-hour-cost", "0"], "--gpu-hour-cost must be > 0"),
+        (["--slo-p99-ms", "0"], "--slo-p99-ms must be > 0"),
+        (["--throughput-target", "-5"], "--throughput-target must be > 0"),
+    ],
+)
+def test_bad_report_settings_give_one_line_errors(results_files, tmp_path, flags, says):
+    result = run_cli(str(results_files[0]), *flags, "--out", str(tmp_path / "r"))
+    assert result.exit_code == 1 and result.stderr.startswith(f"error: {says}")
+    assert result.stderr.count("\n") == 1 and not (tmp_path / "r").exists()
+
+
+def test_build_report_takes_its_settings_as_one_report_config(results_files):
+    with pytest.raises(ConfigError, match="takes a ReportConfig, got dict"):
+        build_report(load_all(results_files), {"slo_p99_ms": 40.0})
+    with pytest.raises(ConfigError, match="not both"):
+        ReportConfig(costs_usd_per_hour={1: 2.0}, gpu_hour_cost_usd=2.0)
+    config = ReportConfig(slo_p99_ms=40.0, knee_factor=3.0)
+    report = build_report(load_all(results_files), config)
+    assert report.parameters["slo_p99_ms"] == 40.0 and report.parameters["knee_factor"] == 3.0

@@ -3,13 +3,23 @@
 Definitions (the report's "Definitions" section repeats them):
 
 * A **series** is one way of serving measured at several loads: (target, transport, mode,
-  images per request). A **group** is a series at one GPU count.
+  images per request, and the layout: hardware, ingress, processes per GPU). A **group** is a
+  series at one size: its GPU count, or its replica count for a series that ran on CPU.
+* A point ran on **CPU** when its server's record says so (``gpus_per_replica`` 0, provider
+  ``cpu``, Triton instances of kind CPU) or no hardware record shows a GPU. CPU points are
+  labelled CPU and priced only at ``cpu_hour_cost_usd``, never at a GPU price.
 * A point is **usable** when its status is ``ok``, its windows were stable and it served images.
   Unstable, incomplete and failed points are listed and flagged, never used as peaks or picks.
 * **Peak throughput** of a group: the highest images/s among its usable points.
 * **Scaling efficiency** at N GPUs: ``peak(N) / (N × peak(1))``. Where a series has no 1-GPU
   peak, the smallest GPU count B with a peak is the base: ``(peak(N) / N) / (peak(B) / B)``.
 * **Cost per 1000 images**: ``hourly cost of N GPUs / (3600 × images/s) × 1000``.
+* **Goodput** (with an SLO): images/s from requests that met it. Results files keep latency
+  percentiles, not each request's latency, so a point's goodput is its throughput when its p99
+  meets the SLO (≥ 99 % of its requests did) and 0 otherwise.
+* **Like for like**: a leader and its ratio compare series with the same transport (http, grpc,
+  handle) and images per request, at the same size and hardware. Other series stay in the
+  tables but are never ranked against each other.
 * **Knee**: walking a group's usable points in order of load, the first step i-1 → i where
   ``Δp99/p99 > k × max(Δthroughput/throughput, 0)`` and ``Δp99/p99 ≥ m`` (k = ``knee_factor``,
   default 2; m = ``knee_min_p99_growth``, default 10 %, so jitter in a flat region is no knee).
@@ -33,6 +43,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from rayscale.errors import ConfigError, ResultsError
+from rayscale.report.config import DEFAULT_KNEE_FACTOR, DEFAULT_KNEE_MIN_P99_GROWTH, ReportConfig
+from rayscale.report.layout import Layout, layout_of
 from rayscale.results import BenchResult, EngineBenchResult, PointResult
 
 __all__ = [
@@ -49,7 +61,9 @@ __all__ = [
     "cost_per_1000_images_usd",
     "find_knee",
     "format_load",
+    "goodput_images_per_s",
     "parse_costs",
+    "size_label",
 ]
 
 USABLE_STATUS = "ok"
@@ -57,8 +71,7 @@ GPU_BUSY_PCT = 85.0
 GPU_IDLE_PCT = 50.0
 QUEUE_DOMINANT_SHARE = 0.5
 CLIENT_SATURATED_PCT = 95.0
-DEFAULT_KNEE_FACTOR = 2.0
-DEFAULT_KNEE_MIN_P99_GROWTH = 0.10
+GOODPUT_METHOD = "p99-estimate"  # throughput where p99 ≤ SLO, else 0: files keep percentiles, not samples
 _COSTS_EXAMPLE = "e.g. --costs '1gpu:1.5,2gpu:3.0,4gpu:6.0'"
 
 
@@ -67,6 +80,11 @@ def format_load(load: float | None) -> str:
     if load is None:
         return "–"
     return str(int(load)) if float(load).is_integer() else f"{load:g}"
+
+
+def size_label(hardware: str, units: int) -> str:
+    """'2 GPU(s)', or 'CPU, 2 replica(s)' for a run without GPUs."""
+    return f"CPU, {units} replica(s)" if hardware == "CPU" else f"{units} GPU(s)"
 
 
 # ---- inputs ------------------------------------------------------------------------------------
@@ -140,11 +158,16 @@ class PointRow:
     source: str
     series: str
     target: str
-    transport: str
+    transport: str  # as the load generator recorded it: http-binary, http-json, handle, perf_analyzer
+    transport_kind: str  # http | grpc | handle: what like-for-like comparisons match on
+    ingress: str | None  # direct | proxy | haproxy (a rayscale app over HTTP/gRPC), else None
+    processes_per_gpu: float | None
+    hardware: str  # GPU | CPU
     mode: str
     images_per_request: int
     replicas: int
-    gpus: int
+    gpus: int  # GPUs used; 0 on CPU
+    units: int  # the size a series scales over: GPUs, or replicas on CPU
     load: float | None  # concurrency (closed loop) or offered requests/s (open loop)
     concurrency: int | None
     rate_rps: float | None
@@ -152,6 +175,7 @@ class PointRow:
     usable: bool
     flags: list[str]
     images_per_s: float
+    goodput_images_per_s: float | None  # images/s from requests within the SLO (None: no SLO given)
     requests_per_s: float
     latency_mean_ms: float | None
     latency_p50_ms: float | None
@@ -191,14 +215,19 @@ class Bottleneck:
 
 @dataclass
 class GroupSummary:
-    """One series at one GPU count."""
+    """One series at one size (GPU count, or replica count on CPU)."""
 
     series: str
     target: str
     transport: str
+    transport_kind: str
+    ingress: str | None
+    processes_per_gpu: float | None
+    hardware: str
     mode: str
     images_per_request: int
     gpus: int
+    units: int
     replicas: int
     points: int
     usable_points: int
@@ -213,6 +242,9 @@ class GroupSummary:
     slo_images_per_s: float | None = None
     slo_load: float | None = None
     slo_latency_p99_ms: float | None = None
+    peak_goodput_images_per_s: float | None = None  # goodput at the peak point
+    goodput_images_per_s: float | None = None  # the best goodput among usable points
+    goodput_load: float | None = None
     knee: Knee | None = None
     bottleneck: Bottleneck | None = None
     max_batch_size: int | None = None
@@ -236,11 +268,17 @@ class Pick:
     hourly_cost_usd: float | None
     cost_per_1000_images_usd: float | None
     reason: str
+    hardware: str = "GPU"
+    units: int = 1
 
 
 @dataclass
 class Comparison:
-    """Series side by side at one GPU count."""
+    """Like-for-like series side by side: one size and hardware, one transport, one request size.
+
+    Only series in the same comparison are ranked; a series with no like-for-like partner has a
+    comparison of its own with no leader.
+    """
 
     gpus: int
     peak_images_per_s: dict[str, float]
@@ -248,6 +286,17 @@ class Comparison:
     slo_images_per_s: dict[str, float]
     leader: str | None
     lead_ratio: float | None  # leader's peak ÷ the runner-up's
+    runner_up: str | None = None
+    hardware: str = "GPU"
+    units: int = 1
+    transport_kind: str = "http"
+    images_per_request: int = 1
+    goodput_images_per_s: dict[str, float] = field(default_factory=dict)  # each series' best goodput
+
+    @property
+    def like_for_like(self) -> str:
+        """'http, 32 img/request'"""
+        return f"{self.transport_kind}, {self.images_per_request} img/request"
 
 
 @dataclass
@@ -271,10 +320,11 @@ class Report:
         return asdict(self)
 
     def groups_of(self, series: str) -> list[GroupSummary]:
-        return sorted((g for g in self.groups if g.series == series), key=lambda g: g.gpus)
+        return sorted((g for g in self.groups if g.series == series), key=lambda g: g.units)
 
-    def points_of(self, series: str, gpus: int) -> list[PointRow]:
-        rows = [p for p in self.points if p.series == series and p.gpus == gpus]
+    def points_of(self, series: str, units: int) -> list[PointRow]:
+        """A series' points at one size (GPUs, or replicas on CPU), in order of load."""
+        rows = [p for p in self.points if p.series == series and p.units == units]
         return sorted(rows, key=lambda p: (p.load is None, p.load or 0.0))
 
 
@@ -349,7 +399,7 @@ def check_comparable(
 
 
 def _gpus_of(point: PointResult, result: BenchResult) -> int:
-    """GPUs a point used: replicas × gpus_per_replica where the serve config says, else replicas."""
+    """GPUs a GPU point used: replicas × gpus_per_replica where the serve config says, else replicas."""
     per_replica = (result.serve_config or {}).get("gpus_per_replica")
     try:
         per_replica = float(per_replica) if per_replica is not None else None
@@ -358,6 +408,27 @@ def _gpus_of(point: PointResult, result: BenchResult) -> int:
     if per_replica and per_replica > 0:
         return max(1, math.ceil(point.replicas * per_replica - 1e-9))
     return max(1, point.replicas)
+
+
+def _size_of(point: PointResult, result: BenchResult, layout: Layout) -> tuple[int, int]:
+    """(GPUs used, the size its series scales over): on CPU no GPUs, and replicas are the size."""
+    if layout.hardware == "CPU":
+        return 0, max(1, point.replicas)
+    gpus = _gpus_of(point, result)
+    return gpus, gpus
+
+
+def goodput_images_per_s(row: PointRow, slo_p99_ms: float | None) -> float | None:
+    """Images/s from requests that met the SLO: the point's throughput when its p99 does, else 0.
+
+    Exact goodput needs each request's latency (or a latency histogram); results files keep
+    percentiles only, so this is the p99 estimate: it overstates by at most the 1 % of requests
+    above p99 where the SLO holds, and counts nothing where it does not. None without an SLO, for
+    an unusable point, or where no p99 was measured.
+    """
+    if slo_p99_ms is None or not row.usable or row.latency_p99_ms is None:
+        return None
+    return row.images_per_s if row.latency_p99_ms <= slo_p99_ms else 0.0
 
 
 def _load_of(point: PointResult) -> float | None:
@@ -402,40 +473,39 @@ def _usable(point: PointResult) -> bool:
     return point.status == USABLE_STATUS and point.stable and point.images_per_s > 0
 
 
+def _transport_text(transport: str, layout: Layout) -> str:
+    """The transport as compared (http, grpc, handle), with JSON bodies or another client named."""
+    if transport.endswith("-json"):
+        return f"{layout.transport} json"
+    if transport in ("handle", layout.transport) or transport.startswith(("http", "grpc")):
+        return layout.transport
+    return f"{layout.transport} ({transport})"  # http (perf_analyzer)
+
+
 def _series_labels(keys: list[tuple]) -> dict[tuple, str]:
-    """Name each (target, transport, mode, images/request) by the parts that vary among them."""
-    varying = [len({k[i] for k in keys}) > 1 for i in range(4)]
+    """Name each series by its target, transport, layout and images per request (the loop only where it varies)."""
+    loop_varies = len({k[2] for k in keys}) > 1
     labels = {}
     for key in keys:
-        target, transport, mode, ipr = key
-        parts = [target]
-        if varying[1]:
-            parts.append(transport)
-        if varying[2]:
+        target, transport, mode, ipr, layout = key
+        via = f" via {layout.ingress}" if layout.ingress else ""
+        parts = [target, _transport_text(transport, layout) + via]
+        if layout.hardware == "CPU":
+            parts.append("CPU")
+        elif layout.processes_per_gpu is not None:
+            parts.append(layout.per_gpu_text)
+        if loop_varies:
             parts.append(f"{mode} loop")
-        if varying[3]:
-            parts.append(f"{ipr} img/req")
-        labels[key] = " ".join(parts)
+        parts.append(f"{ipr} img/req")
+        labels[key] = ", ".join(parts)
     return labels
 
 
-def _hourly_cost(gpus: int, costs: dict[int, float] | None, gpu_hour_cost: float | None) -> float | None:
-    if costs is not None:
-        return costs.get(gpus)
-    if gpu_hour_cost is not None:
-        return gpu_hour_cost * gpus
-    return None
-
-
-def _row(
-    point: PointResult,
-    result: BenchResult,
-    source: str,
-    series: str,
-    hourly: float | None,
-    slo_p99_ms: float | None,
-) -> PointRow:
-    gpus = _gpus_of(point, result)
+def _row(point: PointResult, result: BenchResult, source: str, series: str, config: ReportConfig) -> PointRow:
+    layout = layout_of(point, result)
+    gpus, units = _size_of(point, result, layout)
+    hourly = config.hourly_cost_usd(layout.hardware, units)
+    slo_p99_ms = config.slo_p99_ms
     usable = _usable(point)
     server = point.server
     queue = compute = share = batch = None
@@ -444,15 +514,20 @@ def _row(
         share = queue / (queue + compute) if queue + compute > 0 else None
         batch = server.mean_batch_images or None
     lat = point.latency
-    return PointRow(
+    row = PointRow(
         source=source,
         series=series,
         target=point.target,
         transport=point.transport,
+        transport_kind=layout.transport,
+        ingress=layout.ingress,
+        processes_per_gpu=layout.processes_per_gpu,
+        hardware=layout.hardware,
         mode=point.mode,
         images_per_request=point.images_per_request,
         replicas=point.replicas,
         gpus=gpus,
+        units=units,
         load=_load_of(point),
         concurrency=point.concurrency,
         rate_rps=point.rate_rps,
@@ -460,6 +535,7 @@ def _row(
         usable=usable,
         flags=_flags(point),
         images_per_s=point.images_per_s,
+        goodput_images_per_s=None,
         requests_per_s=point.requests_per_s,
         latency_mean_ms=lat.measured("mean_ms"),
         latency_p50_ms=lat.measured("p50_ms"),
@@ -475,13 +551,15 @@ def _row(
         server_compute_ms=compute,
         queue_share=share,
         mean_batch_images=batch,
-        gpu_util_mean_pct=_gpu_util(point, gpus),
+        gpu_util_mean_pct=_gpu_util(point, gpus) if gpus else None,
         client_cpu_pct=point.client_cpu_pct,
         client_cpu_saturated=_client_saturated(point),
         hourly_cost_usd=hourly,
         cost_per_1000_images_usd=cost_per_1000_images_usd(hourly, point.images_per_s) if usable else None,
         meets_slo=(usable and lat.p99_ms <= slo_p99_ms) if slo_p99_ms is not None else None,
     )
+    row.goodput_images_per_s = goodput_images_per_s(row, slo_p99_ms)
+    return row
 
 
 # ---- per-group figures ---------------------------------------------------------------------------
@@ -576,6 +654,8 @@ def _pick_best_under_slo(rows: list[PointRow], slo_p99_ms: float) -> Pick | None
         hourly_cost_usd=best.hourly_cost_usd,
         cost_per_1000_images_usd=best.cost_per_1000_images_usd,
         reason=f"highest throughput with p99 ≤ {slo_p99_ms:g} ms",
+        hardware=best.hardware,
+        units=best.units,
     )
 
 
@@ -593,7 +673,7 @@ def _pick_cheapest(groups: list[GroupSummary], target_ips: float, slo_p99_ms: fl
         best = min(candidates, key=lambda g: (g.hourly_cost_usd, -capacity(g)[0]))
         basis = "lowest hourly cost"
     else:
-        best = min(candidates, key=lambda g: (g.gpus, -capacity(g)[0]))
+        best = min(candidates, key=lambda g: (g.gpus, g.units, -capacity(g)[0]))
         basis = "fewest GPUs (no price for every candidate)"
     ips, load, p99 = capacity(best)
     slo_text = f" with p99 ≤ {slo_p99_ms:g} ms" if slo_p99_ms is not None else ""
@@ -607,6 +687,8 @@ def _pick_cheapest(groups: list[GroupSummary], target_ips: float, slo_p99_ms: fl
         hourly_cost_usd=best.hourly_cost_usd,
         cost_per_1000_images_usd=cost_per_1000_images_usd(best.hourly_cost_usd, ips),
         reason=f"{basis} among configurations reaching {target_ips:g} img/s{slo_text}",
+        hardware=best.hardware,
+        units=best.units,
     )
 
 
@@ -635,6 +717,10 @@ def _setup(
         for package, version in (e.get("versions") or {}).items():
             versions.setdefault(package, {}).setdefault(str(version), []).append(source)
     cpu = [(s, (e.get("cpu") or {})) for s, e in env]
+    layouts: dict[str, dict[str, list[str]]] = {}
+    for source, r in zip(sources, results):
+        for target, layout in sorted({(p.target, layout_of(p, r)) for p in r.points}, key=str):
+            layouts.setdefault(target, {}).setdefault(layout.describe(), []).append(source)
     serve_configs: dict[str, dict[str, list[str]]] = {}
     for source, r in zip(sources, results):
         targets = sorted({p.target for p in r.points}) or ["?"]
@@ -658,6 +744,7 @@ def _setup(
         "weights": collect([(s, m.get("weights")) for s, m in model]),
         "input": collect([(s, _input_size(m)) for s, m in model]),
         "versions": versions,
+        "layout": layouts,
         "serve_config": serve_configs,
         "bench_config": {
             s: ", ".join(f"{k}={v}" for k, v in sorted((r.config or {}).items()) if not isinstance(v, (dict, list)))
@@ -670,48 +757,22 @@ def _setup(
 # ---- the report ----------------------------------------------------------------------------------
 
 
-def _check_parameters(
-    costs: dict[int, float] | None,
-    gpu_hour_cost: float | None,
-    slo_p99_ms: float | None,
-    throughput_target_ips: float | None,
-    knee_factor: float,
-    knee_min_p99_growth: float,
-) -> None:
-    if costs is not None and gpu_hour_cost is not None:
-        raise ConfigError("give either --costs (a price per GPU count) or --gpu-hour-cost (a price per GPU), not both")
-    if gpu_hour_cost is not None and not gpu_hour_cost > 0:
-        raise ConfigError(f"--gpu-hour-cost must be > 0 dollars per GPU-hour, got {gpu_hour_cost:g}")
-    if slo_p99_ms is not None and not slo_p99_ms > 0:
-        raise ConfigError(f"--slo-p99-ms must be > 0, got {slo_p99_ms:g}")
-    if throughput_target_ips is not None and not throughput_target_ips > 0:
-        raise ConfigError(f"--throughput-target must be > 0 images/s, got {throughput_target_ips:g}")
-    if not knee_factor > 0:
-        raise ConfigError(f"knee_factor must be > 0, got {knee_factor:g}")
-    if not knee_min_p99_growth >= 0:
-        raise ConfigError(f"knee_min_p99_growth must be ≥ 0, got {knee_min_p99_growth:g}")
-
-
 def build_report(
     results: list[BenchResult],
+    config: ReportConfig | None = None,
     *,
-    engine: EngineBenchResult | None = None,
-    costs: dict[int, float] | None = None,
-    gpu_hour_cost: float | None = None,
-    slo_p99_ms: float | None = None,
-    throughput_target_ips: float | None = None,
-    allow_mismatch: bool = False,
     sources: list[str] | None = None,
+    engine: EngineBenchResult | None = None,
     engine_source: str | None = None,
-    knee_factor: float = DEFAULT_KNEE_FACTOR,
-    knee_min_p99_growth: float = DEFAULT_KNEE_MIN_P99_GROWTH,
 ) -> Report:
     """Compute every figure of the report from bench results (and optionally an engine bench).
 
-    ``sources`` names the files (for messages and the setup table); ``costs`` maps a GPU count
-    to the hourly price of that many GPUs; ``gpu_hour_cost`` is the price of one GPU-hour.
+    ``config`` holds the report's settings (prices, SLO, target, knee rule); ``sources`` names
+    the files (for messages and the setup table); ``engine_source`` names the engine file.
     """
-    _check_parameters(costs, gpu_hour_cost, slo_p99_ms, throughput_target_ips, knee_factor, knee_min_p99_growth)
+    config = config if config is not None else ReportConfig()
+    if not isinstance(config, ReportConfig):
+        raise ConfigError(f"build_report takes a ReportConfig, got {type(config).__name__}")
     if not results:
         raise ResultsError("no bench results to report on: pass one or more files written by `rayscale bench`")
     for i, r in enumerate(results):
@@ -725,15 +786,12 @@ def build_report(
     engine_name = engine_source or "engine"
     compared = list(results) + ([engine] if engine is not None else [])
     compared_names = sources + ([engine_name] if engine is not None else [])
-    mismatches = check_comparable(compared, compared_names, allow_mismatch=allow_mismatch)
+    mismatches = check_comparable(compared, compared_names, allow_mismatch=config.allow_mismatch)
     notes: list[str] = [f"not comparable, reported anyway: {m.describe()}" for m in mismatches]
 
     series_keys, latest = _collect_points(results, sources, notes)
     labels = _series_labels(series_keys)
-    rows = [
-        _row(point, result, source, labels[pkey[0]], _hourly_cost(pkey[1], costs, gpu_hour_cost), slo_p99_ms)
-        for pkey, (point, result, source) in latest.items()
-    ]
+    rows = [_row(point, result, source, labels[pkey[0]], config) for pkey, (point, result, source) in latest.items()]
     max_batch = {
         (labels[pkey[0]], pkey[1]): _max_batch_size(result) for pkey, (point, result, source) in latest.items()
     }
@@ -741,19 +799,16 @@ def build_report(
     load_axis = {labels[k]: ("rate_rps" if k[2] == "open" else "concurrency") for k in series_keys}
 
     groups: list[GroupSummary] = []
-    for skey in series_keys:
-        label = labels[skey]
-        for gpus in sorted({r.gpus for r in rows if r.series == label}):
+    for label in series:
+        for units in sorted({r.units for r in rows if r.series == label}):
             group_rows = sorted(
-                (r for r in rows if r.series == label and r.gpus == gpus), key=lambda r: (r.load is None, r.load or 0)
+                (r for r in rows if r.series == label and r.units == units), key=lambda r: (r.load is None, r.load or 0)
             )
-            groups.append(
-                _group(group_rows, skey, label, gpus, costs, gpu_hour_cost, slo_p99_ms, engine,
-                       max_batch.get((label, gpus)), knee_factor, knee_min_p99_growth)
-            )
+            groups.append(_group(group_rows, config, engine, max_batch.get((label, units))))
     _scaling(groups, series)
-    notes += _exclusion_notes(groups, rows, costs)
+    notes += _exclusion_notes(groups, rows, config)
 
+    slo_p99_ms = config.slo_p99_ms
     best_by_series: dict[str, Pick] = {}
     best = None
     if slo_p99_ms is not None:
@@ -765,23 +820,27 @@ def build_report(
         if best is None:
             notes.append(f"no usable point meets p99 ≤ {slo_p99_ms:g} ms")
     cheapest = None
-    if throughput_target_ips is not None:
-        cheapest = _pick_cheapest(groups, throughput_target_ips, slo_p99_ms)
+    target_ips = config.throughput_target_ips
+    if target_ips is not None:
+        cheapest = _pick_cheapest(groups, target_ips, slo_p99_ms)
         if cheapest is None:
-            notes.append(f"no measured configuration reaches {throughput_target_ips:g} img/s"
+            notes.append(f"no measured configuration reaches {target_ips:g} img/s"
                          + (f" with p99 ≤ {slo_p99_ms:g} ms" if slo_p99_ms is not None else ""))
 
+    costs = config.costs_usd_per_hour
     return Report(
         sources=compared_names,
         setup=_setup(results, sources, engine, engine_name),
         parameters={
             "costs_usd_per_hour": {str(k): v for k, v in sorted(costs.items())} if costs else None,
-            "gpu_hour_cost_usd": gpu_hour_cost,
+            "gpu_hour_cost_usd": config.gpu_hour_cost_usd,
+            "cpu_hour_cost_usd": config.cpu_hour_cost_usd,
             "slo_p99_ms": slo_p99_ms,
-            "throughput_target_ips": throughput_target_ips,
-            "knee_factor": knee_factor,
-            "knee_min_p99_growth": knee_min_p99_growth,
-            "allow_mismatch": allow_mismatch,
+            "goodput_method": GOODPUT_METHOD if slo_p99_ms is not None else None,
+            "throughput_target_ips": target_ips,
+            "knee_factor": config.knee_factor,
+            "knee_min_p99_growth": config.knee_min_p99_growth,
+            "allow_mismatch": config.allow_mismatch,
             "engine": engine_name if engine is not None else None,
         },
         mismatches=mismatches,
@@ -807,12 +866,14 @@ def _collect_points(
         if result.status != "complete":
             notes.append(f"{source}: the run that wrote it is {result.status}: points it lacks were not measured")
         for point in result.points:
-            skey = (point.target, point.transport, point.mode, point.images_per_request)
+            layout = layout_of(point, result)
+            skey = (point.target, point.transport, point.mode, point.images_per_request, layout)
             if skey not in series_keys:
                 series_keys.append(skey)
-            pkey = (skey, _gpus_of(point, result), point.replicas, _load_of(point))
+            units = _size_of(point, result, layout)[1]
+            pkey = (skey, units, point.replicas, _load_of(point))
             if pkey in latest and latest[pkey][2] != source:
-                where = f"{point.target} at {pkey[1]} GPU(s), load {format_load(pkey[3])}"
+                where = f"{point.target} at {size_label(layout.hardware, units)}, load {format_load(pkey[3])}"
                 notes.append(f"{where}: {source} replaces {latest[pkey][2]}")
             latest[pkey] = (point, result, source)
     if not latest:
@@ -820,17 +881,27 @@ def _collect_points(
     return series_keys, latest
 
 
-def _exclusion_notes(groups: list[GroupSummary], rows: list[PointRow], costs: dict[int, float] | None) -> list[str]:
+def _exclusion_notes(groups: list[GroupSummary], rows: list[PointRow], config: ReportConfig) -> list[str]:
     notes = []
     for g in groups:
+        where = size_label(g.hardware, g.units)
         if g.peak_images_per_s is None:
-            notes.append(f"{g.series} at {g.gpus} GPU(s): no usable point (unstable, incomplete or failed), no peak")
-        elif g.hourly_cost_usd is None and costs is not None:
+            notes.append(f"{g.series} at {where}: no usable point (unstable, incomplete or failed), no peak")
+        elif g.hourly_cost_usd is None and g.hardware == "GPU" and config.costs_usd_per_hour is not None:
             notes.append(f"--costs has no price for {g.gpus} GPU(s): no cost for {g.series} at {g.gpus} GPU(s)")
+    gpu_priced = config.costs_usd_per_hour is not None or config.gpu_hour_cost_usd is not None
+    if config.cpu_hour_cost_usd is None and any(g.hardware == "CPU" for g in groups):
+        cpu_series = [s for s in dict.fromkeys(g.series for g in groups if g.hardware == "CPU")]
+        which = "every configuration" if all(g.hardware == "CPU" for g in groups) else "; ".join(cpu_series)
+        notes.append(
+            f"{which} ran on CPU (no GPU in the hardware record): "
+            + ("GPU prices do not apply to it, " if gpu_priced else "")
+            + "pass --cpu-hour-cost (dollars per CPU replica-hour) to cost it"
+        )
     for r in rows:
         if not r.usable:
             notes.append(
-                f"{r.series} at {r.gpus} GPU(s), load {format_load(r.load)}: "
+                f"{r.series} at {size_label(r.hardware, r.units)}, load {format_load(r.load)}: "
                 f"{'; '.join(r.flags) or r.status}: excluded from peaks and picks"
             )
     return notes
@@ -838,30 +909,28 @@ def _exclusion_notes(groups: list[GroupSummary], rows: list[PointRow], costs: di
 
 def _group(
     rows: list[PointRow],
-    skey: tuple,
-    label: str,
-    gpus: int,
-    costs: dict[int, float] | None,
-    gpu_hour_cost: float | None,
-    slo_p99_ms: float | None,
+    config: ReportConfig,
     engine: EngineBenchResult | None,
     max_batch_size: int | None,
-    knee_factor: float,
-    knee_min_p99_growth: float,
 ) -> GroupSummary:
-    target, transport, mode, ipr = skey
+    first = rows[0]
     usable = [r for r in rows if r.usable]
     g = GroupSummary(
-        series=label,
-        target=target,
-        transport=transport,
-        mode=mode,
-        images_per_request=ipr,
-        gpus=gpus,
-        replicas=rows[0].replicas,
+        series=first.series,
+        target=first.target,
+        transport=first.transport,
+        transport_kind=first.transport_kind,
+        ingress=first.ingress,
+        processes_per_gpu=first.processes_per_gpu,
+        hardware=first.hardware,
+        mode=first.mode,
+        images_per_request=first.images_per_request,
+        gpus=first.gpus,
+        units=first.units,
+        replicas=first.replicas,
         points=len(rows),
         usable_points=len(usable),
-        hourly_cost_usd=_hourly_cost(gpus, costs, gpu_hour_cost),
+        hourly_cost_usd=config.hourly_cost_usd(first.hardware, first.units),
         max_batch_size=max_batch_size,
         flags=sorted({f for r in rows for f in r.flags}),
     )
@@ -872,49 +941,74 @@ def _group(
     g.peak_latency_p50_ms, g.peak_latency_p99_ms = peak.latency_p50_ms, peak.latency_p99_ms
     g.mean_batch_images_at_peak = peak.mean_batch_images
     g.cost_per_1000_images_usd = cost_per_1000_images_usd(g.hourly_cost_usd, peak.images_per_s)
+    slo_p99_ms = config.slo_p99_ms
     if slo_p99_ms is not None:
         meeting = [r for r in usable if r.latency_p99_ms is not None and r.latency_p99_ms <= slo_p99_ms]
         if meeting:
             best = max(meeting, key=lambda r: r.images_per_s)
             g.slo_images_per_s, g.slo_load, g.slo_latency_p99_ms = best.images_per_s, best.load, best.latency_p99_ms
-    g.knee = find_knee(rows, factor=knee_factor, min_p99_growth=knee_min_p99_growth)
+        g.peak_goodput_images_per_s = peak.goodput_images_per_s
+        rated = [r for r in usable if r.goodput_images_per_s is not None]
+        if rated:
+            best_goodput = max(rated, key=lambda r: r.goodput_images_per_s)
+            g.goodput_images_per_s, g.goodput_load = best_goodput.goodput_images_per_s, best_goodput.load
+    g.knee = find_knee(rows, factor=config.knee_factor, min_p99_growth=config.knee_min_p99_growth)
     g.bottleneck = diagnose(peak)
     if engine is not None:
         ceiling = _engine_ceiling(engine, max_batch_size)
         if ceiling is not None:
             g.engine_batch_size = ceiling[0]
-            g.engine_ceiling_images_per_s = ceiling[1] * gpus
+            g.engine_ceiling_images_per_s = ceiling[1] * g.units
             g.engine_fraction = peak.images_per_s / g.engine_ceiling_images_per_s
     return g
 
 
 def _scaling(groups: list[GroupSummary], series: list[str]) -> None:
-    """Fill each group's efficiency against its series' smallest GPU count with a peak."""
+    """Fill each group's efficiency against its series' smallest size (GPUs, or CPU replicas) with a peak."""
     for label in series:
-        peaked = sorted((g for g in groups if g.series == label and g.peak_images_per_s), key=lambda g: g.gpus)
+        peaked = sorted((g for g in groups if g.series == label and g.peak_images_per_s), key=lambda g: g.units)
         if not peaked:
             continue
         base = peaked[0]
-        per_gpu_base = base.peak_images_per_s / base.gpus
+        per_unit_base = base.peak_images_per_s / base.units
         for g in peaked:
-            g.efficiency = (g.peak_images_per_s / g.gpus) / per_gpu_base
-            g.efficiency_base_gpus = base.gpus
+            g.efficiency = (g.peak_images_per_s / g.units) / per_unit_base
+            g.efficiency_base_gpus = base.units
 
 
 def _compare(groups: list[GroupSummary], series: list[str]) -> list[Comparison]:
+    """One comparison per (hardware, size, transport, images per request): leaders never cross them."""
+    order = {s: i for i, s in enumerate(series)}
+    classes = sorted(
+        {(g.hardware, g.units, g.transport_kind, g.images_per_request) for g in groups},
+        key=lambda c: (c[0] != "GPU", c[1], c[2], c[3]),
+    )
     out = []
-    for gpus in sorted({g.gpus for g in groups}):
-        at = {g.series: g for g in groups if g.gpus == gpus}
-        peaks = {s: at[s].peak_images_per_s for s in series if s in at and at[s].peak_images_per_s}
+    for hardware, units, transport, ipr in classes:
+        at = sorted(
+            (g for g in groups
+             if (g.hardware, g.units, g.transport_kind, g.images_per_request) == (hardware, units, transport, ipr)),
+            key=lambda g: order[g.series],
+        )
+        peaks = {g.series: g.peak_images_per_s for g in at if g.peak_images_per_s}
         ranked = sorted(peaks.items(), key=lambda kv: kv[1], reverse=True)
+        ranked_ok = len(ranked) > 1
         out.append(
             Comparison(
-                gpus=gpus,
+                gpus=at[0].gpus,
                 peak_images_per_s=peaks,
-                peak_latency_p99_ms={s: at[s].peak_latency_p99_ms for s in peaks},
-                slo_images_per_s={s: at[s].slo_images_per_s for s in series if s in at and at[s].slo_images_per_s},
-                leader=ranked[0][0] if len(ranked) > 1 else None,
-                lead_ratio=ranked[0][1] / ranked[1][1] if len(ranked) > 1 else None,
+                peak_latency_p99_ms={g.series: g.peak_latency_p99_ms for g in at if g.series in peaks},
+                slo_images_per_s={g.series: g.slo_images_per_s for g in at if g.slo_images_per_s},
+                leader=ranked[0][0] if ranked_ok else None,
+                lead_ratio=ranked[0][1] / ranked[1][1] if ranked_ok else None,
+                runner_up=ranked[1][0] if ranked_ok else None,
+                hardware=hardware,
+                units=units,
+                transport_kind=transport,
+                images_per_request=ipr,
+                goodput_images_per_s={
+                    g.series: g.goodput_images_per_s for g in at if g.goodput_images_per_s is not None
+                },
             )
         )
     return out

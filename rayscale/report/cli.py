@@ -8,8 +8,9 @@ from typing import Annotated, Optional
 import typer
 
 from rayscale.errors import RayscaleError
+from rayscale.report.config import ReportConfig
 
-__all__ = ["default_out_dir", "report_command", "run_report"]
+__all__ = ["default_out_dir", "report_command", "report_config", "run_report"]
 
 
 def default_out_dir(results: list[Path]) -> Path:
@@ -18,32 +19,38 @@ def default_out_dir(results: list[Path]) -> Path:
     return Path("reports") / (name or "report")
 
 
-def run_report(
-    results: list[Path],
+def report_config(
     *,
-    engine: Path | None = None,
     costs: str | None = None,
     gpu_hour_cost: float | None = None,
+    cpu_hour_cost: float | None = None,
     slo_p99_ms: float | None = None,
     throughput_target: float | None = None,
-    out: Path | None = None,
     allow_mismatch: bool = False,
+) -> ReportConfig:
+    """The flags as one ReportConfig: the only place the --costs text is parsed."""
+    from rayscale.report.analysis import parse_costs
+
+    return ReportConfig(
+        costs_usd_per_hour=parse_costs(costs) if costs is not None else None,
+        gpu_hour_cost_usd=gpu_hour_cost,
+        cpu_hour_cost_usd=cpu_hour_cost,
+        slo_p99_ms=slo_p99_ms,
+        throughput_target_ips=throughput_target,
+        allow_mismatch=allow_mismatch,
+    )
+
+
+def run_report(
+    results: list[Path], config: ReportConfig, *, engine: Path | None = None, out: Path | None = None
 ) -> list[Path]:
     """What the command does, callable without typer: returns the files written."""
-    from rayscale.report import build_report, load_bench_results, load_engine_result, parse_costs, write_report
+    from rayscale.report import build_report, load_bench_results, load_engine_result, write_report
 
     bench, sources = load_bench_results(results)
     engine_result = load_engine_result(engine) if engine is not None else None
     report = build_report(
-        bench,
-        engine=engine_result,
-        costs=parse_costs(costs) if costs is not None else None,
-        gpu_hour_cost=gpu_hour_cost,
-        slo_p99_ms=slo_p99_ms,
-        throughput_target_ips=throughput_target,
-        allow_mismatch=allow_mismatch,
-        sources=sources,
-        engine_source=str(engine) if engine is not None else None,
+        bench, config, sources=sources, engine=engine_result, engine_source=str(engine) if engine is not None else None
     )
     return write_report(report, out if out is not None else default_out_dir(results))
 
@@ -53,7 +60,8 @@ _HELP = {
     "engine": "A `rayscale engine-bench` file: report throughput as a fraction of the engine ceiling.",
     "costs": "Hourly price of each GPU count, e.g. '1gpu:1.5,2gpu:3.0,4gpu:6.0'.",
     "gpu_hour_cost": "Price of one GPU-hour in dollars (instead of --costs).",
-    "slo_p99_ms": "Latency SLO: pick the highest throughput with p99 at or under it.",
+    "cpu_hour_cost": "Price in dollars of one CPU replica for an hour: runs without GPUs are costed only with it.",
+    "slo_p99_ms": "Latency SLO: pick the highest throughput with p99 at or under it, and report goodput.",
     "throughput_target": "Images/s to reach: pick the cheapest configuration that does.",
     "out": "Report directory (default: reports/ and the first results file's name).",
     "allow_mismatch": "Compare results with different model, precision, batch size, input or GPU type, and say so.",
@@ -65,6 +73,7 @@ def report_command(
     engine: Annotated[Optional[Path], typer.Option("--engine", help=_HELP["engine"])] = None,
     costs: Annotated[Optional[str], typer.Option("--costs", help=_HELP["costs"])] = None,
     gpu_hour_cost: Annotated[Optional[float], typer.Option("--gpu-hour-cost", help=_HELP["gpu_hour_cost"])] = None,
+    cpu_hour_cost: Annotated[Optional[float], typer.Option("--cpu-hour-cost", help=_HELP["cpu_hour_cost"])] = None,
     slo_p99_ms: Annotated[Optional[float], typer.Option("--slo-p99-ms", help=_HELP["slo_p99_ms"])] = None,
     throughput_target: Annotated[
         Optional[float], typer.Option("--throughput-target", help=_HELP["throughput_target"])
@@ -74,16 +83,15 @@ def report_command(
 ) -> None:
     """Write report.md, report.json, summary.csv and PNG plots from benchmark results."""
     try:
-        written = run_report(
-            results,
-            engine=engine,
+        config = report_config(
             costs=costs,
             gpu_hour_cost=gpu_hour_cost,
+            cpu_hour_cost=cpu_hour_cost,
             slo_p99_ms=slo_p99_ms,
             throughput_target=throughput_target,
-            out=out,
             allow_mismatch=allow_mismatch,
         )
+        written = run_report(results, config, engine=engine, out=out)
     except RayscaleError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from None

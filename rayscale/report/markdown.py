@@ -14,6 +14,7 @@ from rayscale.report.analysis import (
     Pick,
     Report,
     format_load,
+    size_label,
 )
 
 __all__ = ["render_markdown"]
@@ -51,7 +52,8 @@ def _pick_line(pick: Pick, report: Report) -> str:
     if pick.cost_per_1000_images_usd is not None:
         cost = f", {_usd(pick.hourly_cost_usd, 2)}/h, {_usd(pick.cost_per_1000_images_usd)} per 1000 images"
     return (
-        f"**{pick.series}** on {pick.gpus} GPU(s) at {_load_name(report, pick.series)} {format_load(pick.load)}: "
+        f"**{pick.series}** on {size_label(pick.hardware, pick.units)} at {_load_name(report, pick.series)} "
+        f"{format_load(pick.load)}: "
         f"{_num(pick.images_per_s)} img/s, p99 {_num(pick.latency_p99_ms)} ms{cost} ({pick.reason})"
     )
 
@@ -71,16 +73,21 @@ def _summary(report: Report) -> list[str]:
         if not peaked:
             lines.append(f"- **{series}**: no usable point.")
             continue
-        top = max(peaked, key=lambda g: g.gpus)
-        eff = f", scaling efficiency {_pct(top.efficiency)} of linear" if top.gpus != top.efficiency_base_gpus else ""
+        top = max(peaked, key=lambda g: g.units)
+        eff = f", scaling efficiency {_pct(top.efficiency)} of linear" if top.units != top.efficiency_base_gpus else ""
         cost = f", {_usd(top.cost_per_1000_images_usd)} per 1000 images" if top.cost_per_1000_images_usd else ""
+        if top.hardware == "CPU" and top.hourly_cost_usd is None:
+            cost = ", no cost (CPU run: pass --cpu-hour-cost)"
         lines.append(
-            f"- **{series}**: peak {_num(top.peak_images_per_s)} img/s on {top.gpus} GPU(s) "
+            f"- **{series}**: peak {_num(top.peak_images_per_s)} img/s on {size_label(top.hardware, top.units)} "
             f"(p99 {_num(top.peak_latency_p99_ms)} ms){eff}{cost}."
         )
     for c in report.comparisons:
         if c.leader is not None:
-            lines.append(f"- {c.gpus} GPU(s): **{c.leader}** leads at peak by ×{c.lead_ratio:.2f}.")
+            lines.append(
+                f"- {size_label(c.hardware, c.units)}, {c.like_for_like}: **{c.leader}** leads "
+                f"{c.runner_up} at peak by ×{c.lead_ratio:.2f}."
+            )
     slo = report.parameters.get("slo_p99_ms")
     if slo is not None:
         if report.best_under_slo:
@@ -116,6 +123,14 @@ def _setup(report: Report) -> list[str]:
     for package, versions in sorted(s["versions"].items()):
         rows.append([f"version: {package}", _values(versions, True)])
     lines += _table(["setting", "value"], rows)
+    if s.get("layout"):
+        lines += ["### Serving layout", "",
+                  "Transport (http, grpc or a DeploymentHandle call), the ingress in front of a rayscale app, and "
+                  "server processes (Triton: model instances) per GPU; files from before these were recorded "
+                  "read as HTTP through Serve's proxy with one process per replica.", ""]
+        rows = [[target, layout, ", ".join(files)] for target, layouts in s["layout"].items()
+                for layout, files in layouts.items()]
+        lines += _table(["target", "transport, ingress, processes", "files"], rows)
     if s["serve_config"]:
         lines += ["### Serving and batching", ""]
         rows = [[targets, config, ", ".join(files)] for targets, configs in s["serve_config"].items()
@@ -137,10 +152,10 @@ def _group_rows(groups: list[GroupSummary], report: Report, has_engine: bool, ha
         knee = "none" if g.knee is None else format_load(g.knee.load)
         if not g.usable_points:
             knee = "–"
-        row = [
-            str(g.gpus),
-            str(g.replicas),
-            _num(g.peak_images_per_s),
+        row = [str(g.units), str(g.replicas), _num(g.peak_images_per_s)]
+        if has_slo:
+            row += [_num(g.peak_goodput_images_per_s)]
+        row += [
             format_load(g.peak_load),
             _num(g.peak_latency_p50_ms),
             _num(g.peak_latency_p99_ms),
@@ -149,7 +164,7 @@ def _group_rows(groups: list[GroupSummary], report: Report, has_engine: bool, ha
             _usd(g.cost_per_1000_images_usd),
         ]
         if has_slo:
-            row += [_num(g.slo_images_per_s), format_load(g.slo_load)]
+            row += [_num(g.goodput_images_per_s), format_load(g.goodput_load)]
         row += [knee, g.bottleneck.cause if g.bottleneck else "–", f"{g.usable_points}/{g.points}"]
         if has_engine:
             ceiling = f"{_num(g.engine_ceiling_images_per_s, 0)} (batch {g.engine_batch_size})"
@@ -165,10 +180,13 @@ def _scaling(report: Report) -> list[str]:
     for series in report.series:
         groups = report.groups_of(series)
         load = _load_name(report, series)
-        header = ["GPUs", "replicas", "peak img/s", f"at {load}", "p50 ms", "p99 ms", "efficiency",
-                  "$/hour", "$/1000 img"]
+        on_cpu = bool(groups) and groups[0].hardware == "CPU"
+        header = ["replicas (CPU)" if on_cpu else "GPUs", "replicas", "peak img/s"]
         if slo is not None:
-            header += [f"img/s p99≤{slo:g}ms", f"at {load}"]
+            header += ["goodput at peak"]
+        header += [f"at {load}", "p50 ms", "p99 ms", "efficiency", "$/hour", "$/1000 img"]
+        if slo is not None:
+            header += [f"best goodput (p99≤{slo:g}ms)", f"at {load}"]
         header += [f"knee ({load})", "bottleneck", "usable points"]
         if has_engine:
             header += ["of engine ceiling"]
@@ -176,50 +194,73 @@ def _scaling(report: Report) -> list[str]:
         lines += _table(header, _group_rows(groups, report, has_engine, slo is not None))
         base = next((g.efficiency_base_gpus for g in groups if g.efficiency_base_gpus), None)
         if base and base != 1:
-            lines += [f"Efficiency is relative to {base} GPU(s): no usable 1-GPU peak in this series.", ""]
+            unit = "replica(s)" if on_cpu else "GPU(s)"
+            lines += [f"Efficiency is relative to {base} {unit}: no usable peak at 1 in this series.", ""]
+        if on_cpu:
+            lines += ["Ran on CPU (no GPU in the hardware record): sizes are replicas"
+                      + ("" if report.parameters.get("cpu_hour_cost_usd") else
+                         "; no cost without --cpu-hour-cost, GPU prices never apply") + ".", ""]
     return lines
 
 
 def _latency(report: Report) -> list[str]:
     lines = ["## Latency at each load", ""]
+    has_slo = report.parameters.get("slo_p99_ms") is not None
     for series in report.series:
         load = _load_name(report, series)
         for g in report.groups_of(series):
-            lines += [f"### {series}, {g.gpus} GPU(s)", ""]
+            lines += [f"### {series}, {size_label(g.hardware, g.units)}", ""]
             rows = []
-            for r in report.points_of(series, g.gpus):
+            for r in report.points_of(series, g.units):
                 status = r.status if r.usable else f"**{r.status}** (not used)"
                 if r.flags and r.usable:
                     status += " (" + "; ".join(r.flags) + ")"
+                goodput = [_num(r.goodput_images_per_s)] if has_slo else []
                 rows.append([
-                    format_load(r.load), _num(r.images_per_s), _num(r.requests_per_s), _num(r.latency_mean_ms),
+                    format_load(r.load), _num(r.images_per_s), *goodput, _num(r.requests_per_s),
+                    _num(r.latency_mean_ms),
                     _num(r.latency_p50_ms), _num(r.latency_p90_ms), _num(r.latency_p95_ms), _num(r.latency_p99_ms),
                     _num(r.latency_p999_ms), _num(r.latency_max_ms), _num(r.mean_batch_images),
                     _num(r.gpu_util_mean_pct, 0), status,
                 ])
-            lines += _table([load, "img/s", "req/s", "mean ms", "p50", "p90", "p95", "p99", "p99.9", "max",
-                             "batch", "GPU %", "status"], rows)
+            header = [load, "img/s", *(["goodput img/s"] if has_slo else []), "req/s", "mean ms", "p50", "p90",
+                      "p95", "p99", "p99.9", "max", "batch", "GPU %", "status"]
+            lines += _table(header, rows)
     return lines
 
 
+LIKE_FOR_LIKE = (
+    "Leaders and ratios compare only configurations with the same transport (http, grpc or a "
+    "DeploymentHandle call) and the same images per request, on the same hardware and GPU count: a "
+    "handle call skips HTTP and larger requests spread per-request costs over more images, so a ratio "
+    "across them would measure the setup, not the server. Other rows are shown, never ranked."
+)
+
+
 def _comparison(report: Report) -> list[str]:
+    """One row per configuration, grouped by like-for-like class; only a class of two or more has a leader."""
     if len(report.series) < 2:
         return []
     slo = report.parameters.get("slo_p99_ms")
-    lines = ["## Side by side", ""]
-    header = ["GPUs"] + [f"{s} peak img/s (p99 ms)" for s in report.series]
+    lines = ["## Side by side", "", LIKE_FOR_LIKE, ""]
+    header = ["size", "transport, img/request", "configuration", "peak img/s", "p99 ms at peak"]
     if slo is not None:
-        header += [f"{s} img/s p99≤{slo:g}ms" for s in report.series]
-    header += ["leader"]
+        header += [f"best goodput (p99≤{slo:g}ms)"]
+    header += ["ranking"]
     rows = []
     for c in report.comparisons:
-        row = [str(c.gpus)]
-        row += [f"{_num(c.peak_images_per_s.get(s))} ({_num(c.peak_latency_p99_ms.get(s))})" if s in c.peak_images_per_s
-                else "–" for s in report.series]
-        if slo is not None:
-            row += [_num(c.slo_images_per_s.get(s)) for s in report.series]
-        row += [f"{c.leader} ×{c.lead_ratio:.2f}" if c.leader else "–"]
-        rows.append(row)
+        for series in sorted(c.peak_images_per_s, key=c.peak_images_per_s.get, reverse=True):
+            row = [size_label(c.hardware, c.units), c.like_for_like, series,
+                   _num(c.peak_images_per_s[series]), _num(c.peak_latency_p99_ms.get(series))]
+            if slo is not None:
+                row += [_num(c.goodput_images_per_s.get(series))]
+            if c.leader is None:
+                ranking = "no like-for-like partner"
+            elif series == c.leader:
+                ranking = f"**leader**, ×{c.lead_ratio:.2f} over {c.runner_up}"
+            else:
+                ranking = f"×{c.peak_images_per_s[c.leader] / c.peak_images_per_s[series]:.2f} behind the leader"
+            rows.append(row + [ranking])
     return lines + _table(header, rows)
 
 
@@ -227,7 +268,8 @@ def _bottlenecks(report: Report) -> list[str]:
     lines = ["## Bottlenecks at peak", ""]
     for g in report.groups:
         if g.bottleneck:
-            lines.append(f"- **{g.series}, {g.gpus} GPU(s)** — {g.bottleneck.cause}: {g.bottleneck.detail}.")
+            lines.append(f"- **{g.series}, {size_label(g.hardware, g.units)}** — {g.bottleneck.cause}: "
+                         f"{g.bottleneck.detail}.")
     return lines + [""]
 
 
@@ -244,12 +286,14 @@ def _flags(report: Report) -> list[str]:
 
 def _definitions(report: Report) -> list[str]:
     p: dict[str, Any] = report.parameters
-    price = "no prices given"
+    price = "no GPU prices given"
     if p.get("costs_usd_per_hour"):
         price = "prices per GPU count: " + ", ".join(f"{k} GPU(s) ${v:g}/h" for k, v in p["costs_usd_per_hour"].items())
     elif p.get("gpu_hour_cost_usd"):
         price = f"${p['gpu_hour_cost_usd']:g} per GPU-hour"
-    return [
+    cpu_price = (f"${p['cpu_hour_cost_usd']:g} per CPU replica-hour" if p.get("cpu_hour_cost_usd")
+                 else "no cost without --cpu-hour-cost")
+    lines = [
         "## Definitions",
         "",
         "- **Usable point**: status `ok`, stable measurement windows, images served. Unstable, incomplete and "
@@ -258,6 +302,19 @@ def _definitions(report: Report) -> list[str]:
         "- **Scaling efficiency** at N GPUs: peak(N) ÷ (N × peak(1)); 100% is linear scaling. Without a 1-GPU "
         "peak, per-GPU peak is compared with the smallest GPU count measured.",
         f"- **Cost per 1000 images**: hourly cost of N GPUs ÷ (3600 × images/s) × 1000, at peak ({price}).",
+        "- **CPU runs**: a point whose server record says CPU (no GPU per replica, the CPU provider, Triton "
+        "instances of kind CPU), or whose hardware record shows no GPU, is labelled CPU and sized by replicas; "
+        f"it is never priced at a GPU price ({cpu_price}).",
+        f"- **Like for like**: {LIKE_FOR_LIKE}",
+    ]
+    if p.get("slo_p99_ms") is not None:
+        lines.append(
+            "- **Goodput**: images/s from requests that met the SLO (p99 ≤ "
+            f"{p['slo_p99_ms']:g} ms). Results files keep latency percentiles, not each request's latency, "
+            "so goodput is estimated: a point's throughput when its p99 meets the SLO (at least 99% of its "
+            "requests did), 0 when it does not."
+        )
+    lines += [
         f"- **Knee**: walking usable points in order of load, the first step where p99 grows by more than "
         f"{p['knee_factor']:g} × the relative throughput growth and by at least {p['knee_min_p99_growth']:.0%}; "
         "the knee is the load before that step. Past it, extra load buys latency, not throughput.",
@@ -274,6 +331,7 @@ def _definitions(report: Report) -> list[str]:
         "max batch size.",
         "",
     ]
+    return lines
 
 
 def render_markdown(report: Report, plots: list[str], title: str = "rayscale report") -> str:

@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 from rayscale.errors import ConfigError
-from rayscale.report.analysis import Report
+from rayscale.report.analysis import GroupSummary, Report
 from rayscale.report.output import shared_file_mode
 
 __all__ = [
@@ -26,6 +26,17 @@ __all__ = [
 ]
 
 _LOAD_LABEL = {"concurrency": "concurrency (requests in flight)", "rate_rps": "offered rate (requests/s)"}
+
+
+def _size(group: GroupSummary) -> str:
+    """'2 GPUs', or 'CPU ×2' for a series that ran without GPUs (sized by replicas)."""
+    if group.hardware == "CPU":
+        return f"CPU ×{group.units}"
+    return f"{group.units} GPU{'s' if group.units > 1 else ''}"
+
+
+def _size_axis(report: Report) -> str:
+    return "GPUs (replicas on CPU)" if any(g.hardware == "CPU" for g in report.groups) else "GPUs"
 
 
 def _pyplot():
@@ -71,10 +82,10 @@ def plot_throughput_vs_load(report: Report, path: Path) -> Path:
     fig, axes = _panels(plt, len(report.series))
     for ax, series in zip(axes, report.series):
         for group in report.groups_of(series):
-            rows = [r for r in report.points_of(series, group.gpus) if r.load is not None]
+            rows = [r for r in report.points_of(series, group.units) if r.load is not None]
             usable = [r for r in rows if r.usable]
             line = ax.plot([r.load for r in usable], [r.images_per_s for r in usable], marker="o",
-                           label=f"{group.gpus} GPU{'s' if group.gpus > 1 else ''}")[0]
+                           label=_size(group))[0]
             bad = [r for r in rows if not r.usable]
             if bad:
                 ax.scatter([r.load for r in bad], [r.images_per_s for r in bad], marker="x", color="red", zorder=3)
@@ -99,12 +110,12 @@ def plot_latency_vs_throughput(report: Report, path: Path) -> Path:
     slo = report.parameters.get("slo_p99_ms")
     for ax, series in zip(axes, report.series):
         for group in report.groups_of(series):
-            usable = [r for r in report.points_of(series, group.gpus) if r.usable]
+            usable = [r for r in report.points_of(series, group.units) if r.usable]
             usable.sort(key=lambda r: r.images_per_s)
             xs = [r.images_per_s for r in usable]
-            line = ax.plot(xs, [r.latency_p99_ms for r in usable], marker="o", label=f"p99, {group.gpus} GPU(s)")[0]
+            line = ax.plot(xs, [r.latency_p99_ms for r in usable], marker="o", label=f"p99, {_size(group)}")[0]
             ax.plot(xs, [r.latency_p50_ms for r in usable], marker=".", linestyle="--", color=line.get_color(),
-                    label=f"p50, {group.gpus} GPU(s)")
+                    label=f"p50, {_size(group)}")
         if slo:
             ax.axhline(slo, color="black", linestyle=":", label=f"SLO p99 {slo:g} ms")
         ax.set_yscale("log")
@@ -120,21 +131,21 @@ def plot_scaling(report: Report, path: Path) -> Path:
     """Peak throughput and scaling efficiency against GPU count, each with its ideal line."""
     plt = _pyplot()
     fig, (ax_thr, ax_eff) = plt.subplots(1, 2, figsize=(12, 4.2))
-    all_gpus = sorted({g.gpus for g in report.groups})
+    all_gpus = sorted({g.units for g in report.groups})
     for series in report.series:
         groups = [g for g in report.groups_of(series) if g.peak_images_per_s]
         if not groups:
             continue
-        gpus = [g.gpus for g in groups]
+        gpus = [g.units for g in groups]
         line = ax_thr.plot(gpus, [g.peak_images_per_s for g in groups], marker="o", label=series)[0]
         base = groups[0]
-        ideal_x = [n for n in all_gpus if n >= base.gpus]
-        ax_thr.plot(ideal_x, [base.peak_images_per_s / base.gpus * n for n in ideal_x], linestyle=":",
+        ideal_x = [n for n in all_gpus if n >= base.units]
+        ax_thr.plot(ideal_x, [base.peak_images_per_s / base.units * n for n in ideal_x], linestyle=":",
                     color=line.get_color(), label=f"{series} ideal (linear)")
         ax_eff.plot(gpus, [100.0 * (g.efficiency or 0.0) for g in groups], marker="o", label=series)
     ax_eff.axhline(100.0, color="black", linestyle=":", label="ideal (100%)")
     for ax in (ax_thr, ax_eff):
-        ax.set_xlabel("GPUs")
+        ax.set_xlabel(_size_axis(report))
         ax.set_xticks(all_gpus)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize="small")
@@ -151,11 +162,11 @@ def _bar_label(value: float) -> str:
 
 
 def _grouped_bars(ax, report: Report, value, ylabel: str, title: str) -> None:
-    gpus = sorted({g.gpus for g in report.groups})
+    gpus = sorted({g.units for g in report.groups})
     width = 0.8 / max(1, len(report.series))
     tallest = 0.0
     for i, series in enumerate(report.series):
-        by_gpus = {g.gpus: value(g) for g in report.groups_of(series)}
+        by_gpus = {g.units: value(g) for g in report.groups_of(series)}
         xs = [j + (i - (len(report.series) - 1) / 2) * width for j in range(len(gpus))]
         heights = [by_gpus.get(n) or 0.0 for n in gpus]
         bars = ax.bar(xs, heights, width=width, label=series)
@@ -168,7 +179,7 @@ def _grouped_bars(ax, report: Report, value, ylabel: str, title: str) -> None:
         ax.set_ylim(0, tallest * 1.25)  # room for the labels and the legend above the bars
     ax.set_xticks(range(len(gpus)))
     ax.set_xticklabels([str(n) for n in gpus])
-    ax.set_xlabel("GPUs")
+    ax.set_xlabel(_size_axis(report))
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(True, axis="y", alpha=0.3)
@@ -184,7 +195,7 @@ def plot_targets_side_by_side(report: Report, path: Path) -> Path:
     _grouped_bars(axes[0], report, lambda g: g.peak_images_per_s, "images/s", "peak throughput")
     _grouped_bars(axes[1], report, lambda g: g.peak_latency_p99_ms, "ms", "p99 latency at peak")
     if slo:
-        _grouped_bars(axes[2], report, lambda g: g.slo_images_per_s, "images/s", f"throughput with p99 ≤ {slo:g} ms")
+        _grouped_bars(axes[2], report, lambda g: g.goodput_images_per_s, "images/s", f"best goodput, p99 ≤ {slo:g} ms")
     return _save(fig, path)
 
 
