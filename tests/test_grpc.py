@@ -368,3 +368,58 @@ def test_a_port_in_use_is_refused_with_a_message():
 
         with pytest.raises(ServerError, match=f"127.0.0.1:{s.port}"):
             s.run(second())
+
+
+# ---- rayscale bench --grpc ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def null_served():
+    with serving(lambda: Replica(NullEngine(max_batch_size=MAX_BATCH), token=TOKEN)) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, namespace="rayscale")
+    yield
+    ray.shutdown()
+
+
+@pytest.mark.parametrize(
+    "kwargs, needle",
+    [
+        (dict(url="http://127.0.0.1:8001", transport="grpc"), "host:port"),
+        (dict(url="127.0.0.1", transport="grpc"), "host:port"),
+        (dict(url="127.0.0.1:8001", transport="quic"), "unknown transport 'quic'"),
+        (dict(url="127.0.0.1:8001", transport="grpc", binary=False), "--json applies to HTTP only"),
+        (dict(handle=True, transport="grpc"), "pick one"),
+    ],
+)
+def test_bad_grpc_bench_settings_are_refused(kwargs, needle):
+    from rayscale.errors import ConfigError
+    from rayscale.loadgen import BenchConfig
+
+    with pytest.raises(ConfigError, match=needle):
+        BenchConfig(concurrency=[1], **kwargs)
+
+
+def test_bench_over_grpc_counts_every_request(null_served, ray_cluster, model_dir, tmp_path):
+    from rayscale.loadgen import BenchConfig, run_bench
+    from rayscale.results import load_results
+
+    out = tmp_path / "grpc.json"
+    cfg = BenchConfig(
+        url=f"grpc://{null_served.url}", transport="grpc", api_token=TOKEN, concurrency=[4], images_per_request=[2],
+        warmup_s=0.5, window_s=1.0, duration_s=3.0, max_windows=3, clients=1, client_cpus=0, model_dir=str(model_dir),
+        out=str(out),
+    )  # fmt: skip
+    result = run_bench(cfg)
+    (point,) = load_results(out).points
+    assert result.status == "complete" and result.config["transport"] == "grpc"
+    assert point.transport == "grpc" and point.images_per_request == 2
+    assert point.requests_sent > 0 and point.requests_ok > 0 and point.images_per_s > 0
+    assert point.requests_ok + point.requests_failed + point.requests_incomplete == point.requests_sent
+    assert point.server is not None and point.server.images == 2 * point.server.requests > 0
