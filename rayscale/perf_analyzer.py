@@ -14,7 +14,8 @@ side by side in ``rayscale report``.
   idempotent. ``$RAYSCALE_PERF_ANALYZER`` points at an existing binary instead (e.g. in Triton's
   SDK container); nothing is installed then.
 * ``run_perf_analyzer`` measures one point (images per request × concurrency, or a request rate)
-  over HTTP or gRPC (``-i grpc``: ``transport="grpc"`` and a ``host:port`` URL) and imports perf_analyzer's CSV into a ``PointResult`` with ``transport="perf_analyzer"``.
+  over HTTP or gRPC (``-i grpc``: ``transport="grpc"`` and a ``host:port`` URL) and imports
+  perf_analyzer's CSV into a ``PointResult`` with ``transport="perf_analyzer"``.
 * ``bench_with_perf_analyzer`` runs the points of a ``BenchConfig`` and writes a bench results file.
 
 What perf_analyzer's numbers mean (from its source, 2.41):

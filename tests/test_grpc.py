@@ -303,7 +303,7 @@ def test_missing_or_wrong_token_is_unauthenticated(client):
             assert e.value.status() == "StatusCode.UNAUTHENTICATED" and "token" in e.value.message()
 
 
-def test_extensions_rayscale_does_not_serve_say_so(client):
+def test_extensions_rayscale_does_not_serve_say_so(client, stub):
     for call, needle in (
         (lambda: client.get_model_repository_index(headers=AUTH), "model repository"),
         (lambda: client.load_model(MODEL_NAME, headers=AUTH), "model repository"),
@@ -315,6 +315,9 @@ def test_extensions_rayscale_does_not_serve_say_so(client):
         with pytest.raises(InferenceServerException) as e:
             call()
         assert e.value.status() == "StatusCode.UNIMPLEMENTED" and needle in e.value.message()
+    with pytest.raises(grpc.RpcError) as e:
+        list(stub.ModelStreamInfer(iter([raw_request(random_images(1))]), metadata=tuple(AUTH.items()), timeout=30))
+    assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED and "use ModelInfer" in e.value.details()
 
 
 # ---- overload ----------------------------------------------------------------------------------
