@@ -207,8 +207,11 @@ def status(
 
 @app.command()
 def bench(
-    url: Optional[str] = typer.Option(None, help="Open Inference Protocol server (default http://127.0.0.1:8000 unless --handle)."),
+    url: Optional[str] = typer.Option(
+        None, help="Open Inference Protocol server (default http://127.0.0.1:8000; with --grpc host:port, default 127.0.0.1:8001)."
+    ),
     handle: bool = typer.Option(False, "--handle", help="Call the rayscale app through a DeploymentHandle (in-cluster)."),
+    grpc: bool = typer.Option(False, "--grpc", help="Send over gRPC (Triton's GRPCInferenceService) instead of HTTP."),
     model: str = typer.Option(MODEL_NAME, help="Model name on the server."),
     replicas: Optional[str] = typer.Option(
         None, help="Replica counts to sweep (rescales the running rayscale app); default: as it runs now."
@@ -244,9 +247,9 @@ def bench(
         if concurrency is None and rate is None:
             concurrency = "1,4,16,64,128"
         if url is None and not handle:
-            url = "http://127.0.0.1:8000"
+            url = "127.0.0.1:8001" if grpc else "http://127.0.0.1:8000"
         cfg = BenchConfig(
-            url=url, handle=handle, model=model, replicas=parse_int_list(replicas, "--replicas") if replicas is not None else None,
+            url=url, handle=handle, transport="grpc" if grpc else "http", model=model, replicas=parse_int_list(replicas, "--replicas") if replicas is not None else None,
             concurrency=parse_int_list(concurrency, "--concurrency") if concurrency is not None else None,
             rates_rps=parse_float_list(rate, "--rate") if rate is not None else None,
             arrival=arrival, images_per_request=parse_int_list(images_per_request, "--images-per-request"),

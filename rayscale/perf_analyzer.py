@@ -14,7 +14,8 @@ side by side in ``rayscale report``.
   idempotent. ``$RAYSCALE_PERF_ANALYZER`` points at an existing binary instead (e.g. in Triton's
   SDK container); nothing is installed then.
 * ``run_perf_analyzer`` measures one point (images per request × concurrency, or a request rate)
-  and imports perf_analyzer's CSV into a ``PointResult`` with ``transport="perf_analyzer"``.
+  over HTTP or gRPC (``-i grpc``: ``transport="grpc"`` and a ``host:port`` URL) and imports
+  perf_analyzer's CSV into a ``PointResult`` with ``transport="perf_analyzer"``.
 * ``bench_with_perf_analyzer`` runs the points of a ``BenchConfig`` and writes a bench results file.
 
 What perf_analyzer's numbers mean (from its source, 2.41):
@@ -55,7 +56,8 @@ import numpy as np
 from rayscale.config import DEFAULT_MODEL_DIR, MODEL_NAME
 from rayscale.environment import collect_environment, now_iso
 from rayscale.errors import ConfigError, RayscaleError, ServerError
-from rayscale.loadgen.runner import BenchConfig
+from rayscale.loadgen import grpc_client
+from rayscale.loadgen.runner import TRANSPORTS, BenchConfig
 from rayscale.protocol import get_json
 from rayscale.results import BenchResult, LatencyStats, PointResult, ServerStats, WindowStats, previous_bench_result, write_json_atomic
 
@@ -265,8 +267,16 @@ class _Server:
     config: dict[str, Any]
 
 
-def _preflight(url: str, model: str, token: str | None) -> _Server:
+def _preflight(url: str, model: str, token: str | None, transport: str = "http") -> _Server:
     """The server answers, serves ``model`` and its configuration (perf_analyzer reads it first)."""
+    if transport == "grpc":
+        found = grpc_client.preflight(url, model, token)
+        if found["config"] is None:
+            raise ServerError(
+                f"{url} does not answer ModelConfig for {model}, which perf_analyzer reads before sending load: "
+                "use `rayscale bench` (its own client) for this server"
+            )
+        return _server(found["server"], found["metadata"], found["config"])
     base = url.rstrip("/")
     try:
         server = get_json(f"{base}/v2", token=token)
@@ -287,6 +297,10 @@ def _preflight(url: str, model: str, token: str | None) -> _Server:
             f"{base} does not answer GET /v2/models/{model}/config ({getattr(e, 'code', e)}), which perf_analyzer reads "
             "before sending load: use `rayscale bench` (its own client) for this server"
         ) from None
+    return _server(server, metadata, config)
+
+
+def _server(server: dict[str, Any], metadata: dict[str, Any], config: dict[str, Any]) -> _Server:
     name = str(server.get("name", "server"))
     target = name.lower()
     if target.startswith("triton"):
@@ -315,8 +329,10 @@ def replicas_from_config(config: dict[str, Any]) -> int:
     return max(len(gpus) or counted, 1)
 
 
-def _host_port(url: str) -> str:
-    """perf_analyzer's ``-u``: host:port[/path], no scheme."""
+def _host_port(url: str, transport: str = "http") -> str:
+    """perf_analyzer's ``-u``: host:port[/path], no scheme (gRPC: host:port)."""
+    if transport == "grpc":
+        return grpc_client.grpc_address(url)
     parsed = urllib.parse.urlsplit(url)
     if parsed.scheme != "http":
         raise ConfigError(f"perf_analyzer runs over plain HTTP here: give an http:// URL, got {url!r}")
@@ -471,6 +487,7 @@ def run_perf_analyzer(
     stability_percentage: float = 10,
     max_trials: int = 10,
     binary: bool = True,
+    transport: str = "http",
     extra_args: Sequence[str] = (),
     replicas: int | None = None,
     target: str = "auto",
@@ -485,10 +502,13 @@ def run_perf_analyzer(
     cannot stabilise within ``max_trials`` windows comes back with status ``unstable`` and its
     windows; any other perf_analyzer failure is a ``ServerError`` carrying its last output lines.
     ``replicas`` (GPUs serving the model) defaults to what the server's instance groups say.
+    ``transport`` is ``http`` or ``grpc`` (perf_analyzer's ``-i``; ``binary`` applies to HTTP only).
     """
     _check_point_args(batch_size, concurrency, rate_rps, measurement_interval_ms, stability_percentage, max_trials, arrival)
-    host_port = _host_port(url)
-    server = _preflight(url, model, api_token)
+    if transport not in TRANSPORTS:
+        raise ConfigError(f"unknown transport {transport!r}: use one of {', '.join(TRANSPORTS)}")
+    host_port = _host_port(url, transport)
+    server = _preflight(url, model, api_token, transport)
     max_batch = int(server.config.get("max_batch_size", 0) or 0)
     if max_batch and batch_size > max_batch:
         raise ConfigError(f"{batch_size} images per request exceed the server's max_batch_size ({max_batch}): lower it")
@@ -504,17 +524,19 @@ def run_perf_analyzer(
         arrival=arrival if rate_rps is not None else None,
     )
     fmt = "binary" if binary else "json"
+    formats = [f"--input-tensor-format={fmt}", f"--output-tensor-format={fmt}"] if transport == "http" else []
     load = (["--concurrency-range", f"{concurrency}:{concurrency}"] if concurrency is not None
             else ["--request-rate-range", f"{rate_rps:g}:{rate_rps:g}", "--request-distribution", arrival])  # fmt: skip
-    headers = ["-H", f"Authorization:Bearer {api_token}"] if api_token else []
+    # Lower case: gRPC metadata keys must be (perf_analyzer aborts on any other); HTTP does not mind.
+    headers = ["-H", f"authorization:Bearer {api_token}"] if api_token else []
     limit_s = timeout_s or (max_trials * measurement_interval_ms * _WINDOW_FACTOR / 1000.0 + 120.0)
     with tempfile.TemporaryDirectory(prefix="rayscale-pa-") as tmp:
         csv_path, export_path = Path(tmp) / "point.csv", Path(tmp) / "profile.json"
         cmd = [
-            install.binary, "-m", model, "-u", host_port, "-i", "http", "-b", str(batch_size), *load,
+            install.binary, "-m", model, "-u", host_port, "-i", transport, "-b", str(batch_size), *load,
             "--measurement-interval", str(int(measurement_interval_ms)),
             "--stability-percentage", f"{stability_percentage:g}", "--max-trials", str(max_trials),
-            "--percentile=95", f"--input-tensor-format={fmt}", f"--output-tensor-format={fmt}",
+            "--percentile=95", *formats,
             "-f", str(csv_path), "--verbose-csv", "--profile-export-file", str(export_path), "-v",
             *headers, *extra_args,
         ]  # fmt: skip
@@ -579,7 +601,7 @@ def interval_for_window(window_s: float) -> int:
 
 def _check_bench_config(cfg: BenchConfig) -> None:
     if cfg.handle or not cfg.url:
-        raise ConfigError("perf_analyzer measures a server over HTTP: pass --url instead of --handle")
+        raise ConfigError("perf_analyzer measures a server over HTTP or gRPC: pass --url instead of --handle")
     if cfg.replicas is not None and len(cfg.replicas) != 1:
         raise ConfigError(
             f"perf_analyzer measures the server as it runs: give one --replicas value (the GPUs it serves on), got {cfg.replicas}; "
@@ -637,8 +659,8 @@ def bench_with_perf_analyzer(
     if not isinstance(cfg, BenchConfig):
         raise ConfigError(f"bench_with_perf_analyzer takes a BenchConfig, got {type(cfg).__name__}")
     _check_bench_config(cfg)
-    _host_port(cfg.url)
-    server = _preflight(cfg.url, cfg.model, cfg.api_token)
+    _host_port(cfg.url, cfg.transport)
+    server = _preflight(cfg.url, cfg.model, cfg.api_token, cfg.transport)
     target = server.target if cfg.target == "auto" else cfg.target
     replicas = cfg.replicas[0] if cfg.replicas else replicas_from_config(server.config)
     out = Path(cfg.out or _default_out(target))
@@ -678,7 +700,7 @@ def bench_with_perf_analyzer(
                         cfg.url, model=cfg.model, batch_size=ipr,
                         concurrency=planned.concurrency, rate_rps=planned.rate_rps, arrival=cfg.arrival,
                         measurement_interval_ms=interval_ms, stability_percentage=cfg.stability * 100,
-                        max_trials=cfg.max_windows, binary=cfg.binary, replicas=replicas, target=target,
+                        max_trials=cfg.max_windows, binary=cfg.binary, transport=cfg.transport, replicas=replicas, target=target,
                         api_token=cfg.api_token, install=install,
                     )  # fmt: skip
                 except ServerError as e:  # one failed point is a record, and the sweep goes on

@@ -27,6 +27,7 @@ __all__ = [
     "HEADER_LENGTH",
     "InferRequest",
     "build_infer_request",
+    "check_image_shape",
     "encode_error",
     "encode_infer_response",
     "get_json",
@@ -78,7 +79,8 @@ def _header_length(value: str | None, body_len: int) -> int | None:
     return n
 
 
-def _check_shape(shape: object, max_batch_size: int) -> tuple[int, ...]:
+def check_image_shape(shape: object, max_batch_size: int) -> tuple[int, ...]:
+    """The image input's shape as a tuple: [N, 224, 224, 3] with 1 ≤ N ≤ max_batch_size, else BadRequest."""
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
         raise BadRequest(f"input {INPUT_NAME} shape must be a list of integers, got {shape!r}")
     if len(shape) != 4 or tuple(shape[1:]) != IMAGE_SHAPE:
@@ -117,7 +119,7 @@ def parse_infer_request(body: bytes | memoryview, header_length: str | None, *, 
         raise BadRequest(f"unknown input {name!r}: the model's input is {INPUT_NAME!r}")
     if spec.get("datatype") != "UINT8":
         raise BadRequest(f"input {INPUT_NAME} must have datatype UINT8, got {spec.get('datatype')!r}")
-    shape = _check_shape(spec.get("shape"), max_batch_size)
+    shape = check_image_shape(spec.get("shape"), max_batch_size)
     expected = int(np.prod(shape))
     params = spec.get("parameters") or {}
     if not isinstance(params, dict):

@@ -2,8 +2,8 @@
 
 Every request's outcome is data: a latency sample, or an error counted by kind
 (``http_<status>``, ``timeout``, ``connection``, ``bad_response``, ``client_overflow``,
-``app_<Exception>`` for handle calls). ``take()`` hands over what completed since the last take;
-requests still in flight are counted as such, so sent = ok + failed + in flight at all times.
+``app_<Exception>`` for handle calls, ``grpc_<status code>`` over gRPC). ``take()`` hands over
+what completed since the last take; requests still in flight are counted as such, so sent = ok + failed + in flight at all times.
 
 The payload is built once per point (a ready request body; in handle mode an ObjectRef put
 into the object store once by the driver), never per request.
@@ -52,6 +52,7 @@ class LoadClient:
         self.target = target
         self.session = None
         self.handle = None
+        self.grpc = None  # a GrpcSender when kind is "grpc"
         self._tasks: list[asyncio.Task] = []
         self._stopping = False
         self._reset_counters()
@@ -88,6 +89,11 @@ class LoadClient:
             if out.shape != (images_per_request, EMBED_DIM):
                 raise RuntimeError(f"handle returned shape {out.shape}, expected {(images_per_request, EMBED_DIM)}")
             return {"ok": True}
+        if self.target["kind"] == "grpc":
+            from rayscale.loadgen.grpc_client import GrpcSender
+
+            self.grpc = self.grpc or GrpcSender(self.target)
+            return await self.grpc.prepare(images_per_request, seed)
 
         import aiohttp
 
@@ -128,6 +134,8 @@ class LoadClient:
         try:
             if self.handle is not None:
                 kind = await self._send_handle()
+            elif self.grpc is not None:
+                kind = await self.grpc.send()
             else:
                 kind = await self._send_http()
         except asyncio.CancelledError:
@@ -256,6 +264,8 @@ class LoadClient:
         return final
 
     async def close(self) -> None:
+        if self.grpc is not None:
+            await self.grpc.close()
         if self.session is not None:
             await self.session.close()
             self.session = None

@@ -33,6 +33,7 @@ import numpy as np
 from rayscale.config import DEFAULT_MODEL_DIR, MODEL_NAME
 from rayscale.environment import collect_environment, now_iso
 from rayscale.errors import ConfigError, RayscaleError, ServerError
+from rayscale.loadgen import grpc_client
 from rayscale.loadgen.client import LoadClient, TargetSpec
 from rayscale.protocol import get_json
 from rayscale.loadgen.schedule import ARRIVALS
@@ -44,12 +45,14 @@ __all__ = ["BenchConfig", "run_bench", "server_stats_delta"]
 log = logging.getLogger(__name__)
 
 CLIENT_CPU_SATURATED_PCT = 85.0
+TRANSPORTS = ("http", "grpc")
 EventCallback = Callable[[dict[str, Any]], None]
 
 
 @dataclass
 class BenchConfig:
-    url: str | None = None  # an Open Inference Protocol server (rayscale, Triton, ...)
+    url: str | None = None  # an Open Inference Protocol server (rayscale, Triton, ...); host:port for gRPC
+    transport: str = "http"  # http | grpc (Triton's GRPCInferenceService)
     handle: bool = False  # call the rayscale app through a DeploymentHandle instead of HTTP
     model: str = MODEL_NAME
     app_name: str = "rayscale"
@@ -84,7 +87,15 @@ class BenchConfig:
     def __post_init__(self) -> None:
         if self.handle == (self.url is not None):
             raise ConfigError("give exactly one target: --url URL of a server, or --handle for the rayscale app in Ray")
-        if self.url is not None and not self.url.startswith(("http://", "https://")):
+        if self.transport not in TRANSPORTS:
+            raise ConfigError(f"unknown transport {self.transport!r}: use one of {', '.join(TRANSPORTS)}")
+        if self.transport == "grpc":
+            if self.handle:
+                raise ConfigError("--grpc and --handle are two ways to reach the app: pick one")
+            if not self.binary:
+                raise ConfigError("--json applies to HTTP only; gRPC sends raw tensor bytes")
+            grpc_client.grpc_address(self.url)
+        elif self.url is not None and not self.url.startswith(("http://", "https://")):
             raise ConfigError(f"--url must start with http:// or https://, got {self.url!r}")
         if (self.concurrency is None) == (self.rates_rps is None):
             raise ConfigError("give exactly one load shape: --concurrency (closed loop) or --rate (open loop)")
@@ -113,8 +124,13 @@ class BenchConfig:
         return "closed" if self.concurrency is not None else "open"
 
     @property
-    def transport(self) -> str:
-        return "handle" if self.handle else ("http-binary" if self.binary else "http-json")
+    def transport_label(self) -> str:
+        """How requests travel, as results files record it."""
+        if self.handle:
+            return "handle"
+        if self.transport == "grpc":
+            return "grpc"
+        return "http-binary" if self.binary else "http-json"
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -156,6 +172,8 @@ def _fetch_stats(cfg: BenchConfig) -> dict[str, Any] | None:
 
             snap = get_stats_snapshot(cfg.app_name)
             return {"model_stats": snap["model_stats"]} if snap else None
+        if cfg.transport == "grpc":
+            return grpc_client.fetch_statistics(cfg.url, cfg.model, cfg.api_token)
         return get_json(f"{cfg.url.rstrip('/')}/v2/models/{cfg.model}/stats", token=cfg.api_token)
     except Exception:  # statistics are a bonus; never fail a point for them
         return None
@@ -240,7 +258,7 @@ def _make_clients(cfg: BenchConfig, n: int) -> list[Any]:
     import ray
 
     target = TargetSpec(
-        kind="handle" if cfg.handle else "http",
+        kind="handle" if cfg.handle else cfg.transport,
         url=cfg.url,
         model=cfg.model,
         binary=cfg.binary,
@@ -533,7 +551,10 @@ def run_bench(cfg: BenchConfig, *, on_event: EventCallback | None = None) -> Ben
     import ray
 
     emit = on_event or (lambda e: None)
-    preflight = _preflight_http(cfg) if cfg.url else None
+    if cfg.transport == "grpc":
+        preflight = grpc_client.preflight(cfg.url, cfg.model, cfg.api_token)
+    else:
+        preflight = _preflight_http(cfg) if cfg.url else None
     target = cfg.target
     if target == "auto":
         target = "rayscale" if cfg.handle else str((preflight or {}).get("server", {}).get("name", "server")).lower()
@@ -591,7 +612,7 @@ def run_bench(cfg: BenchConfig, *, on_event: EventCallback | None = None) -> Ben
                 for load in loads:
                     point = PointResult(
                         target=target,
-                        transport=cfg.transport,
+                        transport=cfg.transport_label,
                         mode=cfg.mode,
                         replicas=replicas,
                         images_per_request=ipr,
@@ -604,7 +625,7 @@ def run_bench(cfg: BenchConfig, *, on_event: EventCallback | None = None) -> Ben
                         emit({"event": "skip", "point": point})
                         continue
                     if metrics is not None:
-                        metrics.set_point(target=target, transport=cfg.transport, replicas=replicas,
+                        metrics.set_point(target=target, transport=cfg.transport_label, replicas=replicas,
                                           concurrency=point.concurrency, rate_rps=point.rate_rps, images_per_request=ipr)
                     emit({"event": "start", "point": point})
                     try:
