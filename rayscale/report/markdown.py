@@ -15,6 +15,7 @@ from rayscale.report.analysis import (
     Report,
     format_load,
 )
+from rayscale.report.tune_section import tune_section_lines
 
 __all__ = ["render_markdown"]
 
@@ -284,6 +285,7 @@ def render_markdown(report: Report, plots: list[str], title: str = "rayscale rep
     lines += _flags(report)
     lines += _scaling(report)
     lines += _comparison(report)
+    lines += tune_section_lines(report)
     lines += _latency(report)
     lines += _bottlenecks(report)
     if plots:
