@@ -115,9 +115,13 @@ def test_unknown_dimension_lists_the_valid_names():
     ],
 )
 def test_bad_flags_are_one_line_errors(args, message, tmp_path):
-    proc = rayscale("tune", *args, "--out", str(tmp_path / "t"))
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr
-    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and message in proc.stderr
+    from typer.testing import CliRunner
+
+    from rayscale.cli import app
+
+    result = CliRunner().invoke(app, ["tune", *args, "--out", str(tmp_path / "t")])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)  # a clean exit, no traceback
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()] and message in result.stderr
     assert not (tmp_path / "t").exists()
 
 
