@@ -255,6 +255,8 @@ def test_triton_search_repeats_the_winner_and_pairs_with_rayscale_in_the_report(
     assert spread.images_per_s_min <= spread.images_per_s_median <= spread.images_per_s_max
     assert len(list((out / "repeats").glob("*.json"))) == 2
 
+    again = run_tune(replace(rayscale_cfg, resume=True))  # judged again under this SLO, from its files alone
+    assert again.points_measured == 0 and again.best.label == rayscale_result.best.label
     run_report([Path(rayscale_cfg.out), out], out=tmp_path / "report", gpu_hour_cost=2.0, allow_mismatch=True)
     text = (tmp_path / "report" / "report.md").read_text()
     section = text.split("## Best of each under the SLO", 1)[1].split("\n## ", 1)[0]
