@@ -16,6 +16,7 @@ from rayscale.report.analysis import (
     format_load,
     size_label,
 )
+from rayscale.report.tune_section import tune_section_lines
 
 __all__ = ["render_markdown"]
 
@@ -342,6 +343,7 @@ def render_markdown(report: Report, plots: list[str], title: str = "rayscale rep
     lines += _flags(report)
     lines += _scaling(report)
     lines += _comparison(report)
+    lines += tune_section_lines(report)
     lines += _latency(report)
     lines += _bottlenecks(report)
     if plots:

@@ -1,0 +1,96 @@
+"""The report's "Best of each under the SLO" section: the winners of `rayscale tune` side by side.
+
+It appears when the directories of the report's results files hold tune.json files for both
+rayscale and Triton at the same GPU count, images per request and SLO. Cost per 1000 images
+uses the report's prices (``--costs`` or ``--gpu-hour-cost``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rayscale.errors import ResultsError
+from rayscale.report.analysis import Report, cost_per_1000_images_usd
+from rayscale.tune.results import TUNE_FILE, TuneResult, load_tune_result
+
+__all__ = ["find_tune_results", "tune_pairs", "tune_section_lines"]
+
+
+def find_tune_results(sources: list[str]) -> list[TuneResult]:
+    """tune.json beside each results file (a tune directory holds both), each read once."""
+    found: list[TuneResult] = []
+    seen: set[Path] = set()
+    for source in sources:
+        for directory in (Path(source).parent, Path(source).parent.parent):
+            path = (directory / TUNE_FILE).resolve()
+            if path in seen or not path.is_file():
+                continue
+            seen.add(path)
+            try:
+                found.append(load_tune_result(path))
+            except ResultsError:
+                continue
+    return found
+
+
+def tune_pairs(results: list[TuneResult]) -> list[tuple[TuneResult, TuneResult]]:
+    """(rayscale, triton) winners searched under the same GPU count, images per request and SLO."""
+    def key(r: TuneResult) -> tuple:
+        return (r.gpus, r.images_per_request, r.slo_p99_ms)
+
+    rayscale = {key(r): r for r in results if r.target == "rayscale" and r.best is not None}
+    triton = {key(r): r for r in results if r.target == "triton" and r.best is not None}
+    return [(rayscale[k], triton[k]) for k in sorted(rayscale.keys() & triton.keys())]
+
+
+def _hourly_cost(report: Report, gpus: int) -> float | None:
+    costs = report.parameters.get("costs_usd_per_hour") or {}
+    if costs:
+        return costs.get(str(gpus))
+    per_gpu = report.parameters.get("gpu_hour_cost_usd")
+    return per_gpu * gpus if per_gpu else None
+
+
+def _cost(report: Report, result: TuneResult) -> str:
+    value = cost_per_1000_images_usd(_hourly_cost(report, result.gpus), result.best.goodput_images_per_s)
+    return "–" if value is None else f"${value:#.3g}"
+
+
+def _spread(result: TuneResult) -> str:
+    spread = next((s for s in result.repeats if s.label == result.best.label and s.images_per_s), None)
+    if spread is None:
+        return "one run"
+    return (f"{spread.images_per_s_min:,.0f} / {spread.images_per_s_median:,.0f} / {spread.images_per_s_max:,.0f} "
+            f"({len(spread.images_per_s)} runs)")
+
+
+def tune_section_lines(report: Report) -> list[str]:
+    """Markdown lines of the section, or none when no pair of tune results is there."""
+    pairs = tune_pairs(find_tune_results(report.sources))
+    if not pairs:
+        return []
+    lines = ["## Best of each under the SLO", ""]
+    for ray_result, triton_result in pairs:
+        a, b = ray_result.best, triton_result.best
+        lines += [
+            f"Found by `rayscale tune` on {ray_result.gpus} GPU(s) at {ray_result.images_per_request} images/request, "
+            f"p99 ≤ {ray_result.slo_p99_ms:g} ms (the best images/s of any point within the SLO).",
+            "",
+            "| | rayscale | triton |",
+            "|---|---|---|",
+            f"| settings | {a.label} | {b.label} |",
+            f"| images/s | {a.goodput_images_per_s:,.1f} | {b.goodput_images_per_s:,.1f} |",
+            f"| p99 ms | {a.goodput_p99_ms:.1f} | {b.goodput_p99_ms:.1f} |",
+            f"| concurrency | {a.goodput_concurrency} | {b.goodput_concurrency} |",
+            f"| cost per 1000 images | {_cost(report, ray_result)} | {_cost(report, triton_result)} |",
+            f"| repeats min / median / max img/s | {_spread(ray_result)} | {_spread(triton_result)} |",
+            f"| candidates measured, search minutes | {len(ray_result.candidates)}, {ray_result.budget_used_s / 60:.1f} "
+            f"| {len(triton_result.candidates)}, {triton_result.budget_used_s / 60:.1f} |",
+            f"| reproduce | `{a.reproduce}` | `{b.reproduce}` |",
+            "",
+        ]
+        leader, other = (a, b) if a.goodput_images_per_s >= b.goodput_images_per_s else (b, a)
+        lines += [f"{leader.target} leads by {leader.goodput_images_per_s / other.goodput_images_per_s:.2f}× "
+                  "under the SLO." + ("" if _hourly_cost(report, ray_result.gpus) else
+                                      " Pass --gpu-hour-cost or --costs for cost per 1000 images."), ""]
+    return lines
