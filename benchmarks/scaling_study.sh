@@ -1,66 +1,116 @@
 #!/usr/bin/env bash
-# The multi-GPU scaling study in one command: Ray Serve vs Triton at 1..N GPUs, same client, same windows.
+# The multi-GPU scaling study, in phases that each fit a 10-minute call and resume where the last stopped.
 #
-#   GPUS="1 2" bash benchmarks/scaling_study.sh                 # a 2-GPU machine
-#   GPUS="1 2 4 8" CONC=1,4,16,64,128,256,512 bash benchmarks/scaling_study.sh
-#   QUICK=1 GPUS="1 2" bash benchmarks/scaling_study.sh         # rehearsal on a CPU machine (logical GPUs)
-#   PER_GPU=4 INGRESS=haproxy GPUS="1 2" bash benchmarks/scaling_study.sh   # 4 replicas sharing each GPU
+#   bash benchmarks/scaling_study.sh                        # every phase, in order
+#   bash benchmarks/scaling_study.sh up http32 http1        # some phases (a later call runs the rest)
+#   QUICK=1 GPUS="1 2" bash benchmarks/scaling_study.sh     # rehearsal on a CPU machine (logical GPUs)
 #
-# PER_GPU replicas share each GPU (1/PER_GPU GPU each; the one-card study found 4 best for requests
-# of 32 images); INGRESS is proxy (Serve's Python proxy, the default) or haproxy (see README).
+# Phases, and how long each took on 2x H200 (32 cores):
+#   setup     export (fp16) and engine-bench on GPU 0                                   ~1 min
+#   up        rayscale up --replicas MAXG with the defaults (ingress, processes per GPU)  ~1 min
+#   http32    bench over HTTP, 32 images/request, --replicas GPUS, concurrency CONC32    ~3 min
+#   http1     the same at 1 image/request, concurrency CONC1                             ~2 min
+#   http256   the same at 256 images/request, concurrency CONC256                        ~2 min
+#   handle256 the same over a DeploymentHandle (no HTTP), 256 images/request             ~2 min
+#   grpc32    the same over gRPC, 32 images/request                                      ~2 min
+#   down      rayscale down
+#   triton    Triton (Python backend, TRITON_INSTANCES per GPU) with N GPUs for N in GPUS, same bench as http32
+#   twonode   two Ray nodes on this host (one GPU each, CUDA_VISIBLE_DEVICES per `ray start`): up, http32, down
+#   report    rayscale report over everything, with per-GPU-count costs
 #
-# Steps: export -> engine-bench on each GPU -> rayscale up with max(GPUS) × PER_GPU replicas -> bench --replicas
-# <GPUS × PER_GPU> over the handle and over HTTP (best images/request and 1 image/request) -> for each N: Triton
-# with N GPUs -> the same bench -> rayscale report with per-GPU-count costs. Results go to $OUT (default
-# benchmarks/results/scaling-<date>); a failed step is logged and the study goes on.
+# Every bench writes its file after each point and runs with --resume, so a phase cut off by a time
+# limit continues where it stopped; a phase whose file is complete is skipped. A phase that needs the
+# app starts it when `rayscale status` finds none. Results go to $OUT (default benchmarks/results/scaling-<date>).
 set -u
 GPUS=${GPUS:-"1 2"}
 QUICK=${QUICK:-0}
-OUT=${OUT:-benchmarks/results/scaling-$(date -u +%Y%m%d-%H%M)}
+OUT=${OUT:-benchmarks/results/scaling-$(date -u +%Y%m%d)}
 GPU_HOUR=${GPU_HOUR:-2.5}
 MODEL=${MODEL:-models/openclip_vit_b32}
 RS=${RS:-"python3 -m rayscale.cli"}
 mkdir -p "$OUT"
 MAXG=$(echo $GPUS | tr ' ' '\n' | sort -n | tail -1)
-PER_GPU=${PER_GPU:-1}
-[ "$PER_GPU" -ge 1 ] 2>/dev/null || { echo "error: PER_GPU must be an integer ≥ 1 (replicas per GPU), got '$PER_GPU'" >&2; exit 2; }
-FRAC=$(python3 -c "print(int(10000 / $PER_GPU) / 10000)")  # rounded down: PER_GPU of them fit one GPU
-REPLICAS=$(for g in $GPUS; do printf "%s," $((g * PER_GPU)); done | sed 's/,$//')
-MAXR=$((MAXG * PER_GPU))
+REPLICAS=$(echo $GPUS | tr ' ' ',')
 COSTS=$(for g in $GPUS; do printf "%sgpu:%s," "$g" "$(python3 -c "print($g*$GPU_HOUR)")"; done | sed 's/,$//')
-if [ "$QUICK" = 1 ]; then
-  CONC=${CONC:-1,2}; IPR=${IPR:-2}; WIN="--warmup 1 --window 1.5 --duration 6 --max-windows 4"
-  UP="--num-gpus $MAXG --gpus-per-replica $FRAC --cpus-per-replica 0.25 --provider cpu"; CL="--clients 1 --client-cpus 0"
-  TRITON="--gpus 1 --provider cpu --instances-per-gpu 1"; PREC=fp32; BS=1,2
-else
-  CONC=${CONC:-1,4,16,64,128,256}; IPR=${IPR:-32}; WIN="--warmup 5 --window 5 --duration 60 --max-windows 10"
-  UP="--gpus-per-replica $FRAC --cpus-per-replica 2"; CL="--clients $((MAXG * 2)) --client-cpus 1"; TRITON=""; PREC=fp16; BS=1,8,32,64,128,256
-fi
-step() { local name=$1; shift; echo "=== $(date +%T) $name: $*"; "$@" > "$OUT/$name.log" 2>&1; local rc=$?; echo "    rc=$rc"; tail -n 4 "$OUT/$name.log"; return $rc; }
-
-nvidia-smi --query-gpu=index,name,driver_version,memory.total --format=csv,noheader > "$OUT/machine.txt" 2>&1 || echo "no NVIDIA GPU" > "$OUT/machine.txt"
-[ -f "$MODEL/model.json" ] || step export $RS export --out "$MODEL" --precision $PREC
-for g in $(seq 0 $((MAXG - 1))); do
-  [ "$QUICK" = 1 ] && [ "$g" -gt 0 ] && break
-  CUDA_VISIBLE_DEVICES=$g step "engine_gpu$g" $RS engine-bench --model "$MODEL" --batch-sizes $BS --out "$OUT/engine-gpu$g.json" --overwrite
-done
-
 export RAYSCALE_STATE_DIR=${RAYSCALE_STATE_DIR:-/tmp/rayscale-study-state}
-step up $RS up --replicas "$MAXR" --ingress "${INGRESS:-proxy}" --model "$MODEL" $UP
-for ipr in $IPR 1; do
-  step "rayscale_handle_${ipr}img" $RS bench --handle --replicas "$REPLICAS" --concurrency "$CONC" --images-per-request $ipr $WIN $CL --out "$OUT/rayscale-handle-${ipr}img.json" --overwrite
-  step "rayscale_http_${ipr}img" $RS bench --url http://127.0.0.1:8000 --replicas "$REPLICAS" --concurrency "$CONC" --images-per-request $ipr $WIN $CL --out "$OUT/rayscale-http-${ipr}img.json" --overwrite
-done
-step down $RS down
+if [ "$QUICK" = 1 ]; then
+  CONC32=${CONC32:-1,2}; CONC1=${CONC1:-2}; CONC256=${CONC256:-1}; IPR=2; BIG=4
+  WIN="--warmup 1 --window 1.5 --duration 6 --max-windows 4"
+  UP="--num-gpus $MAXG --cpus-per-replica 0.25 --provider cpu --max-batch-size 8"; CL=${CL:-"--clients 1 --client-cpus 0"}
+  TRITON="--provider cpu --instances-per-gpu 1 --max-batch-size 8"; PREC=fp32; BS=1,2
+else
+  CONC32=${CONC32:-64,128,256,512}; CONC1=${CONC1:-128,512}; CONC256=${CONC256:-16,64}; IPR=32; BIG=256
+  WIN=${WIN:-"--warmup 3 --window 2.5 --duration 15 --max-windows 6"}
+  UP=${UP:-""}; CL=${CL:-""}; TRITON="--instances-per-gpu ${TRITON_INSTANCES:-4}"; PREC=fp16; BS=${BS:-256}
+  export RAYSCALE_TRITON_PYTHON=${RAYSCALE_TRITON_PYTHON:-$(command -v python3)}
+fi
+step() { local name=$1; shift; echo "=== $(date -u +%T) $name: $*"; local t0=$(date +%s); timeout "${STEP_TIMEOUT:-570}" "$@" >> "$OUT/$name.log" 2>&1; local rc=$?; echo "    rc=$rc in $(( $(date +%s) - t0 ))s"; tail -n "${TAIL:-6}" "$OUT/$name.log"; return $rc; }
+complete() { python3 -c "import json,sys; d=json.load(open(sys.argv[1])); sys.exit(0 if d.get('status') == 'complete' else 1)" "$1" 2>/dev/null; }
+bench() {  # bench NAME FILE ARGS...: skipped when FILE is complete, resumed when it is partial
+  local name=$1 file=$2; shift 2
+  complete "$file" && { echo "=== $name: $file is complete"; return 0; }
+  local resume=(); [ -f "$file" ] && resume=(--resume)
+  step "$name" $RS bench "$@" $WIN $CL --model-dir "$MODEL" --out "$file" "${resume[@]}"
+}
+ensure_up() {  # the app as `rayscale up` runs it by default, on MAXG GPUs
+  $RS status > /dev/null 2>&1 && return 0
+  step up $RS up --replicas "$MAXG" --model "$MODEL" $UP ${UP_EXTRA:-}
+}
 
-for n in $GPUS; do
-  [ "$QUICK" = 1 ] && [ "$n" -gt 1 ] && break  # no GPUs to give Triton on a CPU rehearsal
-  step "triton_up_${n}gpu" $RS triton up ${TRITON:---gpus $n} --model "$MODEL" --port 8100
-  for ipr in $IPR 1; do
-    step "triton_${n}gpu_${ipr}img" $RS bench --url http://127.0.0.1:8100 --replicas $n --concurrency "$CONC" --images-per-request $ipr $WIN $CL --model-dir "$MODEL" --out "$OUT/triton-${n}gpu-${ipr}img.json" --overwrite
+phase_setup() {
+  { nvidia-smi --query-gpu=index,name,driver_version,memory.total --format=csv,noheader || echo "no NVIDIA GPU"; nproc; python3 --version; date -u; git rev-parse HEAD 2>/dev/null; } > "$OUT/machine.txt" 2>&1
+  [ -f "$MODEL/model.json" ] || step export $RS export --out "$MODEL" --precision $PREC
+  cp "$MODEL/model.json" "$OUT/model.json" 2>/dev/null
+  [ -f "$OUT/engine-gpu0.json" ] || CUDA_VISIBLE_DEVICES=0 step engine $RS engine-bench --model "$MODEL" --batch-sizes $BS --out "$OUT/engine-gpu0.json" --overwrite
+}
+phase_up() { ensure_up; }
+phase_http32() { ensure_up; bench http32 "$OUT/rayscale-http-${IPR}img.json" --url http://127.0.0.1:8000 --replicas "$REPLICAS" --concurrency "$CONC32" --images-per-request $IPR; }
+phase_http1() { ensure_up; bench http1 "$OUT/rayscale-http-1img.json" --url http://127.0.0.1:8000 --replicas "$REPLICAS" --concurrency "$CONC1" --images-per-request 1; }
+phase_http256() { ensure_up; bench http256 "$OUT/rayscale-http-${BIG}img.json" --url http://127.0.0.1:8000 --replicas "$REPLICAS" --concurrency "$CONC256" --images-per-request $BIG; }
+phase_handle256() { ensure_up; bench handle256 "$OUT/rayscale-handle-${BIG}img.json" --handle --replicas "$REPLICAS" --concurrency "$CONC256" --images-per-request $BIG; }
+phase_grpc32() { ensure_up; bench grpc32 "$OUT/rayscale-grpc-${IPR}img.json" --grpc --url 127.0.0.1:8001 --replicas "$REPLICAS" --concurrency "$CONC32" --images-per-request $IPR; }
+phase_down() { step down $RS down; }
+
+stub_path() {  # Triton's Python-backend stub gets numpy<2 (RAYSCALE_NUMPY1) and the staged packages first
+  [ -n "${RAYSCALE_NUMPY1:-}" ] || return 0
+  local site; site=$(python3 -c 'import site; print(site.getsitepackages()[0])')
+  echo "import os, sys; sys.path[0:0] = [p for p in os.environ.get('RAYSCALE_STUB_PATH', '').split(':') if p]" > "$site/zz_rayscale_stub.pth"
+  export RAYSCALE_STUB_PATH=$RAYSCALE_NUMPY1:/tmp/site
+}
+phase_triton() {
+  local n gpus
+  for n in $GPUS; do
+    [ "$QUICK" = 1 ] && [ "$n" -gt 1 ] && break  # no GPUs to give Triton on a CPU rehearsal
+    complete "$OUT/triton-${n}gpu-${IPR}img.json" && { echo "=== triton ${n}gpu is complete"; continue; }
+    gpus=$([ "$QUICK" = 1 ] && echo "--gpus 1" || echo "--gpus $n")
+    stub_path
+    step "triton_up_${n}gpu" $RS triton up $gpus $TRITON --model "$MODEL" --port 8100
+    unset RAYSCALE_STUB_PATH
+    bench "triton_${n}gpu" "$OUT/triton-${n}gpu-${IPR}img.json" --url http://127.0.0.1:8100 --concurrency "$CONC32" --images-per-request $IPR
+    step "triton_down_${n}gpu" $RS triton down
   done
-  step "triton_down_${n}gpu" $RS triton down
-done
+}
+phase_twonode() {  # the same app over two Ray nodes on one host: a head with GPU 0, a worker with GPU 1
+  [ "$MAXG" -ge 2 ] || { echo "twonode needs 2 GPUs"; return 0; }
+  complete "$OUT/rayscale-2node-http-${IPR}img.json" && { echo "=== twonode is complete"; return 0; }
+  local port=6390 gpus=(--num-gpus 1)
+  [ "$QUICK" = 1 ] && gpus=(--num-gpus 1 --num-cpus 2)
+  $RS down > /dev/null 2>&1
+  RAY_AUTH_MODE=token CUDA_VISIBLE_DEVICES=0 step ray_head ray start --head --port=$port --node-ip-address=127.0.0.1 --dashboard-host=127.0.0.1 --disable-usage-stats "${gpus[@]}"
+  RAY_AUTH_MODE=token CUDA_VISIBLE_DEVICES=1 step ray_worker ray start --address=127.0.0.1:$port --node-ip-address=127.0.0.1 "${gpus[@]}"
+  RAY_AUTH_MODE=token step up_2node $RS up --address 127.0.0.1:$port --replicas 2 --model "$MODEL" $(echo $UP | sed 's/--num-gpus [0-9]*//')
+  RAY_AUTH_MODE=token bench http32_2node "$OUT/rayscale-2node-http-${IPR}img.json" --address 127.0.0.1:$port --target rayscale-2node \
+    --url http://127.0.0.1:8000 --replicas "$REPLICAS" --concurrency "$CONC32" --images-per-request $IPR
+  RAY_AUTH_MODE=token step down_2node $RS down --address 127.0.0.1:$port
+  ray stop --force > /dev/null 2>&1
+}
+phase_report() {
+  local engine=(); [ -f "$OUT/engine-gpu0.json" ] && engine=(--engine "$OUT/engine-gpu0.json")
+  step report $RS report "$OUT"/rayscale-*.json "$OUT"/triton-*.json "${engine[@]}" --costs "$COSTS" --slo-p99-ms ${SLO_MS:-300} --out "$OUT/report" --overwrite ${ALLOW_MISMATCH:+--allow-mismatch}
+}
 
-step report $RS report "$OUT"/rayscale-*.json "$OUT"/triton-*.json --engine "$OUT/engine-gpu0.json" --costs "$COSTS" --slo-p99-ms ${SLO_MS:-200} --out "$OUT/report" ${ALLOW_MISMATCH:+--allow-mismatch}
-echo "study: $OUT (report: $OUT/report/report.md)"
+for phase in ${@:-setup up http32 http1 http256 handle256 grpc32 down triton twonode report}; do
+  echo "##### phase $phase"
+  "phase_$phase"
+done
+echo "study: $OUT"

@@ -41,7 +41,7 @@ def server(model_dir, tmp_path_factory):
     os.environ["RAYSCALE_STATE_DIR"] = str(tmp_path_factory.mktemp("state"))
     ray.init(address="local", num_cpus=4, num_gpus=1, include_dashboard=False, namespace="rayscale")
     cfg = ServeConfig(model_dir=str(model_dir), replicas=1, gpus_per_replica=1, cpus_per_replica=0.5, provider="cpu",
-                      port=free_port(), max_batch_size=4, batch_wait_ms=1, max_body_bytes=BODY_LIMIT)
+                      port=free_port(), grpc_port=free_port(), max_batch_size=4, batch_wait_ms=1, max_body_bytes=BODY_LIMIT)
     app = up(cfg, exporter=False)
     host, port = app.url.removeprefix("http://").split(":")
     conn = http.client.HTTPConnection(host, int(port), timeout=120)

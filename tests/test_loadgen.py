@@ -132,7 +132,7 @@ def test_sweep_of_two_replica_counts_and_two_concurrencies_writes_a_valid_file(r
     from rayscale.serve.cluster import down, up
 
     cfg = ServeConfig(model_dir=str(model_dir), replicas=1, gpus_per_replica=1, cpus_per_replica=0.5, provider="cpu",
-                      port=free_port(), max_batch_size=8, batch_wait_ms=5)
+                      port=free_port(), grpc_port=free_port(), max_batch_size=8, batch_wait_ms=5)
     app = up(cfg, exporter=False)
     try:
         out = tmp_path / "sweep.json"

@@ -244,7 +244,7 @@ class TestRayscaleApp:
 
         ray.init(address="local", num_cpus=4, num_gpus=2, include_dashboard=False, log_to_driver=False, namespace="rayscale")
         try:
-            cfg = ServeConfig(model_dir=str(model_dir), replicas=1, gpus_per_replica=1, provider="cpu", port=free_port(), cpus_per_replica=0.5)
+            cfg = ServeConfig(model_dir=str(model_dir), replicas=1, gpus_per_replica=1, provider="cpu", port=free_port(), grpc_port=free_port(), cpus_per_replica=0.5)
             up = cluster.up(cfg, exporter=False)
             yield up
         finally:

@@ -35,7 +35,7 @@ def app(model_dir):
     ray.init(address="local", num_cpus=4, num_gpus=2, include_dashboard=False, namespace="rayscale")
     port = free_port()
     cfg = ServeConfig(model_dir=str(model_dir), replicas=2, gpus_per_replica=1, cpus_per_replica=0.5,
-                      provider="cpu", port=port, batch_wait_ms=5, max_batch_size=16)
+                      provider="cpu", port=port, grpc_port=free_port(), batch_wait_ms=5, max_batch_size=16)
     result = up(cfg, exporter=False)
     yield result
     down(cfg.app_name)
@@ -95,6 +95,31 @@ def test_tritonclient_binary_infer_equals_engine(app, engine):
     np.testing.assert_allclose(result.as_numpy("EMBEDDING"), engine.encode(images), rtol=1e-4, atol=1e-4)
     meta = client.get_model_metadata(MODEL_NAME)
     assert meta["inputs"][0] == {"name": "IMAGE", "datatype": "UINT8", "shape": [-1, 224, 224, 3]}
+
+
+def test_tritonclient_grpc_through_the_ingress_equals_engine(app, engine):
+    """gRPC (inference.GRPCInferenceService) through the default ingress, with Triton's own client."""
+    import tritonclient.grpc as grpcclient
+
+    images = random_images(3, seed=15)
+    client = grpcclient.InferenceServerClient(app.grpc_target)
+    assert client.is_server_live() and client.is_model_ready(MODEL_NAME)
+    inp = grpcclient.InferInput("IMAGE", list(images.shape), "UINT8")
+    inp.set_data_from_numpy(images)
+    result = client.infer(MODEL_NAME, [inp], outputs=[grpcclient.InferRequestedOutput("EMBEDDING")])
+    np.testing.assert_allclose(result.as_numpy("EMBEDDING"), engine.encode(images), rtol=1e-4, atol=1e-4)
+    with pytest.raises(Exception, match="shape"):
+        bad = grpcclient.InferInput("IMAGE", [1, 224, 224, 4], "UINT8")
+        bad.set_data_from_numpy(np.zeros((1, 224, 224, 4), np.uint8))
+        client.infer(MODEL_NAME, [bad])
+
+
+def test_replica_ports_refuse_requests_without_the_ingress_token(app):
+    """Only the ingress may talk to a replica's own servers."""
+    for r in app.replica_info:
+        status, body = _get(f"http://{r['host']}:{r['http_port']}/v2/health/ready")
+        assert status == 401, body
+        assert "ingress" in body["error"]
 
 
 def test_json_tensors_give_the_same_embeddings(app, engine):
@@ -208,7 +233,7 @@ def test_cli_up_status_down_leaves_no_ray_process(model_dir, tmp_path):
     port = free_port()
     cli = [sys.executable, "-m", "rayscale.cli"]
     up = subprocess.run([*cli, "up", "--replicas", "1", "--model", str(model_dir), "--port", str(port),
-                         "--cpus-per-replica", "0.5", "--no-exporter", "--num-gpus", "0"],
+                         "--grpc-port", str(free_port()), "--cpus-per-replica", "0.5", "--no-exporter", "--num-gpus", "0"],
                         env=env, capture_output=True, text=True, timeout=300)
     assert up.returncode == 0, up.stderr[-2000:]
     assert f"http://127.0.0.1:{port}" in up.stdout

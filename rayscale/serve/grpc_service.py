@@ -20,6 +20,7 @@ The bearer token travels as ``authorization: Bearer <token>`` metadata; the heal
 from __future__ import annotations
 
 import functools
+import hmac
 import logging
 import math
 from typing import Any, Awaitable, Callable, Protocol
@@ -286,20 +287,45 @@ def _address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
 
+INGRESS_TOKEN_METADATA = "x-rayscale-ingress-token"
+
+
+class _IngressOnly(grpc.aio.ServerInterceptor):
+    """Refuses every call that does not carry the ingress token (a replica port behind the ingress)."""
+
+    def __init__(self, token: str):
+        self._token = token.encode()
+
+    async def intercept_service(self, continuation, details):
+        sent = next((v for k, v in details.invocation_metadata or () if k == INGRESS_TOKEN_METADATA), "")
+        if hmac.compare_digest(str(sent).encode(), self._token):
+            return await continuation(details)
+        return _REFUSE
+
+
+async def _refuse(request, context) -> None:
+    await context.abort(grpc.StatusCode.UNAUTHENTICATED, "this port takes requests from rayscale's ingress only")
+
+
+_REFUSE = grpc.unary_unary_rpc_method_handler(_refuse)
+
+
 async def start_grpc_server(
-    backend: InferenceBackend, *, host: str, port: int = 0, max_message_bytes: int
+    backend: InferenceBackend, *, host: str, port: int = 0, max_message_bytes: int, ingress_token: str | None = None
 ) -> tuple[grpc.aio.Server, int]:
     """Serve ``backend`` over gRPC on host:port (port 0: an ephemeral one) on the running asyncio loop.
 
     Returns the started server and the port it bound. Messages up to ``max_message_bytes`` are
-    accepted both ways (gRPC refuses larger ones with RESOURCE_EXHAUSTED). Stop it with
-    ``await server.stop(grace_s)``.
+    accepted both ways (gRPC refuses larger ones with RESOURCE_EXHAUSTED). With ``ingress_token``,
+    only calls carrying it in ``x-rayscale-ingress-token`` metadata are served (UNAUTHENTICATED
+    otherwise). Stop it with ``await server.stop(grace_s)``.
     """
     if max_message_bytes < 1:
         raise ConfigError(f"max_message_bytes must be ≥ 1, got {max_message_bytes}")
     if not 0 <= port <= 65535:
         raise ConfigError(f"gRPC port must be in 0..65535 (0: any free port), got {port}")
     server = grpc.aio.server(
+        interceptors=[_IngressOnly(ingress_token)] if ingress_token else None,
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),

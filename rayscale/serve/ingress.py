@@ -48,6 +48,7 @@ SLOTS = 256  # server slots per backend: replica processes the ingress can route
 _HTTP_BACKEND = "replicas_http"
 _GRPC_BACKEND = "replicas_grpc"
 INGRESS_TOKEN_HEADER = "x-rayscale-ingress-token"
+LOG_ENV = "RAYSCALE_INGRESS_LOG"  # set (in the ingress actor's environment) to log every request to haproxy.log
 
 _ERRORS = {
     400: (400, "Bad Request", "malformed HTTP request"),
@@ -116,9 +117,11 @@ def render_config(cfg: IngressConfig, *, token: str, workdir: Path) -> str:
         f"    stats socket {workdir / 'admin.sock'} mode 600 level admin",
         "    tune.bufsize 131072",
         "    hard-stop-after 30s",
+        *(["    log stderr format raw daemon"] if os.environ.get(LOG_ENV) else []),
         "",
         "defaults",
         "    mode http",
+        *(["    log global", "    option httplog"] if os.environ.get(LOG_ENV) else []),
         "    timeout connect 3s",
         "    timeout client 300s",
         f"    timeout server {timeout_server_s}s",
@@ -127,9 +130,12 @@ def render_config(cfg: IngressConfig, *, token: str, workdir: Path) -> str:
         "    timeout check 3s",
         "    timeout queue 2s",
         "    option redispatch",
+        # A client that goes away takes its request with it: the replica sees the connection close
+        # and drops the request before it costs compute.
+        "    option abortonclose",
         "    retries 3",
         "    retry-on conn-failure",
-        "    http-reuse always",
+        "    option http-server-close",
         "    errorfiles rayscale_errors",
         "",
         "http-errors rayscale_errors",
@@ -156,9 +162,9 @@ def render_config(cfg: IngressConfig, *, token: str, workdir: Path) -> str:
             "",
             f"backend {_GRPC_BACKEND}",
             "    balance leastconn",
-            check.rstrip("\n"),
-            "    default-server proto h2 check check-proto h1 inter 500ms fastinter 250ms downinter 500ms rise 1 fall 2",
-            f"    server-template g 1-{SLOTS} 127.0.0.1:9 disabled",
+            f"    http-request set-header {INGRESS_TOKEN_HEADER} {token}",
+            # a replica's gRPC server is up exactly when its HTTP server passes the readiness check
+            *[f"    server g{i} 127.0.0.1:9 proto h2 disabled track {_HTTP_BACKEND}/r{i}" for i in range(1, SLOTS + 1)],
         ]
     return "\n".join(lines) + "\n"
 
@@ -304,7 +310,6 @@ class Ingress:
             if not port:
                 continue
             self.admin(f"set server {name} addr {info['host']} port {port}")
-            self.admin(f"set server {name} check-port {info['http_port']}")
             self.admin(f"set server {name} state ready")
 
     # ---- what callers ask ------------------------------------------------------------------------

@@ -48,7 +48,7 @@ _EXTENSIONS = ["binary_tensor_data", "statistics", "model_configuration"]
 class OpenClipEncoder:
     """One replica: an engine, a batcher, the protocol's routes and (ingress ``direct``) its own servers."""
 
-    async def __init__(self, cfg: ServeConfig):
+    def __init__(self, cfg: ServeConfig):
         from rayscale.engine import Engine, NullEngine
         from rayscale.export import load_model_info
         from rayscale.serve.batcher import ImageBatcher
@@ -86,13 +86,13 @@ class OpenClipEncoder:
         self.http_port: int | None = None
         self.grpc_port: int | None = None
         self._servers: list[Any] = []
+        self._starting: asyncio.Task | None = None
         if cfg.ingress == "direct":
-            await self._start_servers()
-        self.collector.register.remote(self.replica_id, self.describe())
-        if cfg.ingress == "direct":  # deployed without `rayscale up` (serve run, KubeRay): start the ingress
-            from rayscale.serve.ingress import ensure_ingress, ingress_config
-
-            ensure_ingress(ingress_config(cfg), wait=False)
+            # Serve runs the constructor on the replica's event loop: the servers start there, and the
+            # replica registers (so the ingress routes to it) once their ports are known.
+            self._starting = asyncio.get_running_loop().create_task(self._start_servers())
+        else:
+            self.collector.register.remote(self.replica_id, self.describe())
 
     async def _start_servers(self) -> None:
         """The replica's own HTTP and gRPC servers, which the ingress load balancer routes to."""
@@ -103,15 +103,27 @@ class OpenClipEncoder:
             self._admit_direct, self._handle_direct, self._abandon_direct, host=self.host, port=0, body_limit=self.body_limit_bytes
         )
         self._servers.append(server)
+        if not self.cfg.grpc_port:  # the ingress serves no gRPC
+            self._register_with_ingress()
+            return
         try:
             from rayscale.serve.grpc_service import start_grpc_server
         except ImportError:  # tritonclient[grpc] missing: HTTP only
             log.warning("gRPC not served: install tritonclient[grpc]")
+            self._register_with_ingress()
             return
         grpc_server, self.grpc_port = await start_grpc_server(
             self, host=self.host, port=0, max_message_bytes=self.body_limit_bytes, ingress_token=secret
         )
         self._servers.append(grpc_server)
+        self._register_with_ingress()
+
+    def _register_with_ingress(self) -> None:
+        from rayscale.serve.ingress import ensure_ingress, ingress_config
+
+        self.collector.register.remote(self.replica_id, self.describe())
+        # Deployed without `rayscale up` (serve run, KubeRay): the first replica starts the ingress.
+        ensure_ingress(ingress_config(self.cfg), wait=False)
 
     # ---- what every transport calls (rayscale.serve.routes.Backend, grpc_service.InferenceBackend) --
 
@@ -309,6 +321,8 @@ class OpenClipEncoder:
         error = self.batcher.loop_error()
         if error is not None:
             raise RuntimeError(f"batching loop died: {error!r}")
+        if self._starting is not None and self._starting.done() and not self._starting.cancelled() and self._starting.exception():
+            raise RuntimeError(f"the replica's servers did not start: {self._starting.exception()!r}")
         marked = os.environ.get(FAIL_HEALTH_ENV)
         if marked and os.path.isfile(marked):
             with open(marked) as f:

@@ -1,0 +1,94 @@
+"""The default ingress on its own: HAProxy as rayscale configures it, with no replica behind it yet."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import stat
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from rayscale.config import ServeConfig
+from rayscale.serve.ingress import INGRESS_TOKEN_HEADER, IngressConfig, ensure_ingress, ingress_config, render_config, stop_ingress
+
+from conftest import free_port
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture(scope="module")
+def ingress(tmp_path_factory):
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, namespace="rayscale")
+    cfg = IngressConfig(app_name=f"ingress-{os.getpid()}", host="127.0.0.1", http_port=free_port(), grpc_port=free_port(),
+                        request_timeout_s=10)
+    actor = ensure_ingress(cfg)
+    yield cfg, actor
+    stop_ingress(cfg.app_name)
+    ray.shutdown()
+
+
+def _get(url: str) -> tuple[int, dict, dict]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            return resp.status, dict(resp.headers), json.loads(resp.read())
+    except urllib.error.HTTPError as e:
+        return e.code, {k.lower(): v for k, v in e.headers.items()}, json.loads(e.read())
+
+
+def test_with_no_replica_ready_the_ingress_answers_a_json_503_with_retry_after(ingress):
+    cfg, _ = ingress
+    status, headers, body = _get(f"http://127.0.0.1:{cfg.http_port}/v2/health/ready")
+    assert status == 503
+    assert headers["retry-after"] == "1"
+    assert "no replica" in body["error"]
+
+
+def test_malformed_http_gets_a_json_400_from_the_ingress(ingress):
+    cfg, _ = ingress
+    with socket.create_connection(("127.0.0.1", cfg.http_port), timeout=10) as s:
+        s.sendall(b"NOT HTTP AT ALL\r\n\r\n")
+        reply = s.recv(65536).decode(errors="replace")
+    assert reply.startswith("HTTP/1.1 400")
+    assert json.loads(reply.split("\r\n\r\n", 1)[1])["error"]
+
+
+def test_the_ingress_listens_only_on_its_two_ports_and_its_admin_socket_is_private(ingress):
+    import psutil
+    import ray
+
+    cfg, actor = ingress
+    state = ray.get(actor.state.remote())
+    proc = psutil.Process(state.pid)
+    listening = {(c.laddr.ip, c.laddr.port) for c in proc.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN}
+    assert listening == {("127.0.0.1", cfg.http_port), ("127.0.0.1", cfg.grpc_port)}
+    sockets = [c.laddr for c in proc.net_connections(kind="unix") if c.laddr]
+    assert sockets, "the admin socket is a Unix socket"
+    for path in sockets:
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600, path
+        assert stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode) == 0o700
+
+
+def test_a_port_in_use_is_a_clear_error(ingress):
+    cfg, _ = ingress
+    clash = IngressConfig(app_name=f"clash-{os.getpid()}", host="127.0.0.1", http_port=cfg.http_port, grpc_port=0,
+                          request_timeout_s=10)
+    with pytest.raises(Exception, match="port"):
+        ensure_ingress(clash)
+    from rayscale.serve.ingress import get_ingress
+
+    assert get_ingress(clash.app_name) is None
+
+
+def test_the_config_adds_the_ingress_token_and_strips_a_client_copy(tmp_path):
+    text = render_config(ingress_config(ServeConfig(port=8000, grpc_port=8001)), token="T0KEN", workdir=tmp_path)
+    assert f"http-request del-header {INGRESS_TOKEN_HEADER}" in text
+    assert f"http-request set-header {INGRESS_TOKEN_HEADER} T0KEN" in text
+    assert "bind 127.0.0.1:8000" in text and "bind 127.0.0.1:8001 proto h2" in text
+    assert "stats socket" in text and "mode 600" in text
+    assert "stats enable" not in text and "prometheus" not in text  # no statistics page, no metrics port
