@@ -203,6 +203,9 @@ def status(
         typer.echo(f"  replica {r['replica']}: node {r['hostname']} GPU {','.join(r['gpu_ids']) or '-'} provider {r['provider']}")
     if st.model:
         typer.echo(f"model {MODEL_NAME}: {st.model['precision']} sha256 {str(st.model['sha256'])[:12]}")
+    if st.url:
+        typer.echo(f"ingress {st.ingress}: http {st.url}" + (f"  grpc {st.grpc_target}" if st.grpc_target else "")
+                   + f"  ({st.processes_per_replica} process(es) per replica)")
 
 
 @app.command()

@@ -142,7 +142,7 @@ def test_a_burst_far_above_capacity_gets_answers_or_quick_json_503s(app):
     for status, data, h, seconds in rejected:
         assert "max_queued_requests" in _assert_json_error(status, data, h)
         assert int(h["retry-after"]) >= 0
-        assert seconds < 10  # rejected at once, not after queueing
+        assert seconds < 1.0  # admitted or refused from the headers alone, before the body is read
     latencies = sorted(a[3] for a in ok)
     p99 = latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]
     assert p99 < REQUEST_TIMEOUT_S + 5  # accepted work is bounded by the queue limit

@@ -86,6 +86,10 @@ class StatusResult:
     replica_states: dict[str, int] = field(default_factory=dict)
     ray_address: str | None = None
     model: dict[str, Any] | None = None
+    ingress: str | None = None
+    url: str | None = None  # the HTTP endpoint clients use
+    grpc_target: str | None = None  # host:port of the gRPC endpoint, when served
+    processes_per_replica: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -415,8 +419,18 @@ def status(app_name: str = "rayscale", *, address: str | None = None) -> StatusR
     except ValueError:
         pass
     model = None
+    endpoints: dict[str, Any] = {}
     if replicas:
         model = {"name": MODEL_NAME, "sha256": replicas[0].get("model_sha256"), "precision": replicas[0].get("precision")}
+        served = replicas[0].get("config") or {}
+        host = client_host(served.get("host", LOCAL_HOST))
+        ingress = served.get("ingress", "proxy")
+        endpoints = {
+            "ingress": ingress,
+            "url": f"http://{host}:{served.get('port', 8000)}",
+            "grpc_target": f"{host}:{served['grpc_port']}" if ingress == "direct" and served.get("grpc_port") else None,
+            "processes_per_replica": served.get("processes_per_replica") or 1,
+        }
     return StatusResult(
         running=str(st.status).endswith("RUNNING"),
         app_name=app_name,
@@ -426,6 +440,7 @@ def status(app_name: str = "rayscale", *, address: str | None = None) -> StatusR
         replica_states=states,
         ray_address=gcs,
         model=model,
+        **endpoints,
     )
 
 

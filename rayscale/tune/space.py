@@ -33,9 +33,10 @@ _SERVE_DEFAULTS = ServeConfig()
 
 
 def serve_layout(gpus: int, replicas_per_gpu: int) -> tuple[int, float]:
-    """(replicas, gpus_per_replica) that put ``replicas_per_gpu`` Serve replicas on each of ``gpus`` GPUs.
+    """(Serve replica processes, GPU share of each) for ``replicas_per_gpu`` processes on each of ``gpus`` GPUs.
 
-    The GPU share is rounded down to Ray's resource granularity (1e-4) so k shares fit on one GPU.
+    rayscale runs them as ``gpus`` replicas of one GPU with ``processes_per_replica=replicas_per_gpu``;
+    the share is rounded down to Ray's resource granularity (1e-4) so k shares fit on one GPU.
     """
     return gpus * replicas_per_gpu, math.floor(10_000 / replicas_per_gpu) / 10_000
 
@@ -62,14 +63,12 @@ class RayscaleSettings:
                 f"-wait{self.batch_wait_ms:g}ms")
 
     def serve_config(self, gpus: int, **base: Any) -> ServeConfig:
-        replicas, gpus_per_replica = serve_layout(gpus, self.replicas_per_gpu)
-        return ServeConfig(replicas=replicas, gpus_per_replica=gpus_per_replica,
+        return ServeConfig(replicas=gpus, gpus_per_replica=1.0, processes_per_replica=self.replicas_per_gpu,
                            batches_in_flight=self.batches_in_flight, max_batch_size=self.max_batch_size,
                            batch_wait_ms=self.batch_wait_ms, **base)
 
     def up_command(self, gpus: int, provider: str = "auto") -> str:
-        replicas, gpus_per_replica = serve_layout(gpus, self.replicas_per_gpu)
-        command = (f"rayscale up --replicas {replicas} --gpus-per-replica {gpus_per_replica:g} "
+        command = (f"rayscale up --replicas {gpus} --processes-per-replica {self.replicas_per_gpu} "
                    f"--batches-in-flight {self.batches_in_flight} --max-batch-size {self.max_batch_size} "
                    f"--batch-wait-ms {self.batch_wait_ms:g}")
         return command + (f" --provider {provider}" if provider != "auto" else "")
