@@ -80,7 +80,7 @@ def _create_namespaces(head_ns: str, worker_ns: str) -> None:
 
 def _stop_namespace_processes(ns: str) -> None:
     """Every process in ``ns`` was started by this fixture: stop them all (TERM, then KILL)."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
+    for sig, grace_s in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 10.0)):
         pids = [int(p) for p in _run(["ip", "netns", "pids", ns]).stdout.split()]
         if not pids:
             return
@@ -89,7 +89,7 @@ def _stop_namespace_processes(ns: str) -> None:
                 os.kill(pid, sig)
             except ProcessLookupError:
                 pass
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + grace_s
         while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in pids):
             time.sleep(0.2)
 
@@ -108,7 +108,16 @@ def _ray_start(cluster: TwoNodeCluster, ns: str, args: list[str], temp_dir: Path
     cluster.temp_dirs.append(temp_dir)
     proc = _ip_netns_exec(ns, [ray_bin, "start", *args, *AGENT_PORTS, f"--temp-dir={temp_dir}", "--num-gpus=1",
                                "--object-store-memory=150000000", "--disable-usage-stats"], cluster.env, 180)
-    _check(proc, f"ray start in {ns}")
+    if proc.returncode != 0:
+        raise RuntimeError(f"ray start in {ns} failed: {proc.stderr.strip()[-500:]}\n{_ray_errors(temp_dir)}")
+
+
+def _ray_errors(temp_dir: Path) -> str:
+    """Error and fatal lines of the node's logs: why a node did not come up."""
+    lines = []
+    for log in sorted((temp_dir / "session_latest" / "logs").glob("*.out")):
+        lines += [f"{log.name}: {line[:300]}" for line in log.read_text(errors="replace").splitlines() if " E " in line or " C " in line]
+    return "\n".join(lines[-20:])
 
 
 @pytest.fixture
