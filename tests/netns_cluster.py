@@ -116,7 +116,8 @@ def _ray_errors(temp_dir: Path) -> str:
     """Error and fatal lines of the node's logs: why a node did not come up."""
     lines = []
     for log in sorted((temp_dir / "session_latest" / "logs").glob("*.out")):
-        lines += [f"{log.name}: {line[:300]}" for line in log.read_text(errors="replace").splitlines() if " E " in line or " C " in line]
+        text = log.read_text(errors="replace")
+        lines += [f"{log.name}: {line[:300]}" for line in text.splitlines() if " E " in line or " C " in line]
     return "\n".join(lines[-20:])
 
 
