@@ -13,6 +13,8 @@ import os
 import shutil
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -95,15 +97,60 @@ class StatusResult:
         return asdict(self)
 
 
+# Ray keeps every one of a node's servers on loopback (GCS, raylet, object manager, workers, the
+# dashboard agent, the runtime-env agent and the Prometheus endpoints of the metrics agent, the
+# dashboard and the autoscaler) only when its node IP stays 127.0.0.1. On Linux `ray start` turns
+# --node-ip-address=127.0.0.1 into the machine's address, and those servers then bind it or every
+# interface; this switch, the one Ray itself uses on single-machine platforms, keeps 127.0.0.1.
+_LOOPBACK_NODE_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+
+
+@contextmanager
+def _loopback_node_ip() -> Iterator[None]:
+    """Let this process join a loopback-only cluster: Ray would otherwise resolve 127.0.0.1 to the
+    machine's address (which that cluster does not listen on). Ray reads the switch once at import,
+    so its constant is set too; both are restored afterwards, once the driver knows its node."""
+    from ray._private import ray_constants
+
+    saved_env = {k: os.environ.get(k) for k in _LOOPBACK_NODE_ENV}
+    saved_flag = ray_constants.ENABLE_RAY_CLUSTER
+    os.environ.update(_LOOPBACK_NODE_ENV)
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_flag
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _free_loopback_ports(count: int) -> list[int]:
+    """Distinct ports free on 127.0.0.1 now (other Ray clusters may run on this machine)."""
+    import socket
+
+    socks = [socket.socket() for _ in range(count)]
+    try:
+        for sock in socks:
+            sock.bind((LOCAL_HOST, 0))
+        return [sock.getsockname()[1] for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
 def _start_local_cluster(num_gpus: int | None, num_cpus: int | None) -> str:
+    """Start a one-machine Ray cluster whose every server listens on 127.0.0.1 alone.
+
+    Ray's gRPC servers refuse callers without the cluster token, but its Prometheus endpoints and
+    agents speak plain HTTP: on loopback, only this machine reaches them.
+    """
     ray_bin = shutil.which("ray")
     if ray_bin is None:
         raise ServerError("the `ray` command is not on PATH: install rayscale's dependencies (pip install rayscale)")
-    import socket
-
-    with socket.socket() as sock:  # a free GCS port: other Ray clusters may run on this machine
-        sock.bind((LOCAL_HOST, 0))
-        gcs_port = sock.getsockname()[1]
+    gcs_port, metrics_export_port, agent_http_port, agent_grpc_port, runtime_env_port = _free_loopback_ports(5)
     cmd = [
         ray_bin,
         "start",
@@ -111,6 +158,13 @@ def _start_local_cluster(num_gpus: int | None, num_cpus: int | None) -> str:
         f"--port={gcs_port}",
         f"--node-ip-address={LOCAL_HOST}",
         f"--dashboard-host={LOCAL_HOST}",
+        # Agent ports chosen here: the raylet then does not wait for the agents to report theirs,
+        # a wait of 15 s that a busy machine overruns (the raylet aborts), and two clusters on one
+        # machine never contend for Ray's fixed defaults.
+        f"--metrics-export-port={metrics_export_port}",
+        f"--dashboard-agent-listen-port={agent_http_port}",
+        f"--dashboard-agent-grpc-port={agent_grpc_port}",
+        f"--runtime-env-agent-port={runtime_env_port}",
         "--disable-usage-stats",
     ]
     if num_gpus is not None:
@@ -122,7 +176,9 @@ def _start_local_cluster(num_gpus: int | None, num_cpus: int | None) -> str:
         cmd.append(f"--temp-dir={temp_dir}")
     from rayscale.serve.proxy import proxy_env_vars
 
-    env = dict(os.environ, **proxy_env_vars())  # Serve's proxy answers its own errors in the protocol's JSON form
+    # Serve's proxy answers its own errors in the protocol's JSON form; every process of the
+    # cluster inherits the loopback switch from here.
+    env = dict(os.environ, **proxy_env_vars(), **_LOOPBACK_NODE_ENV)
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env)
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
@@ -213,24 +269,27 @@ def connect(address: str | None = None, *, start: bool = False, num_gpus: int | 
     if ray.is_initialized():
         return ray.get_runtime_context().gcs_address, False
     started = False
+    own_local_cluster = False  # the loopback-only cluster `up` started (see _start_local_cluster)
     state = _read_state()
     if address is None and state.get("address"):
         if _gcs_reachable(state["address"]):
             address = state["address"]
+            own_local_cluster = bool(state.get("started_by_rayscale"))
             _use_token_auth()
         else:  # the cluster `up` started is gone (reboot, `ray stop`): forget it
             _state_file().unlink(missing_ok=True)
     if address is None and start:
         _use_token_auth()
         address = _start_local_cluster(num_gpus, num_cpus)
-        started = True
+        started = own_local_cluster = True
     if address is None:
         address = os.environ.get("RAY_ADDRESS")
     if address is None:
         # Never guess ("auto" can pick another user's cluster, or hang on a dead one).
         raise ServerError("no Ray cluster started by rayscale is running: run `rayscale up`, or pass --address")
     try:
-        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False, namespace="rayscale")
+        with _loopback_node_ip() if own_local_cluster else nullcontext():
+            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False, namespace="rayscale")
     except ConnectionError:
         raise ServerError(
             f"no Ray cluster at {address}: run `rayscale up` first, or pass --address of a running cluster"
