@@ -15,7 +15,8 @@ side by side in ``rayscale report``.
   SDK container); nothing is installed then.
 * ``run_perf_analyzer`` measures one point (images per request × concurrency, or a request rate)
   and imports perf_analyzer's CSV into a ``PointResult`` with ``transport="perf_analyzer"``.
-* ``bench_with_perf_analyzer`` runs the points of a ``BenchConfig`` and writes a bench results file.
+* ``bench_with_perf_analyzer`` runs the points of a ``BenchConfig`` through ``rayscale bench``'s own
+  sweep (``PerfAnalyzerEngine`` is its point runner) and writes the same results file.
 
 What perf_analyzer's numbers mean (from its source, 2.41):
 
@@ -31,6 +32,7 @@ What perf_analyzer's numbers mean (from its source, 2.41):
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import ctypes
 import io
@@ -42,26 +44,27 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.error
 import urllib.parse
 import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from rayscale.config import DEFAULT_MODEL_DIR, MODEL_NAME
+from rayscale.config import MODEL_NAME
 from rayscale.environment import collect_environment, now_iso
-from rayscale.errors import ConfigError, RayscaleError, ServerError
-from rayscale.loadgen.runner import BenchConfig
-from rayscale.protocol import get_json
-from rayscale.results import BenchResult, LatencyStats, PointResult, ServerStats, WindowStats, previous_bench_result, write_json_atomic
+from rayscale.errors import ConfigError, ServerError
+from rayscale.loadgen.config import BenchConfig
+from rayscale.loadgen.events import EventCallback, ignore_events
+from rayscale.loadgen.sweep import PointRunner, ResultsFile, bench_result, model_record, run_sweep
+from rayscale.loadgen.target import ServerInfo, preflight_http, replicas_from_config
+from rayscale.results import BenchResult, LatencyStats, PointResult, PointStatus, ServerStats, WindowStats
 
 __all__ = [
     "CUDA_RUNTIME_VERSION",
     "PERF_ANALYZER_VERSION",
+    "PerfAnalyzerEngine",
     "PerfAnalyzerInstall",
     "bench_with_perf_analyzer",
     "default_cache_dir",
@@ -255,64 +258,15 @@ def ensure_perf_analyzer(cache_dir: str | os.PathLike | None = None) -> PerfAnal
 # ---- one point ---------------------------------------------------------------------------------
 
 
-@dataclass
-class _Server:
-    """What the server says about itself before any load."""
-
-    name: str
-    target: str  # rayscale | triton | the server's own name
-    metadata: dict[str, Any]
-    config: dict[str, Any]
-
-
-def _preflight(url: str, model: str, token: str | None) -> _Server:
+def _preflight(url: str, model: str, token: str | None) -> ServerInfo:
     """The server answers, serves ``model`` and its configuration (perf_analyzer reads it first)."""
-    base = url.rstrip("/")
-    try:
-        server = get_json(f"{base}/v2", token=token)
-    except urllib.error.HTTPError as e:
-        if e.code == 401:
-            raise ConfigError(f"{base} wants an API token: pass --api-token or set RAYSCALE_API_TOKEN") from None
-        raise ServerError(f"{base} is not an Open Inference Protocol server (GET /v2 answered {e.code})") from None
-    except (urllib.error.URLError, OSError, ValueError) as e:
-        raise ServerError(f"cannot reach {base} ({getattr(e, 'reason', e)}): is the server up? (`rayscale up` / `rayscale triton up`)") from None
-    try:
-        metadata = get_json(f"{base}/v2/models/{model}", token=token)
-    except (urllib.error.URLError, OSError, ValueError) as e:
-        raise ConfigError(f"{base} does not serve model {model!r} ({getattr(e, 'code', e)}): check --model") from None
-    try:
-        config = get_json(f"{base}/v2/models/{model}/config", token=token)
-    except (urllib.error.URLError, OSError, ValueError) as e:
+    server = preflight_http(url, model, token)
+    if server.config is None:
         raise ServerError(
-            f"{base} does not answer GET /v2/models/{model}/config ({getattr(e, 'code', e)}), which perf_analyzer reads "
+            f"{url.rstrip('/')} does not answer GET /v2/models/{model}/config, which perf_analyzer reads "
             "before sending load: use `rayscale bench` (its own client) for this server"
-        ) from None
-    name = str(server.get("name", "server"))
-    target = name.lower()
-    if target.startswith("triton"):
-        target = "triton"
-    return _Server(name=name, target=target, metadata=metadata, config=config)
-
-
-def replicas_from_config(config: dict[str, Any]) -> int:
-    """GPUs the model is served on (rayscale's replicas), from Triton's instance groups; 1 on the CPU.
-
-    A rayscale app states its GPUs in all (``parameters.rayscale_gpus``): its instance group lists
-    GPU indices only, which repeat across nodes.
-    """
-    stated = ((config.get("parameters") or {}).get("rayscale_gpus") or {}).get("string_value")
-    if stated is not None and str(stated).isdigit():
-        return max(int(stated), 1)
-    gpus: set[int] = set()
-    counted = 0
-    for group in config.get("instance_group") or []:
-        if group.get("kind") != "KIND_GPU":
-            continue
-        ids = [int(g) for g in group.get("gpus") or []]
-        gpus.update(ids)
-        if not ids:
-            counted += int(group.get("count", 1))
-    return max(len(gpus) or counted, 1)
+        )
+    return server
 
 
 def _host_port(url: str) -> str:
@@ -494,7 +448,7 @@ def run_perf_analyzer(
         raise ConfigError(f"{batch_size} images per request exceed the server's max_batch_size ({max_batch}): lower it")
     install = install or ensure_perf_analyzer()
     point = PointResult(
-        target=server.target if target == "auto" else target,
+        target=server.label if target == "auto" else target,
         transport="perf_analyzer",
         mode="closed" if concurrency is not None else "open",
         replicas=replicas if replicas is not None else replicas_from_config(server.config),
@@ -531,7 +485,7 @@ def run_perf_analyzer(
         if done.returncode == 2 and "stable measurement" in output:
             point.windows = _windows_from_stdout(output, measurement_interval_ms, batch_size)
             last = point.windows[-3:]
-            point.status, point.stable = "unstable", False
+            point.status, point.stable = PointStatus.UNSTABLE, False
             point.error = f"perf_analyzer found no stable measurement within {max_trials} windows"
             point.images_per_s = sum(w.images_per_s for w in last) / len(last) if last else 0.0
             point.requests_per_s = point.images_per_s / batch_size
@@ -589,108 +543,66 @@ def _check_bench_config(cfg: BenchConfig) -> None:
         raise ConfigError(f"perf_analyzer's request distribution is constant or poisson, got {cfg.arrival!r}")
 
 
-def _model_record(cfg: BenchConfig, server: _Server) -> dict[str, Any]:
-    """model.json where the client can read it; else what the server says of its model."""
-    from rayscale.export import load_model_info
-
-    for d in (cfg.model_dir, str(DEFAULT_MODEL_DIR)):
-        if not d:
-            continue
-        try:
-            return load_model_info(d).to_dict()
-        except RayscaleError:
-            if d == cfg.model_dir:
-                raise
-    params = server.metadata.get("parameters") or {}
-    return {
-        "name": cfg.model,
-        "sha256": params.get("sha256"),
-        "precision": params.get("precision"),
-        "inputs": server.metadata.get("inputs"),
-        "note": "model.json not available to the client; pass --model-dir",
-        "server_metadata": server.metadata,
-    }
-
-
-def _default_out(target: str) -> str:
-    return str(Path("benchmarks") / "results" / f"bench-{target}-perf_analyzer-{time.strftime('%Y%m%d-%H%M%S')}.json")
-
-
 def bench_with_perf_analyzer(
     cfg: BenchConfig,
     *,
-    on_event: Callable[[dict[str, Any]], None] | None = None,
+    on_event: EventCallback | None = None,
     install: PerfAnalyzerInstall | None = None,
 ) -> BenchResult:
     """Run every (images per request × concurrency or rate) point of ``cfg`` with perf_analyzer.
 
-    The results file has the same form as ``rayscale bench``'s (environment, model, config,
-    points; rewritten atomically after every point, ``resume`` skips points it holds), so
-    ``rayscale report`` puts both clients side by side. Windows match rayscale's: perf_analyzer's
-    interval is ``window_s / 1.2``, its stability percentage ``100 × stability`` (its rule,
-    max/min of the last three windows, is stricter than rayscale's ±stability around their mean)
-    and its trial cap ``max_windows``. perf_analyzer has no separate warm-up: its early windows
-    are the warm-up, discarded until three agree. ``on_event`` gets run_bench's ``start``,
-    ``point`` and ``skip`` events (so its progress printer works).
+    The sweep, its results file and ``resume`` are ``rayscale bench``'s own
+    (``rayscale.loadgen.sweep``), so ``rayscale report`` puts both clients side by side. Windows
+    match rayscale's: perf_analyzer's interval is ``window_s / 1.2``, its stability percentage
+    ``100 × stability`` and its trial cap ``max_windows``. perf_analyzer has no separate warm-up:
+    its early windows are the warm-up, discarded until three agree. ``on_event`` gets the sweep's
+    events (so its progress printer works).
     """
-    emit = on_event or (lambda e: None)
+    emit = on_event or ignore_events
     if not isinstance(cfg, BenchConfig):
         raise ConfigError(f"bench_with_perf_analyzer takes a BenchConfig, got {type(cfg).__name__}")
     _check_bench_config(cfg)
     _host_port(cfg.url)
     server = _preflight(cfg.url, cfg.model, cfg.api_token)
-    target = server.target if cfg.target == "auto" else cfg.target
+    target = server.label if cfg.target == "auto" else cfg.target
     replicas = cfg.replicas[0] if cfg.replicas else replicas_from_config(server.config)
-    out = Path(cfg.out or _default_out(target))
-    previous = previous_bench_result(out, resume=cfg.resume, overwrite=cfg.overwrite)
+    file = ResultsFile.open(cfg, target, client="perf_analyzer")
     install = install or ensure_perf_analyzer()
-    config = cfg.to_dict() | {"client": "perf_analyzer", "out": str(out)}
     environment = collect_environment(cfg.command)
     environment["perf_analyzer"] = {"version": install.version, "binary": install.binary, "source": install.source}
-    result = BenchResult(
-        command=cfg.command or "",
-        config=config,
-        environment=environment,
-        model=_model_record(cfg, server),
-        serve_config=server.config,
-        started_at=now_iso(),
-        status="incomplete",
-    )
-    done = {p.key: p for p in previous.points if p.status in ("ok", "unstable")} if previous else {}
-    interval_ms = interval_for_window(cfg.window_s)
-    loads: list[int | float] = list(cfg.concurrency or cfg.rates_rps or [])
-    try:
-        for ipr in cfg.images_per_request:
-            for load in loads:
-                closed = cfg.mode == "closed"
-                planned = PointResult(
-                    target=target, transport="perf_analyzer", mode=cfg.mode, replicas=replicas,
-                    images_per_request=ipr, concurrency=int(load) if closed else None,
-                    rate_rps=None if closed else float(load), arrival=None if closed else cfg.arrival,
-                )  # fmt: skip
-                if planned.key in done:
-                    result.points.append(done[planned.key])
-                    emit({"event": "skip", "point": planned})
-                    continue
-                emit({"event": "start", "point": planned})
-                try:
-                    point = run_perf_analyzer(
-                        cfg.url, model=cfg.model, batch_size=ipr,
-                        concurrency=planned.concurrency, rate_rps=planned.rate_rps, arrival=cfg.arrival,
-                        measurement_interval_ms=interval_ms, stability_percentage=cfg.stability * 100,
-                        max_trials=cfg.max_windows, binary=cfg.binary, replicas=replicas, target=target,
-                        api_token=cfg.api_token, install=install,
-                    )  # fmt: skip
-                except ServerError as e:  # one failed point is a record, and the sweep goes on
-                    point = planned
-                    point.status, point.error, point.stable = "failed", str(e), False
-                result.points.append(point)
-                emit({"event": "point", "point": point})
-                write_json_atomic(out, result.to_dict())
-        result.status = "complete"
-    finally:
-        result.ended_at = now_iso()
-        if result.status != "complete":
-            result.status = "incomplete"
-        write_json_atomic(out, result.to_dict())
-    return result
+    result = bench_result(cfg, file, model=model_record(cfg, server), serve_config=server.config,
+                          extra_config={"client": "perf_analyzer"}, environment=environment)  # fmt: skip
+    engine = PerfAnalyzerEngine(cfg, install=install)
+    return run_sweep(cfg, engine, result=result, file=file, target=target, replicas=[replicas], emit=emit)
+
+
+class PerfAnalyzerEngine:
+    """perf_analyzer as a load engine: the server as it runs, one perf_analyzer run per point."""
+
+    transport = "perf_analyzer"
+
+    def __init__(self, cfg: BenchConfig, *, install: PerfAnalyzerInstall):
+        self.cfg = cfg
+        self.install = install
+
+    @contextlib.contextmanager
+    def deployment(self, replicas: int) -> Iterator[None]:
+        yield  # measured as it runs: restart the server at each size
+
+    @contextlib.contextmanager
+    def clients(self, images_per_request: int, *, replicas: int) -> Iterator[PointRunner]:
+        yield self._run_point  # perf_analyzer starts its own clients per point
+
+    def _run_point(self, planned: PointResult, load: int | float) -> PointResult:
+        cfg = self.cfg
+        try:
+            return run_perf_analyzer(
+                cfg.url, model=cfg.model, batch_size=planned.images_per_request,
+                concurrency=planned.concurrency, rate_rps=planned.rate_rps, arrival=cfg.arrival,
+                measurement_interval_ms=interval_for_window(cfg.window_s), stability_percentage=cfg.stability * 100,
+                max_trials=cfg.max_windows, binary=cfg.binary, replicas=planned.replicas, target=planned.target,
+                api_token=cfg.api_token, install=self.install,
+            )  # fmt: skip
+        except ServerError as e:  # one failed point is a record, and the sweep goes on
+            planned.status, planned.error, planned.stable = PointStatus.FAILED, str(e), False
+            return planned

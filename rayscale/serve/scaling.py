@@ -1,0 +1,69 @@
+"""Rescaling the running rayscale app, and asking it what it runs.
+
+``rayscale bench --replicas 1,2,4`` measures the app at each size: ``rescale`` redeploys it with
+the same settings and another replica count, and returns once every replica is ready.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from rayscale.errors import ConfigError, ServerError
+
+__all__ = ["cluster_started_by_rayscale", "rescale", "running_app_config"]
+
+
+def cluster_started_by_rayscale() -> bool:
+    """Whether ``rayscale up`` recorded a Ray cluster it started (it may since have stopped).
+
+    The minimum of ``rayscale.serve.cluster``'s private state-file reader, kept here until that
+    module offers it publicly.
+    """
+    from rayscale.serve.cluster import state_dir
+
+    try:
+        return bool(json.loads((state_dir() / "cluster.json").read_text()))
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def running_app_config(app_name: str) -> dict[str, Any] | None:
+    """The running app's config, with ``replicas`` set to the replicas up now; None if none runs."""
+    import ray
+
+    from rayscale.serve.stats import NAMESPACE, collector_name
+
+    try:
+        infos = ray.get(ray.get_actor(collector_name(app_name), namespace=NAMESPACE).replicas.remote(), timeout=10)
+    except ValueError:
+        return None
+    return dict(infos[0].get("config") or {}, replicas=len(infos)) if infos else None
+
+
+def rescale(app_name: str, replicas: int, *, current: dict[str, Any] | None = None, api_token: str | None = None) -> dict[str, Any]:
+    """Redeploy the running app with ``replicas`` replicas and wait until all are ready; returns its config
+    (the token aside).
+
+    ``current`` is the app's config as ``running_app_config`` gave it (read again when not given).
+    """
+    import ray
+    from ray import serve
+
+    from rayscale.serve.app import build_app
+    from rayscale.serve.cluster import wait_for_replicas
+
+    current = current if current is not None else running_app_config(app_name)
+    if current is None:
+        raise ServerError(f"no running rayscale app {app_name!r} in this Ray cluster to rescale: start it with `rayscale up`")
+    if current["replicas"] == replicas:  # running_app_config counted the replicas up now
+        return current
+    need = replicas * float(current.get("gpus_per_replica", 0))
+    have = float(ray.cluster_resources().get("GPU", 0))
+    if need > have + 1e-9:
+        raise ConfigError(f"{replicas} replicas need {need:g} GPUs but the cluster has {have:g}: drop it from --replicas")
+    scaled = dict(current, replicas=replicas)
+    args = dict(scaled, api_token=api_token) if api_token else scaled
+    serve.run(build_app(args), name=app_name, route_prefix=scaled.get("route_prefix", "/"), blocking=False)
+    wait_for_replicas(app_name, replicas)
+    return scaled  # without the token: the config goes into results files
