@@ -263,7 +263,7 @@ def _preflight(url: str, model: str, token: str | None) -> ServerInfo:
     server = preflight_http(url, model, token)
     if server.config is None:
         raise ServerError(
-            f"{url.rstrip('/')} does not answer GET /v2/models/{model}/config, which perf_analyzer reads "
+            f"{url.rstrip('/')} does not answer GET /v2/models/{model}/config ({server.config_error}), which perf_analyzer reads "
             "before sending load: use `rayscale bench` (its own client) for this server"
         )
     return server

@@ -30,6 +30,7 @@ class ServerInfo:
     name: str  # as the server names itself
     metadata: dict[str, Any]
     config: dict[str, Any] | None  # None: the server has no config endpoint
+    config_error: str | None = None  # why GET .../config gave none
 
     @property
     def label(self) -> str:
@@ -57,11 +58,12 @@ def preflight_http(url: str, model: str, token: str | None = None) -> ServerInfo
         metadata = get_json(f"{base}/v2/models/{model}", token=token)
     except (urllib.error.URLError, OSError, ValueError) as e:
         raise ConfigError(f"{base} does not serve model {model!r} (HTTP {getattr(e, 'code', e)}): check --model") from None
+    config, config_error = None, None
     try:
         config = get_json(f"{base}/v2/models/{model}/config", token=token)
-    except (urllib.error.URLError, OSError, ValueError):
-        config = None
-    return ServerInfo(name=str(server.get("name", "server")), metadata=metadata, config=config)
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        config_error = str(getattr(e, "code", e))
+    return ServerInfo(name=str(server.get("name", "server")), metadata=metadata, config=config, config_error=config_error)
 
 
 def fetch_stats(*, model: str, url: str | None = None, app_name: str | None = None, token: str | None = None) -> dict[str, Any] | None:
