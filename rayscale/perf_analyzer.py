@@ -457,21 +457,12 @@ def run_perf_analyzer(
         rate_rps=float(rate_rps) if rate_rps is not None else None,
         arrival=arrival if rate_rps is not None else None,
     )
-    fmt = "binary" if binary else "json"
-    load = (["--concurrency-range", f"{concurrency}:{concurrency}"] if concurrency is not None
-            else ["--request-rate-range", f"{rate_rps:g}:{rate_rps:g}", "--request-distribution", arrival])  # fmt: skip
-    headers = ["-H", f"Authorization:Bearer {api_token}"] if api_token else []
+    cmd = _command(install, host_port, model, batch_size, concurrency, rate_rps, arrival, measurement_interval_ms,
+                   stability_percentage, max_trials, binary, api_token, extra_args)  # fmt: skip
     limit_s = timeout_s or (max_trials * measurement_interval_ms * _WINDOW_FACTOR / 1000.0 + 120.0)
     with tempfile.TemporaryDirectory(prefix="rayscale-pa-") as tmp:
         csv_path, export_path = Path(tmp) / "point.csv", Path(tmp) / "profile.json"
-        cmd = [
-            install.binary, "-m", model, "-u", host_port, "-i", "http", "-b", str(batch_size), *load,
-            "--measurement-interval", str(int(measurement_interval_ms)),
-            "--stability-percentage", f"{stability_percentage:g}", "--max-trials", str(max_trials),
-            "--percentile=95", f"--input-tensor-format={fmt}", f"--output-tensor-format={fmt}",
-            "-f", str(csv_path), "--verbose-csv", "--profile-export-file", str(export_path), "-v",
-            *headers, *extra_args,
-        ]  # fmt: skip
+        cmd += ["-f", str(csv_path), "--verbose-csv", "--profile-export-file", str(export_path)]
         point.started_at = now_iso()
         try:
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=limit_s, env=install.env(), cwd=tmp)
@@ -483,30 +474,57 @@ def run_perf_analyzer(
         point.ended_at = now_iso()
         output = done.stdout + ("\n" + done.stderr if done.stderr else "")
         if done.returncode == 2 and "stable measurement" in output:
-            point.windows = _windows_from_stdout(output, measurement_interval_ms, batch_size)
-            last = point.windows[-3:]
-            point.status, point.stable = PointStatus.UNSTABLE, False
-            point.error = f"perf_analyzer found no stable measurement within {max_trials} windows"
-            point.images_per_s = sum(w.images_per_s for w in last) / len(last) if last else 0.0
-            point.requests_per_s = point.images_per_s / batch_size
-            point.measured_s = sum(w.duration_s for w in last)
-            point.requests_ok = point.requests_sent = sum(w.requests for w in point.windows)
-            # perf_analyzer keeps no samples of an unstable point: only each window's p95 is known.
-            point.latency = LatencyStats(p95_ms=max((w.p95_ms for w in last), default=0.0))
-            return point
+            return _unstable_point(point, output, measurement_interval_ms, max_trials)
         if done.returncode != 0 or not csv_path.is_file():
             raise ServerError(
                 f"perf_analyzer failed (exit status {done.returncode}) against {url}; its last lines:\n  {_tail(output)}"
             )
         row = parse_perf_analyzer_csv(csv_path.read_text())
         export = json.loads(export_path.read_text()) if export_path.is_file() else {}
-    windows, window_latencies = _windows_from_export(export, batch_size)
+    return _stable_point(point, row, export, output)
+
+
+def _command(install: PerfAnalyzerInstall, host_port: str, model: str, batch_size: int, concurrency: int | None,
+             rate_rps: float | None, arrival: str, measurement_interval_ms: int, stability_percentage: float,
+             max_trials: int, binary: bool, api_token: str | None, extra_args: Sequence[str]) -> list[str]:  # fmt: skip
+    """perf_analyzer's command line for one point (the output files aside)."""
+    fmt = "binary" if binary else "json"
+    load = (["--concurrency-range", f"{concurrency}:{concurrency}"] if concurrency is not None
+            else ["--request-rate-range", f"{rate_rps:g}:{rate_rps:g}", "--request-distribution", arrival])  # fmt: skip
+    headers = ["-H", f"Authorization:Bearer {api_token}"] if api_token else []
+    return [
+        install.binary, "-m", model, "-u", host_port, "-i", "http", "-b", str(batch_size), *load,
+        "--measurement-interval", str(int(measurement_interval_ms)),
+        "--stability-percentage", f"{stability_percentage:g}", "--max-trials", str(max_trials),
+        "--percentile=95", f"--input-tensor-format={fmt}", f"--output-tensor-format={fmt}", "-v",
+        *headers, *extra_args,
+    ]  # fmt: skip
+
+
+def _unstable_point(point: PointResult, output: str, measurement_interval_ms: int, max_trials: int) -> PointResult:
+    """A point perf_analyzer could not stabilise: its windows as ``-v`` printed them."""
+    point.windows = _windows_from_stdout(output, measurement_interval_ms, point.images_per_request)
+    last = point.windows[-3:]
+    point.status, point.stable = PointStatus.UNSTABLE, False
+    point.error = f"perf_analyzer found no stable measurement within {max_trials} windows"
+    point.images_per_s = sum(w.images_per_s for w in last) / len(last) if last else 0.0
+    point.requests_per_s = point.images_per_s / point.images_per_request
+    point.measured_s = sum(w.duration_s for w in last)
+    point.requests_ok = point.requests_sent = sum(w.requests for w in point.windows)
+    # perf_analyzer keeps no samples of an unstable point: only each window's p95 is known.
+    point.latency = LatencyStats(p95_ms=max((w.p95_ms for w in last), default=0.0))
+    return point
+
+
+def _stable_point(point: PointResult, row: dict[str, float], export: dict[str, Any], output: str) -> PointResult:
+    """A stable point: perf_analyzer's CSV row, its windows and raw latencies from the profile export."""
+    windows, window_latencies = _windows_from_export(export, point.images_per_request)
     used = window_latencies[-3:]
     pooled = np.sort(np.concatenate(used)) if used else np.empty(0)
     point.windows = windows
     point.measured_s = sum(w.duration_s for w in windows[-3:])
     point.images_per_s = row["Inferences/Second"]
-    point.requests_per_s = point.images_per_s / batch_size
+    point.requests_per_s = point.images_per_s / point.images_per_request
     point.requests_ok = point.requests_sent = sum(w.requests for w in windows)
     point.latency = LatencyStats(
         count=int(pooled.size),
