@@ -212,7 +212,7 @@ def test_client_actors_grow_with_the_load_within_the_clusters_cpus(ray_cluster):
     from rayscale.loadgen.sizing import plan_clients
 
     cpus = free_cpus()
-    assert cpus >= 4  # the module's logical cluster, nothing else running
+    assert cpus >= 2  # the module's logical cluster (4 CPUs), little else running
     cfg = BenchConfig(url="http://127.0.0.1:1", concurrency=[1], client_cpus=0.5)
 
     def chosen(load, ipr=32, replicas=2, config=cfg):
