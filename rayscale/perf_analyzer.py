@@ -16,7 +16,8 @@ side by side in ``rayscale report``.
 * ``run_perf_analyzer`` measures one point (images per request × concurrency, or a request rate)
   over HTTP or gRPC (``-i grpc``: ``transport="grpc"`` and a ``host:port`` URL) and imports
   perf_analyzer's CSV into a ``PointResult`` with ``transport="perf_analyzer"``.
-* ``bench_with_perf_analyzer`` runs the points of a ``BenchConfig`` and writes a bench results file.
+* ``bench_with_perf_analyzer`` runs the points of a ``BenchConfig`` through ``rayscale bench``'s own
+  sweep (``PerfAnalyzerEngine`` is its point runner) and writes the same results file.
 
 What perf_analyzer's numbers mean (from its source, 2.41):
 
@@ -32,6 +33,7 @@ What perf_analyzer's numbers mean (from its source, 2.41):
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import ctypes
 import io
@@ -43,27 +45,27 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.error
 import urllib.parse
 import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from rayscale.config import DEFAULT_MODEL_DIR, MODEL_NAME
+from rayscale.config import MODEL_NAME
 from rayscale.environment import collect_environment, now_iso
-from rayscale.errors import ConfigError, RayscaleError, ServerError
-from rayscale.loadgen import grpc_client
-from rayscale.loadgen.runner import TRANSPORTS, BenchConfig
-from rayscale.protocol import get_json
-from rayscale.results import BenchResult, LatencyStats, PointResult, ServerStats, WindowStats, previous_bench_result, write_json_atomic
+from rayscale.errors import ConfigError, ServerError
+from rayscale.loadgen.config import BenchConfig
+from rayscale.loadgen.events import EventCallback, ignore_events
+from rayscale.loadgen.sweep import PointRunner, ResultsFile, bench_result, model_record, run_sweep
+from rayscale.loadgen.target import ServerInfo, preflight, replicas_from_config
+from rayscale.results import BenchResult, LatencyStats, PointResult, PointStatus, ServerStats, WindowStats
 
 __all__ = [
     "CUDA_RUNTIME_VERSION",
     "PERF_ANALYZER_VERSION",
+    "PerfAnalyzerEngine",
     "PerfAnalyzerInstall",
     "bench_with_perf_analyzer",
     "default_cache_dir",
@@ -257,82 +259,23 @@ def ensure_perf_analyzer(cache_dir: str | os.PathLike | None = None) -> PerfAnal
 # ---- one point ---------------------------------------------------------------------------------
 
 
-@dataclass
-class _Server:
-    """What the server says about itself before any load."""
-
-    name: str
-    target: str  # rayscale | triton | the server's own name
-    metadata: dict[str, Any]
-    config: dict[str, Any]
-
-
-def _preflight(url: str, model: str, token: str | None, transport: str = "http") -> _Server:
+def _preflight(url: str, model: str, token: str | None, transport: str = "http") -> ServerInfo:
     """The server answers, serves ``model`` and its configuration (perf_analyzer reads it first)."""
-    if transport == "grpc":
-        found = grpc_client.preflight(url, model, token)
-        if found["config"] is None:
-            raise ServerError(
-                f"{url} does not answer ModelConfig for {model}, which perf_analyzer reads before sending load: "
-                "use `rayscale bench` (its own client) for this server"
-            )
-        return _server(found["server"], found["metadata"], found["config"])
-    base = url.rstrip("/")
-    try:
-        server = get_json(f"{base}/v2", token=token)
-    except urllib.error.HTTPError as e:
-        if e.code == 401:
-            raise ConfigError(f"{base} wants an API token: pass --api-token or set RAYSCALE_API_TOKEN") from None
-        raise ServerError(f"{base} is not an Open Inference Protocol server (GET /v2 answered {e.code})") from None
-    except (urllib.error.URLError, OSError, ValueError) as e:
-        raise ServerError(f"cannot reach {base} ({getattr(e, 'reason', e)}): is the server up? (`rayscale up` / `rayscale triton up`)") from None
-    try:
-        metadata = get_json(f"{base}/v2/models/{model}", token=token)
-    except (urllib.error.URLError, OSError, ValueError) as e:
-        raise ConfigError(f"{base} does not serve model {model!r} ({getattr(e, 'code', e)}): check --model") from None
-    try:
-        config = get_json(f"{base}/v2/models/{model}/config", token=token)
-    except (urllib.error.URLError, OSError, ValueError) as e:
+    server = preflight(url, model, token, transport=transport)
+    if server.config is None:
         raise ServerError(
-            f"{base} does not answer GET /v2/models/{model}/config ({getattr(e, 'code', e)}), which perf_analyzer reads "
+            f"{url.rstrip('/')} does not answer GET /v2/models/{model}/config ({server.config_error}), which perf_analyzer reads "
             "before sending load: use `rayscale bench` (its own client) for this server"
-        ) from None
-    return _server(server, metadata, config)
-
-
-def _server(server: dict[str, Any], metadata: dict[str, Any], config: dict[str, Any]) -> _Server:
-    name = str(server.get("name", "server"))
-    target = name.lower()
-    if target.startswith("triton"):
-        target = "triton"
-    return _Server(name=name, target=target, metadata=metadata, config=config)
-
-
-def replicas_from_config(config: dict[str, Any]) -> int:
-    """GPUs the model is served on (rayscale's replicas), from Triton's instance groups; 1 on the CPU.
-
-    A rayscale app states its GPUs in all (``parameters.rayscale_gpus``): its instance group lists
-    GPU indices only, which repeat across nodes.
-    """
-    stated = ((config.get("parameters") or {}).get("rayscale_gpus") or {}).get("string_value")
-    if stated is not None and str(stated).isdigit():
-        return max(int(stated), 1)
-    gpus: set[int] = set()
-    counted = 0
-    for group in config.get("instance_group") or []:
-        if group.get("kind") != "KIND_GPU":
-            continue
-        ids = [int(g) for g in group.get("gpus") or []]
-        gpus.update(ids)
-        if not ids:
-            counted += int(group.get("count", 1))
-    return max(len(gpus) or counted, 1)
+        )
+    return server
 
 
 def _host_port(url: str, transport: str = "http") -> str:
     """perf_analyzer's ``-u``: host:port[/path], no scheme (gRPC: host:port)."""
     if transport == "grpc":
-        return grpc_client.grpc_address(url)
+        from rayscale.loadgen.grpc_client import grpc_address
+
+        return grpc_address(url)
     parsed = urllib.parse.urlsplit(url)
     if parsed.scheme != "http":
         raise ConfigError(f"perf_analyzer runs over plain HTTP here: give an http:// URL, got {url!r}")
@@ -502,11 +445,10 @@ def run_perf_analyzer(
     cannot stabilise within ``max_trials`` windows comes back with status ``unstable`` and its
     windows; any other perf_analyzer failure is a ``ServerError`` carrying its last output lines.
     ``replicas`` (GPUs serving the model) defaults to what the server's instance groups say.
-    ``transport`` is ``http`` or ``grpc`` (perf_analyzer's ``-i``; ``binary`` applies to HTTP only).
     """
     _check_point_args(batch_size, concurrency, rate_rps, measurement_interval_ms, stability_percentage, max_trials, arrival)
-    if transport not in TRANSPORTS:
-        raise ConfigError(f"unknown transport {transport!r}: use one of {', '.join(TRANSPORTS)}")
+    if transport not in ("http", "grpc"):
+        raise ConfigError(f"unknown transport {transport!r}: use http or grpc")
     host_port = _host_port(url, transport)
     server = _preflight(url, model, api_token, transport)
     max_batch = int(server.config.get("max_batch_size", 0) or 0)
@@ -514,7 +456,7 @@ def run_perf_analyzer(
         raise ConfigError(f"{batch_size} images per request exceed the server's max_batch_size ({max_batch}): lower it")
     install = install or ensure_perf_analyzer()
     point = PointResult(
-        target=server.target if target == "auto" else target,
+        target=server.label if target == "auto" else target,
         transport="perf_analyzer",
         mode="closed" if concurrency is not None else "open",
         replicas=replicas if replicas is not None else replicas_from_config(server.config),
@@ -523,23 +465,12 @@ def run_perf_analyzer(
         rate_rps=float(rate_rps) if rate_rps is not None else None,
         arrival=arrival if rate_rps is not None else None,
     )
-    fmt = "binary" if binary else "json"
-    formats = [f"--input-tensor-format={fmt}", f"--output-tensor-format={fmt}"] if transport == "http" else []
-    load = (["--concurrency-range", f"{concurrency}:{concurrency}"] if concurrency is not None
-            else ["--request-rate-range", f"{rate_rps:g}:{rate_rps:g}", "--request-distribution", arrival])  # fmt: skip
-    # Lower case: gRPC metadata keys must be (perf_analyzer aborts on any other); HTTP does not mind.
-    headers = ["-H", f"authorization:Bearer {api_token}"] if api_token else []
+    cmd = _command(install, host_port, model, batch_size, concurrency, rate_rps, arrival, measurement_interval_ms,
+                   stability_percentage, max_trials, binary, api_token, extra_args, transport)  # fmt: skip
     limit_s = timeout_s or (max_trials * measurement_interval_ms * _WINDOW_FACTOR / 1000.0 + 120.0)
     with tempfile.TemporaryDirectory(prefix="rayscale-pa-") as tmp:
         csv_path, export_path = Path(tmp) / "point.csv", Path(tmp) / "profile.json"
-        cmd = [
-            install.binary, "-m", model, "-u", host_port, "-i", transport, "-b", str(batch_size), *load,
-            "--measurement-interval", str(int(measurement_interval_ms)),
-            "--stability-percentage", f"{stability_percentage:g}", "--max-trials", str(max_trials),
-            "--percentile=95", *formats,
-            "-f", str(csv_path), "--verbose-csv", "--profile-export-file", str(export_path), "-v",
-            *headers, *extra_args,
-        ]  # fmt: skip
+        cmd += ["-f", str(csv_path), "--verbose-csv", "--profile-export-file", str(export_path)]
         point.started_at = now_iso()
         try:
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=limit_s, env=install.env(), cwd=tmp)
@@ -551,30 +482,60 @@ def run_perf_analyzer(
         point.ended_at = now_iso()
         output = done.stdout + ("\n" + done.stderr if done.stderr else "")
         if done.returncode == 2 and "stable measurement" in output:
-            point.windows = _windows_from_stdout(output, measurement_interval_ms, batch_size)
-            last = point.windows[-3:]
-            point.status, point.stable = "unstable", False
-            point.error = f"perf_analyzer found no stable measurement within {max_trials} windows"
-            point.images_per_s = sum(w.images_per_s for w in last) / len(last) if last else 0.0
-            point.requests_per_s = point.images_per_s / batch_size
-            point.measured_s = sum(w.duration_s for w in last)
-            point.requests_ok = point.requests_sent = sum(w.requests for w in point.windows)
-            # perf_analyzer keeps no samples of an unstable point: only each window's p95 is known.
-            point.latency = LatencyStats(p95_ms=max((w.p95_ms for w in last), default=0.0))
-            return point
+            return _unstable_point(point, output, measurement_interval_ms, max_trials)
         if done.returncode != 0 or not csv_path.is_file():
             raise ServerError(
                 f"perf_analyzer failed (exit status {done.returncode}) against {url}; its last lines:\n  {_tail(output)}"
             )
         row = parse_perf_analyzer_csv(csv_path.read_text())
         export = json.loads(export_path.read_text()) if export_path.is_file() else {}
-    windows, window_latencies = _windows_from_export(export, batch_size)
+    return _stable_point(point, row, export, output)
+
+
+def _command(install: PerfAnalyzerInstall, host_port: str, model: str, batch_size: int, concurrency: int | None,
+             rate_rps: float | None, arrival: str, measurement_interval_ms: int, stability_percentage: float,
+             max_trials: int, binary: bool, api_token: str | None, extra_args: Sequence[str],
+             transport: str = "http") -> list[str]:  # fmt: skip
+    """perf_analyzer's command line for one point (the output files aside)."""
+    fmt = "binary" if binary else "json"
+    load = (["--concurrency-range", f"{concurrency}:{concurrency}"] if concurrency is not None
+            else ["--request-rate-range", f"{rate_rps:g}:{rate_rps:g}", "--request-distribution", arrival])  # fmt: skip
+    # Lower case: gRPC metadata keys must be (perf_analyzer aborts on any other); HTTP does not mind.
+    headers = ["-H", f"authorization:Bearer {api_token}"] if api_token else []
+    formats = [f"--input-tensor-format={fmt}", f"--output-tensor-format={fmt}"] if transport == "http" else []
+    return [
+        install.binary, "-m", model, "-u", host_port, "-i", transport, "-b", str(batch_size), *load,
+        "--measurement-interval", str(int(measurement_interval_ms)),
+        "--stability-percentage", f"{stability_percentage:g}", "--max-trials", str(max_trials),
+        "--percentile=95", *formats, "-v",
+        *headers, *extra_args,
+    ]  # fmt: skip
+
+
+def _unstable_point(point: PointResult, output: str, measurement_interval_ms: int, max_trials: int) -> PointResult:
+    """A point perf_analyzer could not stabilise: its windows as ``-v`` printed them."""
+    point.windows = _windows_from_stdout(output, measurement_interval_ms, point.images_per_request)
+    last = point.windows[-3:]
+    point.status, point.stable = PointStatus.UNSTABLE, False
+    point.error = f"perf_analyzer found no stable measurement within {max_trials} windows"
+    point.images_per_s = sum(w.images_per_s for w in last) / len(last) if last else 0.0
+    point.requests_per_s = point.images_per_s / point.images_per_request
+    point.measured_s = sum(w.duration_s for w in last)
+    point.requests_ok = point.requests_sent = sum(w.requests for w in point.windows)
+    # perf_analyzer keeps no samples of an unstable point: only each window's p95 is known.
+    point.latency = LatencyStats(p95_ms=max((w.p95_ms for w in last), default=0.0))
+    return point
+
+
+def _stable_point(point: PointResult, row: dict[str, float], export: dict[str, Any], output: str) -> PointResult:
+    """A stable point: perf_analyzer's CSV row, its windows and raw latencies from the profile export."""
+    windows, window_latencies = _windows_from_export(export, point.images_per_request)
     used = window_latencies[-3:]
     pooled = np.sort(np.concatenate(used)) if used else np.empty(0)
     point.windows = windows
     point.measured_s = sum(w.duration_s for w in windows[-3:])
     point.images_per_s = row["Inferences/Second"]
-    point.requests_per_s = point.images_per_s / batch_size
+    point.requests_per_s = point.images_per_s / point.images_per_request
     point.requests_ok = point.requests_sent = sum(w.requests for w in windows)
     point.latency = LatencyStats(
         count=int(pooled.size),
@@ -611,108 +572,66 @@ def _check_bench_config(cfg: BenchConfig) -> None:
         raise ConfigError(f"perf_analyzer's request distribution is constant or poisson, got {cfg.arrival!r}")
 
 
-def _model_record(cfg: BenchConfig, server: _Server) -> dict[str, Any]:
-    """model.json where the client can read it; else what the server says of its model."""
-    from rayscale.export import load_model_info
-
-    for d in (cfg.model_dir, str(DEFAULT_MODEL_DIR)):
-        if not d:
-            continue
-        try:
-            return load_model_info(d).to_dict()
-        except RayscaleError:
-            if d == cfg.model_dir:
-                raise
-    params = server.metadata.get("parameters") or {}
-    return {
-        "name": cfg.model,
-        "sha256": params.get("sha256"),
-        "precision": params.get("precision"),
-        "inputs": server.metadata.get("inputs"),
-        "note": "model.json not available to the client; pass --model-dir",
-        "server_metadata": server.metadata,
-    }
-
-
-def _default_out(target: str) -> str:
-    return str(Path("benchmarks") / "results" / f"bench-{target}-perf_analyzer-{time.strftime('%Y%m%d-%H%M%S')}.json")
-
-
 def bench_with_perf_analyzer(
     cfg: BenchConfig,
     *,
-    on_event: Callable[[dict[str, Any]], None] | None = None,
+    on_event: EventCallback | None = None,
     install: PerfAnalyzerInstall | None = None,
 ) -> BenchResult:
     """Run every (images per request × concurrency or rate) point of ``cfg`` with perf_analyzer.
 
-    The results file has the same form as ``rayscale bench``'s (environment, model, config,
-    points; rewritten atomically after every point, ``resume`` skips points it holds), so
-    ``rayscale report`` puts both clients side by side. Windows match rayscale's: perf_analyzer's
-    interval is ``window_s / 1.2``, its stability percentage ``100 × stability`` (its rule,
-    max/min of the last three windows, is stricter than rayscale's ±stability around their mean)
-    and its trial cap ``max_windows``. perf_analyzer has no separate warm-up: its early windows
-    are the warm-up, discarded until three agree. ``on_event`` gets run_bench's ``start``,
-    ``point`` and ``skip`` events (so its progress printer works).
+    The sweep, its results file and ``resume`` are ``rayscale bench``'s own
+    (``rayscale.loadgen.sweep``), so ``rayscale report`` puts both clients side by side. Windows
+    match rayscale's: perf_analyzer's interval is ``window_s / 1.2``, its stability percentage
+    ``100 × stability`` and its trial cap ``max_windows``. perf_analyzer has no separate warm-up:
+    its early windows are the warm-up, discarded until three agree. ``on_event`` gets the sweep's
+    events (so its progress printer works).
     """
-    emit = on_event or (lambda e: None)
+    emit = on_event or ignore_events
     if not isinstance(cfg, BenchConfig):
         raise ConfigError(f"bench_with_perf_analyzer takes a BenchConfig, got {type(cfg).__name__}")
     _check_bench_config(cfg)
     _host_port(cfg.url, cfg.transport)
     server = _preflight(cfg.url, cfg.model, cfg.api_token, cfg.transport)
-    target = server.target if cfg.target == "auto" else cfg.target
+    target = server.label if cfg.target == "auto" else cfg.target
     replicas = cfg.replicas[0] if cfg.replicas else replicas_from_config(server.config)
-    out = Path(cfg.out or _default_out(target))
-    previous = previous_bench_result(out, resume=cfg.resume, overwrite=cfg.overwrite)
+    file = ResultsFile.open(cfg, target, client="perf_analyzer")
     install = install or ensure_perf_analyzer()
-    config = cfg.to_dict() | {"client": "perf_analyzer", "out": str(out)}
     environment = collect_environment(cfg.command)
     environment["perf_analyzer"] = {"version": install.version, "binary": install.binary, "source": install.source}
-    result = BenchResult(
-        command=cfg.command or "",
-        config=config,
-        environment=environment,
-        model=_model_record(cfg, server),
-        serve_config=server.config,
-        started_at=now_iso(),
-        status="incomplete",
-    )
-    done = {p.key: p for p in previous.points if p.status in ("ok", "unstable")} if previous else {}
-    interval_ms = interval_for_window(cfg.window_s)
-    loads: list[int | float] = list(cfg.concurrency or cfg.rates_rps or [])
-    try:
-        for ipr in cfg.images_per_request:
-            for load in loads:
-                closed = cfg.mode == "closed"
-                planned = PointResult(
-                    target=target, transport="perf_analyzer", mode=cfg.mode, replicas=replicas,
-                    images_per_request=ipr, concurrency=int(load) if closed else None,
-                    rate_rps=None if closed else float(load), arrival=None if closed else cfg.arrival,
-                )  # fmt: skip
-                if planned.key in done:
-                    result.points.append(done[planned.key])
-                    emit({"event": "skip", "point": planned})
-                    continue
-                emit({"event": "start", "point": planned})
-                try:
-                    point = run_perf_analyzer(
-                        cfg.url, model=cfg.model, batch_size=ipr,
-                        concurrency=planned.concurrency, rate_rps=planned.rate_rps, arrival=cfg.arrival,
-                        measurement_interval_ms=interval_ms, stability_percentage=cfg.stability * 100,
-                        max_trials=cfg.max_windows, binary=cfg.binary, transport=cfg.transport, replicas=replicas, target=target,
-                        api_token=cfg.api_token, install=install,
-                    )  # fmt: skip
-                except ServerError as e:  # one failed point is a record, and the sweep goes on
-                    point = planned
-                    point.status, point.error, point.stable = "failed", str(e), False
-                result.points.append(point)
-                emit({"event": "point", "point": point})
-                write_json_atomic(out, result.to_dict())
-        result.status = "complete"
-    finally:
-        result.ended_at = now_iso()
-        if result.status != "complete":
-            result.status = "incomplete"
-        write_json_atomic(out, result.to_dict())
-    return result
+    result = bench_result(cfg, file, model=model_record(cfg, server), serve_config=server.config,
+                          extra_config={"client": "perf_analyzer"}, environment=environment)  # fmt: skip
+    engine = PerfAnalyzerEngine(cfg, install=install)
+    return run_sweep(cfg, engine, result=result, file=file, target=target, replicas=[replicas], emit=emit)
+
+
+class PerfAnalyzerEngine:
+    """perf_analyzer as a load engine: the server as it runs, one perf_analyzer run per point."""
+
+    transport = "perf_analyzer"
+
+    def __init__(self, cfg: BenchConfig, *, install: PerfAnalyzerInstall):
+        self.cfg = cfg
+        self.install = install
+
+    @contextlib.contextmanager
+    def deployment(self, replicas: int) -> Iterator[None]:
+        yield  # measured as it runs: restart the server at each size
+
+    @contextlib.contextmanager
+    def clients(self, images_per_request: int, *, replicas: int) -> Iterator[PointRunner]:
+        yield self._run_point  # perf_analyzer starts its own clients per point
+
+    def _run_point(self, planned: PointResult, load: int | float) -> PointResult:
+        cfg = self.cfg
+        try:
+            return run_perf_analyzer(
+                cfg.url, model=cfg.model, batch_size=planned.images_per_request,
+                concurrency=planned.concurrency, rate_rps=planned.rate_rps, arrival=cfg.arrival,
+                measurement_interval_ms=interval_for_window(cfg.window_s), stability_percentage=cfg.stability * 100,
+                max_trials=cfg.max_windows, binary=cfg.binary, transport=cfg.transport, replicas=planned.replicas, target=planned.target,
+                api_token=cfg.api_token, install=self.install,
+            )  # fmt: skip
+        except ServerError as e:  # one failed point is a record, and the sweep goes on
+            planned.status, planned.error, planned.stable = PointStatus.FAILED, str(e), False
+            return planned

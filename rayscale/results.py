@@ -12,6 +12,7 @@ import json
 import os
 import tempfile
 from dataclasses import asdict, dataclass, field, fields
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ __all__ = [
     "GpuSummary",
     "LatencyStats",
     "PointResult",
+    "PointStatus",
     "ServerStats",
     "WindowStats",
     "load_results",
@@ -93,6 +95,20 @@ class GpuSummary:
     samples: int = 0
 
 
+class PointStatus(StrEnum):
+    """How a point ended; the value is what results files hold."""
+
+    OK = "ok"  # three windows agreed
+    UNSTABLE = "unstable"  # measured, but the windows never agreed within the stability rule
+    INCOMPLETE = "incomplete"  # interrupted while measuring
+    FAILED = "failed"  # nothing usable: no request succeeded, or the load engine failed
+
+    @property
+    def finished(self) -> bool:
+        """Measured to the end: a resumed sweep keeps it instead of measuring it again."""
+        return self in (PointStatus.OK, PointStatus.UNSTABLE)
+
+
 @dataclass
 class PointResult:
     target: str  # rayscale | triton | any label of the server measured
@@ -103,7 +119,7 @@ class PointResult:
     concurrency: int | None = None
     rate_rps: float | None = None
     arrival: str | None = None
-    status: str = "ok"  # ok | unstable | incomplete | failed
+    status: PointStatus = PointStatus.OK
     error: str | None = None
     started_at: str = ""
     ended_at: str = ""
@@ -125,7 +141,7 @@ class PointResult:
     gpu_samples: list[dict[str, Any]] = field(default_factory=list)
     client_cpu_pct: float = 0.0  # busiest client actor, % of one core
     client_cpu_saturated: bool = False
-    clients: int = 1
+    clients: int = 1  # client actors that sent the measured load
     error_timeline: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -191,6 +207,10 @@ def _point_from_dict(d: dict[str, Any]) -> PointResult:
     d["windows"] = [_build(WindowStats, w) for w in d.get("windows") or []]
     d["server"] = _build(ServerStats, d["server"]) if d.get("server") else None
     d["gpus"] = [_build(GpuSummary, g) for g in d.get("gpus") or []]
+    try:
+        d["status"] = PointStatus(d.get("status", PointStatus.OK))
+    except ValueError:
+        raise ResultsError(f"unknown point status {d.get('status')!r}: use one of {', '.join(PointStatus)}") from None
     return _build(PointResult, d)
 
 

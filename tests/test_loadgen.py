@@ -8,6 +8,7 @@ import pytest
 from rayscale.config import ServeConfig
 from rayscale.errors import ConfigError, ResultsError, ServerError
 from rayscale.loadgen import BenchConfig, run_bench
+from rayscale.loadgen.events import WindowMeasured
 from rayscale.loadgen.schedule import arrival_offsets
 from rayscale.loadgen.stats import is_stable, latency_stats, percentile
 from rayscale.loadgen.trivial_server import TrivialServer
@@ -102,7 +103,7 @@ def test_open_loop_p99_shows_a_stall_that_closed_loop_cannot(ray_cluster, tmp_pa
                               warmup_s=0.5, window_s=4.0, duration_s=12.0, max_windows=3, client_cpus=0, **shape)
 
             def stall_in_first_window(event, server=server):
-                if event["event"] == "window" and event["index"] == 1:
+                if isinstance(event, WindowMeasured) and event.index == 1:
                     server.stall(1.5)
 
             results[mode] = run_bench(cfg, on_event=stall_in_first_window).points[0]
@@ -201,3 +202,4 @@ def test_client_asks_for_uncompressed_responses():
         headers = {k.lower(): v for k, v in server.behaviour.last_headers.items()}
     assert headers["content-type"] == "application/octet-stream"
     assert "accept-encoding" not in headers
+

@@ -25,6 +25,7 @@ from rayscale.config import MODEL_NAME, ServeConfig
 from rayscale.engine import random_images
 from rayscale.errors import ConfigError, ResultsError
 from rayscale.loadgen import BenchConfig, run_bench
+from rayscale.loadgen.events import WindowMeasured
 from rayscale.loadgen.trivial_server import TrivialServer
 from rayscale.results import BenchResult, load_results
 
@@ -165,7 +166,8 @@ def test_a_client_that_disconnects_mid_request_costs_nothing_afterwards(app):
         with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
             sock.sendall(head.encode() + body)
             time.sleep(0.3)  # the request is queued or running; then the client goes away
-    _wait_for(lambda: _snapshot(app)["serving"]["requests_total"].get("499", 0) > before, 60, "a cancelled request")
+    if app.ingress != "direct":  # HAProxy finishes a request whose client left and drops the answer itself
+        _wait_for(lambda: _snapshot(app)["serving"]["requests_total"].get("499", 0) > before, 60, "a cancelled request")
     _wait_for(lambda: _snapshot(app)["serving"]["in_flight"] == 0, 60, "in_flight back to 0")
     status, data, h, _ = _request(_infer_url(app), *_good_request(2, seed=3))
     assert status == 200 and protocol.parse_infer_response(data, h.get(protocol.HEADER_LENGTH.lower())).shape == (2, 512)
@@ -252,7 +254,7 @@ def _replica_killer(app, when_window: int):
     killed: list[str] = []
 
     def on_event(event):
-        if event["event"] == "window" and event["index"] == when_window and not killed:
+        if isinstance(event, WindowMeasured) and event.index == when_window and not killed:
             info = _snapshot_replicas(app)[0]
             ray.kill(ray.get_actor(info["actor_name"], namespace=info["actor_namespace"]))
             killed.append(info["replica"])
@@ -418,7 +420,7 @@ def test_an_interrupted_bench_leaves_a_valid_file_marked_incomplete(app, tmp_pat
         cfg = BenchConfig(url=server.url, concurrency=[2, 4], out=str(out), clients=1, **FAST)
 
         def interrupt(event):
-            if event["event"] == "window" and event["index"] == 2:
+            if isinstance(event, WindowMeasured) and event.index == 2:
                 raise KeyboardInterrupt
 
         with pytest.raises(KeyboardInterrupt):
@@ -448,7 +450,7 @@ def test_a_dead_client_actor_fails_its_point_and_the_sweep_goes_on(app, tmp_path
         killed: list[int] = []
 
         def kill_client(event):
-            if event["event"] == "window" and event["index"] == 1 and not killed:
+            if isinstance(event, WindowMeasured) and event.index == 1 and not killed:
                 for pid in _cluster_pids(session):
                     try:
                         cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -472,7 +474,7 @@ def test_a_server_that_dies_mid_bench_gives_counted_connection_errors(app, tmp_p
     server = TrivialServer(delay_s=0.01)
 
     def kill_server(event):
-        if event["event"] == "window" and event["index"] == 1:
+        if isinstance(event, WindowMeasured) and event.index == 1:
             server.close()
 
     try:

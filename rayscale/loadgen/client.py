@@ -2,8 +2,9 @@
 
 Every request's outcome is data: a latency sample, or an error counted by kind
 (``http_<status>``, ``timeout``, ``connection``, ``bad_response``, ``client_overflow``,
-``app_<Exception>`` for handle calls, ``grpc_<status code>`` over gRPC). ``take()`` hands over
-what completed since the last take; requests still in flight are counted as such, so sent = ok + failed + in flight at all times.
+``app_<Exception>`` for handle calls, ``grpc_<status code>`` over gRPC). ``take()`` hands over a
+``ClientTake`` of what completed since the last take; requests still in flight are counted as
+such, so over a point, sent = ok + failed + incomplete.
 
 The payload is built once per point (a ready request body; in handle mode an ObjectRef put
 into the object store once by the driver), never per request.
@@ -12,11 +13,13 @@ into the object store once by the driver), never per request.
 from __future__ import annotations
 
 import asyncio
-import os
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from rayscale.loadgen.stats import ClientTake
 
 __all__ = ["LoadClient", "TargetSpec"]
 
@@ -25,30 +28,21 @@ MAX_OUTSTANDING_OPEN_LOOP = 8192
 MAX_ERROR_EVENTS = 20000
 
 
-def TargetSpec(
-    *,
-    kind: str,
-    url: str | None = None,
-    model: str = "openclip_vit_b32",
-    binary: bool = True,
-    token: str | None = None,
-    app_name: str = "rayscale",
-    timeout_s: float = 60.0,
-) -> dict[str, Any]:
-    """What a client talks to, as a plain dict (it crosses process boundaries)."""
-    return {
-        "kind": kind,
-        "url": url,
-        "model": model,
-        "binary": binary,
-        "token": token,
-        "app_name": app_name,
-        "timeout_s": timeout_s,
-    }
+@dataclass(frozen=True)
+class TargetSpec:
+    """What a client talks to (it crosses to the actor's process as itself)."""
+
+    kind: str  # http | grpc | handle
+    url: str | None = None
+    model: str = "openclip_vit_b32"
+    binary: bool = True
+    token: str | None = None
+    app_name: str = "rayscale"
+    timeout_s: float = 60.0
 
 
 class LoadClient:
-    def __init__(self, target: dict[str, Any]):
+    def __init__(self, target: TargetSpec):
         self.target = target
         self.session = None
         self.handle = None
@@ -58,7 +52,6 @@ class LoadClient:
         self._reset_counters()
         self._inflight = 0
         self._incomplete = 0
-        self._sent_total = 0
         self._cpu0 = time.process_time()
         self._wall0 = time.perf_counter()
 
@@ -69,6 +62,7 @@ class LoadClient:
         self._ok = 0
         self._failed = 0
         self._late = 0
+        self._sent = 0
 
     # ---- set-up --------------------------------------------------------------------------------
 
@@ -78,18 +72,18 @@ class LoadClient:
 
         self.images_per_request = images_per_request
         self.expected_output_bytes = images_per_request * EMBED_DIM * 4
-        if self.target["kind"] == "handle":
+        if self.target.kind == "handle":
             from ray import serve
 
             from rayscale.serve.app import DEPLOYMENT_NAME
 
-            self.handle = serve.get_deployment_handle(DEPLOYMENT_NAME, self.target["app_name"])
+            self.handle = serve.get_deployment_handle(DEPLOYMENT_NAME, self.target.app_name)
             self.images_ref = images_ref
             out = await self.handle.infer.remote(self.images_ref)
             if out.shape != (images_per_request, EMBED_DIM):
                 raise RuntimeError(f"handle returned shape {out.shape}, expected {(images_per_request, EMBED_DIM)}")
             return {"ok": True}
-        if self.target["kind"] == "grpc":
+        if self.target.kind == "grpc":
             from rayscale.loadgen.grpc_client import GrpcSender
 
             self.grpc = self.grpc or GrpcSender(self.target)
@@ -100,14 +94,14 @@ class LoadClient:
         from rayscale import protocol
 
         images = np.random.default_rng(seed).integers(0, 256, size=(images_per_request, *IMAGE_SHAPE), dtype=np.uint8)
-        self.body, self.headers = protocol.build_infer_request(images, binary=self.target["binary"])
-        if self.target.get("token"):
-            self.headers["Authorization"] = f"Bearer {self.target['token']}"
-        self.url = f"{self.target['url'].rstrip('/')}/v2/models/{self.target['model']}/infer"
+        self.body, self.headers = protocol.build_infer_request(images, binary=self.target.binary)
+        if self.target.token:
+            self.headers["Authorization"] = f"Bearer {self.target.token}"
+        self.url = f"{self.target.url.rstrip('/')}/v2/models/{self.target.model}/infer"
         if self.session is not None:
             await self.session.close()
         connector = aiohttp.TCPConnector(limit=0, force_close=False, enable_cleanup_closed=True)
-        timeout = aiohttp.ClientTimeout(total=self.target["timeout_s"])
+        timeout = aiohttp.ClientTimeout(total=self.target.timeout_s)
         # No Accept-Encoding: aiohttp offers gzip/deflate by default, and Triton then compresses every
         # response in its output path (measured on an H100: +100 ms per 32-image request, 3-4x lower
         # throughput than perf_analyzer, which asks for no compression either).
@@ -129,7 +123,7 @@ class LoadClient:
         start = time.perf_counter()
         t0 = intended if intended is not None else start
         self._inflight += 1
-        self._sent_total += 1
+        self._sent += 1
         kind = None
         try:
             if self.handle is not None:
@@ -164,7 +158,7 @@ class LoadClient:
             data = await resp.read()
             if resp.status != 200:
                 return f"http_{resp.status}"
-            if self.target["binary"]:
+            if self.target.binary:
                 hl = resp.headers.get(HEADER_LENGTH)
                 if hl is None or len(data) - int(hl) != self.expected_output_bytes:
                     return "bad_response"
@@ -213,7 +207,7 @@ class LoadClient:
                 if time.perf_counter() - intended > LATE_THRESHOLD_S:
                     self._late += 1
                 if len(outstanding) >= MAX_OUTSTANDING_OPEN_LOOP:
-                    self._sent_total += 1
+                    self._sent += 1
                     self._failed += 1
                     self._errors["client_overflow"] = self._errors.get("client_overflow", 0) + 1
                     continue
@@ -226,26 +220,24 @@ class LoadClient:
 
     # ---- reporting -----------------------------------------------------------------------------
 
-    def take(self) -> dict[str, Any]:
+    def take(self) -> ClientTake:
         """What completed since the last take (latencies in seconds, errors by kind)."""
         cpu, wall = time.process_time(), time.perf_counter()
-        out = {
-            "latencies_s": np.asarray(self._lat, dtype=np.float64),
-            "ok": self._ok,
-            "failed": self._failed,
-            "errors": dict(self._errors),
-            "error_events": list(self._error_events),
-            "late": self._late,
-            "in_flight": self._inflight,
-            "sent_total": self._sent_total,
-            "cpu_pct": 100.0 * (cpu - self._cpu0) / max(wall - self._wall0, 1e-9),
-            "pid": os.getpid(),
-        }
+        out = ClientTake(
+            latencies_s=np.asarray(self._lat, dtype=np.float64),
+            ok=self._ok,
+            failed=self._failed,
+            errors=dict(self._errors),
+            error_events=list(self._error_events),
+            late=self._late,
+            sent=self._sent,
+            cpu_pct=100.0 * (cpu - self._cpu0) / max(wall - self._wall0, 1e-9),
+        )
         self._cpu0, self._wall0 = cpu, wall
         self._reset_counters()
         return out
 
-    async def stop(self, drain_timeout_s: float = 30.0) -> dict[str, Any]:
+    async def stop(self, drain_timeout_s: float = 30.0) -> ClientTake:
         """Stop sending, let in-flight requests finish (up to the timeout), then take the rest."""
         self._stopping = True
         tasks = list(self._tasks) + list(getattr(self, "_outstanding", ()))
@@ -257,8 +249,7 @@ class LoadClient:
                 await asyncio.wait(pending, timeout=5)
         self._tasks = []
         final = self.take()
-        final["incomplete"] = final["in_flight"] + self._incomplete
-        self._sent_total = 0
+        final.incomplete = self._inflight + self._incomplete
         self._inflight = 0
         self._incomplete = 0
         return final

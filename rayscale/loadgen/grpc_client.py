@@ -15,7 +15,7 @@ the statistics read around each window; they return the same JSON shapes as the 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -30,6 +30,9 @@ _CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", _UNLIMITED),
     ("grpc.max_receive_message_length", _UNLIMITED),
 ]
+
+if TYPE_CHECKING:
+    from rayscale.loadgen.client import TargetSpec
 
 
 def grpc_address(url: str) -> str:
@@ -55,9 +58,9 @@ def _method_path(name: str) -> str:
 class GrpcSender:
     """Sends one prebuilt ModelInfer request over one channel, as often as the load shape asks."""
 
-    def __init__(self, target: dict[str, Any]):
+    def __init__(self, target: "TargetSpec"):
         self.target = target
-        self.address = grpc_address(target["url"])
+        self.address = grpc_address(target.url)
         self.channel = None
 
     async def prepare(self, images_per_request: int, seed: int = 0) -> dict[str, Any]:
@@ -66,13 +69,13 @@ class GrpcSender:
         from tritonclient.grpc import service_pb2
 
         images = np.random.default_rng(seed).integers(0, 256, size=(images_per_request, *IMAGE_SHAPE), dtype=np.uint8)
-        request = service_pb2.ModelInferRequest(model_name=self.target["model"])
+        request = service_pb2.ModelInferRequest(model_name=self.target.model)
         request.inputs.add(name=INPUT_NAME, datatype="UINT8", shape=list(images.shape))
         request.outputs.add(name=OUTPUT_NAME)
         request.raw_input_contents.append(images.tobytes())
         self.request_bytes = request.SerializeToString()
         self.expected_output_bytes = images_per_request * EMBED_DIM * 4
-        self.metadata = _metadata(self.target.get("token"))
+        self.metadata = _metadata(self.target.token)
         await self.close()
         self.channel = grpc.aio.insecure_channel(self.address, options=_CHANNEL_OPTIONS)
         # The request goes out as the bytes built above (no serialiser): nothing per request but the send.
@@ -80,7 +83,7 @@ class GrpcSender:
             _method_path("ModelInfer"), request_serializer=None, response_deserializer=service_pb2.ModelInferResponse.FromString
         )
         try:
-            response = await self._infer(self.request_bytes, metadata=self.metadata, timeout=self.target["timeout_s"])
+            response = await self._infer(self.request_bytes, metadata=self.metadata, timeout=self.target.timeout_s)
         except grpc.aio.AioRpcError as e:
             raise RuntimeError(f"target answered gRPC {e.code().name}: {e.details()}") from None
         if not response.raw_output_contents or len(response.raw_output_contents[0]) != self.expected_output_bytes:
@@ -93,7 +96,7 @@ class GrpcSender:
         import grpc
 
         try:
-            response = await self._infer(self.request_bytes, metadata=self.metadata, timeout=self.target["timeout_s"])
+            response = await self._infer(self.request_bytes, metadata=self.metadata, timeout=self.target.timeout_s)
         except grpc.aio.AioRpcError as e:
             return f"grpc_{e.code().name.lower()}"
         if len(response.raw_output_contents) != 1 or len(response.raw_output_contents[0]) != self.expected_output_bytes:

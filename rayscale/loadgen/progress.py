@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
-from rayscale.results import BenchResult, PointResult
+from rayscale.loadgen.events import (
+    Event,
+    PointFinished,
+    PointRetried,
+    PointSkipped,
+    PointStarted,
+    Rescaling,
+    SweepStarted,
+    WindowMeasured,
+)
+from rayscale.results import BenchResult, PointResult, PointStatus
 
 __all__ = ["ProgressPrinter"]
+
+_STATUS_COLOUR = {PointStatus.OK: "green", PointStatus.UNSTABLE: "yellow"}
 
 
 def _label(p: PointResult) -> str:
@@ -18,34 +30,39 @@ def _label(p: PointResult) -> str:
 
 
 class ProgressPrinter:
+    """An ``on_event`` observer; ``out`` is the results file once the sweep has named it."""
+
     def __init__(self, console: Console | None = None):
         self.console = console or Console(stderr=True)
-        self.out: str | None = None
+        self.out: Path | None = None
 
-    def __call__(self, event: dict[str, Any]) -> None:
-        kind = event["event"]
-        if kind == "rescale":
-            self.console.print(f"[bold]scaling the app to {event['replicas']} replica(s)…[/bold]")
-        elif kind == "start":
-            self.console.print(f"[cyan]{_label(event['point'])}[/cyan]: warming up")
-        elif kind == "window":
-            w = event["window"]
-            flag = " [green]stable[/green]" if event["stable"] else ""
-            self.console.print(
-                f"  window {event['index']}: {w.images_per_s:,.1f} img/s  p95 {w.p95_ms:.1f} ms  "
-                f"p99 {event['p99_ms']:.1f} ms  errors {w.errors}{flag}"
-            )
-        elif kind == "point":
-            p = event["point"]
-            colour = {"ok": "green", "unstable": "yellow"}.get(p.status, "red")
-            self.console.print(
-                f"  → [{colour}]{p.status}[/{colour}] {p.images_per_s:,.1f} img/s, p50 {_ms(p, 'p50_ms')} ms, "
-                f"p99 {_ms(p, 'p99_ms')} ms, sent {p.requests_sent} ok {p.requests_ok} failed {p.requests_failed}"
-                + (f" [red]client CPU {p.client_cpu_pct:.0f}%[/red]" if p.client_cpu_saturated else "")
-                + (f" ({p.error})" if p.error else "")
-            )
-        elif kind == "skip":
-            self.console.print(f"[dim]{_label(event['point'])}: already in the results file, skipped[/dim]")
+    def __call__(self, event: Event) -> None:
+        print_ = self.console.print
+        match event:
+            case SweepStarted(out=out):
+                self.out = out
+            case Rescaling(replicas=replicas):
+                print_(f"[bold]scaling the app to {replicas} replica(s)…[/bold]")
+            case PointStarted(point=p):
+                print_(f"[cyan]{_label(p)}[/cyan]: warming up")
+            case WindowMeasured(window=w, index=index, stable=stable, p99_ms=p99_ms):
+                flag = " [green]stable[/green]" if stable else ""
+                print_(f"  window {index}: {w.images_per_s:,.1f} img/s  p95 {w.p95_ms:.1f} ms  "
+                       f"p99 {p99_ms:.1f} ms  errors {w.errors}{flag}")  # fmt: skip
+            case PointRetried(point=p, clients=clients):
+                print_(f"  [yellow]client CPU {p.client_cpu_pct:.0f}% with {p.clients} actor(s): "
+                       f"measuring again with {clients}[/yellow]")  # fmt: skip
+            case PointFinished(point=p):
+                colour = _STATUS_COLOUR.get(p.status, "red")
+                print_(
+                    f"  → [{colour}]{p.status}[/{colour}] {p.images_per_s:,.1f} img/s, p50 {_ms(p, 'p50_ms')} ms, "
+                    f"p99 {_ms(p, 'p99_ms')} ms, sent {p.requests_sent} ok {p.requests_ok} failed {p.requests_failed}, "
+                    f"{p.clients} client actor(s)"
+                    + (f" [red]client CPU {p.client_cpu_pct:.0f}%[/red]" if p.client_cpu_saturated else "")
+                    + (f" ({p.error})" if p.error else "")
+                )
+            case PointSkipped(point=p):
+                print_(f"[dim]{_label(p)}: already in the results file, skipped[/dim]")
 
     def summary(self, result: BenchResult) -> None:
         table = Table(title=f"rayscale bench ({result.status})")
@@ -55,12 +72,12 @@ class ProgressPrinter:
             load = str(p.concurrency) if p.concurrency is not None else f"{p.rate_rps:g}/s"
             table.add_row(p.target, p.transport, str(p.replicas), str(p.images_per_request), load,
                           f"{p.images_per_s:,.1f}", f"{p.requests_per_s:,.1f}", _ms(p, "p50_ms"),
-                          _ms(p, "p99_ms"), str(p.requests_failed), p.status)
+                          _ms(p, "p99_ms"), str(p.requests_failed), str(p.status))  # fmt: skip
         Console().print(table)
         Console().print(f"results: {result.config.get('out')}")
 
 
-def _ms(point, field: str) -> str:
+def _ms(point: PointResult, field: str) -> str:
     """A latency percentile, or a dash where no latency sample was kept (an unstable perf_analyzer point)."""
     value = point.latency.measured(field)
     return "–" if value is None else f"{value:.1f}"

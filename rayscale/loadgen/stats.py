@@ -1,4 +1,4 @@
-"""Latency statistics from pooled raw samples, and perf_analyzer's stability rule.
+"""What client actors hand over, latency statistics from pooled raw samples, and perf_analyzer's stability rule.
 
 Client actors return raw latency samples; pooling them and taking percentiles of the pool is
 exact (percentiles are never averaged across actors). Percentiles use the nearest-rank method
@@ -8,13 +8,61 @@ round(p/100·(n−1)) instead: the two are at most one sample apart.
 
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Iterable, Sequence
 
 import numpy as np
 
 from rayscale.results import LatencyStats, WindowStats
 
-__all__ = ["is_stable", "latency_stats", "percentile"]
+__all__ = ["ClientTake", "is_stable", "latency_stats", "percentile"]
+
+
+@dataclass
+class ClientTake:
+    """What client actors completed over a span: raw latencies and counts that merge exactly.
+
+    One actor's ``take()`` covers the span since its last take; ``merge`` pools several actors or
+    spans (latencies are concatenated, never summarised, so percentiles of the pool stay exact).
+    ``cpu_pct`` is the busiest actor's share of one core: a merge keeps the maximum.
+    """
+
+    latencies_s: np.ndarray = field(default_factory=lambda: np.empty(0))
+    ok: int = 0
+    failed: int = 0
+    errors: dict[str, int] = field(default_factory=dict)  # failed requests by kind
+    error_events: list[tuple[float, str]] = field(default_factory=list)  # (unix time, kind), capped per actor
+    late: int = 0  # open loop: sends more than LATE_THRESHOLD_S behind schedule
+    sent: int = 0  # requests sent in the span (some still in flight at its end)
+    incomplete: int = 0  # at a stop: requests that never finished
+    cpu_pct: float = 0.0
+
+    def merge(self, other: "ClientTake") -> "ClientTake":
+        errors = dict(self.errors)
+        for kind, n in other.errors.items():
+            errors[kind] = errors.get(kind, 0) + n
+        return ClientTake(
+            latencies_s=np.concatenate([self.latencies_s, other.latencies_s]),
+            ok=self.ok + other.ok,
+            failed=self.failed + other.failed,
+            errors=errors,
+            error_events=self.error_events + other.error_events,
+            late=self.late + other.late,
+            sent=self.sent + other.sent,
+            incomplete=self.incomplete + other.incomplete,
+            cpu_pct=max(self.cpu_pct, other.cpu_pct),
+        )
+
+    @classmethod
+    def pooled(cls, takes: Iterable["ClientTake"]) -> "ClientTake":
+        total = cls()
+        for take in takes:
+            total = total.merge(take)
+        return total
+
+    def counts_only(self) -> "ClientTake":
+        """The same counts without the latency samples (for totals kept over a whole point)."""
+        return replace(self, latencies_s=np.empty(0))
 
 
 def percentile(samples: np.ndarray, p: float) -> float:

@@ -35,7 +35,8 @@ def _state_file() -> Path:
     return state_dir() / "cluster.json"
 
 
-def _read_state() -> dict[str, Any]:
+def read_state() -> dict[str, Any]:
+    """What `rayscale up` recorded of the cluster it started ({} when none)."""
     try:
         return json.loads(_state_file().read_text())
     except (OSError, json.JSONDecodeError):
@@ -270,7 +271,7 @@ def connect(address: str | None = None, *, start: bool = False, num_gpus: int | 
         return ray.get_runtime_context().gcs_address, False
     started = False
     own_local_cluster = False  # the loopback-only cluster `up` started (see _start_local_cluster)
-    state = _read_state()
+    state = read_state()
     if address is None and state.get("address"):
         if _gcs_reachable(state["address"]):
             address = state["address"]
@@ -326,9 +327,12 @@ def _resolve_gpus(cfg: ServeConfig, cluster_gpus: float, warnings: list[str]) ->
     return cfg
 
 
-def wait_for_replicas(app_name: str, replicas: int, timeout_s: float = 600.0, *, routed: bool = False) -> list[dict[str, Any]]:
+def wait_for_replicas(
+    app_name: str, replicas: int, timeout_s: float = 600.0, *, routed: bool = False, exact: bool = False
+) -> list[dict[str, Any]]:
     """Block until the app is RUNNING with ``replicas`` running replica processes that registered
-    their info (and, with ``routed``, that the ingress routes to that many healthy ones)."""
+    their info (and, with ``routed``, that the ingress routes to that many healthy ones; with
+    ``exact``, no more than that: processes of a scale-down have left)."""
     import ray
     from ray import serve
 
@@ -348,7 +352,8 @@ def wait_for_replicas(app_name: str, replicas: int, timeout_s: float = 600.0, *,
                 try:
                     actor = ray.get_actor(collector_name(app_name), namespace=NAMESPACE)
                     infos = ray.get(actor.replicas.remote(), timeout=10)
-                    if len(infos) >= replicas and (not routed or _routed(app_name) >= replicas):
+                    enough = len(infos) == replicas if exact else len(infos) >= replicas
+                    if enough and (not routed or (_routed(app_name) == replicas if exact else _routed(app_name) >= replicas)):
                         return infos
                 except ValueError:
                     pass
@@ -516,7 +521,7 @@ def down(
 
     from rayscale.serve.stats import NAMESPACE, collector_name, kill_collector
 
-    state = _read_state()
+    state = read_state()
     result: dict[str, Any] = {"app_deleted": False, "cluster_stopped": False}
     try:
         connect(address)

@@ -95,7 +95,11 @@ def ingress_config(cfg) -> IngressConfig:
 def _threads(cfg: IngressConfig) -> int:
     if cfg.threads:
         return cfg.threads
-    return max(2, min(16, (os.cpu_count() or 2) // 4))
+    try:
+        cores = len(os.sched_getaffinity(0))  # the CPUs this process may use (a pod's cpuset, say)
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 2
+    return max(2, min(16, cores // 4))
 
 
 def _fmt_host(host: str) -> str:
@@ -117,6 +121,7 @@ def render_config(cfg: IngressConfig, *, token: str, workdir: Path) -> str:
         f"    stats socket {workdir / 'admin.sock'} mode 600 level admin",
         "    tune.bufsize 131072",
         "    hard-stop-after 30s",
+        "    noreuseport",  # a port in use is an error, not a port shared with another HAProxy
         *(["    log stderr format raw daemon"] if os.environ.get(LOG_ENV) else []),
         "",
         "defaults",
@@ -141,6 +146,10 @@ def render_config(cfg: IngressConfig, *, token: str, workdir: Path) -> str:
         "frontend rayscale_http",
         f"    bind {_fmt_host(cfg.host)}:{cfg.http_port}",
         f"    http-request del-header {INGRESS_TOKEN_HEADER}",
+        # Serve's proxy health path, which KubeRay probes: healthy while any replica is routed
+        "    acl healthz path /-/healthz",
+        f"    http-request return status 200 content-type application/json string '{{\"healthy\": true}}' if healthz {{ nbsrv({_HTTP_BACKEND}) gt 0 }}",
+        "    http-request return status 503 content-type application/json string '{\"error\": \"no replica is ready\"}' if healthz",
         f"    default_backend {_HTTP_BACKEND}",
         "",
         f"backend {_HTTP_BACKEND}",

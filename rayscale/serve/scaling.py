@@ -1,0 +1,68 @@
+"""Rescaling the running rayscale app, and asking it what it runs.
+
+``rayscale bench --replicas 1,2,4`` measures the app at each size: ``rescale`` redeploys it with
+the same settings and another replica count, and returns once every replica is ready.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rayscale.errors import ConfigError, ServerError
+
+__all__ = ["cluster_started_by_rayscale", "rescale", "running_app_config"]
+
+
+def cluster_started_by_rayscale() -> bool:
+    """Whether ``rayscale up`` recorded a Ray cluster it started (it may since have stopped).
+
+    """
+    from rayscale.serve.cluster import read_state
+
+    return bool(read_state())
+
+
+def running_app_config(app_name: str) -> dict[str, Any] | None:
+    """The running app's config, with ``replicas`` set to the replicas up now (processes running ÷
+    processes per replica); None if none runs."""
+    import ray
+
+    from rayscale.serve.stats import NAMESPACE, collector_name
+
+    try:
+        infos = ray.get(ray.get_actor(collector_name(app_name), namespace=NAMESPACE).replicas.remote(), timeout=10)
+    except ValueError:
+        return None
+    if not infos:
+        return None
+    config = dict(infos[0].get("config") or {})
+    return dict(config, replicas=len(infos) // max(int(config.get("processes_per_replica") or 1), 1))
+
+
+def rescale(app_name: str, replicas: int, *, current: dict[str, Any] | None = None, api_token: str | None = None) -> dict[str, Any]:
+    """Redeploy the running app with ``replicas`` replicas and wait until all are ready; returns its config
+    (the token aside).
+
+    ``current`` is the app's config as ``running_app_config`` gave it (read again when not given).
+    """
+    import ray
+    from ray import serve
+
+    from rayscale.serve.app import build_app
+    from rayscale.serve.cluster import wait_for_replicas
+
+    current = current if current is not None else running_app_config(app_name)
+    if current is None:
+        raise ServerError(f"no running rayscale app {app_name!r} in this Ray cluster to rescale: start it with `rayscale up`")
+    if current["replicas"] == replicas:  # running_app_config counted the replicas up now
+        return current
+    need = replicas * float(current.get("gpus_per_replica", 0))
+    have = float(ray.cluster_resources().get("GPU", 0))
+    if need > have + 1e-9:
+        raise ConfigError(f"{replicas} replicas need {need:g} GPUs but the cluster has {have:g}: drop it from --replicas")
+    scaled = dict(current, replicas=replicas)
+    args = dict(scaled, api_token=api_token) if api_token else scaled
+    serve.run(build_app(args), name=app_name, route_prefix=scaled.get("route_prefix", "/"), blocking=False)
+    processes = replicas * max(int(scaled.get("processes_per_replica") or 1), 1)
+    wait_for_replicas(app_name, processes, routed=scaled.get("ingress") == "direct", exact=True)
+    return scaled  # without the token: the config goes into results files
