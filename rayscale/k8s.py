@@ -8,6 +8,10 @@ two equal):
 * a ``Job`` that exports the model once into the model volume (never into git or the image);
 * a ``RayService``: a head without GPUs and ``ceil(N / replicas_per_gpu)`` one-GPU workers
   running the application builder ``rayscale.serve.app:build_app`` with ``ServeConfig`` args;
+* with the default ingress (``direct``), a ``Service`` ``rayscale-ingress`` in front of the
+  head pod, where rayscale's HAProxy listens (8000 HTTP, 8001 gRPC) and routes to the replica
+  processes' own servers on the GPU workers; with ``proxy``, KubeRay's Serve Service in front of
+  Serve's proxies on the workers;
 * a Triton ``Deployment`` + ``Service`` serving the same ONNX file on the same number of GPUs;
 * a ``RayJob`` that sweeps concurrency against the RayService and writes a results file;
 * monitoring: ``PodMonitor``/``ServiceMonitor`` objects and the Grafana dashboard ``ConfigMap``.
@@ -39,11 +43,13 @@ __all__ = [
     "RAY_IMAGE",
     "RAY_VERSION",
     "TRITON_IMAGE",
+    "K8S_INGRESSES",
     "gpu_workers_for",
     "k8s_app",
     "keep_node_exporters",
     "packaged_dashboard",
     "render_manifests",
+    "worker_cpus_for",
     "write_manifests",
 ]
 
@@ -57,7 +63,8 @@ DEFAULT_NAMESPACE = "rayscale"
 
 SERVE_APP_IMPORT_PATH = "rayscale.serve.app:build_app"
 RAYSERVICE_NAME = "rayscale"
-SERVE_SERVICE_NAME = "rayscale-serve-svc"
+SERVE_SERVICE_NAME = "rayscale-serve-svc"  # KubeRay's Serve Service (named by us)
+INGRESS_SERVICE_NAME = "rayscale-ingress"  # ours: the head pod's HAProxy (ingress "direct")
 TRITON_NAME = "triton"
 MODELS_PVC = "rayscale-models"
 RESULTS_PVC = "rayscale-results"
@@ -67,6 +74,10 @@ MODEL_DIR_IN_POD = f"{MODELS_MOUNT}/{MODEL_NAME}"
 MODEL_REPOSITORY = "/model_repository"
 
 SERVE_PORT = 8000
+GRPC_PORT = 8001
+# The head container's names for them: KubeRay's conventions ("serve", "serve-*") for Serve's ports.
+SERVE_PORT_NAME, GRPC_PORT_NAME = "serve", "serve-grpc"
+RAY_NODE_HEALTH_PORT = 52365  # Ray's dashboard agent: /api/healthz answers for the node (Ray ≥ 2.53)
 DASHBOARD_PORT = 8265
 RAY_METRICS_PORT = 8080
 EXPORTER_PORT = 9400  # rayscale.metrics exporter actors: GPU metrics per node, serving statistics on the head
@@ -76,9 +87,15 @@ BENCH_CONCURRENCY = (1, 4, 16, 64, 128, 256)
 BENCH_IMAGES_PER_REQUEST = 32
 MONITORING_KINDS = ("PodMonitor", "ServiceMonitor", "ConfigMap")
 
-# One GPU worker pod: CPU and memory sized for one replica's batching, decoding and the proxy.
-WORKER_CPUS = 8
+# Ingresses the manifests run: "direct" (rayscale's HAProxy on the head, the default) or "proxy"
+# (Serve's proxy on every worker). Serve's own HAProxy mode ("haproxy") is not offered here.
+K8S_INGRESSES = ("direct", "proxy")
+
+# One GPU worker pod: a CPU for each replica process it holds (Ray schedules them by CPU too) plus
+# this much for the raylet, the dashboard agent, the exporter and, with "proxy", Serve's proxy.
+WORKER_HEADROOM_CPUS = 4
 WORKER_MEMORY = "32Gi"
+HEAD_CPUS = 4  # GCS, dashboard, Serve controller; the default ingress adds a core per GPU worker
 RAY_USER = {"runAsUser": 1000, "runAsGroup": 100, "fsGroup": 100}  # the ray user of rayproject/ray
 
 _DASHBOARD_SOURCE = Path(__file__).resolve().parent / "dashboards" / "rayscale.json"
@@ -106,15 +123,33 @@ def gpu_workers_for(replicas: int, gpus_per_replica: float) -> int:
     return math.ceil(replicas / per_gpu)
 
 
+def worker_cpus_for(serve: ServeConfig) -> int:
+    """CPUs of one GPU worker pod: every replica process that fits on its GPU, plus headroom.
+
+    ``processes_per_replica`` auto is 4 processes per GPU, each reserving ``cpus_per_replica``.
+    """
+    replicas_per_gpu = math.floor(1 / serve.gpus_per_replica + 1e-9)
+    processes = replicas_per_gpu * serve.resolved().processes_per_replica
+    return math.ceil(processes * serve.cpus_per_replica - 1e-9) + WORKER_HEADROOM_CPUS
+
+
+def _head_cpus(serve: ServeConfig, workers: int) -> int:
+    # With "direct", every request crosses HAProxy on the head, in and out: a core per GPU worker.
+    return HEAD_CPUS + (workers if serve.ingress == "direct" else 0)
+
+
 def _serve_config(serve: ServeConfig | None, replicas: int, gpus_per_replica: float) -> ServeConfig:
     serve = serve or ServeConfig()
     if serve.api_token:
         raise ConfigError(
             "api_token would be stored in plain text in the RayService: leave it unset "
-            "(the Serve Service is ClusterIP, reachable only inside the cluster)"
+            "(the Services are ClusterIP, reachable only inside the cluster)"
         )
+    if serve.ingress not in K8S_INGRESSES:
+        raise ConfigError(f"ingress must be one of {', '.join(K8S_INGRESSES)} on Kubernetes, got {serve.ingress!r}")
     # In the pod: the model volume's path, CUDA or a loud failure (never a silent CPU fallback), and
-    # 0.0.0.0 because a ClusterIP Service fronts the proxy and the pod IP is not reachable otherwise.
+    # 0.0.0.0 because a ClusterIP Service fronts the ingress (HAProxy on the head, or Serve's proxies
+    # on the workers) and the pod IP is not reachable otherwise: the pod network is the boundary.
     return dataclasses.replace(
         serve,
         model_dir=MODEL_DIR_IN_POD,
@@ -122,6 +157,7 @@ def _serve_config(serve: ServeConfig | None, replicas: int, gpus_per_replica: fl
         gpus_per_replica=float(gpus_per_replica),
         host="0.0.0.0",
         port=SERVE_PORT,
+        grpc_port=GRPC_PORT,
         provider="cuda",
     )
 
@@ -173,11 +209,19 @@ def proxy_env_vars() -> dict[str, str]:
 
 def serve_config_v2(serve: ServeConfig) -> str:
     """The RayService's ``serveConfigV2``: a Serve config file (YAML; JSON is valid YAML)."""
+    if serve.ingress == "direct":
+        # No Serve proxy: the first replica starts rayscale's HAProxy on the head (the Ingress actor),
+        # listening on host:port and host:grpc_port, so Serve must leave port 8000 free there.
+        head: dict[str, Any] = {"proxy_location": "Disabled"}
+    else:
+        head = {
+            "proxy_location": "EveryNode",
+            "http_options": {"host": serve.host, "port": serve.port},
+            # Serve's proxy answers its own errors (queue full, timeout, dead replica) in the protocol's JSON.
+            "controller_options": {"runtime_env": {"env_vars": proxy_env_vars()}},
+        }
     config = {
-        "proxy_location": "EveryNode",
-        "http_options": {"host": serve.host, "port": serve.port},
-        # Serve's proxy answers its own errors (queue full, timeout, dead replica) in the protocol's JSON.
-        "controller_options": {"runtime_env": {"env_vars": proxy_env_vars()}},
+        **head,
         "applications": [
             {
                 "name": serve.app_name,
@@ -253,12 +297,13 @@ def _port(name: str, port: int) -> dict[str, Any]:
 
 
 def _ray_head(image: str, *, namespace_labels: dict[str, str], mounts: list[dict[str, Any]],
-              volumes: list[dict[str, Any]], exporters: bool = False) -> dict[str, Any]:
+              volumes: list[dict[str, Any]], exporters: bool = False, grpc: bool = False, cpus: int = HEAD_CPUS) -> dict[str, Any]:
     ports = [
         _port("gcs", 6379),
         _port("dashboard", DASHBOARD_PORT),
         _port("client", 10001),
-        _port("serve", SERVE_PORT),
+        _port(SERVE_PORT_NAME, SERVE_PORT),
+        *([_port(GRPC_PORT_NAME, GRPC_PORT)] if grpc else []),
         _port("metrics", RAY_METRICS_PORT),
     ]
     extra: dict[str, Any] = {}
@@ -286,7 +331,7 @@ def _ray_head(image: str, *, namespace_labels: dict[str, str], mounts: list[dict
                         "image": image,
                         "imagePullPolicy": "IfNotPresent",
                         "ports": ports,
-                        "resources": _resources(4, "16Gi"),
+                        "resources": _resources(cpus, "16Gi"),
                         "readinessProbe": {
                             "httpGet": {"path": "/api/gcs_healthz", "port": DASHBOARD_PORT},
                             "initialDelaySeconds": 10,
@@ -304,12 +349,75 @@ def _ray_head(image: str, *, namespace_labels: dict[str, str], mounts: list[dict
     }
 
 
+def _worker_readiness(serve: ServeConfig) -> dict[str, Any]:
+    timing = {"initialDelaySeconds": 10, "periodSeconds": 5, "timeoutSeconds": 2, "failureThreshold": 10}
+    if serve.ingress == "direct":
+        # No Serve proxy on the workers: the pod is ready when its Ray node is. (Left unset, KubeRay
+        # would add a check of Serve's proxy on port 8000, which never passes here.)
+        return {"httpGet": {"path": "/api/healthz", "port": RAY_NODE_HEALTH_PORT}, **timing}
+    # Serve's proxy answers /-/healthz once it can route; KubeRay adds the matching liveness probe.
+    return {"httpGet": {"path": "/-/healthz", "port": SERVE_PORT}, **timing}
+
+
+def _serve_service(serve: ServeConfig) -> dict[str, Any]:
+    """KubeRay's Serve Service (KubeRay always creates one for a RayService and sets its selector).
+
+    With "direct" it targets the head's named ports, which no worker declares, so only the head
+    can be an endpoint: KubeRay adds it when the head answers Serve's health check (/-/healthz).
+    """
+    meta = {"name": SERVE_SERVICE_NAME, "labels": _labels("rayscale", "serve")}
+    if serve.ingress != "direct":
+        return {"metadata": meta, "spec": {"type": "ClusterIP", "ports": [{"name": "serve", "port": SERVE_PORT, "targetPort": SERVE_PORT}]}}
+    # KubeRay keeps only ports named "serve" or "serve-*" in its Serve Service.
+    return {"metadata": meta, "spec": {"type": "ClusterIP", "ports": _ingress_ports(SERVE_PORT_NAME, GRPC_PORT_NAME)}}
+
+
+def _ingress_ports(http_name: str = "http", grpc_name: str = "grpc") -> list[dict[str, Any]]:
+    # Named target ports: only the head container declares them, so no worker is ever an endpoint.
+    return [
+        {"name": http_name, "port": SERVE_PORT, "targetPort": SERVE_PORT_NAME, "protocol": "TCP"},
+        {"name": grpc_name, "port": GRPC_PORT, "targetPort": GRPC_PORT_NAME, "protocol": "TCP", "appProtocol": "kubernetes.io/h2c"},
+    ]
+
+
+# KubeRay labels every Ray pod with its node type; the rest are the head template's own labels,
+# which the RayJob's cluster ("rayscale-bench") does not share. A RayService's RayCluster name
+# (ray.io/cluster) carries a random suffix, so it cannot be part of a fixed selector.
+HEAD_SELECTOR = {"ray.io/node-type": "head", "app.kubernetes.io/name": "rayscale", "app.kubernetes.io/component": "ray-head"}
+
+
+def _ingress_service(namespace: str) -> dict[str, Any]:
+    """The clients' way in with the default ingress: the head pod's HAProxy, HTTP and gRPC (h2c)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _meta(INGRESS_SERVICE_NAME, namespace, "ingress"),
+        "spec": {"type": "ClusterIP", "selector": dict(HEAD_SELECTOR), "ports": _ingress_ports()},
+    }
+
+
+def serve_url(serve: ServeConfig) -> str:
+    """Where clients inside the cluster reach the app over HTTP."""
+    service = INGRESS_SERVICE_NAME if serve.ingress == "direct" else SERVE_SERVICE_NAME
+    return f"http://{service}:{SERVE_PORT}"
+
+
 def _rayservice(image: str, namespace: str, serve: ServeConfig, workers: int) -> dict[str, Any]:
+    direct = serve.ingress == "direct"
     models_ro = {"name": "models", "mountPath": MODELS_MOUNT, "readOnly": True}
     models_volume = _volume_pvc("models", MODELS_PVC, read_only=True)
     head = _ray_head(
-        image, namespace_labels=_labels("rayscale", "ray-head"), mounts=[models_ro], volumes=[models_volume], exporters=True
+        image,
+        namespace_labels=_labels("rayscale", "ray-head"),
+        mounts=[models_ro],
+        volumes=[models_volume],
+        exporters=True,
+        grpc=direct,
+        cpus=_head_cpus(serve, workers),
     )
+    # With "direct" the replica processes listen on the pod IP on ephemeral ports (HAProxy on the
+    # head reaches them there, with a token): no fixed port of theirs to declare.
+    worker_ports = [] if direct else [_port("serve", SERVE_PORT)]
     worker = {
         "groupName": "gpu",
         "replicas": workers,
@@ -327,20 +435,12 @@ def _rayservice(image: str, namespace: str, serve: ServeConfig, workers: int) ->
                         "image": image,
                         "imagePullPolicy": "IfNotPresent",
                         "ports": [
-                            _port("serve", SERVE_PORT),
+                            *worker_ports,
                             _port("metrics", RAY_METRICS_PORT),
                             _port("exporter", EXPORTER_PORT),
                         ],
-                        "resources": _resources(WORKER_CPUS, WORKER_MEMORY, gpus=1),
-                        # Serve's proxy answers /-/healthz once it can route; KubeRay adds the
-                        # Ray liveness probe that matches the Ray version.
-                        "readinessProbe": {
-                            "httpGet": {"path": "/-/healthz", "port": SERVE_PORT},
-                            "initialDelaySeconds": 10,
-                            "periodSeconds": 5,
-                            "timeoutSeconds": 2,
-                            "failureThreshold": 10,
-                        },
+                        "resources": _resources(worker_cpus_for(serve), WORKER_MEMORY, gpus=1),
+                        "readinessProbe": _worker_readiness(serve),
                         "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}, models_ro],
                     }
                 ],
@@ -355,12 +455,10 @@ def _rayservice(image: str, namespace: str, serve: ServeConfig, workers: int) ->
         "metadata": _meta(RAYSERVICE_NAME, namespace, "serve"),
         "spec": {
             "serveConfigV2": serve_config_v2(serve),
-            # Traffic goes to the GPU workers' proxies, not through the head.
-            "excludeHeadPodFromServeSvc": True,
-            "serveService": {
-                "metadata": {"name": SERVE_SERVICE_NAME, "labels": _labels("rayscale", "serve")},
-                "spec": {"type": "ClusterIP", "ports": [{"name": "serve", "port": SERVE_PORT, "targetPort": SERVE_PORT}]},
-            },
+            # proxy: traffic goes to the GPU workers' proxies, not through the head. direct: the
+            # head is where HAProxy listens, so KubeRay may put it behind its Serve Service.
+            "excludeHeadPodFromServeSvc": not direct,
+            "serveService": _serve_service(serve),
             "rayClusterConfig": {
                 "rayVersion": RAY_VERSION,
                 "enableInTreeAutoscaling": False,
@@ -457,7 +555,7 @@ def _triton(image: str, namespace: str, gpus: int, serve: ServeConfig) -> list[d
                             ],
                             "ports": [_port(name, port) for name, port in TRITON_PORTS.items()],
                             # The same CPU and memory per GPU as a Ray worker: a like-for-like cost.
-                            "resources": _resources(WORKER_CPUS * gpus, f"{32 * gpus}Gi", gpus=gpus),
+                            "resources": _resources(worker_cpus_for(serve) * gpus, f"{32 * gpus}Gi", gpus=gpus),
                             "startupProbe": {
                                 "httpGet": {"path": "/v2/health/ready", "port": TRITON_PORTS["http"]},
                                 "periodSeconds": 5,
@@ -500,17 +598,17 @@ def _triton(image: str, namespace: str, gpus: int, serve: ServeConfig) -> list[d
     return [deployment, service]
 
 
-def bench_entrypoint(replicas: int, workers: int) -> str:
+def bench_entrypoint(replicas: int, workers: int, url: str) -> str:
     """One command, no shell operators: KubeRay's submitter pastes it into `ray job submit -- ...`."""
     levels = ",".join(str(c) for c in BENCH_CONCURRENCY)
     return (
-        f"rayscale bench --url http://{SERVE_SERVICE_NAME}:{SERVE_PORT} --replicas {replicas} "
+        f"rayscale bench --url {url} --replicas {replicas} "
         f"--concurrency {levels} --images-per-request {BENCH_IMAGES_PER_REQUEST} "
         f"--out {RESULTS_MOUNT}/rayserve-{workers}gpu.json"
     )
 
 
-def _bench_rayjob(image: str, namespace: str, replicas: int, workers: int) -> dict[str, Any]:
+def _bench_rayjob(image: str, namespace: str, replicas: int, workers: int, url: str, cpus: int) -> dict[str, Any]:
     results_mount = {"name": "results", "mountPath": RESULTS_MOUNT}
     head = _ray_head(
         image,
@@ -533,7 +631,7 @@ def _bench_rayjob(image: str, namespace: str, replicas: int, workers: int) -> di
                         "name": "ray-worker",
                         "image": image,
                         "imagePullPolicy": "IfNotPresent",
-                        "resources": _resources(WORKER_CPUS, "16Gi"),
+                        "resources": _resources(cpus, "16Gi"),
                         "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}],
                     }
                 ],
@@ -541,7 +639,7 @@ def _bench_rayjob(image: str, namespace: str, replicas: int, workers: int) -> di
             },
         },
     }
-    ready_url = f"http://{SERVE_SERVICE_NAME}:{SERVE_PORT}/v2/health/ready"
+    ready_url = f"{url}/v2/health/ready"
     submitter = {
         "metadata": {"labels": _labels("rayscale-bench", "submitter")},
         "spec": {
@@ -579,7 +677,7 @@ def _bench_rayjob(image: str, namespace: str, replicas: int, workers: int) -> di
         "kind": "RayJob",
         "metadata": _meta("rayscale-bench", namespace, "bench", app="rayscale-bench"),
         "spec": {
-            "entrypoint": bench_entrypoint(replicas, workers),
+            "entrypoint": bench_entrypoint(replicas, workers, url),
             "shutdownAfterJobFinishes": True,
             "ttlSecondsAfterFinished": 600,
             "activeDeadlineSeconds": 3 * 3600,  # includes the wait for the RayService
@@ -667,9 +765,9 @@ def render_manifests(
 ) -> list[dict[str, Any]]:
     """The Kubernetes objects for ``replicas`` Serve replicas (and the same GPUs for Triton).
 
-    ``serve`` supplies the remaining Serve settings (batching, queue limits...); ``replicas``
-    and ``gpus_per_replica`` override its own, and the model path, host, port and provider are
-    those of the pod.
+    ``serve`` supplies the remaining Serve settings (batching, queue limits, ``ingress``,
+    ``processes_per_replica``...); ``replicas`` and ``gpus_per_replica`` override its own, and the
+    model path, host, ports and provider are those of the pod.
     """
     workers = gpu_workers_for(replicas, gpus_per_replica)
     if not image or any(c.isspace() for c in image):
@@ -682,8 +780,9 @@ def render_manifests(
         _pvc(RESULTS_PVC, namespace, "1Gi", "results"),
         _export_job(image, namespace),
         _rayservice(image, namespace, cfg, workers),
+        *([_ingress_service(namespace)] if cfg.ingress == "direct" else []),
         *_triton(image, namespace, workers, cfg),
-        _bench_rayjob(image, namespace, replicas, workers),
+        _bench_rayjob(image, namespace, replicas, workers, serve_url(cfg), worker_cpus_for(cfg)),
         *_monitoring(namespace, packaged_dashboard()),
     ]
 
@@ -754,7 +853,11 @@ def write_manifests(
 
     core = [o for o in objs if not _is_monitoring(o)]
     monitors = [o for o in objs if _is_monitoring(o) and o["kind"] != "ConfigMap"]
-    header = f"# rayscale {__version__}: `rayscale k8s render --replicas {replicas} --gpus-per-replica {gpus_per_replica:g}`\n"
+    ingress = (serve or ServeConfig()).ingress
+    header = (
+        f"# rayscale {__version__}: `rayscale k8s render --replicas {replicas} --gpus-per-replica {gpus_per_replica:g}"
+        f" --ingress {ingress}`\n"
+    )
     try:
         for obj in core:
             put(out / _file_name(obj), header + _dump(obj))
@@ -817,10 +920,22 @@ def render_command(
     gpus_per_replica: float = typer.Option(1.0, "--gpus-per-replica", help="GPU share per replica, in (0, 1]."),
     image: str = typer.Option(DEFAULT_IMAGE, "--image", help="The rayscale image built from k8s/Dockerfile."),
     namespace: str = typer.Option(DEFAULT_NAMESPACE, "--namespace", help="Namespace for every object."),
+    ingress: str = typer.Option(
+        "direct", "--ingress", help="direct: rayscale's HAProxy on the head pod (Service rayscale-ingress); proxy: Serve's proxies."
+    ),
+    processes_per_replica: int = typer.Option(
+        0, "--processes-per-replica", help="Serve replica processes per replica, sharing its GPU; 0: auto (4 per GPU)."
+    ),
     out: Path = typer.Option(..., "--out", help="Directory to write (kubectl apply -k DIR; DIR/monitoring apart)."),
 ) -> None:
     """Write the manifests for one size: `kubectl apply -k OUT` and `kubectl apply -k OUT/monitoring`."""
-    paths = write_manifests(out, replicas=replicas, gpus_per_replica=gpus_per_replica, image=image, namespace=namespace)
+    if ingress not in K8S_INGRESSES:
+        raise ConfigError(f"--ingress must be one of {', '.join(K8S_INGRESSES)}, got {ingress!r}")
+    serve = ServeConfig(ingress=ingress, processes_per_replica=processes_per_replica)
+    paths = write_manifests(
+        out, replicas=replicas, gpus_per_replica=gpus_per_replica, image=image, namespace=namespace, serve=serve
+    )
     workers = gpu_workers_for(replicas, gpus_per_replica)
     typer.echo(f"wrote {len(paths)} files to {out}: {replicas} Serve replicas on {workers} GPU workers, Triton on {workers} GPUs")
+    typer.echo(f"clients in the cluster: {serve_url(serve)}" + (f" (gRPC {INGRESS_SERVICE_NAME}:{GRPC_PORT})" if ingress == "direct" else ""))
     typer.echo(f"apply: kubectl apply -k {out}   (monitoring: kubectl apply -k {out / 'monitoring'})")

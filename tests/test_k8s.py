@@ -29,6 +29,7 @@ from typer.testing import CliRunner
 from rayscale import k8s
 from rayscale.config import ServeConfig
 from rayscale.errors import ConfigError
+from rayscale.serve.app import parse_app_args
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "k8s"
@@ -273,7 +274,10 @@ def check_sizes(objs: list[dict[str, Any]], replicas: int, gpus_per_replica: flo
     assert entry[:2] == ["rayscale", "bench"]
     opt = dict(zip(entry[2::2], entry[3::2]))
     assert opt["--replicas"] == str(replicas)
-    assert opt["--url"] == f"http://{rs['spec']['serveService']['metadata']['name']}:8000"
+    front = "rayscale-ingress" if args["ingress"] == "direct" else rs["spec"]["serveService"]["metadata"]["name"]
+    assert opt["--url"] == f"http://{front}:8000"
+    wait = _find(objs, "RayJob", "rayscale-bench")["spec"]["submitterPodTemplate"]["spec"]["initContainers"][0]
+    assert f"http://{front}:8000/v2/health/ready" in wait["command"][-1]
     assert opt["--concurrency"] == "1,4,16,64,128,256" and opt["--images-per-request"] == "32"
     assert opt["--out"].startswith("/results/") and opt["--out"].endswith(".json")
     # One command: KubeRay's submitter pastes the entrypoint into a shell line.
@@ -281,13 +285,27 @@ def check_sizes(objs: list[dict[str, Any]], replicas: int, gpus_per_replica: flo
 
 
 def check_serve_config(rayservice: dict[str, Any]) -> None:
+    """A Serve config file Ray accepts, whose app args are a ServeConfig as the builder parses them."""
+    from ray.serve.schema import ServeDeploySchema
+
     config = yaml.safe_load(rayservice["spec"]["serveConfigV2"])
-    assert config["http_options"] == {"host": "0.0.0.0", "port": 8000}
+    ServeDeploySchema.model_validate(config)
+    cfg = parse_app_args(serve_app(rayservice)["args"])
+    assert (cfg.host, cfg.port, cfg.grpc_port) == ("0.0.0.0", 8000, 8001)
+    if cfg.ingress == "direct":
+        # rayscale's HAProxy takes port 8000 on the head: Serve runs no proxy, and none of its env.
+        assert config["proxy_location"] == "Disabled"
+        assert "http_options" not in config and "controller_options" not in config
+    else:
+        assert config["proxy_location"] == "EveryNode"
+        assert config["http_options"] == {"host": "0.0.0.0", "port": 8000}
+        assert "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH" in config["controller_options"]["runtime_env"]["env_vars"]
     app = serve_app(rayservice)
     module_name, _, attr = app["import_path"].partition(":")
     builder = getattr(importlib.import_module(module_name), attr)
     assert callable(builder)
     cfg = ServeConfig(**app["args"])  # the builder's own argument type accepts them as they are
+    assert cfg == parse_app_args(app["args"])
     assert cfg.model_dir == "/models/openclip_vit_b32" and cfg.provider == "cuda"
     assert "api_token" not in app["args"]
     assert app["name"] == cfg.app_name and app["route_prefix"] == cfg.route_prefix
@@ -312,7 +330,9 @@ def check_volumes_and_exposure(objs: list[dict[str, Any]]) -> None:
             assert 8265 not in [p["port"] for p in obj["spec"]["ports"]]
         if obj["kind"] == "RayService":
             assert obj["spec"]["serveService"]["spec"]["type"] == "ClusterIP"
-            assert [p["port"] for p in obj["spec"]["serveService"]["spec"]["ports"]] == [8000]
+            ports = obj["spec"]["serveService"]["spec"]["ports"]
+            assert 8265 not in [p["port"] for p in ports]
+            assert all(p["name"] == "serve" or p["name"].startswith("serve-") for p in ports), "KubeRay drops other ports"
         for key in ("rayClusterConfig", "rayClusterSpec"):
             cluster = obj.get("spec", {}).get(key)
             if cluster:
@@ -361,11 +381,62 @@ def check_monitors(objs: list[dict[str, Any]], monitors: list[dict[str, Any]]) -
     assert scraped[9400] >= 2 and scraped[8080] >= 2
 
 
+def _head_and_workers(rs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    cluster = rs["spec"]["rayClusterConfig"]
+    (group,) = cluster["workerGroupSpecs"]
+    return cluster["headGroupSpec"]["template"], group["template"]
+
+
+def _kuberay_pod_labels(template: dict[str, Any], node_type: str) -> dict[str, str]:
+    """The labels KubeRay 1.x gives a Ray pod: its own, then the template's (common/pod.go labelPod)."""
+    own = {"ray.io/is-ray-node": "yes", "ray.io/cluster": "rayscale-x7k2p", "ray.io/node-type": node_type,
+           "app.kubernetes.io/name": "kuberay", "app.kubernetes.io/created-by": "kuberay-operator"}
+    return own | {k: v for k, v in template["metadata"]["labels"].items() if k not in ("ray.io/node-type", "ray.io/cluster")}
+
+
+def check_ingress(objs: list[dict[str, Any]]) -> None:
+    """Default ingress: one Service in front of the head pod's HAProxy (HTTP 8000, gRPC 8001), and
+    workers whose readiness does not wait for a Serve proxy that never runs there."""
+    rs = _find(objs, "RayService")
+    cfg = parse_app_args(serve_app(rs)["args"])
+    head, worker = _head_and_workers(rs)
+    head_ports = {p["name"]: p["containerPort"] for p in head["spec"]["containers"][0]["ports"]}
+    worker_container = worker["spec"]["containers"][0]
+    worker_ports = {p["name"]: p["containerPort"] for p in worker_container["ports"]}
+    # Every replica process on a worker reserves cpus_per_replica; auto is 4 processes per GPU.
+    per_gpu = math.floor(1 / cfg.gpus_per_replica + 1e-9) * cfg.resolved().processes_per_replica
+    assert float(worker_container["resources"]["requests"]["cpu"]) >= per_gpu * cfg.cpus_per_replica + 1
+    services = [o for o in objs if o["kind"] == "Service"]
+    if cfg.ingress != "direct":
+        assert "rayscale-ingress" not in [s["metadata"]["name"] for s in services]
+        assert worker_ports["serve"] == 8000
+        return
+    assert (head_ports["serve"], head_ports["serve-grpc"]) == (8000, 8001)
+    assert "serve" not in worker_ports and "serve-grpc" not in worker_ports
+    probe = worker_container["readinessProbe"]["httpGet"]
+    assert probe["port"] not in (8000, "serve"), "nothing listens on 8000 on a worker with ingress direct"
+    svc = _find(objs, "Service", "rayscale-ingress")
+    selector = svc["spec"]["selector"]
+    selects = lambda labels: all(labels.get(k) == v for k, v in selector.items())  # noqa: E731
+    assert selects(_kuberay_pod_labels(head, "head")) and not selects(_kuberay_pod_labels(worker, "worker"))
+    job_head = _find(objs, "RayJob")["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]
+    assert not selects(_kuberay_pod_labels(job_head, "head")), "the benchmark's own head must not receive traffic"
+    assert {(p["port"], head_ports[p["targetPort"]]) for p in svc["spec"]["ports"]} == {(8000, 8000), (8001, 8001)}
+    (grpc,) = [p for p in svc["spec"]["ports"] if p["port"] == 8001]
+    assert grpc["appProtocol"] == "kubernetes.io/h2c"
+    # KubeRay's own Serve Service may only ever select the head's HAProxy: its targets are named
+    # ports that no worker declares, and the head is not excluded.
+    assert rs["spec"]["excludeHeadPodFromServeSvc"] is False
+    for port in rs["spec"]["serveService"]["spec"]["ports"]:
+        assert port["targetPort"] in head_ports and port["targetPort"] not in worker_ports
+
+
 def check_all(objs: list[dict[str, Any]], replicas: int, gpus_per_replica: float = 1.0) -> None:
     for obj in objs:
         validate(obj)
     check_sizes(objs, replicas, gpus_per_replica)
     check_serve_config(_find(objs, "RayService"))
+    check_ingress(objs)
     check_volumes_and_exposure(objs)
     check_monitors(objs, [o for o in objs if o["kind"] in ("PodMonitor", "ServiceMonitor")])
 
@@ -423,6 +494,50 @@ def test_serve_settings_carry_over_but_pod_paths_win():
     assert (args["model_dir"], args["host"], args["provider"]) == ("/models/openclip_vit_b32", "0.0.0.0", "cuda")
 
 
+def test_default_ingress_is_haproxy_on_the_head_behind_its_own_service():
+    objs = k8s.render_manifests(replicas=4)
+    args = serve_app(_find(objs, "RayService"))["args"]
+    assert parse_app_args(args).ingress == "direct" and args["processes_per_replica"] == 0  # auto
+    svc = _find(objs, "Service", "rayscale-ingress")
+    assert svc["spec"]["selector"]["ray.io/node-type"] == "head"
+    assert sorted(p["port"] for p in svc["spec"]["ports"]) == [8000, 8001]
+    assert "--url http://rayscale-ingress:8000 " in _find(objs, "RayJob")["spec"]["entrypoint"]
+    assert not any(8265 in [p["port"] for p in o["spec"]["ports"]] for o in objs if o["kind"] == "Service")
+    # HAProxy on the head carries every request: the head grows with the GPU workers behind it.
+    head, _ = _head_and_workers(_find(objs, "RayService"))
+    assert head["spec"]["containers"][0]["resources"]["limits"]["cpu"] == "8"
+    check_all(objs, 4)
+
+
+@pytest.mark.parametrize("replicas", [1, 3])
+def test_serve_proxy_ingress_still_renders(replicas):
+    objs = k8s.render_manifests(replicas=replicas, serve=ServeConfig(ingress="proxy"))
+    rs = _find(objs, "RayService")
+    assert rs["spec"]["excludeHeadPodFromServeSvc"] is True
+    assert "--url http://rayscale-serve-svc:8000 " in _find(objs, "RayJob")["spec"]["entrypoint"]
+    check_all(objs, replicas)
+
+
+@pytest.mark.parametrize(
+    ("serve", "gpus_per_replica", "cpus"),
+    [
+        (ServeConfig(), 1.0, 8),  # auto: 4 processes × 1 CPU + 4
+        (ServeConfig(processes_per_replica=2, cpus_per_replica=2.0), 1.0, 8),
+        (ServeConfig(processes_per_replica=8, cpus_per_replica=1.5), 1.0, 16),
+        (ServeConfig(), 0.5, 8),  # auto: 2 replicas × 2 processes
+        (ServeConfig(processes_per_replica=1, ingress="proxy"), 1.0, 5),
+    ],
+)
+def test_worker_cpus_follow_the_replica_processes(serve, gpus_per_replica, cpus):
+    objs = k8s.render_manifests(replicas=2, gpus_per_replica=gpus_per_replica, serve=serve)
+    _, worker = _head_and_workers(_find(objs, "RayService"))
+    assert worker["spec"]["containers"][0]["resources"]["limits"]["cpu"] == str(cpus)
+    triton = _find(objs, "Deployment", "triton")["spec"]["template"]["spec"]["containers"][0]
+    workers = k8s.gpu_workers_for(2, gpus_per_replica)
+    assert triton["resources"]["limits"]["cpu"] == str(cpus * workers)  # like for like per GPU
+    check_all(objs, 2, gpus_per_replica)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
@@ -432,6 +547,7 @@ def test_serve_settings_carry_over_but_pod_paths_win():
         ({"replicas": 1, "namespace": "Ray_Scale"}, "namespace must be a DNS label"),
         ({"replicas": 1, "image": ""}, "image must be an image reference"),
         ({"replicas": 1, "serve": ServeConfig(api_token="s3cret")}, "api_token would be stored in plain text"),
+        ({"replicas": 1, "serve": ServeConfig(ingress="haproxy")}, "ingress must be one of direct, proxy on Kubernetes"),
     ],
 )
 def test_bad_input_is_a_one_line_config_error(kwargs, match):
@@ -506,6 +622,7 @@ def test_render_cli_writes_a_kustomization_that_builds(tmp_path):
     result = CliRunner().invoke(k8s.k8s_app, ["render", "--replicas", "4", "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert "4 Serve replicas on 4 GPU workers, Triton on 4 GPUs" in result.output
+    assert "clients in the cluster: http://rayscale-ingress:8000 (gRPC rayscale-ingress:8001)" in result.output
     built = kustomize_build(out)
     check_all(built + kustomize_build(out / "monitoring"), 4)
     assert _normalised(built) == _normalised(_core(k8s.render_manifests(replicas=4)))
@@ -514,6 +631,18 @@ def test_render_cli_writes_a_kustomization_that_builds(tmp_path):
         assert (out / "monitoring" / k8s.DASHBOARD_FILE).read_text() == source.read_text()
     if shutil.which("kubectl"):
         assert _normalised(kubectl_build(out)) == _normalised(built)
+
+
+def test_render_cli_ingress_proxy_and_a_bad_ingress(tmp_path):
+    result = CliRunner().invoke(k8s.k8s_app, ["render", "--replicas", "2", "--ingress", "proxy", "--out", str(tmp_path / "p")])
+    assert result.exit_code == 0, result.output
+    assert "clients in the cluster: http://rayscale-serve-svc:8000" in result.output
+    built = kustomize_build(tmp_path / "p")
+    assert parse_app_args(serve_app(_find(built, "RayService"))["args"]).ingress == "proxy"
+    check_all(built + kustomize_build(tmp_path / "p" / "monitoring"), 2)
+    bad = CliRunner().invoke(k8s.k8s_app, ["render", "--replicas", "2", "--ingress", "haproxy", "--out", str(tmp_path / "h")])
+    assert bad.exit_code != 0 and "--ingress must be one of direct, proxy, got 'haproxy'" in str(bad.exception)
+    assert not (tmp_path / "h").exists()
 
 
 def test_render_refuses_an_unwritable_directory(tmp_path):
