@@ -94,15 +94,18 @@ phase_twonode() {  # the same app over two Ray nodes on one host: a head with GP
   [ "$MAXG" -ge 2 ] || { echo "twonode needs 2 GPUs"; return 0; }
   complete "$OUT/rayscale-2node-http-${IPR}img.json" && { echo "=== twonode is complete"; return 0; }
   local port=6390 gpus=(--num-gpus 1)
+  # Ray keeps a 127.0.0.1 node address only with this switch (otherwise it takes the machine's address)
+  export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 RAY_AUTH_MODE=token
   [ "$QUICK" = 1 ] && gpus=(--num-gpus 1 --num-cpus 2)
   $RS down > /dev/null 2>&1
-  RAY_AUTH_MODE=token CUDA_VISIBLE_DEVICES=0 step ray_head ray start --head --port=$port --node-ip-address=127.0.0.1 --dashboard-host=127.0.0.1 --disable-usage-stats "${gpus[@]}"
-  RAY_AUTH_MODE=token CUDA_VISIBLE_DEVICES=1 step ray_worker ray start --address=127.0.0.1:$port --node-ip-address=127.0.0.1 "${gpus[@]}"
-  RAY_AUTH_MODE=token step up_2node $RS up --address 127.0.0.1:$port --replicas 2 --model "$MODEL" $(echo $UP | sed 's/--num-gpus [0-9]*//')
-  RAY_AUTH_MODE=token bench http32_2node "$OUT/rayscale-2node-http-${IPR}img.json" --address 127.0.0.1:$port --target rayscale-2node \
+  local tmp=/tmp/rayscale-2node  # both nodes' files: this phase stops the processes that name it, and only those
+  CUDA_VISIBLE_DEVICES=0 step ray_head ray start --head --temp-dir=$tmp --port=$port --node-ip-address=127.0.0.1 --dashboard-host=127.0.0.1 --disable-usage-stats "${gpus[@]}"
+  CUDA_VISIBLE_DEVICES=1 step ray_worker ray start --temp-dir=$tmp --address=127.0.0.1:$port --node-ip-address=127.0.0.1 "${gpus[@]}"
+  step up_2node $RS up --address 127.0.0.1:$port --replicas 2 --model "$MODEL" $(echo $UP | sed 's/--num-gpus [0-9]*//')
+  bench http32_2node "$OUT/rayscale-2node-http-${IPR}img.json" --address 127.0.0.1:$port --target rayscale-2node \
     --url http://127.0.0.1:8000 --replicas "$REPLICAS" --concurrency "$CONC32" --images-per-request $IPR
-  RAY_AUTH_MODE=token step down_2node $RS down --address 127.0.0.1:$port
-  ray stop --force > /dev/null 2>&1
+  step down_2node $RS down --address 127.0.0.1:$port
+  pkill -TERM -f "$tmp" ; sleep 3; pkill -KILL -f "$tmp"
 }
 phase_report() {
   local engine=(); [ -f "$OUT/engine-gpu0.json" ] && engine=(--engine "$OUT/engine-gpu0.json")

@@ -97,3 +97,10 @@ def test_the_config_adds_the_ingress_token_and_strips_a_client_copy(tmp_path):
     assert "bind 127.0.0.1:8000" in text and "bind 127.0.0.1:8001 proto h2" in text
     assert "stats socket" in text and "mode 600" in text
     assert "stats enable" not in text and "prometheus" not in text  # no statistics page, no metrics port
+
+
+def test_healthz_follows_whether_any_replica_is_routed(ingress):
+    """KubeRay probes /-/healthz: 503 JSON while no replica is ready."""
+    cfg, _ = ingress
+    status, _, body = _get(f"http://127.0.0.1:{cfg.http_port}/-/healthz")
+    assert status == 503 and "no replica" in body["error"]
