@@ -31,6 +31,7 @@ RS=${RS:-"python3 -m rayscale.cli"}
 mkdir -p "$OUT"
 MAXG=$(echo $GPUS | tr ' ' '\n' | sort -n | tail -1)
 REPLICAS=$(echo $GPUS | tr ' ' ',')
+DOWN=$(echo $GPUS | tr ' ' '\n' | sort -rn | tr '\n' ',' | sed 's/,$//')  # largest first: phases alternate, so each starts where the last ended
 COSTS=$(for g in $GPUS; do printf "%sgpu:%s," "$g" "$(python3 -c "print($g*$GPU_HOUR)")"; done | sed 's/,$//')
 export RAYSCALE_STATE_DIR=${RAYSCALE_STATE_DIR:-/tmp/rayscale-study-state}
 if [ "$QUICK" = 1 ]; then
@@ -64,11 +65,11 @@ phase_setup() {
   [ -f "$OUT/engine-gpu0.json" ] || CUDA_VISIBLE_DEVICES=0 step engine $RS engine-bench --model "$MODEL" --batch-sizes $BS --out "$OUT/engine-gpu0.json" --overwrite
 }
 phase_up() { ensure_up; }
-phase_http32() { ensure_up; bench http32 "$OUT/rayscale-http-${IPR}img.json" --url http://127.0.0.1:8000 --replicas "$REPLICAS" --concurrency "$CONC32" --images-per-request $IPR; }
+phase_http32() { ensure_up; bench http32 "$OUT/rayscale-http-${IPR}img.json" --url http://127.0.0.1:8000 --replicas "$DOWN" --concurrency "$CONC32" --images-per-request $IPR; }
 phase_http1() { ensure_up; bench http1 "$OUT/rayscale-http-1img.json" --url http://127.0.0.1:8000 --replicas "$REPLICAS" --concurrency "$CONC1" --images-per-request 1; }
-phase_http256() { ensure_up; bench http256 "$OUT/rayscale-http-${BIG}img.json" --url http://127.0.0.1:8000 --replicas "$REPLICAS" --concurrency "$CONC256" --images-per-request $BIG; }
+phase_http256() { ensure_up; bench http256 "$OUT/rayscale-http-${BIG}img.json" --url http://127.0.0.1:8000 --replicas "$DOWN" --concurrency "$CONC256" --images-per-request $BIG; }
 phase_handle256() { ensure_up; bench handle256 "$OUT/rayscale-handle-${BIG}img.json" --handle --replicas "$REPLICAS" --concurrency "$CONC256" --images-per-request $BIG; }
-phase_grpc32() { ensure_up; bench grpc32 "$OUT/rayscale-grpc-${IPR}img.json" --grpc --url 127.0.0.1:8001 --replicas "$REPLICAS" --concurrency "$CONC32" --images-per-request $IPR; }
+phase_grpc32() { ensure_up; bench grpc32 "$OUT/rayscale-grpc-${IPR}img.json" --grpc --url 127.0.0.1:8001 --replicas "$DOWN" --concurrency "$CONC32" --images-per-request $IPR; }
 phase_down() { step down $RS down; }
 
 stub_path() {  # Triton's Python-backend stub gets numpy<2 (RAYSCALE_NUMPY1) and the staged packages first

@@ -62,6 +62,10 @@ def rescale(app_name: str, replicas: int, *, current: dict[str, Any] | None = No
         raise ConfigError(f"{replicas} replicas need {need:g} GPUs but the cluster has {have:g}: drop it from --replicas")
     scaled = dict(current, replicas=replicas)
     args = dict(scaled, api_token=api_token) if api_token else scaled
+    if replicas < current["replicas"]:
+        # Scaling down in place keeps whichever processes Serve picks, which may leave a share of every
+        # GPU busy: N replicas must mean N GPUs, so the app starts afresh, packed onto the first GPUs.
+        serve.delete(app_name, _blocking=True)
     serve.run(build_app(args), name=app_name, route_prefix=scaled.get("route_prefix", "/"), blocking=False)
     processes = replicas * max(int(scaled.get("processes_per_replica") or 1), 1)
     wait_for_replicas(app_name, processes, routed=scaled.get("ingress") == "direct", exact=True)
