@@ -110,7 +110,7 @@ phase_twonode() {  # the same app over two Ray nodes on one host: a head with GP
 }
 phase_report() {
   local engine=(); [ -f "$OUT/engine-gpu0.json" ] && engine=(--engine "$OUT/engine-gpu0.json")
-  step report $RS report "$OUT"/rayscale-*.json "$OUT"/triton-*.json "${engine[@]}" --costs "$COSTS" --slo-p99-ms ${SLO_MS:-300} --out "$OUT/report" --overwrite ${ALLOW_MISMATCH:+--allow-mismatch}
+  step report $RS report "$OUT"/rayscale-*.json "$OUT"/triton-*.json "${engine[@]}" --costs "$COSTS" --slo-p99-ms ${SLO_MS:-300} --out "$OUT/report" ${ALLOW_MISMATCH:+--allow-mismatch}
 }
 
 for phase in ${@:-setup up http32 http1 http256 handle256 grpc32 down triton twonode report}; do
