@@ -48,6 +48,7 @@ SLOTS = 256  # server slots per backend: replica processes the ingress can route
 _HTTP_BACKEND = "replicas_http"
 _GRPC_BACKEND = "replicas_grpc"
 INGRESS_TOKEN_HEADER = "x-rayscale-ingress-token"
+REUSE_ENV = "RAYSCALE_INGRESS_REUSE"  # set: keep connections to replicas open between requests
 LOG_ENV = "RAYSCALE_INGRESS_LOG"  # set (in the ingress actor's environment) to log every request to haproxy.log
 
 _ERRORS = {
@@ -140,7 +141,10 @@ def render_config(cfg: IngressConfig, *, token: str, workdir: Path) -> str:
         "    option abortonclose",
         "    retries 3",
         "    retry-on conn-failure",
-        "    option http-server-close",
+        # A fresh server connection per request: when a replica dies mid-request HAProxy answers 503;
+        # over a reused connection it would close the client's connection instead. REUSE_ENV trades
+        # that for keep-alive to the replicas.
+        "    http-reuse safe" if os.environ.get(REUSE_ENV) else "    option http-server-close",
         *[f"    errorfile {code} {workdir / f'{code}.http'}" for code in sorted(_ERRORS)],
         "",
         "frontend rayscale_http",
