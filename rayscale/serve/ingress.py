@@ -142,11 +142,12 @@ def render_config(cfg: IngressConfig, *, token: str, workdir: Path) -> str:
         "    retries 3",
         # Connections to replicas stay open between requests (2.2x the requests/s of a fresh connection
         # per request at 1 image/request on 2 H200s). A request whose reused connection breaks (its
-        # replica died) is retried on another replica when it fits in the buffer; a larger one fails
+        # replica died) is retried on another replica when it fits in the buffer (HAProxy forwards as it
+        # reads, so a request head is admitted or refused before its body arrives); a larger one fails
         # with a closed connection. CLOSE_ENV opens a fresh connection per request instead, so such a
         # request gets a JSON 503.
         *(["    option http-server-close"] if os.environ.get(CLOSE_ENV) else
-          ["    http-reuse safe", "    option http-buffer-request", "    retry-on conn-failure empty-response"]),
+          ["    http-reuse safe", "    retry-on conn-failure empty-response"]),
         *[f"    errorfile {code} {workdir / f'{code}.http'}" for code in sorted(_ERRORS)],
         "",
         "frontend rayscale_http",
