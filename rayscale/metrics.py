@@ -23,9 +23,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
-from typing import Annotated, Any, Iterable, Sequence
-
-import typer
+from typing import Any, Iterable, Sequence
 
 from rayscale.results import GpuSummary
 
@@ -37,7 +35,7 @@ __all__ = [
     "LoadMetrics",
     "build_registry",
     "collect_gpu_samples",
-    "exporter_command",
+    "connect_ray",
     "exporter_name",
     "read_gpus",
     "serve_exporter",
@@ -565,7 +563,7 @@ def stop_node_exporters() -> int:
     return stopped
 
 
-def _connect_ray() -> bool:
+def connect_ray() -> bool:
     """Joins a running Ray cluster if there is one; False (GPU metrics only) otherwise."""
     import ray
 
@@ -576,32 +574,6 @@ def _connect_ray() -> bool:
         return True
     except (ConnectionError, RuntimeError, ValueError):
         return False
-
-
-def exporter_command(
-    port: Annotated[int, typer.Option(help="Port of the /metrics endpoint.")] = 9400,
-    host: Annotated[str, typer.Option(help="Address to bind; 0.0.0.0 lets other machines scrape it.")] = "127.0.0.1",
-    app: Annotated[str, typer.Option(help="Ray Serve app whose serving statistics to export.")] = "rayscale",
-) -> None:
-    """Export GPU metrics and the app's serving metrics for Prometheus until Ctrl-C.
-
-    Without a running Ray cluster it exports GPU metrics only, and joins a cluster that starts later.
-    """
-    connected = _connect_ray()
-    server = serve_exporter(host, port, app_name=app)
-    gpus = len(read_gpus())
-    serving = f"serving metrics of app {app!r}" if connected else "no Ray cluster running: GPU metrics only"
-    typer.echo(f"metrics at {server.url} ({gpus} GPU{'s' if gpus != 1 else ''}; {serving}); Ctrl-C stops")
-    try:
-        while True:
-            time.sleep(10)
-            if not connected and _connect_ray():  # a cluster started after the exporter
-                connected = True
-                typer.echo(f"joined the Ray cluster: now exporting serving metrics of app {app!r}")
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.close()
 
 
 # --------------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ import yaml
 from typer.testing import CliRunner
 
 from rayscale import k8s
+from rayscale.cli.k8s import k8s_app
 from rayscale.config import ServeConfig
 from rayscale.errors import ConfigError
 from rayscale.serve.app import parse_app_args
@@ -619,7 +620,7 @@ def test_python_build_equals_kubectl_kustomize(directory):
 
 def test_render_cli_writes_a_kustomization_that_builds(tmp_path):
     out = tmp_path / "k8s-4gpu"
-    result = CliRunner().invoke(k8s.k8s_app, ["render", "--replicas", "4", "--out", str(out)])
+    result = CliRunner().invoke(k8s_app, ["render", "--replicas", "4", "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert "4 Serve replicas on 4 GPU workers, Triton on 4 GPUs" in result.output
     assert "clients in the cluster: http://rayscale-ingress:8000 (gRPC rayscale-ingress:8001)" in result.output
@@ -634,13 +635,13 @@ def test_render_cli_writes_a_kustomization_that_builds(tmp_path):
 
 
 def test_render_cli_ingress_proxy_and_a_bad_ingress(tmp_path):
-    result = CliRunner().invoke(k8s.k8s_app, ["render", "--replicas", "2", "--ingress", "proxy", "--out", str(tmp_path / "p")])
+    result = CliRunner().invoke(k8s_app, ["render", "--replicas", "2", "--ingress", "proxy", "--out", str(tmp_path / "p")])
     assert result.exit_code == 0, result.output
     assert "clients in the cluster: http://rayscale-serve-svc:8000" in result.output
     built = kustomize_build(tmp_path / "p")
     assert parse_app_args(serve_app(_find(built, "RayService"))["args"]).ingress == "proxy"
     check_all(built + kustomize_build(tmp_path / "p" / "monitoring"), 2)
-    bad = CliRunner().invoke(k8s.k8s_app, ["render", "--replicas", "2", "--ingress", "haproxy", "--out", str(tmp_path / "h")])
+    bad = CliRunner().invoke(k8s_app, ["render", "--replicas", "2", "--ingress", "haproxy", "--out", str(tmp_path / "h")])
     assert bad.exit_code != 0 and "--ingress must be one of direct, proxy, got 'haproxy'" in str(bad.exception)
     assert not (tmp_path / "h").exists()
 

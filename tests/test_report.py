@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from rayscale.errors import ConfigError, ResultsError
 from rayscale.report import ReportConfig, build_report, find_knee, parse_costs, write_report
-from rayscale.report.cli import report_command
+from rayscale.cli.report import report_command
 from rayscale.report.markdown import render_markdown
 from rayscale.results import (
     BenchResult,

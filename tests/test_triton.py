@@ -51,7 +51,7 @@ def assert_same_contract(cfg: mc.ModelConfig) -> None:
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    code = "from rayscale.triton.cli import triton_app; triton_app(prog_name='rayscale triton')"
+    code = "from rayscale.cli.triton import triton_app; triton_app(prog_name='rayscale triton')"
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300)
 
 

@@ -176,7 +176,7 @@ def test_grid_measures_every_candidate_and_keeps_the_best(grid):
 
 
 def test_every_candidate_is_a_bench_results_file_the_report_reads(grid, tmp_path):
-    from rayscale.report.cli import run_report
+    from rayscale.report import run_report
 
     cfg, result = grid
     for c in result.candidates:
@@ -236,7 +236,7 @@ def _triton_environment_ready() -> bool:
 
 @pytest.mark.skipif(not _triton_environment_ready(), reason="Triton's managed environment is not installed (`rayscale triton setup`)")
 def test_triton_search_repeats_the_winner_and_pairs_with_rayscale_in_the_report(grid, model_dir, tmp_path):
-    from rayscale.report.cli import run_report
+    from rayscale.report import run_report
 
     rayscale_cfg, rayscale_result = grid
     out = Path(rayscale_cfg.out).parent / "triton"

@@ -2,8 +2,8 @@
 
 ``build_report`` computes every figure from results files (``analysis``) under one
 ``ReportConfig`` (prices, SLO, target, knee rule); ``write_report`` writes report.md,
-report.json, summary.csv and PNG plots. The CLI (``cli.report_command``) only loads files,
-builds the config from its flags and calls these two.
+report.json, summary.csv and PNG plots. ``run_report`` does what ``rayscale report`` does:
+loads the files, builds and writes the report, and returns the files written.
 """
 
 from rayscale.report.analysis import (
@@ -26,6 +26,7 @@ from rayscale.report.config import ReportConfig
 from rayscale.report.inputs import load_bench_results, load_engine_result
 from rayscale.report.layout import Layout, layout_of
 from rayscale.report.output import write_report
+from rayscale.report.run import default_out_dir, report_config, run_report
 
 __all__ = [
     "Bottleneck",
@@ -41,11 +42,14 @@ __all__ = [
     "build_report",
     "check_comparable",
     "cost_per_1000_images_usd",
+    "default_out_dir",
     "find_knee",
     "goodput_images_per_s",
     "layout_of",
     "load_bench_results",
     "load_engine_result",
     "parse_costs",
+    "report_config",
+    "run_report",
     "write_report",
 ]

@@ -8,6 +8,7 @@ from typing import Optional
 
 import typer
 
+from rayscale.cli.common import fail
 from rayscale.config import DEFAULT_MODEL_DIR, LOCAL_HOST, parse_int_list
 from rayscale.errors import RayscaleError
 from rayscale.triton.repository import DEFAULT_INSTANCES_PER_GPU, DEFAULT_MAX_QUEUE_DELAY_US
@@ -18,11 +19,6 @@ triton_app = typer.Typer(
     help="Triton Inference Server baseline: install it, write model repositories, start and stop a local server.",
     no_args_is_help=True,
 )
-
-
-def _fail(e: RayscaleError) -> typer.Exit:
-    typer.echo(f"error: {e}", err=True)
-    return typer.Exit(1)
 
 
 def _sizes(text: str, what: str) -> list[int]:
@@ -39,7 +35,7 @@ def setup(
     try:
         install = ensure_triton(gpu_libs=gpu_libs)
     except RayscaleError as e:
-        raise _fail(e) from None
+        raise fail(e) from None
     typer.echo(f"tritonserver: {install.tritonserver_bin}")
     typer.echo(f"python:       {install.python} ({install.mode})")
     typer.echo("versions:     " + ", ".join(f"{k} {v}" for k, v in sorted(install.versions.items())))
@@ -81,7 +77,7 @@ def up(
             typer.echo(f"warning: Triton binds {host}: anyone who can reach it can send requests", err=True)
         server = triton_up(config, state_dir=state_dir)
     except RayscaleError as e:
-        raise _fail(e) from None
+        raise fail(e) from None
     typer.echo(f"Triton {server.triton_version} ready at {server.url} (pid {server.pid}, {server.startup_s:.1f} s)")
     typer.echo(f"{server.description}; metrics at {server.metrics_url}; log {server.log_path}")
 
@@ -94,7 +90,7 @@ def down(state_dir: Optional[Path] = typer.Option(None, help="State dir given to
     try:
         server = triton_down(state_dir=state_dir)
     except RayscaleError as e:
-        raise _fail(e) from None
+        raise fail(e) from None
     typer.echo("no Triton server recorded" if server is None else f"stopped Triton (pid {server.pid}, {server.url})")
 
 
@@ -109,7 +105,7 @@ def status(
     try:
         st = triton_status(state_dir=state_dir)
     except RayscaleError as e:
-        raise _fail(e) from None
+        raise fail(e) from None
     typer.echo(json.dumps(st.to_dict(), indent=2) if as_json else st.message)
     if not st.ready:
         raise typer.Exit(1)
@@ -147,6 +143,6 @@ def repo(
             warmup=warmup,
         )
     except RayscaleError as e:
-        raise _fail(e) from None
+        raise fail(e) from None
     for count, path in repos.items():
         typer.echo(f"{count} GPU{'s' if count > 1 else ''}: tritonserver --model-repository {path}")

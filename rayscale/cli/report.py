@@ -1,4 +1,4 @@
-"""`rayscale report`: load results files, build the report, write it, print where it went."""
+"""``rayscale report``: load results files, build the report, write it, print where it went."""
 
 from __future__ import annotations
 
@@ -7,52 +7,10 @@ from typing import Annotated, Optional
 
 import typer
 
+from rayscale.cli.common import fail
 from rayscale.errors import RayscaleError
-from rayscale.report.config import ReportConfig
 
-__all__ = ["default_out_dir", "report_command", "report_config", "run_report"]
-
-
-def default_out_dir(results: list[Path]) -> Path:
-    first = Path(results[0])
-    name = first.name if first.is_dir() else first.stem
-    return Path("reports") / (name or "report")
-
-
-def report_config(
-    *,
-    costs: str | None = None,
-    gpu_hour_cost: float | None = None,
-    cpu_hour_cost: float | None = None,
-    slo_p99_ms: float | None = None,
-    throughput_target: float | None = None,
-    allow_mismatch: bool = False,
-) -> ReportConfig:
-    """The flags as one ReportConfig: the only place the --costs text is parsed."""
-    from rayscale.report.analysis import parse_costs
-
-    return ReportConfig(
-        costs_usd_per_hour=parse_costs(costs) if costs is not None else None,
-        gpu_hour_cost_usd=gpu_hour_cost,
-        cpu_hour_cost_usd=cpu_hour_cost,
-        slo_p99_ms=slo_p99_ms,
-        throughput_target_ips=throughput_target,
-        allow_mismatch=allow_mismatch,
-    )
-
-
-def run_report(
-    results: list[Path], config: ReportConfig, *, engine: Path | None = None, out: Path | None = None
-) -> list[Path]:
-    """What the command does, callable without typer: returns the files written."""
-    from rayscale.report import build_report, load_bench_results, load_engine_result, write_report
-
-    bench, sources = load_bench_results(results)
-    engine_result = load_engine_result(engine) if engine is not None else None
-    report = build_report(
-        bench, config, sources=sources, engine=engine_result, engine_source=str(engine) if engine is not None else None
-    )
-    return write_report(report, out if out is not None else default_out_dir(results))
+__all__ = ["report_command"]
 
 
 _HELP = {
@@ -82,6 +40,8 @@ def report_command(
     allow_mismatch: Annotated[bool, typer.Option("--allow-mismatch", help=_HELP["allow_mismatch"])] = False,
 ) -> None:
     """Write report.md, report.json, summary.csv and PNG plots from benchmark results."""
+    from rayscale.report import report_config, run_report
+
     try:
         config = report_config(
             costs=costs,
@@ -93,8 +53,7 @@ def report_command(
         )
         written = run_report(results, config, engine=engine, out=out)
     except RayscaleError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1) from None
+        raise fail(e) from None
     report_md = next((p for p in written if p.name == "report.md"), written[0])
     typer.echo(f"wrote {len(written)} files to {report_md.parent}/ ({', '.join(p.name for p in written)})")
     typer.echo(f"read {report_md}")
