@@ -15,7 +15,14 @@ __all__ = [
     "INPUT_NAME",
     "MODEL_NAME",
     "OUTPUT_NAME",
+    "LOCAL_HOST",
+    "LOOPBACK_HOSTS",
+    "MAX_BATCH_SIZE",
     "ServeConfig",
+    "check",
+    "check_max_batch_size",
+    "client_host",
+    "is_loopback",
     "parse_int_list",
     "parse_float_list",
 ]
@@ -31,6 +38,9 @@ DEFAULT_MODEL_DIR = Path("models") / MODEL_NAME
 APP_NAME = "rayscale"
 LOCAL_HOST = "127.0.0.1"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+ANY_ADDRESS_HOSTS = ("0.0.0.0", "::", "")  # bind every interface; a local client connects to LOCAL_HOST
+# Images in one batch: the bound ServeConfig, the engine and Triton's model config all accept.
+MAX_BATCH_SIZE = 4096
 # direct: rayscale's load balancer straight to each replica process's own servers (default) |
 # proxy: Serve's Python HTTP proxy | haproxy: Ray Serve's own HAProxy mode (binds every interface)
 INGRESSES = ("direct", "proxy", "haproxy")
@@ -44,9 +54,22 @@ def is_loopback(host: str) -> bool:
     return host in LOOPBACK_HOSTS or host.startswith("127.")
 
 
-def _check(cond: bool, message: str) -> None:
+def client_host(host: str) -> str:
+    """Where a client on this machine reaches a server bound to ``host`` (any-address: loopback)."""
+    return LOCAL_HOST if host in ANY_ADDRESS_HOSTS else host
+
+
+def check(cond: bool, message: str) -> None:
+    """A ConfigError with ``message`` unless ``cond``: the one validation helper of every config."""
     if not cond:
         raise ConfigError(message)
+
+
+def check_max_batch_size(max_batch_size: int) -> None:
+    check(
+        1 <= max_batch_size <= MAX_BATCH_SIZE,
+        f"max_batch_size must be in 1..{MAX_BATCH_SIZE} images, got {max_batch_size}",
+    )
 
 
 def parse_int_list(text: str | list[int] | tuple[int, ...], what: str, *, minimum: int = 1) -> list[int]:
@@ -59,9 +82,9 @@ def parse_int_list(text: str | list[int] | tuple[int, ...], what: str, *, minimu
             values = [int(p) for p in parts]
         except ValueError:
             raise ConfigError(f"{what} must be a comma-separated list of integers, got {text!r}") from None
-    _check(bool(values), f"{what} is empty: give at least one value, e.g. '1,4,16'")
+    check(bool(values), f"{what} is empty: give at least one value, e.g. '1,4,16'")
     for v in values:
-        _check(v >= minimum, f"{what} values must be ≥ {minimum}, got {v}")
+        check(v >= minimum, f"{what} values must be ≥ {minimum}, got {v}")
     return values
 
 
@@ -74,10 +97,10 @@ def parse_float_list(text: str | list[float], what: str, *, exclusive_minimum: f
             values = [float(p) for p in parts]
         except ValueError:
             raise ConfigError(f"{what} must be a comma-separated list of numbers, got {text!r}") from None
-    _check(bool(values), f"{what} is empty: give at least one value, e.g. '100,500'")
+    check(bool(values), f"{what} is empty: give at least one value, e.g. '100,500'")
     for v in values:
-        _check(v > exclusive_minimum, f"{what} values must be > {exclusive_minimum:g}, got {v:g}")
-        _check(math.isfinite(v), f"{what} values must be finite, got {v:g}")
+        check(v > exclusive_minimum, f"{what} values must be > {exclusive_minimum:g}, got {v:g}")
+        check(math.isfinite(v), f"{what} values must be finite, got {v:g}")
     return values
 
 
@@ -110,28 +133,28 @@ class ServeConfig:
     processes_per_replica: int = 0
 
     def __post_init__(self) -> None:
-        _check(self.replicas >= 1, f"replicas must be ≥ 1, got {self.replicas}")
-        _check(self.gpus_per_replica >= 0, f"gpus_per_replica must be ≥ 0, got {self.gpus_per_replica}")
-        _check(self.cpus_per_replica > 0, f"cpus_per_replica must be > 0, got {self.cpus_per_replica}")
-        _check(1 <= self.max_batch_size <= 4096, f"max_batch_size must be in 1..4096 images, got {self.max_batch_size}")
-        _check(0 <= self.batch_wait_ms <= 1000, f"batch_wait_ms must be in 0..1000, got {self.batch_wait_ms}")
-        _check(1 <= self.batches_in_flight <= 8, f"batches_in_flight must be in 1..8, got {self.batches_in_flight}")
-        _check(self.max_ongoing_requests >= 1, f"max_ongoing_requests must be ≥ 1, got {self.max_ongoing_requests}")
-        _check(
+        check(self.replicas >= 1, f"replicas must be ≥ 1, got {self.replicas}")
+        check(self.gpus_per_replica >= 0, f"gpus_per_replica must be ≥ 0, got {self.gpus_per_replica}")
+        check(self.cpus_per_replica > 0, f"cpus_per_replica must be > 0, got {self.cpus_per_replica}")
+        check_max_batch_size(self.max_batch_size)
+        check(0 <= self.batch_wait_ms <= 1000, f"batch_wait_ms must be in 0..1000, got {self.batch_wait_ms}")
+        check(1 <= self.batches_in_flight <= 8, f"batches_in_flight must be in 1..8, got {self.batches_in_flight}")
+        check(self.max_ongoing_requests >= 1, f"max_ongoing_requests must be ≥ 1, got {self.max_ongoing_requests}")
+        check(
             self.max_queued_requests >= -1,
             f"max_queued_requests must be ≥ 0 (or -1 for no limit), got {self.max_queued_requests}",
         )
-        _check(1 <= self.port <= 65535, f"port must be in 1..65535, got {self.port}")
-        _check(0 <= self.grpc_port <= 65535, f"grpc_port must be in 1..65535 (0: no gRPC), got {self.grpc_port}")
-        _check(self.grpc_port != self.port, f"grpc_port and port must differ, both are {self.port}")
-        _check(0 <= self.processes_per_replica <= 64, f"processes_per_replica must be in 0..64 (0: auto), got {self.processes_per_replica}")
-        _check(
+        check(1 <= self.port <= 65535, f"port must be in 1..65535, got {self.port}")
+        check(0 <= self.grpc_port <= 65535, f"grpc_port must be in 1..65535 (0: no gRPC), got {self.grpc_port}")
+        check(self.grpc_port != self.port, f"grpc_port and port must differ, both are {self.port}")
+        check(0 <= self.processes_per_replica <= 64, f"processes_per_replica must be in 0..64 (0: auto), got {self.processes_per_replica}")
+        check(
             self.provider in ("auto", "cuda", "cpu", "null"),
             f"provider must be auto, cuda, cpu or null (serving path only), got {self.provider!r}",
         )
-        _check(self.ingress in INGRESSES, f"ingress must be one of {', '.join(INGRESSES)}, got {self.ingress!r}")
-        _check(self.request_timeout_s > 0, f"request_timeout_s must be > 0, got {self.request_timeout_s}")
-        _check(self.max_body_bytes >= 0, f"max_body_bytes must be ≥ 0, got {self.max_body_bytes}")
+        check(self.ingress in INGRESSES, f"ingress must be one of {', '.join(INGRESSES)}, got {self.ingress!r}")
+        check(self.request_timeout_s > 0, f"request_timeout_s must be > 0, got {self.request_timeout_s}")
+        check(self.max_body_bytes >= 0, f"max_body_bytes must be ≥ 0, got {self.max_body_bytes}")
 
     @property
     def body_limit_bytes(self) -> int:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rayscale.config import EMBED_DIM, IMAGE_BYTES, IMAGE_SHAPE, INPUT_NAME, OUTPUT_NAME
+from rayscale.config import EMBED_DIM, IMAGE_BYTES, IMAGE_SHAPE, INPUT_NAME, OUTPUT_NAME, check_max_batch_size
 from rayscale.cudart import CudaRuntime, page_locked_zeros
 from rayscale.errors import ConfigError, ModelNotFoundError
 
@@ -117,8 +117,7 @@ class Engine:
 
         if provider not in ("auto", "cuda", "cpu"):
             raise ConfigError(f"provider must be auto, cuda or cpu, got {provider!r}")
-        if not 1 <= max_batch_size <= 4096:  # the same bounds as ServeConfig
-            raise ConfigError(f"max_batch_size must be in 1..4096 images, got {max_batch_size}")
+        check_max_batch_size(max_batch_size)
         self.model_path = _resolve_model_path(model)
         self.max_batch_size = max_batch_size
         self.device_id = device_id

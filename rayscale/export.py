@@ -33,6 +33,7 @@ import numpy as np
 
 from rayscale.config import EMBED_DIM, IMAGE_SIZE, INPUT_NAME, MODEL_NAME, OUTPUT_NAME
 from rayscale.errors import ExportError, ModelNotFoundError
+from rayscale.files import write_text_atomic
 
 __all__ = ["ExportConfig", "ModelInfo", "export_model", "load_model_info", "parity_batch"]
 
@@ -449,7 +450,5 @@ def export_model(config: ExportConfig) -> ModelInfo:
         export_seconds=round(time.perf_counter() - t0, 2),
         extra={"random_seed": RANDOM_WEIGHTS_SEED} if source == "random" else {},
     )
-    tmp_json = out_dir / "model.json.tmp"
-    tmp_json.write_text(json.dumps(info.to_dict(), indent=2) + "\n")
-    tmp_json.replace(out_dir / "model.json")
+    write_text_atomic(out_dir / "model.json", json.dumps(info.to_dict(), indent=2) + "\n")
     return info

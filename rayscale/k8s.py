@@ -34,6 +34,7 @@ from typing import Any
 from rayscale import __version__
 from rayscale.config import MODEL_NAME, ServeConfig
 from rayscale.errors import ConfigError
+from rayscale.files import write_text_atomic
 
 __all__ = [
     "BENCH_CONCURRENCY",
@@ -844,10 +845,7 @@ def write_manifests(
     written: list[Path] = []
 
     def put(path: Path, text: str) -> None:
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text)
-        tmp.replace(path)
-        written.append(path)
+        written.append(write_text_atomic(path, text))
 
     core = [o for o in objs if not _is_monitoring(o)]
     monitors = [o for o in objs if _is_monitoring(o) and o["kind"] != "ConfigMap"]

@@ -56,6 +56,7 @@ import numpy as np
 from rayscale.config import MODEL_NAME
 from rayscale.environment import collect_environment, now_iso
 from rayscale.errors import ConfigError, ServerError
+from rayscale.files import write_text_atomic
 from rayscale.loadgen.config import BenchConfig
 from rayscale.loadgen.events import EventCallback, ignore_events
 from rayscale.loadgen.sweep import PointRunner, ResultsFile, bench_result, model_record, run_sweep
@@ -250,9 +251,7 @@ def ensure_perf_analyzer(cache_dir: str | os.PathLike | None = None) -> PerfAnal
     if not (libdir / "libcudart.so.12").exists():
         raise ServerError(f"nvidia-cuda-runtime-cu12 installed no libcudart.so.12 under {libdir}: remove {cache} and retry")
     _verify(install)
-    tmp_marker = marker.with_suffix(".tmp")
-    tmp_marker.write_text(json.dumps({"installed": wanted, "binary": str(binary), "at": now_iso()}, indent=2) + "\n")
-    tmp_marker.replace(marker)
+    write_text_atomic(marker, json.dumps({"installed": wanted, "binary": str(binary), "at": now_iso()}, indent=2) + "\n")
     return install
 
 

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from rayscale.errors import ResultsError
+from rayscale.files import write_text_atomic
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -255,19 +255,4 @@ def write_json_atomic(path: str | os.PathLike, data: Any, *, overwrite: bool = T
     p = Path(path)
     if not overwrite and p.exists():
         raise ResultsError(f"{p} exists: pass --overwrite to replace it, or --resume to continue it")
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, default=str)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return p
+    return write_text_atomic(p, json.dumps(data, indent=2, default=str) + "\n")

@@ -141,6 +141,9 @@ def test_repo_cli_writes_what_the_k8s_init_container_serves(model_dir, tmp_path)
         (["up", "--gpus", "0"], "gpus must be ≥ 1, got 0"),
         (["up", "--model", "/nonexistent/model", "--provider", "cpu"], "rayscale export"),
         (["up", "--instances-per-gpu", "0"], "instances_per_gpu must be in 1..16, got 0"),
+        # the same batch bound as `rayscale up` and the engine
+        (["up", "--max-batch-size", "4097"], "max_batch_size must be in 1..4096 images, got 4097"),
+        (["repo", "--gpus", "1", "--max-batch-size", "0"], "max_batch_size must be in 1..4096 images, got 0"),
     ],
 )
 def test_cli_bad_input_is_one_line_error(args, message, model_dir):

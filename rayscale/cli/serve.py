@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from rayscale.cli.common import fail, warn
-from rayscale.config import DEFAULT_MODEL_DIR, LOCAL_HOST, MODEL_NAME, PROCESSES_PER_GPU, ServeConfig
+from rayscale.config import DEFAULT_MODEL_DIR, LOCAL_HOST, MODEL_NAME, PROCESSES_PER_GPU, ServeConfig, is_loopback
 from rayscale.errors import RayscaleError
 
 __all__ = ["down", "status", "up"]
@@ -40,7 +40,7 @@ def up(
     """Start a Ray Serve app whose replicas each hold one GPU, speaking the Open Inference Protocol."""
     from rayscale.serve.cluster import up as serve_up
 
-    if host not in (LOCAL_HOST, "localhost", "::1") and not api_token:
+    if not is_loopback(host) and not api_token:
         raise fail(RayscaleError(f"--host {host} exposes the server: also pass --api-token (or set RAYSCALE_API_TOKEN)"))
     try:
         gpr = gpus_per_replica if gpus_per_replica is not None else _default_gpus_per_replica(address, num_gpus)

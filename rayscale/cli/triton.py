@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from rayscale.cli.common import fail
-from rayscale.config import DEFAULT_MODEL_DIR, LOCAL_HOST, parse_int_list
+from rayscale.config import DEFAULT_MODEL_DIR, LOCAL_HOST, is_loopback, parse_int_list
 from rayscale.errors import RayscaleError
 from rayscale.triton.repository import DEFAULT_INSTANCES_PER_GPU, DEFAULT_MAX_QUEUE_DELAY_US
 
@@ -73,7 +73,7 @@ def up(
             provider=provider,
             ready_timeout_s=ready_timeout_s,
         )
-        if host not in ("127.0.0.1", "localhost", "::1"):
+        if not is_loopback(host):
             typer.echo(f"warning: Triton binds {host}: anyone who can reach it can send requests", err=True)
         server = triton_up(config, state_dir=state_dir)
     except RayscaleError as e:

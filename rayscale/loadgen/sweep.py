@@ -24,6 +24,7 @@ from typing import Any, Callable, ContextManager, Protocol
 from rayscale.config import DEFAULT_MODEL_DIR
 from rayscale.environment import collect_environment, now_iso
 from rayscale.errors import RayscaleError
+from rayscale.files import write_text_atomic
 from rayscale.loadgen.config import BenchConfig
 from rayscale.loadgen.events import EventCallback, PointFinished, PointSkipped, PointStarted, SweepStarted
 from rayscale.loadgen.target import ServerInfo
@@ -92,10 +93,7 @@ def write_csv(result: BenchResult, path: Path) -> Path:
                     round(p.images_per_s, 2), round(p.requests_per_s, 2), lat.p50_ms, lat.p90_ms, lat.p95_ms, lat.p99_ms,
                     lat.p999_ms, lat.max_ms, p.requests_sent, p.requests_ok, p.requests_failed, p.requests_incomplete,
                     round(p.client_cpu_pct, 1)])  # fmt: skip
-    tmp = path.with_suffix(".csv.tmp")
-    tmp.write_text(buf.getvalue())
-    tmp.replace(path)
-    return path
+    return write_text_atomic(path, buf.getvalue())
 
 
 def model_record(cfg: BenchConfig, server: ServerInfo | None, *, running_model_dir: str | None = None) -> dict[str, Any]:

@@ -13,6 +13,7 @@ import socket
 from dataclasses import dataclass
 from typing import Any
 
+from rayscale.config import is_loopback
 from rayscale.metrics.gpu import read_gpus
 from rayscale.metrics.nodes import alive_nodes, pinned_to
 
@@ -161,11 +162,8 @@ def build_registry(*, app_name: str | None, gpus: bool = True, node: str | None 
     return registry
 
 
-_LOOPBACK = ("127.0.0.1", "localhost", "::1")
-
-
 def _warn_if_public(host: str, what: str) -> None:
-    if host not in _LOOPBACK:
+    if not is_loopback(host):
         log.warning(
             "%s listens on %s, reachable from other machines; bind 127.0.0.1 unless a remote Prometheus scrapes it",
             what,

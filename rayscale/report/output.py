@@ -6,37 +6,14 @@ import csv
 import io
 import json
 import os
-import tempfile
 from dataclasses import asdict, fields
 from pathlib import Path
 
+from rayscale.files import write_text_atomic
 from rayscale.report.analysis import PointRow, Report
 from rayscale.report.markdown import render_markdown
 
-__all__ = ["shared_file_mode", "summary_csv", "write_report", "write_text_atomic"]
-
-
-def shared_file_mode() -> int:
-    """rw for everyone the umask allows: a report is for sharing, not mkstemp's private 0600."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-def write_text_atomic(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, shared_file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+__all__ = ["summary_csv", "write_report"]
 
 
 def summary_csv(report: Report) -> str:

@@ -19,8 +19,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rayscale.config import LOCAL_HOST, MODEL_NAME, ServeConfig, is_loopback
+from rayscale.config import LOCAL_HOST, MODEL_NAME, ServeConfig, client_host, is_loopback
 from rayscale.errors import ConfigError, ModelNotFoundError, ServerError
+from rayscale.files import write_text_atomic
 
 __all__ = ["StatusResult", "UpResult", "connect", "down", "status", "up", "wait_for_replicas"]
 
@@ -44,11 +45,7 @@ def read_state() -> dict[str, Any]:
 
 
 def _write_state(state: dict[str, Any]) -> None:
-    p = _state_file()
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state, indent=2))
-    tmp.replace(p)
+    write_text_atomic(_state_file(), json.dumps(state, indent=2))
 
 
 @dataclass
@@ -371,11 +368,6 @@ def _routed(app_name: str) -> int:
     if actor is None:
         return 0
     return ray.get(actor.state.remote(), timeout=10).servers_up
-
-
-def client_host(host: str) -> str:
-    """Where a client on this machine reaches a server bound to ``host``."""
-    return LOCAL_HOST if host in ("0.0.0.0", "::", "") else host
 
 
 def up(

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from rayscale.errors import ServerError
+from rayscale.files import write_text_atomic
 
 __all__ = [
     "BASE_PYTHON",
@@ -310,7 +311,5 @@ def ensure_triton(*, cache_dir: str | os.PathLike | None = None, gpu_libs: bool 
     install = _install_from_probe(info, mode="venv", cache_dir=cache, venv_dir=venv_dir)
     if current is None or current.get("requested") != requested:
         record = {"requested": requested, "installed": install.versions}
-        tmp = marker.with_suffix(".tmp")
-        tmp.write_text(json.dumps(record, indent=2) + "\n")
-        tmp.replace(marker)
+        write_text_atomic(marker, json.dumps(record, indent=2) + "\n")
     return install

@@ -20,9 +20,10 @@ import os
 import shutil
 from pathlib import Path
 
-from rayscale.config import EMBED_DIM, IMAGE_SIZE, INPUT_NAME, MODEL_NAME, OUTPUT_NAME
+from rayscale.config import EMBED_DIM, IMAGE_SIZE, INPUT_NAME, MODEL_NAME, OUTPUT_NAME, check, check_max_batch_size
 from rayscale.errors import ConfigError
 from rayscale.export import load_model_info
+from rayscale.files import replacing, write_text_atomic
 
 __all__ = [
     "ACCELERATORS",
@@ -46,20 +47,15 @@ VERSION = "1"
 # ---- validation ----------------------------------------------------------------------------------
 
 
-def _check(cond: bool, message: str) -> None:
-    if not cond:
-        raise ConfigError(message)
-
-
 def _check_batching(max_batch_size: int, max_queue_delay_us: int, preferred: list[int] | None) -> list[int]:
-    _check(1 <= max_batch_size <= 4096, f"max_batch_size must be in 1..4096 images, got {max_batch_size}")
-    _check(
+    check_max_batch_size(max_batch_size)
+    check(
         0 <= max_queue_delay_us <= 1_000_000,
         f"max_queue_delay_us must be in 0..1000000 (1 s), got {max_queue_delay_us}",
     )
     sizes = sorted(set(preferred or []))
     for s in sizes:
-        _check(
+        check(
             1 <= s <= max_batch_size,
             f"preferred batch size {s} must be in 1..max_batch_size ({max_batch_size})",
         )
@@ -72,11 +68,11 @@ DEFAULT_INSTANCES_PER_GPU = 4
 
 
 def _check_instances(instances_per_gpu: int) -> None:
-    _check(1 <= instances_per_gpu <= 16, f"instances_per_gpu must be in 1..16, got {instances_per_gpu}")
+    check(1 <= instances_per_gpu <= 16, f"instances_per_gpu must be in 1..16, got {instances_per_gpu}")
 
 
 def _check_gpus(gpus: int) -> None:
-    _check(gpus >= 1, f"gpus must be ≥ 1, got {gpus} (to serve on the CPU pass provider 'cpu' with gpus 1)")
+    check(gpus >= 1, f"gpus must be ≥ 1, got {gpus} (to serve on the CPU pass provider 'cpu' with gpus 1)")
 
 
 # ---- config.pbtxt pieces -------------------------------------------------------------------------
@@ -173,16 +169,8 @@ def _place(src: Path, dst: Path, how: str) -> None:
             return
         except OSError:
             pass
-    tmp = dst.with_name(dst.name + ".tmp")
-    shutil.copyfile(src, tmp)
-    tmp.replace(dst)
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    with replacing(dst) as tmp:
+        shutil.copyfile(src, tmp)
 
 
 def _prepare_out(out_dir: str | os.PathLike) -> Path:
@@ -208,10 +196,10 @@ def python_backend_config(
     intra_op_threads: int = 0,
 ) -> str:
     """The config.pbtxt text of the Python-backend model."""
-    _check(provider in ("cuda", "cpu"), f"provider must be cuda or cpu, got {provider!r}")
+    check(provider in ("cuda", "cpu"), f"provider must be cuda or cpu, got {provider!r}")
     _check_gpus(gpus)
     _check_instances(instances_per_gpu)
-    _check(intra_op_threads >= 0, f"intra_op_threads must be ≥ 0, got {intra_op_threads}")
+    check(intra_op_threads >= 0, f"intra_op_threads must be ≥ 0, got {intra_op_threads}")
     preferred = _check_batching(max_batch_size, max_queue_delay_us, preferred_batch_sizes)
     groups = _gpu_instance_groups(gpus, instances_per_gpu) if provider == "cuda" else _cpu_instance_group(instances_per_gpu)
     return (
@@ -260,11 +248,11 @@ def write_python_backend_repo(
         provider=provider,
         intra_op_threads=intra_op_threads,
     )
-    _check(link in ("symlink", "link", "copy"), f"link must be symlink, link or copy, got {link!r}")
+    check(link in ("symlink", "link", "copy"), f"link must be symlink, link or copy, got {link!r}")
     load_model_info(model_dir)  # a missing export is a ModelNotFoundError that says how to make one
     out = _prepare_out(out_dir)
     model_root = out / MODEL_NAME
-    _write_text_atomic(model_root / "config.pbtxt", config)
+    write_text_atomic(model_root / "config.pbtxt", config)
     (model_root / VERSION).mkdir(parents=True, exist_ok=True)
     shutil.copyfile(MODEL_PY, model_root / VERSION / "model.py")
     _place(Path(model_dir) / MODEL_FILE, model_root / VERSION / MODEL_FILE, link)
@@ -290,14 +278,14 @@ def onnxruntime_config(
     _check_gpus(gpus)
     _check_instances(instances_per_gpu)
     preferred = _check_batching(max_batch_size, max_queue_delay_us, preferred_batch_sizes)
-    _check(
+    check(
         accelerator in ACCELERATORS,
         f"accelerator must be one of {', '.join(ACCELERATORS)}, got {accelerator!r}",
     )
-    _check(trt_precision in ("fp16", "fp32"), f"trt_precision must be fp16 or fp32, got {trt_precision!r}")
+    check(trt_precision in ("fp16", "fp32"), f"trt_precision must be fp16 or fp32, got {trt_precision!r}")
     # onnxruntime's CUDA provider captures CUDA graphs only with fixed input addresses and shapes,
     # which Triton's onnxruntime backend does not give it; TensorRT's provider handles them itself.
-    _check(
+    check(
         not cuda_graphs or accelerator == "tensorrt",
         "cuda_graphs needs accelerator 'tensorrt' (the onnxruntime backend captures CUDA graphs only through "
         "TensorRT): add --accelerator tensorrt or drop --cuda-graphs",
@@ -346,7 +334,7 @@ def write_onnxruntime_repo(
     copied once and hard-linked into the other repositories where the file system allows.
     """
     counts = sorted(set(int(g) for g in gpus_list))
-    _check(bool(counts), "gpus_list is empty: give at least one GPU count, e.g. 1,2,4,8")
+    check(bool(counts), "gpus_list is empty: give at least one GPU count, e.g. 1,2,4,8")
     configs = {
         g: onnxruntime_config(
             gpus=g,
@@ -370,7 +358,7 @@ def write_onnxruntime_repo(
     for g, text in configs.items():
         repo = repo_dir_for_gpus(out, g)
         model_root = repo / MODEL_NAME
-        _write_text_atomic(model_root / "config.pbtxt", text)
+        write_text_atomic(model_root / "config.pbtxt", text)
         target = model_root / VERSION / MODEL_FILE
         if first is None:
             _place(source, target, "copy")
@@ -397,5 +385,5 @@ def write_onnxruntime_repo(
         },
         "serve": "tritonserver --model-repository <out>/gpus-<N> on a host with N GPUs",
     }
-    _write_text_atomic(out / "manifest.json", json.dumps(manifest, indent=2) + "\n")
+    write_text_atomic(out / "manifest.json", json.dumps(manifest, indent=2) + "\n")
     return repos

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rayscale.config import DEFAULT_MODEL_DIR, LOCAL_HOST, MODEL_NAME
+from rayscale.config import DEFAULT_MODEL_DIR, LOCAL_HOST, MODEL_NAME, check, check_max_batch_size, client_host, is_loopback
 from rayscale.environment import gpu_inventory, now_iso
 from rayscale.errors import ConfigError, ServerError
 from rayscale.export import load_model_info
@@ -45,12 +45,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 STATE_FILE = "triton-state.json"
-_LOOPBACK = ("127.0.0.1", "localhost", "::1")
-
-
-def _check(cond: bool, message: str) -> None:
-    if not cond:
-        raise ConfigError(message)
 
 
 def default_state_dir() -> Path:
@@ -79,27 +73,27 @@ class TritonConfig:
     stop_timeout_s: float = 30.0
 
     def __post_init__(self) -> None:
-        _check(self.gpus >= 1, f"gpus must be ≥ 1, got {self.gpus} (to serve on the CPU keep gpus 1 and pass provider 'cpu')")
-        _check(1 <= self.instances_per_gpu <= 16, f"instances_per_gpu must be in 1..16, got {self.instances_per_gpu}")
-        _check(1 <= self.max_batch_size <= 4096, f"max_batch_size must be in 1..4096 images, got {self.max_batch_size}")
-        _check(
+        check(self.gpus >= 1, f"gpus must be ≥ 1, got {self.gpus} (to serve on the CPU keep gpus 1 and pass provider 'cpu')")
+        check(1 <= self.instances_per_gpu <= 16, f"instances_per_gpu must be in 1..16, got {self.instances_per_gpu}")
+        check_max_batch_size(self.max_batch_size)
+        check(
             0 <= self.max_queue_delay_us <= 1_000_000,
             f"max_queue_delay_us must be in 0..1000000 (1 s), got {self.max_queue_delay_us}",
         )
-        _check(self.provider in ("auto", "cuda", "cpu"), f"provider must be auto, cuda or cpu, got {self.provider!r}")
-        _check(1 <= self.http_port <= 65533, f"http_port must be in 1..65533 (gRPC and metrics use the next two), got {self.http_port}")
+        check(self.provider in ("auto", "cuda", "cpu"), f"provider must be auto, cuda or cpu, got {self.provider!r}")
+        check(1 <= self.http_port <= 65533, f"http_port must be in 1..65533 (gRPC and metrics use the next two), got {self.http_port}")
         for name in ("grpc_port", "metrics_port"):
             value = getattr(self, name)
-            _check(0 <= value <= 65535, f"{name} must be in 0..65535 (0: derived from http_port), got {value}")
-        _check(self.intra_op_threads >= 0, f"intra_op_threads must be ≥ 0, got {self.intra_op_threads}")
-        _check(1 <= self.shm_default_mb <= 4096, f"shm_default_mb must be in 1..4096, got {self.shm_default_mb}")
-        _check(self.ready_timeout_s > 0, f"ready_timeout_s must be > 0, got {self.ready_timeout_s}")
+            check(0 <= value <= 65535, f"{name} must be in 0..65535 (0: derived from http_port), got {value}")
+        check(self.intra_op_threads >= 0, f"intra_op_threads must be ≥ 0, got {self.intra_op_threads}")
+        check(1 <= self.shm_default_mb <= 4096, f"shm_default_mb must be in 1..4096, got {self.shm_default_mb}")
+        check(self.ready_timeout_s > 0, f"ready_timeout_s must be > 0, got {self.ready_timeout_s}")
         if not self.grpc_port:
             self.grpc_port = self.http_port + 1
         if not self.metrics_port:
             self.metrics_port = self.http_port + 2
         ports = [self.http_port, self.grpc_port, self.metrics_port]
-        _check(len(set(ports)) == 3, f"http, grpc and metrics ports must differ, got {ports}")
+        check(len(set(ports)) == 3, f"http, grpc and metrics ports must differ, got {ports}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -130,7 +124,7 @@ class TritonServer:
 
     @property
     def client_host(self) -> str:
-        return LOCAL_HOST if self.host in ("0.0.0.0", "::", "") else self.host
+        return client_host(self.host)
 
     @property
     def url(self) -> str:
@@ -283,7 +277,7 @@ def _resolve_provider(config: TritonConfig) -> str:
             raise ConfigError("provider 'cuda' was asked for but no NVIDIA GPU is visible: check the driver, or pass --provider cpu")
         log.warning("no NVIDIA GPU visible: Triton serves on the CPU (KIND_CPU instances)")
         return "cpu"
-    _check(config.gpus <= visible, f"gpus ({config.gpus}) must be ≤ the GPUs visible here ({visible})")
+    check(config.gpus <= visible, f"gpus ({config.gpus}) must be ≤ the GPUs visible here ({visible})")
     return "cuda"
 
 
@@ -365,7 +359,7 @@ def triton_up(
         )
     load_model_info(config.model_dir)
     provider = _resolve_provider(config)
-    if config.host not in _LOOPBACK:
+    if not is_loopback(config.host):
         log.warning("Triton binds %s: it accepts requests from other hosts, without authentication", config.host)
     instances = config.instances_per_gpu * (config.gpus if provider == "cuda" else 1)
     _check_shm(instances, config.shm_default_mb)
@@ -414,8 +408,7 @@ def triton_up(
             env=install.env(), start_new_session=True, cwd=state_root,
         )  # fmt: skip
     _children[proc.pid] = proc
-    client_host = LOCAL_HOST if config.host in ("0.0.0.0", "::") else config.host
-    base_url = f"http://{client_host}:{config.http_port}"
+    base_url = f"http://{client_host(config.host)}:{config.http_port}"
     deadline = time.monotonic() + config.ready_timeout_s
     while not _model_ready(base_url):
         if proc.poll() is not None:
