@@ -347,12 +347,17 @@ def test_full_queue_is_unavailable_at_once_and_the_server_recovers():
             done.release()
 
         inputs = [image_input(random_images(1))]
-        for _ in range(2):  # one held in the engine, one queued behind it
-            client.async_infer(MODEL_NAME, inputs, callback)
-        deadline = time.monotonic() + 10
-        while (s.replica.batcher.running_batches, s.replica.batcher.queued_requests) != (1, 1):
-            assert time.monotonic() < deadline, "the first request never reached the engine"
-            time.sleep(0.01)
+
+        def wait_for(state: tuple[int, int], what: str) -> None:
+            deadline = time.monotonic() + 10
+            while (s.replica.batcher.running_batches, s.replica.batcher.queued_requests) != state:
+                assert time.monotonic() < deadline, what
+                time.sleep(0.01)
+
+        client.async_infer(MODEL_NAME, inputs, callback)  # held in the engine
+        wait_for((1, 0), "the first request never reached the engine")
+        client.async_infer(MODEL_NAME, inputs, callback)  # queued behind it (one batch slot)
+        wait_for((1, 1), "the second request was not queued")
         started = time.perf_counter()
         with pytest.raises(InferenceServerException) as e:
             client.infer(MODEL_NAME, inputs)

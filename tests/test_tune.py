@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from rayscale.errors import ConfigError
+from rayscale.report.config import ReportConfig
 from rayscale.results import LatencyStats, PointResult, load_results
 from rayscale.tune import (
     RayscaleSettings,
@@ -75,7 +76,10 @@ def test_concurrency_doubles_until_a_rule_stops_it(points, expected):
 def test_replicas_per_gpu_share_each_gpu_within_ray_granularity():
     assert serve_layout(2, 1) == (2, 1.0)
     assert serve_layout(2, 3) == (6, 0.3333)  # three shares fit on one GPU
-    assert RayscaleSettings(replicas_per_gpu=4).up_command(2).startswith("rayscale up --replicas 8 --gpus-per-replica 0.25")
+    four = RayscaleSettings(replicas_per_gpu=4)
+    assert four.up_command(2).startswith("rayscale up --replicas 2 --processes-per-replica 4")
+    cfg = four.serve_config(2).resolved()
+    assert (cfg.replicas, cfg.serve_replicas, cfg.gpus_per_process) == (2, 8, 0.25)
 
 
 def test_hill_climbs_to_a_local_optimum_from_the_defaults():
@@ -168,7 +172,7 @@ def test_grid_measures_every_candidate_and_keeps_the_best(grid):
         assert next_concurrency(load_results(Path(cfg.out) / c.results_file).points, cfg) == (None, c.stop_reason)
     best = max(result.candidates, key=lambda c: c.goodput_images_per_s)
     assert result.best.label == best.label and result.runners_up[0].label != best.label
-    assert result.best.reproduce == (f"rayscale up --replicas 2 --gpus-per-replica 1 --batches-in-flight "
+    assert result.best.reproduce == (f"rayscale up --replicas 2 --processes-per-replica 1 --batches-in-flight "
                                      f"{best.settings['batches_in_flight']} --max-batch-size 8 --batch-wait-ms 1 --provider null")
     saved = load_tune_result(Path(cfg.out) / "tune.json")
     assert saved.best.label == result.best.label and saved.best.goodput_images_per_s == result.best.goodput_images_per_s
@@ -183,7 +187,7 @@ def test_every_candidate_is_a_bench_results_file_the_report_reads(grid, tmp_path
         bench = load_results(Path(cfg.out) / c.results_file)
         assert bench.status == "complete" and {p.target for p in bench.points} == {c.label}
         assert bench.serve_config["batches_in_flight"] == c.settings["batches_in_flight"]
-    written = run_report([Path(cfg.out)], out=tmp_path / "report", slo_p99_ms=cfg.slo_p99_ms)
+    written = run_report([Path(cfg.out)], ReportConfig(slo_p99_ms=cfg.slo_p99_ms), out=tmp_path / "report")
     text = (tmp_path / "report" / "report.md").read_text()
     assert all(c.label in text for c in result.candidates) and written
     assert "Best of each under the SLO" not in text  # only one target was tuned
@@ -257,7 +261,7 @@ def test_triton_search_repeats_the_winner_and_pairs_with_rayscale_in_the_report(
 
     again = run_tune(replace(rayscale_cfg, resume=True))  # judged again under this SLO, from its files alone
     assert again.points_measured == 0 and again.best.label == rayscale_result.best.label
-    run_report([Path(rayscale_cfg.out), out], out=tmp_path / "report", gpu_hour_cost=2.0, allow_mismatch=True)
+    run_report([Path(rayscale_cfg.out), out], ReportConfig(gpu_hour_cost_usd=2.0, allow_mismatch=True), out=tmp_path / "report")
     text = (tmp_path / "report" / "report.md").read_text()
     section = text.split("## Best of each under the SLO", 1)[1].split("\n## ", 1)[0]
     assert rayscale_result.best.label in section and winner.label in section

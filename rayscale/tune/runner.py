@@ -250,11 +250,12 @@ def _points_in(path: Path) -> list[PointResult]:
 
 def _measure(session: _Session, url: str, path: Path, label: str, levels: list[int]) -> list[PointResult]:
     from rayscale.loadgen import run_bench
+    from rayscale.loadgen.events import Event, PointFinished
 
-    def forward(event: dict[str, Any]) -> None:
-        if event.get("event") == "point":
+    def forward(event: Event) -> None:
+        if isinstance(event, PointFinished):
             session.measured_points += 1
-            session.emit({"event": "point", "label": label, "point": event["point"]})
+            session.emit({"event": "point", "label": label, "point": event.point})
 
     run_bench(session.cfg.bench_config(url=url, levels=levels, out=str(path), target=label), on_event=forward)
     return _points_in(path)
