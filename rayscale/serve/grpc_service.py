@@ -44,6 +44,7 @@ from rayscale.errors import (
     Unauthorized,
 )
 from rayscale.protocol import check_image_shape
+from rayscale.serve.ingress import INGRESS_TOKEN_HEADER
 
 __all__ = ["InferenceBackend", "InferenceServicer", "grpc_status", "start_grpc_server"]
 
@@ -287,7 +288,6 @@ def _address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
 
-INGRESS_TOKEN_METADATA = "x-rayscale-ingress-token"
 
 
 class _IngressOnly(grpc.aio.ServerInterceptor):
@@ -297,7 +297,7 @@ class _IngressOnly(grpc.aio.ServerInterceptor):
         self._token = token.encode()
 
     async def intercept_service(self, continuation, details):
-        sent = next((v for k, v in details.invocation_metadata or () if k == INGRESS_TOKEN_METADATA), "")
+        sent = next((v for k, v in details.invocation_metadata or () if k == INGRESS_TOKEN_HEADER), "")
         if hmac.compare_digest(str(sent).encode(), self._token):
             return await continuation(details)
         return _REFUSE
@@ -317,7 +317,7 @@ async def start_grpc_server(
 
     Returns the started server and the port it bound. Messages up to ``max_message_bytes`` are
     accepted both ways (gRPC refuses larger ones with RESOURCE_EXHAUSTED). With ``ingress_token``,
-    only calls carrying it in ``x-rayscale-ingress-token`` metadata are served (UNAUTHENTICATED
+    only calls carrying it in ``INGRESS_TOKEN_HEADER`` metadata are served (UNAUTHENTICATED
     otherwise). Stop it with ``await server.stop(grace_s)``.
     """
     if max_message_bytes < 1:

@@ -47,6 +47,7 @@ class RequestHead:
     path: str
     headers: dict[str, str]
     content_length: int = 0
+    admitted: bool = False  # the replica holds a place in its queue for this request's body
 
 
 @dataclass

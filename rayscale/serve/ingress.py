@@ -250,13 +250,21 @@ class Ingress:
         conf.write_text(render_config(cfg, token=self.token, workdir=self.workdir))
         os.chmod(conf, 0o600)
         self.admin = _Admin(self.workdir / "admin.sock")
-        self.proc = subprocess.Popen(
-            [_haproxy_binary(), "-db", "-f", str(conf)],
-            stdout=subprocess.DEVNULL,
-            stderr=open(self.workdir / "haproxy.log", "wb"),
-            preexec_fn=_die_with_parent,
-        )
-        self._wait_started()
+        self.proc: subprocess.Popen | None = None
+        # A failed start is kept and raised by state(), so callers get the ServerError itself
+        # (an exception in an actor's constructor reaches them only as text).
+        self._start_error: ServerError | None = None
+        try:
+            self.proc = subprocess.Popen(
+                [_haproxy_binary(), "-db", "-f", str(conf)],
+                stdout=subprocess.DEVNULL,
+                stderr=open(self.workdir / "haproxy.log", "wb"),
+                preexec_fn=_die_with_parent,
+            )
+            self._wait_started()
+        except ServerError as e:
+            self._start_error = e
+            return
         self.slots: dict[str, int] = {}  # replica id -> slot (1-based)
         self.free = list(range(1, SLOTS + 1))
         self._lock = threading.Lock()
@@ -328,6 +336,8 @@ class Ingress:
     # ---- what callers ask ------------------------------------------------------------------------
 
     def state(self) -> IngressState:
+        if self._start_error is not None:
+            raise self._start_error
         servers = []
         for line in self.admin("show servers state " + _HTTP_BACKEND).splitlines():
             parts = line.split()
@@ -350,8 +360,9 @@ class Ingress:
         return self._error
 
     def stop(self) -> None:
-        self._stop.set()
-        if self.proc.poll() is None:
+        if self._start_error is None:
+            self._stop.set()
+        if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             try:
                 self.proc.wait(timeout=10)
@@ -388,12 +399,11 @@ def ensure_ingress(cfg: IngressConfig, *, wait: bool = True):
         return actor
     try:
         ray.get(actor.state.remote(), timeout=60)
-    except ray.exceptions.RayActorError as e:
+    except ray.exceptions.RayTaskError as e:
         stop_ingress(cfg.app_name)
-        cause = getattr(e, "cause", None) or e
-        text = str(cause).strip().splitlines()
-        msg = next((line for line in reversed(text) if "ServerError" in line or "ingress" in line), text[-1] if text else str(e))
-        raise ServerError(msg.split("ServerError: ")[-1]) from None
+        if isinstance(e.cause, ServerError):
+            raise e.cause from None
+        raise
     return actor
 
 
@@ -418,4 +428,7 @@ def stop_ingress(app_name: str) -> bool:
     except Exception:
         pass
     ray.kill(actor, no_restart=True)
+    deadline = time.monotonic() + 10  # the name is free once the actor is gone: a new ingress may take it
+    while get_ingress(app_name) is not None and time.monotonic() < deadline:
+        time.sleep(0.1)
     return True

@@ -26,19 +26,18 @@ from typing import Any
 import numpy as np
 
 from rayscale.config import IMAGE_SIZE, LOOPBACK_HOSTS, LOCAL_HOST, ServeConfig
-from rayscale.errors import BadRequest, Overloaded, ProtocolError, Unauthorized
+from rayscale.errors import BadRequest, Overloaded, PayloadTooLarge, ProtocolError, Unauthorized
 from rayscale.serve import routes
 from rayscale.serve.http_server import HttpResponse, RequestHead, error_response, start_http_server
+from rayscale.serve.ingress import INGRESS_TOKEN_HEADER
 from rayscale.serve.model_config import model_metadata, triton_model_config
 
-__all__ = ["FAIL_HEALTH_ENV", "INGRESS_TOKEN_HEADER", "OpenClipEncoder"]
+__all__ = ["FAIL_HEALTH_ENV", "OpenClipEncoder"]
 
 log = logging.getLogger("rayscale.serve")
 
 # Test hook: a file naming replica ids whose health check fails (Serve then replaces them).
 FAIL_HEALTH_ENV = "RAYSCALE_FAIL_HEALTH_CHECK_FILE"
-# The ingress load balancer proves itself to a replica's own servers with this header.
-INGRESS_TOKEN_HEADER = "x-rayscale-ingress-token"
 _FLUSH_PERIOD_NS = 100_000_000
 _DEREGISTER_S = 1.0  # the ingress polls replicas every 0.25 s and health-checks them every 0.5 s
 _SERVE_NAMESPACE = "serve"  # where Ray Serve's controller creates replica actors
@@ -210,22 +209,24 @@ class OpenClipEncoder:
         if not hmac.compare_digest(token.encode(), self._ingress_token):
             return error_response(Unauthorized("this port takes requests from rayscale's ingress only"), close=True)
         refused = routes.admit(self, head)
-        if refused is None and head.path.endswith("/infer"):
+        if refused is None and _is_infer(head.path):
             self.admitted += 1  # a reservation in the queue until the body is in
-            head.headers["x-rayscale-admitted"] = "1"
+            head.admitted = True
         return refused
 
     async def _handle_direct(self, head: RequestHead, body: memoryview) -> HttpResponse:
         return await self._answer(head, body, time.perf_counter_ns())
 
     def _abandon_direct(self, head: RequestHead) -> None:
-        if head.headers.pop("x-rayscale-admitted", None):
+        if head.admitted:
+            head.admitted = False
             self.admitted -= 1
         self._fail(499, 0, time.perf_counter_ns())
 
     async def _answer(self, head: RequestHead, body: memoryview | bytes, t0: int) -> HttpResponse:
-        infer = head.path.rstrip("/").endswith("/infer")
-        if head.headers.pop("x-rayscale-admitted", None):
+        infer = _is_infer(head.path)
+        if head.admitted:
+            head.admitted = False
             self.admitted -= 1
         try:
             response = await routes.handle(self, head, body, started_ns=t0)
@@ -256,7 +257,7 @@ class OpenClipEncoder:
         head.content_length = int(declared) if declared.isdigit() else 0
         refused = routes.admit(self, head)
         if refused is None:
-            infer = head.path.rstrip("/").endswith("/infer")
+            infer = _is_infer(head.path)
             self.admitted += infer
             try:
                 body = await self._read_body(request) if head.method == "POST" else b""
@@ -269,7 +270,7 @@ class OpenClipEncoder:
             finally:
                 self.admitted -= infer
         if refused is not None:
-            if head.path.endswith("/infer") and refused.status != 503:  # check_capacity counted its 503
+            if _is_infer(head.path) and refused.status != 503:  # check_capacity counted its 503
                 self._fail(refused.status, 0, t0)
             response = refused
         else:
@@ -286,8 +287,6 @@ class OpenClipEncoder:
         async for chunk in request.stream():
             size += len(chunk)
             if size > limit:
-                from rayscale.errors import PayloadTooLarge
-
                 raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
             chunks.append(chunk)
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
@@ -385,6 +384,10 @@ class OpenClipEncoder:
             return
         self._flushed_ns = now
         self.collector.record.remote(self.replica_id, self.stats.take(), self.in_flight)
+
+
+def _is_infer(path: str) -> bool:
+    return path.rstrip("/").endswith("/infer")
 
 
 def _bind_host() -> str:
