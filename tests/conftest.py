@@ -49,3 +49,23 @@ def free_port() -> int:
 @pytest.fixture
 def port() -> int:
     return free_port()
+
+
+# Ray 2.60 gives a new node's raylet a fixed 30 s to register with the GCS; on a 2-core machine that is
+# also starting a Triton server or tearing down the last test's cluster it can miss that window.
+RAY_START_ATTEMPTS = 3
+
+
+def start_local_ray(**kwargs) -> None:
+    """Start and join a fresh local Ray cluster, retrying only Ray's own node-startup timeout."""
+    import ray
+
+    for attempt in range(1, RAY_START_ATTEMPTS + 1):
+        try:
+            ray.init(address="local", include_dashboard=False, **kwargs)
+            return
+        except Exception as e:  # Ray raises a bare Exception for this one
+            if "timed out during startup" not in str(e) or attempt == RAY_START_ATTEMPTS:
+                raise
+            ray.shutdown()
+            warnings.warn(f"local Ray cluster missed its startup window (attempt {attempt}); starting it again", stacklevel=2)

@@ -22,7 +22,7 @@ from rayscale import protocol
 from rayscale.config import IMAGE_BYTES, MODEL_NAME, ServeConfig
 from rayscale.engine import random_images
 
-from conftest import free_port
+from conftest import free_port, start_local_ray
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -39,7 +39,7 @@ def server(model_dir, tmp_path_factory):
 
     saved = os.environ.get("RAYSCALE_STATE_DIR")
     os.environ["RAYSCALE_STATE_DIR"] = str(tmp_path_factory.mktemp("state"))
-    ray.init(address="local", num_cpus=4, num_gpus=1, include_dashboard=False, namespace="rayscale")
+    start_local_ray(num_cpus=4, num_gpus=1, namespace="rayscale")
     cfg = ServeConfig(model_dir=str(model_dir), replicas=1, gpus_per_replica=1, cpus_per_replica=0.5, provider="cpu",
                       port=free_port(), grpc_port=free_port(), max_batch_size=4, batch_wait_ms=1, max_body_bytes=BODY_LIMIT)
     app = up(cfg, exporter=False)

@@ -30,7 +30,7 @@ from rayscale.serve.batcher import ImageBatcher
 from rayscale.serve.grpc_service import start_grpc_server
 from rayscale.serve.stats import ReplicaStats, StatsCollector
 
-from conftest import free_port
+from conftest import free_port, start_local_ray
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -396,7 +396,7 @@ def null_served():
 def ray_cluster():
     import ray
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, namespace="rayscale")
+    start_local_ray(num_cpus=2, namespace="rayscale")
     yield
     ray.shutdown()
 

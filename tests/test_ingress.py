@@ -15,7 +15,7 @@ import pytest
 from rayscale.config import ServeConfig
 from rayscale.serve.ingress import INGRESS_TOKEN_HEADER, IngressConfig, ensure_ingress, ingress_config, render_config, stop_ingress
 
-from conftest import free_port
+from conftest import free_port, start_local_ray
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.timeout(300)
 def ingress(tmp_path_factory):
     import ray
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, namespace="rayscale")
+    start_local_ray(num_cpus=2, namespace="rayscale")
     cfg = IngressConfig(app_name=f"ingress-{os.getpid()}", host="127.0.0.1", http_port=free_port(), grpc_port=free_port(),
                         request_timeout_s=10)
     actor = ensure_ingress(cfg)

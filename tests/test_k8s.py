@@ -26,6 +26,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from conftest import start_local_ray
 from rayscale import k8s
 from rayscale.cli.k8s import k8s_app
 from rayscale.config import ServeConfig
@@ -664,7 +665,7 @@ def test_exporter_keeper_joins_the_local_ray_node_and_serves_metrics(port):
     ray = pytest.importorskip("ray")
     from rayscale.metrics import stop_node_exporters
 
-    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
+    start_local_ray(num_cpus=1, log_to_driver=False)
     try:
         assert k8s.keep_node_exporters(port=port, rounds=2, interval_s=0.1) == 1  # one node; the second round reuses it
         body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()

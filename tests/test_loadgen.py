@@ -14,7 +14,7 @@ from rayscale.loadgen.stats import is_stable, latency_stats, percentile
 from rayscale.loadgen.trivial_server import TrivialServer
 from rayscale.results import BenchResult, WindowStats, load_results
 
-from conftest import free_port
+from conftest import free_port, start_local_ray
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -25,7 +25,7 @@ FAST = dict(warmup_s=0.5, window_s=1.0, duration_s=4.0, max_windows=4, client_cp
 def ray_cluster():
     import ray
 
-    ray.init(address="local", num_cpus=4, num_gpus=2, include_dashboard=False, namespace="rayscale")
+    start_local_ray(num_cpus=4, num_gpus=2, namespace="rayscale")
     yield
     ray.shutdown()
 

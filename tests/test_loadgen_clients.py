@@ -6,6 +6,7 @@ import io
 
 import pytest
 from rich.console import Console
+from conftest import start_local_ray
 
 from rayscale.loadgen import BenchConfig, run_bench
 from rayscale.loadgen.events import PointRetried
@@ -22,7 +23,7 @@ pytestmark = pytest.mark.timeout(600)
 def ray_cluster():
     import ray
 
-    ray.init(address="local", num_cpus=4, num_gpus=2, include_dashboard=False, namespace="rayscale")
+    start_local_ray(num_cpus=4, num_gpus=2, namespace="rayscale")
     yield
     ray.shutdown()
 

@@ -36,7 +36,7 @@ from rayscale.metrics import (
 )
 from rayscale.serve.stats import BATCH_BOUNDS, SECONDS_BOUNDS, ReplicaStats, get_or_create_collector, kill_collector
 
-from conftest import ROOT, free_port
+from conftest import ROOT, free_port, start_local_ray
 
 
 def scrape(url: str) -> dict:
@@ -179,7 +179,7 @@ def test_load_window_needs_a_duration():
 def ray_cluster():
     import ray
 
-    ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)
+    start_local_ray(num_cpus=2, num_gpus=1, log_to_driver=False)
     yield
     stop_node_exporters()
     ray.shutdown()

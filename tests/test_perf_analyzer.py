@@ -39,7 +39,7 @@ from rayscale.perf_analyzer import (
 )
 from rayscale.results import BenchResult, PointResult, load_results
 
-from conftest import free_port
+from conftest import free_port, start_local_ray
 
 IMAGES_PER_REQUEST = 2
 CONCURRENCY = 2
@@ -242,7 +242,7 @@ class TestRayscaleApp:
         from rayscale.config import ServeConfig
         from rayscale.serve import cluster
 
-        ray.init(address="local", num_cpus=4, num_gpus=2, include_dashboard=False, log_to_driver=False, namespace="rayscale")
+        start_local_ray(num_cpus=4, num_gpus=2, log_to_driver=False, namespace="rayscale")
         try:
             cfg = ServeConfig(model_dir=str(model_dir), replicas=1, gpus_per_replica=1, provider="cpu", port=free_port(), grpc_port=free_port(), cpus_per_replica=0.5)
             up = cluster.up(cfg, exporter=False)
@@ -291,7 +291,7 @@ class TestTritonBaseline:
             metrics_port=free_port(), model_dir=str(model_dir), ready_timeout_s=180,
         )  # fmt: skip
         server = triton_up(config, state_dir=state_dir, install=ensure_triton())
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="rayscale")  # rayscale's client actors
+        start_local_ray(num_cpus=2, log_to_driver=False, namespace="rayscale")  # rayscale's client actors
         try:
             yield server
         finally:

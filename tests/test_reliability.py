@@ -29,7 +29,7 @@ from rayscale.loadgen.events import WindowMeasured
 from rayscale.loadgen.trivial_server import TrivialServer
 from rayscale.results import BenchResult, load_results
 
-from conftest import free_port
+from conftest import free_port, start_local_ray
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -53,7 +53,7 @@ def app(model_dir, health_file, tmp_path_factory):
     saved = {k: os.environ.get(k) for k in (FAIL_HEALTH_ENV, "RAYSCALE_STATE_DIR")}
     os.environ[FAIL_HEALTH_ENV] = str(health_file)  # inherited by the replicas of this local cluster
     os.environ["RAYSCALE_STATE_DIR"] = str(tmp_path_factory.mktemp("state"))
-    ray.init(address="local", num_cpus=4, num_gpus=2, include_dashboard=False, namespace="rayscale")
+    start_local_ray(num_cpus=4, num_gpus=2, namespace="rayscale")
     cfg = ServeConfig(model_dir=str(model_dir), replicas=2, gpus_per_replica=1, cpus_per_replica=0.5, provider="cpu",
                       port=free_port(), grpc_port=free_port(), max_batch_size=8, batch_wait_ms=2, batches_in_flight=1, max_queued_requests=4,
                       request_timeout_s=REQUEST_TIMEOUT_S)
@@ -173,7 +173,7 @@ def test_a_client_that_disconnects_mid_request_costs_nothing_afterwards(app):
     assert status == 200 and protocol.parse_infer_response(data, h.get(protocol.HEADER_LENGTH.lower())).shape == (2, 512)
 
 
-def test_the_replica_enforces_request_timeout_with_a_json_504(model_dir):
+def test_the_replica_enforces_request_timeout_with_a_json_504(app, model_dir):  # app: its Ray cluster holds the statistics actor
     """The replica's own deadline, on the real engine, batcher and Starlette request."""
     import asyncio
 
@@ -205,7 +205,7 @@ def test_the_replica_enforces_request_timeout_with_a_json_504(model_dir):
             first, second = await asyncio.gather(replica(request()), replica(request()))
             return replica, [first, second]
         finally:
-            replica.batcher.close()
+            await replica.shutdown()
 
     import ray
 
@@ -370,7 +370,7 @@ def test_unsupported_management_endpoints_are_404_or_501_in_json(app):
         _assert_json_error(status, data, h)
 
 
-def test_the_api_token_guards_every_route_but_health(model_dir, tmp_path_factory):
+def test_the_api_token_guards_every_route_but_health(app, model_dir, tmp_path_factory):  # app: its Ray cluster
     """Auth is enforced in the replica: 401 JSON without the token, 200 with it."""
     import asyncio
 
@@ -399,7 +399,7 @@ def test_the_api_token_guards_every_route_but_health(model_dir, tmp_path_factory
                     answers[(path, auth)] = await replica(request(path, auth))
             return answers
         finally:
-            replica.batcher.close()
+            await replica.shutdown()
 
     try:
         answers = asyncio.run(main())

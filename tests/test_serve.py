@@ -21,7 +21,7 @@ from rayscale.engine import Engine, random_images
 from rayscale.perf_analyzer import replicas_from_config
 from rayscale.serve.app import triton_model_config
 
-from conftest import free_port
+from conftest import free_port, start_local_ray
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -32,7 +32,7 @@ def app(model_dir):
 
     from rayscale.serve.cluster import down, up
 
-    ray.init(address="local", num_cpus=4, num_gpus=2, include_dashboard=False, namespace="rayscale")
+    start_local_ray(num_cpus=4, num_gpus=2, namespace="rayscale")
     port = free_port()
     cfg = ServeConfig(model_dir=str(model_dir), replicas=2, gpus_per_replica=1, cpus_per_replica=0.5,
                       provider="cpu", port=port, grpc_port=free_port(), batch_wait_ms=5, max_batch_size=16)

@@ -92,6 +92,7 @@ class OpenClipEncoder:
             self._starting = asyncio.get_running_loop().create_task(self._start_servers())
         else:
             self.collector.register.remote(self.replica_id, self.describe())
+        self._constructed = True
 
     async def _start_servers(self) -> None:
         """The replica's own HTTP and gRPC servers, which the ingress load balancer routes to."""
@@ -328,14 +329,29 @@ class OpenClipEncoder:
                 if self.replica_id in f.read().split():
                     raise RuntimeError(f"replica {self.replica_id} is marked unhealthy in {marked}")
 
-    async def __del__(self) -> None:
-        """Serve awaits this on graceful shutdown (scale-down, redeploy, `rayscale down`).
+    _constructed = False
+    _shutdown_started = False
+
+    def __del__(self):
+        """Serve calls this on graceful shutdown (scale-down, redeploy, `rayscale down`) and awaits
+        the coroutine it returns; see `shutdown`. A garbage collection after that gets None, so no
+        coroutine is left unawaited; so does one of a replica whose __init__ failed.
+        """
+        if self._shutdown_started or not self._constructed:
+            return None
+        return self.shutdown()
+
+    async def shutdown(self) -> None:
+        """Leave the load balancer, drain, close the servers and the batcher; runs once.
 
         Requests that came through the replica's own servers are unknown to Serve, so the replica
         drains them itself: it leaves the load balancer (deregistered, readiness 503), waits for
         the requests it has, then closes its servers. Never lets a late garbage collection start or
         join a Ray cluster (an actor call would auto-init Ray).
         """
+        if self._shutdown_started:
+            return
+        self._shutdown_started = True
         import ray
 
         try:
