@@ -17,13 +17,16 @@ __all__ = [
     "OUTPUT_NAME",
     "LOCAL_HOST",
     "LOOPBACK_HOSTS",
+    "BATCH_WAIT_MS",
     "MAX_BATCH_SIZE",
     "ServeConfig",
     "check",
+    "check_batch_wait_ms",
     "check_max_batch_size",
     "client_host",
     "is_loopback",
     "parse_int_list",
+    "queue_delay_us",
     "parse_float_list",
 ]
 
@@ -41,6 +44,10 @@ LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 ANY_ADDRESS_HOSTS = ("0.0.0.0", "::", "")  # bind every interface; a local client connects to LOCAL_HOST
 # Images in one batch: the bound ServeConfig, the engine and Triton's model config all accept.
 MAX_BATCH_SIZE = 4096
+# How long a batch may wait to fill, rayscale's and Triton's alike (Triton's config file calls it
+# max_queue_delay_microseconds: the only place the value leaves milliseconds).
+BATCH_WAIT_MS = 2.0
+MAX_BATCH_WAIT_MS = 1000.0
 # direct: rayscale's load balancer straight to each replica process's own servers (default) |
 # proxy: Serve's Python HTTP proxy | haproxy: Ray Serve's own HAProxy mode (binds every interface)
 INGRESSES = ("direct", "proxy", "haproxy")
@@ -70,6 +77,18 @@ def check_max_batch_size(max_batch_size: int) -> None:
         1 <= max_batch_size <= MAX_BATCH_SIZE,
         f"max_batch_size must be in 1..{MAX_BATCH_SIZE} images, got {max_batch_size}",
     )
+
+
+def check_batch_wait_ms(batch_wait_ms: float) -> None:
+    check(
+        0 <= batch_wait_ms <= MAX_BATCH_WAIT_MS,
+        f"batch_wait_ms must be in 0..{MAX_BATCH_WAIT_MS:g} ms, got {batch_wait_ms:g}",
+    )
+
+
+def queue_delay_us(batch_wait_ms: float) -> int:
+    """Triton's max_queue_delay_microseconds for a batch wait: where the value leaves milliseconds."""
+    return round(batch_wait_ms * 1000)
 
 
 def parse_int_list(text: str | list[int] | tuple[int, ...], what: str, *, minimum: int = 1) -> list[int]:
@@ -113,7 +132,7 @@ class ServeConfig:
     gpus_per_replica: float = 1.0
     cpus_per_replica: float = 1.0
     max_batch_size: int = 256  # images, not requests
-    batch_wait_ms: float = 2.0
+    batch_wait_ms: float = BATCH_WAIT_MS
     batches_in_flight: int = 4  # batches a replica runs at once: copies, compute and Python overlap (H100: 1.3-1.4x over 2)
     max_ongoing_requests: int = 512
     max_queued_requests: int = 256
@@ -137,7 +156,7 @@ class ServeConfig:
         check(self.gpus_per_replica >= 0, f"gpus_per_replica must be ≥ 0, got {self.gpus_per_replica}")
         check(self.cpus_per_replica > 0, f"cpus_per_replica must be > 0, got {self.cpus_per_replica}")
         check_max_batch_size(self.max_batch_size)
-        check(0 <= self.batch_wait_ms <= 1000, f"batch_wait_ms must be in 0..1000, got {self.batch_wait_ms}")
+        check_batch_wait_ms(self.batch_wait_ms)
         check(1 <= self.batches_in_flight <= 8, f"batches_in_flight must be in 1..8, got {self.batches_in_flight}")
         check(self.max_ongoing_requests >= 1, f"max_ongoing_requests must be ≥ 1, got {self.max_ongoing_requests}")
         check(

@@ -50,7 +50,7 @@ class Replica:
         self.stats = ReplicaStats()
         self.collector = StatsCollector()
         self.batcher = ImageBatcher(
-            engine.encode_parts, max_batch_images=MAX_BATCH, batch_wait_s=0.001, batches_in_flight=1,
+            engine.encode_parts, max_batch_size=MAX_BATCH, batch_wait_ms=1.0, batches_in_flight=1,
             max_queued_requests=max_queued_requests, on_batch=self._on_batch,
         )  # fmt: skip
 

@@ -97,7 +97,7 @@ def closed_loop_point(target: str, gpu_count: int, concurrency: int, *, status: 
 def bench_result(points: list[PointResult], *, sha: str = SHA, precision: str = "fp16", gpu: str = H100,
                  max_batch_size: int = 256, triton: bool = False) -> BenchResult:
     serve_config = (
-        {"max_batch_size": max_batch_size, "max_queue_delay_us": 2000, "instance_count": 1}
+        {"max_batch_size": max_batch_size, "batch_wait_ms": 2.0, "instance_count": 1}
         if triton
         else {"max_batch_size": max_batch_size, "batch_wait_ms": 2.0, "batches_in_flight": 2, "gpus_per_replica": 1.0}
     )

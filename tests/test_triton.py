@@ -124,12 +124,22 @@ def test_cuda_graphs_need_tensorrt(model_dir, tmp_path):
 
 def test_repo_cli_writes_what_the_k8s_init_container_serves(model_dir, tmp_path):
     out = tmp_path / "model_repository"
-    done = cli("repo", "--gpus", "1,2", "--out", str(out), "--model", str(model_dir), "--max-queue-delay-us", "500")
+    done = cli("repo", "--gpus", "1,2", "--out", str(out), "--model", str(model_dir), "--batch-wait-ms", "0.5")
     assert done.returncode == 0, done.stderr
     for gpus in (1, 2):
         cfg = parse_config(out / f"gpus-{gpus}" / MODEL_NAME / "config.pbtxt")
         assert len(cfg.instance_group) == gpus
         assert cfg.dynamic_batching.max_queue_delay_microseconds == 500
+    assert json.loads((out / "manifest.json").read_text())["settings"]["batch_wait_ms"] == 0.5
+
+
+def test_the_old_queue_delay_flag_still_sets_the_batch_wait(model_dir, tmp_path):
+    done = cli("repo", "--gpus", "1", "--out", str(tmp_path), "--model", str(model_dir), "--max-queue-delay-us", "750")
+    assert done.returncode == 0, done.stderr
+    assert parse_config(tmp_path / "gpus-1" / MODEL_NAME / "config.pbtxt").dynamic_batching.max_queue_delay_microseconds == 750
+    both = cli("repo", "--gpus", "1", "--out", str(tmp_path), "--model", str(model_dir), "--max-queue-delay-us", "750",
+               "--batch-wait-ms", "5")
+    assert both.returncode != 0 and "not both" in both.stderr
 
 
 @pytest.mark.parametrize(
@@ -167,6 +177,7 @@ def triton(model_dir, tmp_path_factory):
     config = TritonConfig(
         gpus=1, instances_per_gpu=1, provider="cpu", http_port=free_port(), grpc_port=free_port(),
         metrics_port=free_port(), model_dir=str(model_dir), ready_timeout_s=180,
+        batch_wait_ms=50,  # requests sent together batch even when a loaded machine starts their threads ms apart
     )  # fmt: skip
     server = triton_up(config, state_dir=state_dir, install=install)
     yield server

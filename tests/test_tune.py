@@ -105,12 +105,19 @@ def test_unknown_dimension_lists_the_valid_names():
         parse_space_overrides("rayscale", ["batches_in_flight=2,16"])
 
 
+def test_triton_waits_the_same_milliseconds_as_rayscale_and_the_old_name_still_reads():
+    assert parse_space_overrides("triton", ["batch_wait_ms=0.5,2"]).batch_wait_ms == [0.5, 2.0]
+    assert parse_space_overrides("triton", ["max_queue_delay_us=500,2000"]).batch_wait_ms == [0.5, 2.0]
+    with pytest.raises(ConfigError, match="batch_wait_ms must be in 0..1000 ms, got 5000"):
+        parse_space_overrides("triton", ["batch_wait_ms=5000"])
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         (["--target", "vllm", "--gpus", "1", "--slo-p99-ms", "100"], "unknown target 'vllm': use one of rayscale, triton"),
         (["--target", "triton", "--gpus", "1", "--slo-p99-ms", "100", "--space", "delay=1"],
-         "unknown search dimension 'delay' for triton: use one of instances_per_gpu, max_batch_size, max_queue_delay_us"),
+         "unknown search dimension 'delay' for triton: use one of instances_per_gpu, max_batch_size, batch_wait_ms"),
         (["--target", "rayscale", "--gpus", "1", "--slo-p99-ms", "100", "--strategy", "random"],
          "unknown strategy 'random': use one of grid, hill"),
         (["--target", "rayscale", "--gpus", "1", "--slo-p99-ms", "0"], "slo_p99_ms must be > 0"),
@@ -247,13 +254,13 @@ def test_triton_search_repeats_the_winner_and_pairs_with_rayscale_in_the_report(
     cfg = TuneConfig(target="triton", gpus=2, slo_p99_ms=60_000, out=str(out), images_per_request=2, strategy="grid",
                      provider="cpu", model_dir=str(model_dir), port=free_port(), repeats=2, repeat_top=1,
                      space=parse_space_overrides("triton", ["instances_per_gpu=1", "max_batch_size=8",
-                                                            "max_queue_delay_us=1000"], gpus=2),
+                                                            "batch_wait_ms=1"], gpus=2),
                      concurrency_start=1, concurrency_max=2, **FAST)
     result = run_tune(cfg)
     (winner,) = result.candidates
     assert winner.status == "complete" and [p.concurrency for p in winner.points][0] == 1
     assert result.best.reproduce == ("rayscale triton up --gpus 2 --instances-per-gpu 1 --max-batch-size 8 "
-                                     "--max-queue-delay-us 1000 --provider cpu")
+                                     "--batch-wait-ms 1 --provider cpu")
     (spread,) = result.repeats
     assert spread.label == winner.label and len(spread.images_per_s) == 2
     assert spread.images_per_s_min <= spread.images_per_s_median <= spread.images_per_s_max

@@ -9,9 +9,9 @@ from typing import Optional
 import typer
 
 from rayscale.cli.common import fail
-from rayscale.config import DEFAULT_MODEL_DIR, LOCAL_HOST, is_loopback, parse_int_list
-from rayscale.errors import RayscaleError
-from rayscale.triton.repository import DEFAULT_INSTANCES_PER_GPU, DEFAULT_MAX_QUEUE_DELAY_US
+from rayscale.config import BATCH_WAIT_MS, DEFAULT_MODEL_DIR, LOCAL_HOST, is_loopback, parse_int_list
+from rayscale.errors import ConfigError, RayscaleError
+from rayscale.triton.repository import DEFAULT_INSTANCES_PER_GPU
 
 __all__ = ["triton_app"]
 
@@ -23,6 +23,15 @@ triton_app = typer.Typer(
 
 def _sizes(text: str, what: str) -> list[int]:
     return parse_int_list(text, what) if text.strip() else []
+
+
+def _batch_wait_ms(batch_wait_ms: float, max_queue_delay_us: int | None) -> float:
+    """--batch-wait-ms, or the same wait given under its old name --max-queue-delay-us (µs)."""
+    if max_queue_delay_us is None:
+        return batch_wait_ms
+    if batch_wait_ms != BATCH_WAIT_MS:
+        raise ConfigError("give --batch-wait-ms (ms) or its old name --max-queue-delay-us (µs), not both")
+    return max_queue_delay_us / 1000.0
 
 
 @triton_app.command()
@@ -48,7 +57,10 @@ def up(
         DEFAULT_INSTANCES_PER_GPU, help="Model instances (onnxruntime sessions) per GPU, or in all on the CPU."
     ),
     max_batch_size: int = typer.Option(256, help="Largest batch in images, as rayscale's max_batch_size."),
-    max_queue_delay_us: int = typer.Option(DEFAULT_MAX_QUEUE_DELAY_US, help="Dynamic batcher queue delay (µs)."),
+    batch_wait_ms: float = typer.Option(
+        BATCH_WAIT_MS, help="How long a batch may wait to fill (ms), as rayscale's; Triton's max_queue_delay_microseconds."
+    ),
+    max_queue_delay_us: Optional[int] = typer.Option(None, hidden=True, help="Old name of --batch-wait-ms, in µs."),
     preferred_batch_sizes: str = typer.Option("", help="Comma-separated preferred batch sizes (default: none)."),
     port: int = typer.Option(8100, help="HTTP port; gRPC uses port+1, metrics port+2."),
     host: str = typer.Option(LOCAL_HOST, help="Address to bind; 0.0.0.0 exposes the server to the network."),
@@ -65,7 +77,7 @@ def up(
             gpus=gpus,
             instances_per_gpu=instances_per_gpu,
             max_batch_size=max_batch_size,
-            max_queue_delay_us=max_queue_delay_us,
+            batch_wait_ms=_batch_wait_ms(batch_wait_ms, max_queue_delay_us),
             preferred_batch_sizes=_sizes(preferred_batch_sizes, "preferred batch sizes"),
             http_port=port,
             host=host,
@@ -117,7 +129,10 @@ def repo(
     out: Path = typer.Option(Path("model_repository"), help="Output directory."),
     model: Path = typer.Option(DEFAULT_MODEL_DIR, help="Exported model directory (model.onnx + model.json)."),
     max_batch_size: int = typer.Option(256, help="Largest batch in images, as rayscale's max_batch_size."),
-    max_queue_delay_us: int = typer.Option(DEFAULT_MAX_QUEUE_DELAY_US, help="Dynamic batcher queue delay (µs)."),
+    batch_wait_ms: float = typer.Option(
+        BATCH_WAIT_MS, help="How long a batch may wait to fill (ms), as rayscale's; Triton's max_queue_delay_microseconds."
+    ),
+    max_queue_delay_us: Optional[int] = typer.Option(None, hidden=True, help="Old name of --batch-wait-ms, in µs."),
     instances_per_gpu: int = typer.Option(DEFAULT_INSTANCES_PER_GPU, help="Model instances per GPU."),
     preferred_batch_sizes: str = typer.Option("", help="Comma-separated preferred batch sizes (default: none)."),
     accelerator: str = typer.Option("none", help="none | tensorrt (onnxruntime's TensorRT execution provider)."),
@@ -135,7 +150,7 @@ def repo(
             gpus_list=parse_int_list(gpus, "gpus"),
             instances_per_gpu=instances_per_gpu,
             max_batch_size=max_batch_size,
-            max_queue_delay_us=max_queue_delay_us,
+            batch_wait_ms=_batch_wait_ms(batch_wait_ms, max_queue_delay_us),
             preferred_batch_sizes=_sizes(preferred_batch_sizes, "preferred batch sizes"),
             accelerator=accelerator,
             cuda_graphs=cuda_graphs,

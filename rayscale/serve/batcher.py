@@ -1,16 +1,16 @@
 """Batch requests across callers by image count, and keep the GPU busy.
 
 ``ImageBatcher.submit(images)`` queues one request (any number of images). A single loop forms
-batches of up to ``max_batch_images`` images:
+batches of up to ``max_batch_size`` images:
 
 1. it waits for a free execution slot (``batches_in_flight`` of them), so requests keep
    accumulating while the previous batch runs — the next batch forms while the GPU works;
-2. then it waits up to ``batch_wait_s`` after the oldest queued request for the batch to fill;
+2. then it waits up to ``batch_wait_ms`` after the oldest queued request for the batch to fill;
 3. it takes whole requests in arrival order while they fit, and runs the batch on a worker
    thread (onnxruntime releases the GIL), off the event loop.
 
 A request larger than the remaining room starts the next batch; one larger than
-``max_batch_images`` is rejected earlier by the protocol layer. ``max_queued_requests`` bounds
+``max_batch_size`` is rejected earlier by the protocol layer. ``max_queued_requests`` bounds
 the queue: past it ``submit`` raises ``Overloaded`` at once (a quick 503, not a timeout).
 A cancelled request (client gone) is dropped from the queue before it costs compute.
 """
@@ -61,15 +61,15 @@ class ImageBatcher:
         self,
         run_batch: Callable[[list[np.ndarray]], list[np.ndarray]],
         *,
-        max_batch_images: int,
-        batch_wait_s: float,
+        max_batch_size: int,
+        batch_wait_ms: float,
         batches_in_flight: int = 4,
         max_queued_requests: int = -1,
         on_batch: BatchCallback | None = None,
     ):
         self._run_batch = run_batch
-        self.max_batch_images = max_batch_images
-        self.batch_wait_s = batch_wait_s
+        self.max_batch_size = max_batch_size
+        self.batch_wait_ms = batch_wait_ms
         self.max_queued_requests = max_queued_requests
         self._on_batch = on_batch
         self._queue: deque[_Pending] = deque()
@@ -145,10 +145,10 @@ class ImageBatcher:
             await self._wakeup.wait()
 
     async def _wait_to_fill(self) -> None:
-        if self.batch_wait_s <= 0:
+        if self.batch_wait_ms <= 0:
             return
-        while self._queue and self._queued_images < self.max_batch_images:
-            deadline_ns = self._queue[0].enqueued_ns + int(self.batch_wait_s * 1e9)
+        while self._queue and self._queued_images < self.max_batch_size:
+            deadline_ns = self._queue[0].enqueued_ns + int(self.batch_wait_ms * 1e6)
             remaining = (deadline_ns - time.perf_counter_ns()) / 1e9
             if remaining <= 0:
                 return
@@ -167,7 +167,7 @@ class ImageBatcher:
                 self._queue.popleft()
                 self._queued_images -= head.n
                 continue
-            if batch and total + head.n > self.max_batch_images:
+            if batch and total + head.n > self.max_batch_size:
                 break
             self._queue.popleft()
             self._queued_images -= head.n

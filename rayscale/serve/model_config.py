@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from rayscale.config import EMBED_DIM, IMAGE_SIZE, INPUT_NAME, MODEL_NAME, OUTPUT_NAME, ServeConfig
+from rayscale.config import EMBED_DIM, IMAGE_SIZE, INPUT_NAME, MODEL_NAME, OUTPUT_NAME, ServeConfig, queue_delay_us
 
 __all__ = ["DEPLOYMENT_NAME", "MODEL_VERSION", "model_metadata", "triton_model_config"]
 
@@ -43,7 +43,7 @@ def triton_model_config(cfg: ServeConfig, replicas: list[dict[str, Any]]) -> dic
         "input": [{"name": INPUT_NAME, "data_type": "TYPE_UINT8", "format": "FORMAT_NHWC", "dims": [IMAGE_SIZE, IMAGE_SIZE, 3]}],
         "output": [{"name": OUTPUT_NAME, "data_type": "TYPE_FP32", "dims": [EMBED_DIM]}],
         "dynamic_batching": {
-            "max_queue_delay_microseconds": int(cfg.batch_wait_ms * 1000),
+            "max_queue_delay_microseconds": queue_delay_us(cfg.batch_wait_ms),
             "preferred_batch_size": [cfg.max_batch_size],
         },
         "instance_group": [{"name": DEPLOYMENT_NAME, "kind": kind, "count": max(len(replicas), 1), "gpus": gpus}],

@@ -66,8 +66,8 @@ class OpenClipEncoder:
         self.engine.release_buffers()
         self.batcher = ImageBatcher(
             self.engine.encode_parts,
-            max_batch_images=cfg.max_batch_size,
-            batch_wait_s=cfg.batch_wait_ms / 1000.0,
+            max_batch_size=cfg.max_batch_size,
+            batch_wait_ms=cfg.batch_wait_ms,
             batches_in_flight=cfg.batches_in_flight,
             max_queued_requests=cfg.max_queued_requests,
             on_batch=self._on_batch,

@@ -20,7 +20,18 @@ import os
 import shutil
 from pathlib import Path
 
-from rayscale.config import EMBED_DIM, IMAGE_SIZE, INPUT_NAME, MODEL_NAME, OUTPUT_NAME, check, check_max_batch_size
+from rayscale.config import (
+    BATCH_WAIT_MS,
+    EMBED_DIM,
+    IMAGE_SIZE,
+    INPUT_NAME,
+    MODEL_NAME,
+    OUTPUT_NAME,
+    check,
+    check_batch_wait_ms,
+    check_max_batch_size,
+    queue_delay_us,
+)
 from rayscale.errors import ConfigError
 from rayscale.export import load_model_info
 from rayscale.files import replacing, write_text_atomic
@@ -28,7 +39,6 @@ from rayscale.files import replacing, write_text_atomic
 __all__ = [
     "ACCELERATORS",
     "DEFAULT_INSTANCES_PER_GPU",
-    "DEFAULT_MAX_QUEUE_DELAY_US",
     "MODEL_PY",
     "onnxruntime_config",
     "python_backend_config",
@@ -37,7 +47,6 @@ __all__ = [
     "write_python_backend_repo",
 ]
 
-DEFAULT_MAX_QUEUE_DELAY_US = 2000  # rayscale's default batch wait (ServeConfig.batch_wait_ms = 2.0)
 ACCELERATORS = ("none", "tensorrt")
 MODEL_PY = Path(__file__).resolve().parent / "model_py" / "model.py"
 MODEL_FILE = "model.onnx"
@@ -47,12 +56,9 @@ VERSION = "1"
 # ---- validation ----------------------------------------------------------------------------------
 
 
-def _check_batching(max_batch_size: int, max_queue_delay_us: int, preferred: list[int] | None) -> list[int]:
+def _check_batching(max_batch_size: int, batch_wait_ms: float, preferred: list[int] | None) -> list[int]:
     check_max_batch_size(max_batch_size)
-    check(
-        0 <= max_queue_delay_us <= 1_000_000,
-        f"max_queue_delay_us must be in 0..1000000 (1 s), got {max_queue_delay_us}",
-    )
+    check_batch_wait_ms(batch_wait_ms)
     sizes = sorted(set(preferred or []))
     for s in sizes:
         check(
@@ -98,11 +104,11 @@ def _cpu_instance_group(count: int) -> str:
     return f'instance_group [\n  {{ name: "cpu" kind: KIND_CPU count: {count} }}\n]\n'
 
 
-def _dynamic_batching(max_queue_delay_us: int, preferred: list[int]) -> str:
+def _dynamic_batching(batch_wait_ms: float, preferred: list[int]) -> str:
     lines = ["dynamic_batching {"]
     if preferred:
         lines.append(f"  preferred_batch_size: [ {', '.join(str(s) for s in preferred)} ]")
-    lines.append(f"  max_queue_delay_microseconds: {max_queue_delay_us}")
+    lines.append(f"  max_queue_delay_microseconds: {queue_delay_us(batch_wait_ms)}")
     lines.append("}")
     return "\n".join(lines) + "\n"
 
@@ -190,7 +196,7 @@ def python_backend_config(
     gpus: int,
     instances_per_gpu: int = DEFAULT_INSTANCES_PER_GPU,
     max_batch_size: int = 256,
-    max_queue_delay_us: int = DEFAULT_MAX_QUEUE_DELAY_US,
+    batch_wait_ms: float = BATCH_WAIT_MS,
     preferred_batch_sizes: list[int] | None = None,
     provider: str = "cuda",
     intra_op_threads: int = 0,
@@ -200,7 +206,7 @@ def python_backend_config(
     _check_gpus(gpus)
     _check_instances(instances_per_gpu)
     check(intra_op_threads >= 0, f"intra_op_threads must be ≥ 0, got {intra_op_threads}")
-    preferred = _check_batching(max_batch_size, max_queue_delay_us, preferred_batch_sizes)
+    preferred = _check_batching(max_batch_size, batch_wait_ms, preferred_batch_sizes)
     groups = _gpu_instance_groups(gpus, instances_per_gpu) if provider == "cuda" else _cpu_instance_group(instances_per_gpu)
     return (
         f'name: "{MODEL_NAME}"\n'
@@ -208,7 +214,7 @@ def python_backend_config(
         f"max_batch_size: {max_batch_size}\n"
         + _io_block()
         + groups
-        + _dynamic_batching(max_queue_delay_us, preferred)
+        + _dynamic_batching(batch_wait_ms, preferred)
         + _parameters(
             {
                 "model_file": MODEL_FILE,
@@ -227,7 +233,7 @@ def write_python_backend_repo(
     gpus: int,
     instances_per_gpu: int = DEFAULT_INSTANCES_PER_GPU,
     max_batch_size: int = 256,
-    max_queue_delay_us: int = DEFAULT_MAX_QUEUE_DELAY_US,
+    batch_wait_ms: float = BATCH_WAIT_MS,
     preferred_batch_sizes: list[int] | None = None,
     provider: str = "cuda",
     intra_op_threads: int = 0,
@@ -243,7 +249,7 @@ def write_python_backend_repo(
         gpus=gpus,
         instances_per_gpu=instances_per_gpu,
         max_batch_size=max_batch_size,
-        max_queue_delay_us=max_queue_delay_us,
+        batch_wait_ms=batch_wait_ms,
         preferred_batch_sizes=preferred_batch_sizes,
         provider=provider,
         intra_op_threads=intra_op_threads,
@@ -265,7 +271,7 @@ def onnxruntime_config(
     gpus: int,
     instances_per_gpu: int = DEFAULT_INSTANCES_PER_GPU,
     max_batch_size: int = 256,
-    max_queue_delay_us: int = DEFAULT_MAX_QUEUE_DELAY_US,
+    batch_wait_ms: float = BATCH_WAIT_MS,
     preferred_batch_sizes: list[int] | None = None,
     accelerator: str = "none",
     cuda_graphs: bool = False,
@@ -277,7 +283,7 @@ def onnxruntime_config(
     """The config.pbtxt text of the onnxruntime-backend model for ``gpus`` GPUs."""
     _check_gpus(gpus)
     _check_instances(instances_per_gpu)
-    preferred = _check_batching(max_batch_size, max_queue_delay_us, preferred_batch_sizes)
+    preferred = _check_batching(max_batch_size, batch_wait_ms, preferred_batch_sizes)
     check(
         accelerator in ACCELERATORS,
         f"accelerator must be one of {', '.join(ACCELERATORS)}, got {accelerator!r}",
@@ -297,7 +303,7 @@ def onnxruntime_config(
         f"max_batch_size: {max_batch_size}\n"
         + _io_block()
         + _gpu_instance_groups(gpus, instances_per_gpu)
-        + _dynamic_batching(max_queue_delay_us, preferred)
+        + _dynamic_batching(batch_wait_ms, preferred)
     )
     if accelerator == "tensorrt":
         text += _tensorrt_accelerator(max_batch_size, trt_precision, trt_cache_dir, trt_workspace_bytes, cuda_graphs)
@@ -318,7 +324,7 @@ def write_onnxruntime_repo(
     gpus_list: tuple[int, ...] | list[int] = (1, 2, 4, 8),
     instances_per_gpu: int = DEFAULT_INSTANCES_PER_GPU,
     max_batch_size: int = 256,
-    max_queue_delay_us: int = DEFAULT_MAX_QUEUE_DELAY_US,
+    batch_wait_ms: float = BATCH_WAIT_MS,
     preferred_batch_sizes: list[int] | None = None,
     accelerator: str = "none",
     cuda_graphs: bool = False,
@@ -340,7 +346,7 @@ def write_onnxruntime_repo(
             gpus=g,
             instances_per_gpu=instances_per_gpu,
             max_batch_size=max_batch_size,
-            max_queue_delay_us=max_queue_delay_us,
+            batch_wait_ms=batch_wait_ms,
             preferred_batch_sizes=preferred_batch_sizes,
             accelerator=accelerator,
             cuda_graphs=cuda_graphs,
@@ -376,7 +382,7 @@ def write_onnxruntime_repo(
         "settings": {
             "instances_per_gpu": instances_per_gpu,
             "max_batch_size": max_batch_size,
-            "max_queue_delay_us": max_queue_delay_us,
+            "batch_wait_ms": batch_wait_ms,
             "preferred_batch_sizes": sorted(set(preferred_batch_sizes or [])),
             "accelerator": accelerator,
             "cuda_graphs": cuda_graphs,

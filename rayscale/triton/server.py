@@ -23,13 +23,23 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rayscale.config import DEFAULT_MODEL_DIR, LOCAL_HOST, MODEL_NAME, check, check_max_batch_size, client_host, is_loopback
+from rayscale.config import (
+    BATCH_WAIT_MS,
+    DEFAULT_MODEL_DIR,
+    LOCAL_HOST,
+    MODEL_NAME,
+    check,
+    check_batch_wait_ms,
+    check_max_batch_size,
+    client_host,
+    is_loopback,
+)
 from rayscale.environment import gpu_inventory, now_iso
 from rayscale.errors import ConfigError, ServerError
 from rayscale.export import load_model_info
 from rayscale.results import write_json_atomic
 from rayscale.triton.install import TritonInstall, default_cache_dir, ensure_triton
-from rayscale.triton.repository import DEFAULT_INSTANCES_PER_GPU, DEFAULT_MAX_QUEUE_DELAY_US, write_python_backend_repo
+from rayscale.triton.repository import DEFAULT_INSTANCES_PER_GPU, write_python_backend_repo
 
 __all__ = [
     "STATE_FILE",
@@ -58,7 +68,7 @@ class TritonConfig:
     gpus: int = 1
     instances_per_gpu: int = DEFAULT_INSTANCES_PER_GPU  # on the CPU: instances in all
     max_batch_size: int = 256  # images, as in ServeConfig
-    max_queue_delay_us: int = DEFAULT_MAX_QUEUE_DELAY_US  # = ServeConfig.batch_wait_ms (2 ms)
+    batch_wait_ms: float = BATCH_WAIT_MS  # as ServeConfig's; the model config's max_queue_delay_microseconds
     preferred_batch_sizes: list[int] = field(default_factory=list)
     http_port: int = 8100
     grpc_port: int = 0  # 0: http_port + 1
@@ -76,10 +86,7 @@ class TritonConfig:
         check(self.gpus >= 1, f"gpus must be ≥ 1, got {self.gpus} (to serve on the CPU keep gpus 1 and pass provider 'cpu')")
         check(1 <= self.instances_per_gpu <= 16, f"instances_per_gpu must be in 1..16, got {self.instances_per_gpu}")
         check_max_batch_size(self.max_batch_size)
-        check(
-            0 <= self.max_queue_delay_us <= 1_000_000,
-            f"max_queue_delay_us must be in 0..1000000 (1 s), got {self.max_queue_delay_us}",
-        )
+        check_batch_wait_ms(self.batch_wait_ms)
         check(self.provider in ("auto", "cuda", "cpu"), f"provider must be auto, cuda or cpu, got {self.provider!r}")
         check(1 <= self.http_port <= 65533, f"http_port must be in 1..65533 (gRPC and metrics use the next two), got {self.http_port}")
         for name in ("grpc_port", "metrics_port"):
@@ -376,7 +383,7 @@ def triton_up(
         gpus=config.gpus,
         instances_per_gpu=config.instances_per_gpu,
         max_batch_size=config.max_batch_size,
-        max_queue_delay_us=config.max_queue_delay_us,
+        batch_wait_ms=config.batch_wait_ms,
         preferred_batch_sizes=config.preferred_batch_sizes,
         provider=provider,
         intra_op_threads=config.intra_op_threads,

@@ -11,9 +11,9 @@ import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, ClassVar, Union
 
-from rayscale.config import ServeConfig
+from rayscale.config import BATCH_WAIT_MS, ServeConfig
 from rayscale.errors import ConfigError
-from rayscale.triton.repository import DEFAULT_INSTANCES_PER_GPU, DEFAULT_MAX_QUEUE_DELAY_US
+from rayscale.triton.repository import DEFAULT_INSTANCES_PER_GPU
 
 __all__ = [
     "TARGETS",
@@ -80,27 +80,27 @@ class TritonSettings:
 
     instances_per_gpu: int = DEFAULT_INSTANCES_PER_GPU
     max_batch_size: int = _SERVE_DEFAULTS.max_batch_size
-    max_queue_delay_us: int = DEFAULT_MAX_QUEUE_DELAY_US
+    batch_wait_ms: float = BATCH_WAIT_MS
 
     target: ClassVar[str] = "triton"
 
     @property
     def label(self) -> str:
-        return f"triton {self.instances_per_gpu}/GPU mbs{self.max_batch_size} delay{self.max_queue_delay_us}us"
+        return f"triton {self.instances_per_gpu}/GPU mbs{self.max_batch_size} wait{self.batch_wait_ms:g}ms"
 
     @property
     def file_stem(self) -> str:
-        return f"triton-ipg{self.instances_per_gpu}-mbs{self.max_batch_size}-delay{self.max_queue_delay_us}us"
+        return f"triton-ipg{self.instances_per_gpu}-mbs{self.max_batch_size}-wait{self.batch_wait_ms:g}ms"
 
     def triton_config(self, gpus: int, **base: Any):
         from rayscale.triton.server import TritonConfig
 
         return TritonConfig(gpus=gpus, instances_per_gpu=self.instances_per_gpu, max_batch_size=self.max_batch_size,
-                            max_queue_delay_us=self.max_queue_delay_us, **base)
+                            batch_wait_ms=self.batch_wait_ms, **base)
 
     def up_command(self, gpus: int, provider: str = "auto") -> str:
         command = (f"rayscale triton up --gpus {gpus} --instances-per-gpu {self.instances_per_gpu} "
-                   f"--max-batch-size {self.max_batch_size} --max-queue-delay-us {self.max_queue_delay_us}")
+                   f"--max-batch-size {self.max_batch_size} --batch-wait-ms {self.batch_wait_ms:g}")
         return command + (f" --provider {provider}" if provider != "auto" else "")
 
 
@@ -123,7 +123,7 @@ class RayscaleSpace:
 class TritonSpace:
     instances_per_gpu: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
     max_batch_size: list[int] = field(default_factory=lambda: [128, 256, 512])
-    max_queue_delay_us: list[int] = field(default_factory=lambda: [500, 2000, 5000])
+    batch_wait_ms: list[float] = field(default_factory=lambda: [0.5, 2.0, 5.0])
 
     settings_type: ClassVar[type] = TritonSettings
 
@@ -163,6 +163,10 @@ def _parse_values(name: str, text: str, kind: type) -> list:
     return sorted(values)
 
 
+# Dimensions renamed since results were first written: old name -> (name, factor to its unit).
+_OLD_NAMES = {"max_queue_delay_us": ("batch_wait_ms", 1e-3)}
+
+
 def parse_space_overrides(target: str, overrides: list[str], *, gpus: int = 1) -> Space:
     """The default space of ``target`` with each ``NAME=V1,V2`` replacing one dimension's values.
 
@@ -176,10 +180,14 @@ def parse_space_overrides(target: str, overrides: list[str], *, gpus: int = 1) -
         name = name.strip().replace("-", "_")
         if not sep:
             raise ConfigError(f"--space {item!r} needs NAME=VALUES, e.g. {names[0]}=1,2,4")
+        factor = 1.0
+        if name in _OLD_NAMES and name not in names:
+            name, factor = _OLD_NAMES[name]
         if name not in names:
             raise ConfigError(f"unknown search dimension {name!r} for {target}: use one of {', '.join(names)}")
         kind = float if name.endswith("_ms") else int
-        setattr(space, name, _parse_values(name, text, kind))
+        values = _parse_values(name, text, float if factor != 1.0 else kind)
+        setattr(space, name, [kind(v * factor) for v in values])
     defaults = space.settings_type()
     for name in names:
         for value in values_of(space, name):
