@@ -5,6 +5,7 @@
     ├── ModelNotFoundError     no exported model where one was expected
     ├── ExportError            export failed (missing extra, parity check, bad checkpoint)
     ├── ServerError            a server could not be started, reached or stopped
+    │   └── ErrorReply         a server answered with an error document or a malformed response
     ├── ResultsError           a results file is missing, invalid or would be overwritten
     └── ProtocolError          a request violates the Open Inference Protocol; carries an HTTP status
         ├── BadRequest         400
@@ -21,6 +22,7 @@ from __future__ import annotations
 __all__ = [
     "BadRequest",
     "ConfigError",
+    "ErrorReply",
     "ExportError",
     "MethodNotAllowed",
     "ModelNotFoundError",
@@ -54,6 +56,10 @@ class ExportError(RayscaleError):
 
 class ServerError(RayscaleError):
     pass
+
+
+class ErrorReply(ServerError):
+    """What a client makes of a server's error reply: the server's message, not a request of ours it refused."""
 
 
 class ResultsError(RayscaleError):

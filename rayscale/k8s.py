@@ -26,7 +26,6 @@ import dataclasses
 import logging
 import math
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 

@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from rayscale.config import EMBED_DIM, IMAGE_SHAPE, INPUT_NAME, OUTPUT_NAME
-from rayscale.errors import BadRequest
+from rayscale.config import IMAGE_SHAPE, INPUT_NAME, OUTPUT_NAME
+from rayscale.errors import BadRequest, ErrorReply
 
 __all__ = [
     "HEADER_LENGTH",
@@ -235,19 +235,23 @@ def get_json(url: str, *, token: str | None = None, timeout_s: float = 10.0) -> 
 
 
 def parse_infer_response(body: bytes, header_length: str | None) -> np.ndarray:
-    """Decode a v2 response (JSON or binary) into FP32 [N, 512] embeddings."""
-    json_len = int(header_length) if header_length else None
-    header = json.loads(body[:json_len] if json_len is not None else body)
-    if "error" in header:
-        raise BadRequest(str(header["error"]))
-    out = next(o for o in header["outputs"] if o["name"] == OUTPUT_NAME)
-    shape = tuple(out["shape"])
-    size = (out.get("parameters") or {}).get("binary_data_size")
-    if size is not None:
-        assert json_len is not None
-        return np.frombuffer(body, dtype=np.float32, count=size // 4, offset=json_len).reshape(shape)
-    return np.asarray(out["data"], dtype=np.float32).reshape(shape)
+    """Decode a v2 response (JSON or binary) into FP32 [N, 512] embeddings.
 
-
-def expected_embedding_shape(n: int) -> tuple[int, int]:
-    return (n, EMBED_DIM)
+    A client's view: a server's error document, or a response without the embeddings, raises
+    ``ErrorReply`` with what the server said.
+    """
+    try:
+        json_len = int(header_length) if header_length else None
+        header = json.loads(body[:json_len] if json_len is not None else body)
+        if isinstance(header, dict) and "error" in header:
+            raise ErrorReply(f"the server answered: {header['error']}")
+        out = next(o for o in header["outputs"] if o["name"] == OUTPUT_NAME)
+        shape = tuple(out["shape"])
+        size = (out.get("parameters") or {}).get("binary_data_size")
+        if size is not None:
+            if json_len is None:
+                raise ErrorReply(f"binary output without the {HEADER_LENGTH} header")
+            return np.frombuffer(body, dtype=np.float32, count=size // 4, offset=json_len).reshape(shape)
+        return np.asarray(out["data"], dtype=np.float32).reshape(shape)
+    except (ValueError, KeyError, TypeError, StopIteration) as e:  # json's errors are ValueErrors
+        raise ErrorReply(f"malformed inference response ({type(e).__name__}: {e}); first bytes: {bytes(body[:120])!r}") from None

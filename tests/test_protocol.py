@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from rayscale.config import EMBED_DIM, IMAGE_BYTES, INPUT_NAME, MODEL_NAME, OUTPUT_NAME
 from rayscale.engine import random_images
-from rayscale.errors import BadRequest
+from rayscale.errors import BadRequest, ErrorReply
 from rayscale.protocol import (
     HEADER_LENGTH,
     build_infer_request,
@@ -123,9 +123,25 @@ def test_response_round_trip(binary):
     assert (out["name"], out["datatype"], out["shape"]) == (OUTPUT_NAME, "FP32", [5, EMBED_DIM])
 
 
-def test_error_response_is_raised_on_the_client():
-    with pytest.raises(BadRequest, match="model is overloaded"):
+def test_a_servers_error_reply_is_the_servers_on_the_client():
+    with pytest.raises(ErrorReply, match="the server answered: model is overloaded") as raised:
         parse_infer_response(json.dumps({"error": "model is overloaded"}).encode(), None)
+    assert not isinstance(raised.value, BadRequest)  # not a server-side refusal of a request
+
+
+@pytest.mark.parametrize(
+    "body, header_length, needle",
+    [
+        (b"<html>bad gateway</html>", None, "malformed inference response"),
+        (json.dumps({"outputs": [{"name": "OTHER", "shape": [1], "data": [0]}]}).encode(), None, "StopIteration"),
+        (json.dumps({"outputs": [{"name": OUTPUT_NAME, "shape": [2, 512], "datatype": "FP32",
+                                  "parameters": {"binary_data_size": 4096}}]}).encode(), None, "without the"),
+        (b'{"outputs": []}', "999", "malformed inference response"),
+    ],
+)
+def test_a_malformed_response_is_an_error_reply_that_quotes_it(body, header_length, needle):
+    with pytest.raises(ErrorReply, match=needle):
+        parse_infer_response(body, header_length)
 
 
 @settings(max_examples=40, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])

@@ -17,7 +17,6 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from rayscale import protocol
@@ -520,7 +519,7 @@ def test_down_turns_readiness_off_first_and_finishes_in_flight_requests(app):
         stop.set()
         answers = [f.result(timeout=120) for f in in_flight]
         poller.result(timeout=60)
-    assert done["app_deleted"]
+    assert done.app_deleted
     assert [a[0] for a in answers] == [200] * 4  # none lost
     statuses = [r[1] for r in readiness]
     assert 200 in statuses and any(s != 200 for s in statuses), statuses

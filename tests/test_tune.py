@@ -6,7 +6,6 @@ provider. Windows are short and spaces tiny, so the search's rules, not its figu
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess

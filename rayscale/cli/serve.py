@@ -88,7 +88,7 @@ def down(
         result = serve_down(address=address, stop_cluster=not keep_cluster)
     except RayscaleError as e:
         raise fail(e) from None
-    typer.echo(("app removed" if result["app_deleted"] else "no app running") + ("; Ray cluster stopped" if result["cluster_stopped"] else ""))
+    typer.echo(("app removed" if result.app_deleted else "no app running") + ("; Ray cluster stopped" if result.cluster_stopped else ""))
 
 
 def status(

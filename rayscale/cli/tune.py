@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
@@ -11,7 +11,10 @@ from rayscale.cli.common import command_line, fail
 from rayscale.config import DEFAULT_MODEL_DIR
 from rayscale.errors import RayscaleError
 
-__all__ = ["print_progress", "tune"]
+if TYPE_CHECKING:
+    from rayscale.tune.events import TuneEvent
+
+__all__ = ["print_progress", "progress_line", "tune"]
 
 
 def tune(
@@ -68,19 +71,24 @@ def tune(
     typer.echo(f"reproduce: {result.best.reproduce} && {result.bench_command}")
 
 
-def print_progress(event: dict[str, Any]) -> None:
-    kind = event["event"]
-    if kind == "candidate":
-        typer.echo(f"{event['label']}: starting ({event['command']})", err=True)
-    elif kind == "point":
-        p = event["point"]
-        typer.echo(f"  c={p.concurrency}: {p.images_per_s:,.1f} img/s, p99 {p.latency.p99_ms:.1f} ms, {p.status}", err=True)
-    elif kind == "skip":
-        typer.echo(f"{event['label']}: already measured (stopped: {event['reason']})", err=True)
-    elif kind == "failed":
-        typer.echo(f"{event['label']}: failed: {event['error'].splitlines()[0]}", err=True)
-    elif kind == "repeat":
-        typer.echo(f"{event['label']}: {event['runs']} repeat(s) at concurrency {event['concurrency']}", err=True)
-    elif kind == "candidate_done":
-        s = event["summary"]
-        typer.echo(f"  → {s.describe()} [{s.status}, stopped: {s.stop_reason}]", err=True)
+def progress_line(event: TuneEvent) -> str:
+    """One line on stderr per event of the search."""
+    from rayscale.tune.events import CandidateFailed, CandidateSkipped, CandidateStarted, PointMeasured, RepeatsStarted
+
+    if isinstance(event, CandidateStarted):
+        return f"{event.label}: starting ({event.command})"
+    if isinstance(event, PointMeasured):
+        p = event.point
+        return f"  c={p.concurrency}: {p.images_per_s:,.1f} img/s, p99 {p.latency.p99_ms:.1f} ms, {p.status}"
+    if isinstance(event, CandidateSkipped):
+        return f"{event.label}: already measured (stopped: {event.reason})"
+    if isinstance(event, CandidateFailed):
+        return f"{event.label}: failed: {event.error.splitlines()[0]}"
+    if isinstance(event, RepeatsStarted):
+        return f"{event.label}: {event.runs} repeat(s) at concurrency {event.concurrency}"
+    s = event.summary
+    return f"  → {s.describe()} [{s.status}, stopped: {s.stop_reason}]"
+
+
+def print_progress(event: TuneEvent) -> None:
+    typer.echo(progress_line(event), err=True)

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from rayscale.errors import ErrorReply
 from rayscale.loadgen.stats import ClientTake
 
 __all__ = ["LoadClient", "TargetSpec"]
@@ -81,7 +82,7 @@ class LoadClient:
             self.images_ref = images_ref
             out = await self.handle.infer.remote(self.images_ref)
             if out.shape != (images_per_request, EMBED_DIM):
-                raise RuntimeError(f"handle returned shape {out.shape}, expected {(images_per_request, EMBED_DIM)}")
+                raise ErrorReply(f"handle returned shape {out.shape}, expected {(images_per_request, EMBED_DIM)}")
             return {"ok": True}
         if self.target.kind == "grpc":
             from rayscale.loadgen.grpc_client import GrpcSender
@@ -111,10 +112,10 @@ class LoadClient:
         async with self.session.post(self.url, data=self.body, headers=self.headers) as resp:
             data = await resp.read()
             if resp.status != 200:
-                raise RuntimeError(f"target answered HTTP {resp.status}: {data[:300].decode(errors='replace')}")
+                raise ErrorReply(f"target answered HTTP {resp.status}: {data[:300].decode(errors='replace')}")
             emb = protocol.parse_infer_response(data, resp.headers.get(protocol.HEADER_LENGTH))
             if emb.shape != (images_per_request, EMBED_DIM):
-                raise RuntimeError(f"target returned embeddings of shape {emb.shape}, expected {(images_per_request, EMBED_DIM)}")
+                raise ErrorReply(f"target returned embeddings of shape {emb.shape}, expected {(images_per_request, EMBED_DIM)}")
         return {"ok": True, "request_bytes": len(self.body)}
 
     # ---- one request ---------------------------------------------------------------------------
@@ -262,10 +263,20 @@ class LoadClient:
             self.session = None
 
 
+def _failure_kinds() -> tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], str], ...]:
+    """Foreign errors by type, first match wins (aiohttp's timeouts are also OSErrors)."""
+    import aiohttp
+
+    return (
+        ((TimeoutError, aiohttp.ServerTimeoutError), "timeout"),
+        ((aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, ConnectionError, OSError), "connection"),
+        (ErrorReply, "bad_response"),
+    )
+
+
 def _classify(e: Exception) -> str:
-    name = type(e).__name__
-    if "Timeout" in name:
-        return "timeout"
-    if "Connect" in name or "Connection" in name or "Disconnected" in name or isinstance(e, (ConnectionError, OSError)):
-        return "connection"
-    return "client_" + name
+    """A failed request's kind in results files: timeout, connection, bad_response or client_<type>."""
+    for types, kind in _failure_kinds():
+        if isinstance(e, types):
+            return kind
+    return "client_" + type(e).__name__

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from rayscale.config import EMBED_DIM, IMAGE_SHAPE, INPUT_NAME, OUTPUT_NAME
-from rayscale.errors import ConfigError, ServerError
+from rayscale.errors import ConfigError, ErrorReply, ServerError
 
 __all__ = ["GRPC_SCHEME", "GrpcSender", "fetch_statistics", "grpc_address", "preflight"]
 
@@ -64,7 +64,7 @@ class GrpcSender:
         self.channel = None
 
     async def prepare(self, images_per_request: int, seed: int = 0) -> dict[str, Any]:
-        """Build the request once, open the channel and check one answer; raises RuntimeError if wrong."""
+        """Build the request once, open the channel and check one answer; raises ErrorReply if wrong."""
         import grpc
         from tritonclient.grpc import service_pb2
 
@@ -85,10 +85,10 @@ class GrpcSender:
         try:
             response = await self._infer(self.request_bytes, metadata=self.metadata, timeout=self.target.timeout_s)
         except grpc.aio.AioRpcError as e:
-            raise RuntimeError(f"target answered gRPC {e.code().name}: {e.details()}") from None
+            raise ErrorReply(f"target answered gRPC {e.code().name}: {e.details()}") from None
         if not response.raw_output_contents or len(response.raw_output_contents[0]) != self.expected_output_bytes:
             shape = list(response.outputs[0].shape) if response.outputs else None
-            raise RuntimeError(f"target returned embeddings of shape {shape}, expected {[images_per_request, EMBED_DIM]}")
+            raise ErrorReply(f"target returned embeddings of shape {shape}, expected {[images_per_request, EMBED_DIM]}")
         return {"ok": True, "request_bytes": len(self.request_bytes)}
 
     async def send(self) -> str | None:

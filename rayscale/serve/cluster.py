@@ -23,7 +23,7 @@ from rayscale.config import LOCAL_HOST, MODEL_NAME, ServeConfig, client_host, is
 from rayscale.errors import ConfigError, ModelNotFoundError, ServerError
 from rayscale.files import write_text_atomic
 
-__all__ = ["StatusResult", "UpResult", "connect", "down", "status", "up", "wait_for_replicas"]
+__all__ = ["ClusterRecord", "DownResult", "StatusResult", "UpResult", "connect", "down", "read_state", "status", "up", "wait_for_replicas"]
 
 log = logging.getLogger(__name__)
 
@@ -36,16 +36,33 @@ def _state_file() -> Path:
     return state_dir() / "cluster.json"
 
 
-def read_state() -> dict[str, Any]:
-    """What `rayscale up` recorded of the cluster it started ({} when none)."""
+@dataclass
+class ClusterRecord:
+    """What `rayscale up` records of the local cluster it started (cluster.json in the state dir)."""
+
+    address: str
+    session_dir: str | None = None
+    started_by_rayscale: bool = True
+    started_at: float = 0.0
+
+
+def read_state() -> ClusterRecord | None:
+    """The cluster `rayscale up` started, or None when it recorded none (or the record is unreadable)."""
     try:
-        return json.loads(_state_file().read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
+        data = json.loads(_state_file().read_text())
+        return ClusterRecord(**{k: data[k] for k in ("address", "session_dir", "started_by_rayscale", "started_at") if k in data})
+    except (OSError, json.JSONDecodeError, TypeError, KeyError):
+        return None
 
 
-def _write_state(state: dict[str, Any]) -> None:
-    write_text_atomic(_state_file(), json.dumps(state, indent=2))
+def _write_state(record: ClusterRecord) -> None:
+    write_text_atomic(_state_file(), json.dumps(asdict(record), indent=2))
+
+
+@dataclass
+class DownResult:
+    app_deleted: bool = False
+    cluster_stopped: bool = False
 
 
 @dataclass
@@ -239,11 +256,11 @@ def _cluster_pids(session_dir: str) -> list[int]:
     return sorted(matched)
 
 
-def _stop_local_cluster(state: dict[str, Any]) -> None:
+def _stop_local_cluster(record: ClusterRecord) -> None:
     """Stop the processes of the cluster ``up`` started, and only those (others may share the host)."""
     import signal
 
-    session_dir = state.get("session_dir")
+    session_dir = record.session_dir
     if not session_dir:
         return
     for sig in (signal.SIGTERM, signal.SIGKILL):
@@ -268,11 +285,11 @@ def connect(address: str | None = None, *, start: bool = False, num_gpus: int | 
         return ray.get_runtime_context().gcs_address, False
     started = False
     own_local_cluster = False  # the loopback-only cluster `up` started (see _start_local_cluster)
-    state = read_state()
-    if address is None and state.get("address"):
-        if _gcs_reachable(state["address"]):
-            address = state["address"]
-            own_local_cluster = bool(state.get("started_by_rayscale"))
+    record = read_state()
+    if address is None and record is not None:
+        if _gcs_reachable(record.address):
+            address = record.address
+            own_local_cluster = record.started_by_rayscale
             _use_token_auth()
         else:  # the cluster `up` started is gone (reboot, `ray stop`): forget it
             _state_file().unlink(missing_ok=True)
@@ -294,7 +311,7 @@ def connect(address: str | None = None, *, start: bool = False, num_gpus: int | 
         ) from None
     gcs = ray.get_runtime_context().gcs_address
     if started:
-        _write_state({"address": address, "session_dir": _session_dir(), "started_by_rayscale": True, "started_at": time.time()})
+        _write_state(ClusterRecord(address=address, session_dir=_session_dir(), started_at=time.time()))
     return gcs, started
 
 
@@ -502,7 +519,7 @@ def status(app_name: str = "rayscale", *, address: str | None = None) -> StatusR
 
 def down(
     app_name: str = "rayscale", *, address: str | None = None, stop_cluster: bool = True, drain_s: float = 0.0
-) -> dict[str, Any]:
+) -> DownResult:
     """Drain and delete the app, then stop the cluster ``up`` started.
 
     Readiness (``/v2/health/ready``) turns 503 first; after ``drain_s`` (time for load balancers
@@ -513,8 +530,8 @@ def down(
 
     from rayscale.serve.stats import NAMESPACE, collector_name, kill_collector
 
-    state = read_state()
-    result: dict[str, Any] = {"app_deleted": False, "cluster_stopped": False}
+    record = read_state()
+    result = DownResult()
     try:
         connect(address)
     except ServerError:
@@ -527,7 +544,7 @@ def down(
         except (ValueError, ray.exceptions.RayError):
             pass  # no collector: no replica ever started, nothing to drain
         serve.delete(app_name, _blocking=True)
-        result["app_deleted"] = True
+        result.app_deleted = True
     from rayscale.serve.ingress import stop_ingress
 
     stop_ingress(app_name)  # after the replicas: they drained the requests the ingress gave them
@@ -541,8 +558,8 @@ def down(
     if not serve.status().applications:
         serve.shutdown()
     ray.shutdown()
-    if stop_cluster and state.get("started_by_rayscale") and address is None:
-        _stop_local_cluster(state)
-        result["cluster_stopped"] = True
+    if stop_cluster and record is not None and record.started_by_rayscale and address is None:
+        _stop_local_cluster(record)
+        result.cluster_stopped = True
         _state_file().unlink(missing_ok=True)
     return result

@@ -177,7 +177,6 @@ class _Connection(asyncio.BufferedProtocol):
                                            {"Content-Type": "application/json"}, close=True))
             return
         raw = bytes(self._head[:end])
-        rest = self._head_len - end - 4
         try:
             head = _parse_head(raw, self.server.body_limit)
         except ProtocolError as e:

@@ -19,7 +19,7 @@ def cluster_started_by_rayscale() -> bool:
     """
     from rayscale.serve.cluster import read_state
 
-    return bool(read_state())
+    return read_state() is not None
 
 
 def running_app_config(app_name: str) -> dict[str, Any] | None:

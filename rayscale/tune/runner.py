@@ -19,14 +19,23 @@ import math
 import tempfile
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Iterator
 
 from rayscale.config import DEFAULT_MODEL_DIR, LOCAL_HOST
 from rayscale.environment import now_iso
-from rayscale.errors import ConfigError, RayscaleError, ResultsError, ServerError
+from rayscale.errors import ConfigError, ResultsError, ServerError
 from rayscale.results import BenchResult, PointResult, load_results
+from rayscale.tune.events import (
+    CandidateFailed,
+    CandidateFinished,
+    CandidateSkipped,
+    CandidateStarted,
+    PointMeasured,
+    RepeatsStarted,
+    TuneEventCallback,
+)
 from rayscale.tune.results import (
     MEASURED,
     TUNE_FILE,
@@ -45,7 +54,6 @@ __all__ = ["TuneConfig", "closest_answer", "next_concurrency", "run_tune", "summ
 
 log = logging.getLogger(__name__)
 
-EventCallback = Callable[[dict[str, Any]], None]
 PROVIDERS = {"rayscale": ("auto", "cuda", "cpu", "null"), "triton": ("auto", "cuda", "cpu")}
 
 
@@ -192,7 +200,7 @@ class _Session:
     out: Path
     started: float
     used_before_s: float
-    emit: EventCallback
+    emit: TuneEventCallback
     started_cluster: bool = False
     measured_points: int = 0
 
@@ -255,7 +263,7 @@ def _measure(session: _Session, url: str, path: Path, label: str, levels: list[i
     def forward(event: Event) -> None:
         if isinstance(event, PointFinished):
             session.measured_points += 1
-            session.emit({"event": "point", "label": label, "point": event.point})
+            session.emit(PointMeasured(label, event.point))
 
     run_bench(session.cfg.bench_config(url=url, levels=levels, out=str(path), target=label), on_event=forward)
     return _points_in(path)
@@ -268,11 +276,11 @@ def _run_candidate(settings: Settings, session: _Session) -> CandidateSummary:
     points = _points_in(path)
     following, reason = next_concurrency(points, cfg)
     if following is None:
-        session.emit({"event": "skip", "label": settings.label, "reason": reason})
+        session.emit(CandidateSkipped(settings.label, reason))
         return summarize_candidate(settings, points, cfg, results_file=name, stop_reason=reason)
     if not session.budget_left():
         return summarize_candidate(settings, points, cfg, results_file=name, status="incomplete", stop_reason="budget")
-    session.emit({"event": "candidate", "label": settings.label, "command": settings.up_command(cfg.gpus, cfg.provider)})
+    session.emit(CandidateStarted(settings.label, settings.up_command(cfg.gpus, cfg.provider)))
     try:
         with _server(settings, session) as url:
             while following is not None:
@@ -283,7 +291,7 @@ def _run_candidate(settings: Settings, session: _Session) -> CandidateSummary:
                 points = _measure(session, url, path, settings.label, levels)
                 following, reason = next_concurrency(points, cfg)
     except ServerError as e:  # this candidate could not be served: a failure record, and the search goes on
-        session.emit({"event": "failed", "label": settings.label, "error": str(e)})
+        session.emit(CandidateFailed(settings.label, str(e)))
         return summarize_candidate(settings, points, cfg, results_file=name, status="failed", stop_reason="failed",
                                    error=str(e).splitlines()[0])
     return summarize_candidate(settings, points, cfg, results_file=name, stop_reason=reason)
@@ -303,7 +311,7 @@ def _repeat(candidate: CandidateSummary, settings: Settings, session: _Session) 
         return next((p for p in _points_in(path) if p.concurrency == level and p.status != "incomplete"), None)
 
     if any(finished(p) is None for p in paths):
-        session.emit({"event": "repeat", "label": settings.label, "concurrency": level, "runs": cfg.repeats})
+        session.emit(RepeatsStarted(settings.label, level, cfg.repeats))
         with _server(settings, session) as url:
             for path in paths:
                 if finished(path) is None:
@@ -372,7 +380,7 @@ def _settings_of(cfg: TuneConfig, summary: CandidateSummary) -> Settings:
     return cfg.space.settings_type(**summary.settings)
 
 
-def run_tune(cfg: TuneConfig, *, on_event: EventCallback | None = None) -> TuneResult:
+def run_tune(cfg: TuneConfig, *, on_event: TuneEventCallback | None = None) -> TuneResult:
     """Search until the strategy or the budget is exhausted; returns (and writes) DIR/tune.json's result."""
     out = Path(cfg.out)
     previous = _previous(cfg, out)
@@ -411,7 +419,7 @@ def run_tune(cfg: TuneConfig, *, on_event: EventCallback | None = None) -> TuneR
                 break
             summary = _run_candidate(settings, session)
             summaries[settings] = summary
-            session.emit({"event": "candidate_done", "summary": summary})
+            session.emit(CandidateFinished(summary))
             if summary.stop_reason == "budget":
                 ended_by = "budget"
                 break
