@@ -196,7 +196,7 @@ def _scaling(report: Report) -> list[str]:
             header += ["goodput at peak"]
         header += [f"at {load}", "p50 ms", "p99 ms", "efficiency", "$/hour", "$/1000 img"]
         if slo is not None:
-            header += [f"best goodput (p99≤{slo:g}ms)", f"at {load}"]
+            header += [f"best goodput (≤{slo:g}ms)", f"at {load}"]
         header += [f"knee ({load})", "bottleneck", "usable points"]
         if has_engine:
             header += ["of engine ceiling"]
@@ -255,7 +255,7 @@ def _comparison(report: Report) -> list[str]:
     lines = ["## Side by side", "", LIKE_FOR_LIKE, ""]
     header = ["size", "transport, img/request", "configuration", "peak img/s", "p99 ms at peak"]
     if slo is not None:
-        header += [f"best goodput (p99≤{slo:g}ms)"]
+        header += [f"best goodput (≤{slo:g}ms)"]
     header += ["ranking"]
     rows = []
     for c in report.comparisons:
