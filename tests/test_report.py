@@ -615,13 +615,14 @@ def point_with_histogram(concurrency: int, *, within_ms: tuple[float, float], mi
     """A point as rayscale's load generator writes it: percentiles and a histogram of the same 2000 requests."""
     rng = np.random.default_rng(concurrency)
     missing = int(2000 * missing_share)
-    latencies_s = np.concatenate([rng.uniform(*within_ms, size=2000 - missing), rng.uniform(*missing_ms, size=missing)]) / 1000
+    latencies_ms = np.concatenate([rng.uniform(*within_ms, size=2000 - missing), rng.uniform(*missing_ms, size=missing)])
+    latencies_s = latencies_ms / 1000
     return closed_loop_point("rayscale", 1, concurrency, latency=latency_stats(latencies_s),
                              latency_histogram=LatencyHistogram.from_latencies_s(latencies_s))
 
 
 def test_goodput_from_a_latency_histogram_counts_the_requests_within_the_slo(tmp_path):
-    """A point whose p99 misses the SLO but whose requests met it 95% of the time has 95% of its throughput as goodput."""
+    """A point whose p99 misses the SLO but 95% of whose requests met it has 95% of its throughput as goodput."""
     slo_ms = 30.0
     shares = {1: 0.0, 4: 0.05, 16: 0.5}  # share of requests that took 40-80 ms; the rest took 5-25 ms
     points = [point_with_histogram(c, within_ms=(5.0, 25.0), missing_ms=(40.0, 80.0), missing_share=share)
@@ -658,7 +659,8 @@ def test_goodput_from_a_latency_histogram_counts_the_requests_within_the_slo(tmp
     assert group(report, "triton", 1)["goodput_method"] == "p99-estimate"
 
     md = (out / "report.md").read_text()
-    rayscale_row = next(l for l in md.splitlines() if l.startswith("| 4 | ") and f"{at_95['goodput_images_per_s']:,.1f}" in l)
+    goodput_text = f"{at_95['goodput_images_per_s']:,.1f}"
+    rayscale_row = next(l for l in md.splitlines() if l.startswith("| 4 | ") and goodput_text in l)
     assert "≈" not in rayscale_row
     assert any(l.startswith("| 64 | ") and "| ≈0.0 |" in l for l in md.splitlines())  # Triton's estimate is marked
     definition = next(l for l in md.splitlines() if l.startswith("- **Goodput**"))

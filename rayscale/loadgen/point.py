@@ -6,8 +6,9 @@
    ``stability`` on throughput and p95 (perf_analyzer's rule: max/min ≤ 1 + stability), or
    ``max_windows`` / ``duration_s`` is reached (then the point is flagged ``unstable``);
 3. the point's figures come from the last three windows: latencies pooled from every actor
-   (exact percentiles, and a latency histogram from which goodput under any SLO is read), the server's queue/compute split from its statistics (deltas over the
-   same span), GPU samples, the busiest actor's CPU;
+   (exact percentiles, and a histogram from which goodput under any SLO is read), the server's
+   queue/compute split from its statistics (deltas over the same span), GPU samples, the
+   busiest actor's CPU;
 4. the actors stop and drain; sent = ok + failed + incomplete over the whole point.
 """
 
