@@ -9,11 +9,14 @@ overwrite an earlier file unless asked.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field, fields
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from rayscale.errors import ResultsError
 from rayscale.files import write_text_atomic
@@ -24,6 +27,7 @@ __all__ = [
     "EngineBenchResult",
     "EnginePoint",
     "GpuSummary",
+    "LatencyHistogram",
     "LatencyStats",
     "PointResult",
     "PointStatus",
@@ -54,6 +58,77 @@ class LatencyStats:
         each window's p95 for a point it could not stabilise, and a missing figure is not 0 ms."""
         value = getattr(self, field)
         return value if value or self.count else None
+
+
+@dataclass
+class LatencyHistogram:
+    """Request latencies counted in fixed log-spaced buckets, so goodput under any SLO can be read back.
+
+    Bucket ``i`` holds latencies in (upper_ms(i-1), upper_ms(i)], with
+    ``upper_ms(i) = first_upper_ms × 10^(i / buckets_per_decade)`` (bucket 0 also holds anything
+    faster); each bucket is 10^(1/48) − 1 ≈ 4.9 % wider than the one before, and every power of ten
+    (1, 10, 100 ms …) is an edge. Latencies above ``last_upper_ms`` fall in one open-ended bucket
+    past it. Only non-empty buckets are kept (``counts``: bucket index → requests), so a point's
+    histogram is a few dozen entries.
+    """
+
+    counts: dict[int, int] = field(default_factory=dict)
+    buckets_per_decade: int = 48
+    first_upper_ms: float = 0.01
+    last_upper_ms: float = 100_000.0
+
+    @classmethod
+    def from_latencies_s(cls, samples_s: np.ndarray | list[float]) -> "LatencyHistogram":
+        histogram = cls()
+        ms = np.asarray(samples_s, dtype=np.float64) * 1000.0
+        # side="left": the first edge ≥ the latency, so a latency equal to an edge counts within it
+        index = np.searchsorted(histogram._finite_upper_ms(), ms, side="left")
+        buckets, counts = np.unique(index, return_counts=True)
+        histogram.counts = {int(b): int(n) for b, n in zip(buckets, counts)}
+        return histogram
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "LatencyHistogram":
+        """As a results file holds it (JSON turns the bucket indexes into strings)."""
+        histogram = _build(cls, data)
+        histogram.counts = {int(b): int(n) for b, n in (data.get("counts") or {}).items()}
+        return histogram
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def bucket_width_pct(self) -> float:
+        """How much wider each bucket's upper edge is than the previous one's, in percent."""
+        return (10 ** (1 / self.buckets_per_decade) - 1) * 100
+
+    def upper_ms(self, bucket: int) -> float:
+        """Bucket ``bucket``'s upper edge (inclusive); infinite for the bucket past ``last_upper_ms``."""
+        if bucket >= self._bucket_count():
+            return math.inf
+        return 10 ** ((bucket + self._first_exponent()) / self.buckets_per_decade)
+
+    def fraction_within(self, ms: float) -> float:
+        """Share of requests that took at most ``ms``, conservatively: only buckets whose upper edge is
+        ≤ ``ms`` count, so the share is exact when ``ms`` is a bucket edge and otherwise misses at most
+        the requests in the one bucket that straddles it. 0 for an empty histogram."""
+        total = self.count
+        if total == 0:
+            return 0.0
+        within = sum(n for bucket, n in self.counts.items() if self.upper_ms(bucket) <= ms)
+        return within / total
+
+    def _first_exponent(self) -> int:
+        """log10(first_upper_ms) in buckets: integer, so powers of ten are computed exactly."""
+        return round(math.log10(self.first_upper_ms) * self.buckets_per_decade)
+
+    def _bucket_count(self) -> int:
+        """Buckets with a finite upper edge (the open-ended one comes after them)."""
+        return round(math.log10(self.last_upper_ms) * self.buckets_per_decade) - self._first_exponent() + 1
+
+    def _finite_upper_ms(self) -> np.ndarray:
+        return np.array([self.upper_ms(i) for i in range(self._bucket_count())])
 
 
 @dataclass
@@ -134,6 +209,7 @@ class PointResult:
     offered_rps: float | None = None
     late_sends: int = 0
     latency: LatencyStats = field(default_factory=LatencyStats)
+    latency_histogram: LatencyHistogram | None = None  # the same requests as ``latency``; None where not kept
     windows: list[WindowStats] = field(default_factory=list)
     stable: bool = True
     server: ServerStats | None = None
@@ -204,6 +280,7 @@ def _build(cls, data: dict[str, Any]):
 def _point_from_dict(d: dict[str, Any]) -> PointResult:
     d = dict(d)
     d["latency"] = _build(LatencyStats, d.get("latency") or {})
+    d["latency_histogram"] = LatencyHistogram.from_dict(d["latency_histogram"]) if d.get("latency_histogram") else None
     d["windows"] = [_build(WindowStats, w) for w in d.get("windows") or []]
     d["server"] = _build(ServerStats, d["server"]) if d.get("server") else None
     d["gpus"] = [_build(GpuSummary, g) for g in d.get("gpus") or []]

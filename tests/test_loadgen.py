@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -12,7 +14,7 @@ from rayscale.loadgen.events import WindowMeasured
 from rayscale.loadgen.schedule import arrival_offsets
 from rayscale.loadgen.stats import is_stable, latency_stats, percentile
 from rayscale.loadgen.trivial_server import TrivialServer
-from rayscale.results import BenchResult, WindowStats, load_results
+from rayscale.results import BenchResult, LatencyHistogram, PointResult, WindowStats, load_results, write_json_atomic
 
 from conftest import free_port, start_local_ray
 
@@ -46,6 +48,46 @@ def test_nearest_rank_percentiles_of_pooled_samples_equal_numpy():
     averaged = np.mean([np.percentile(a, 99, method="inverted_cdf") for a in actors]) * 1000
     assert abs(averaged - stats.p99_ms) > 1e-6
     assert stats.count == pooled.size and stats.max_ms == pytest.approx(pooled.max() * 1000)
+
+
+def test_latency_histogram_is_exact_at_bucket_edges_and_never_overstates_between_them():
+    # 10 ms and 100 ms are bucket edges (every power of ten is); 10.3 ms lies inside the bucket (10, 10.49] ms
+    samples_ms = [2.0, 5.0, 9.99, 10.0, 10.3, 10.6, 50.0, 100.0, 120.0, 2_000_000.0]
+    histogram = LatencyHistogram.from_latencies_s(np.array(samples_ms) / 1000)
+    assert histogram.count == len(samples_ms) and len(histogram.counts) < 48  # sparse: non-empty buckets only
+    assert histogram.fraction_within(10.0) == 0.4  # 10.0 ms itself is within a 10 ms SLO
+    assert histogram.fraction_within(100.0) == 0.8
+    # 10.3 ms met a 10.4 ms SLO, but its bucket straddles the SLO, so it counts as missing it
+    assert histogram.fraction_within(10.4) == 0.4
+    assert histogram.fraction_within(10.5) == 0.5
+    assert histogram.fraction_within(1e9) == 0.9  # 2000 s is past the last edge (100 s): never within
+    assert LatencyHistogram().fraction_within(100.0) == 0.0
+
+    # any SLO: at most the true share, at least the true share one bucket (4.9 %) below it
+    latencies_s = np.random.default_rng(0).lognormal(-4, 0.8, size=20_000)
+    histogram = LatencyHistogram.from_latencies_s(latencies_s)
+    assert histogram.bucket_width_pct == pytest.approx(4.914, abs=1e-3)
+    for slo_ms in (3.0, 7.7, 18.0, 18.3, 50.0, 100.0):
+        true_share = np.mean(latencies_s * 1000 <= slo_ms)
+        one_bucket_below = np.mean(latencies_s * 1000 <= slo_ms / (1 + histogram.bucket_width_pct / 100))
+        assert one_bucket_below <= histogram.fraction_within(slo_ms) <= true_share
+
+
+def test_latency_histogram_round_trips_through_a_results_file_and_old_files_load_without_one(tmp_path):
+    histogram = LatencyHistogram.from_latencies_s(np.random.default_rng(1).uniform(0.004, 0.2, size=5000))
+    point = PointResult(target="rayscale", transport="http-binary", mode="closed", replicas=1, images_per_request=8,
+                        concurrency=4, latency=latency_stats(np.array([0.004, 0.2])), latency_histogram=histogram)
+    result = BenchResult(command="rayscale bench", config={}, environment={}, model={}, points=[point])
+    path = write_json_atomic(tmp_path / "r.json", result.to_dict())
+    loaded = load_results(path).points[0].latency_histogram
+    assert loaded == histogram and loaded.fraction_within(50.0) == histogram.fraction_within(50.0)
+    stored = json.loads(path.read_text())["points"][0]["latency_histogram"]
+    assert len(stored["counts"]) == len(histogram.counts) < 120  # 4-200 ms: ~82 buckets, each one key
+    # a file written before histograms were kept
+    old = json.loads(path.read_text())
+    del old["points"][0]["latency_histogram"]
+    old_path = write_json_atomic(tmp_path / "old.json", old)
+    assert load_results(old_path).points[0].latency_histogram is None
 
 
 def test_stability_rule_needs_three_agreeing_windows():
@@ -116,6 +158,11 @@ def test_open_loop_p99_shows_a_stall_that_closed_loop_cannot(ray_cluster, tmp_pa
         assert closed_point.latency.p90_ms < 100
         for p in (open_point, closed_point):
             assert p.requests_sent == p.requests_ok + p.requests_failed + p.requests_incomplete
+            assert p.latency_histogram.count == p.latency.count  # the same requests as the percentiles
+        # the histogram tells the same story (100 ms and 1 s are bucket edges, so these shares are exact)
+        assert open_point.latency_histogram.fraction_within(1000.0) < 0.99
+        assert closed_point.latency_histogram.fraction_within(100.0) >= 0.9
+        assert load_results(tmp_path / "open.json").points[0].latency_histogram == open_point.latency_histogram
         assert open_point.offered_rps is None or open_point.offered_rps == pytest.approx(40.0)
         assert open_point.requests_per_s == pytest.approx(40.0, rel=0.15)
 

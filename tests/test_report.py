@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 import matplotlib.image as mpimg
+import numpy as np
 import pytest
 import typer
 from typer.testing import CliRunner
@@ -19,12 +20,14 @@ from typer.testing import CliRunner
 from rayscale.errors import ConfigError, ResultsError
 from rayscale.report import ReportConfig, build_report, find_knee, parse_costs, write_report
 from rayscale.cli.report import report_command
+from rayscale.loadgen.stats import latency_stats
 from rayscale.report.markdown import render_markdown
 from rayscale.results import (
     BenchResult,
     EngineBenchResult,
     EnginePoint,
     GpuSummary,
+    LatencyHistogram,
     LatencyStats,
     PointResult,
     ServerStats,
@@ -587,6 +590,7 @@ def test_goodput_counts_a_point_only_where_its_p99_meets_the_slo(results_files, 
         checked += 1
     assert checked > 0 and any(r["goodput_images_per_s"] == 0.0 for r in report["points"])
     assert report["parameters"]["goodput_method"] == "p99-estimate"
+    assert {r["goodput_method"] for r in report["points"] if r["usable"]} == {"p99-estimate"}
     one_gpu = group(report, "rayscale", 1)
     best = max(r["goodput_images_per_s"] for r in report["points"]
                if r["target"] == "rayscale" and r["gpus"] == 1 and r["usable"])
@@ -600,9 +604,67 @@ def test_goodput_counts_a_point_only_where_its_p99_meets_the_slo(results_files, 
     md = (out / "report.md").read_text()
     assert "goodput img/s" in md and "goodput at peak" in md
     assert "estimated" in md and "p99 meets the SLO" in md  # the report says how goodput was computed
+    assert "| ≈0.0 |" in md and "histogram" not in md  # each estimated figure is marked
 
     plain = build_report(load_all(results_files))
     assert all(r.goodput_images_per_s is None for r in plain.points)
+
+
+def point_with_histogram(concurrency: int, *, within_ms: tuple[float, float], missing_ms: tuple[float, float],
+                         missing_share: float) -> PointResult:
+    """A point as rayscale's load generator writes it: percentiles and a histogram of the same 2000 requests."""
+    rng = np.random.default_rng(concurrency)
+    missing = int(2000 * missing_share)
+    latencies_ms = np.concatenate([rng.uniform(*within_ms, size=2000 - missing), rng.uniform(*missing_ms, size=missing)])
+    latencies_s = latencies_ms / 1000
+    return closed_loop_point("rayscale", 1, concurrency, latency=latency_stats(latencies_s),
+                             latency_histogram=LatencyHistogram.from_latencies_s(latencies_s))
+
+
+def test_goodput_from_a_latency_histogram_counts_the_requests_within_the_slo(tmp_path):
+    """A point whose p99 misses the SLO but 95% of whose requests met it has 95% of its throughput as goodput."""
+    slo_ms = 30.0
+    shares = {1: 0.0, 4: 0.05, 16: 0.5}  # share of requests that took 40-80 ms; the rest took 5-25 ms
+    points = [point_with_histogram(c, within_ms=(5.0, 25.0), missing_ms=(40.0, 80.0), missing_share=share)
+              for c, share in shares.items()]
+    rayscale_file = write_json_atomic(tmp_path / "rayscale.json", bench_result(points).to_dict())
+    # Triton's file comes from before histograms were kept: its goodput stays the p99 estimate
+    old = bench_result(sweep("triton", 1), triton=True).to_dict()
+    for point in old["points"]:
+        del point["latency_histogram"]
+    triton_file = write_json_atomic(tmp_path / "triton.json", old)
+
+    out = tmp_path / "r"
+    result = run_cli(str(rayscale_file), str(triton_file), "--slo-p99-ms", str(slo_ms), "--out", str(out))
+    assert result.exit_code == 0, result.output
+    report = report_json(out)
+    rows = {(r["target"], r["concurrency"]): r for r in report["points"]}
+    for concurrency, share in shares.items():
+        row = rows[("rayscale", concurrency)]
+        assert row["goodput_method"] == "histogram"
+        assert row["goodput_images_per_s"] == pytest.approx(row["images_per_s"] * (1 - share))
+    at_95 = rows[("rayscale", 4)]
+    assert at_95["latency_p99_ms"] > slo_ms and not at_95["meets_slo"] and at_95["goodput_images_per_s"] > 0
+    for concurrency in CONCURRENCIES:
+        row = rows[("triton", concurrency)]
+        assert row["goodput_method"] == "p99-estimate"
+        assert row["goodput_images_per_s"] == (row["images_per_s"] if row["latency_p99_ms"] <= slo_ms else 0.0)
+    assert report["parameters"]["goodput_method"] == "mixed"
+    assert report["parameters"]["goodput_bucket_width_pct"] == pytest.approx(4.91)
+    # the best goodput is the 95% point's, not the best point under the SLO (concurrency 1)
+    one_gpu = group(report, "rayscale", 1)
+    assert one_gpu["goodput_load"] == 4 and one_gpu["goodput_method"] == "histogram"
+    assert one_gpu["goodput_images_per_s"] == pytest.approx(0.95 * at_95["images_per_s"])
+    assert one_gpu["slo_load"] == 1
+    assert group(report, "triton", 1)["goodput_method"] == "p99-estimate"
+
+    md = (out / "report.md").read_text()
+    goodput_text = f"{at_95['goodput_images_per_s']:,.1f}"
+    rayscale_row = next(l for l in md.splitlines() if l.startswith("| 4 | ") and goodput_text in l)
+    assert "≈" not in rayscale_row
+    assert any(l.startswith("| 64 | ") and "| ≈0.0 |" in l for l in md.splitlines())  # Triton's estimate is marked
+    definition = next(l for l in md.splitlines() if l.startswith("- **Goodput**"))
+    assert "histogram" in definition and "4.9% wide" in definition and "marked ≈" in definition
 
 
 CPU_ENVIRONMENT = {"gpus": [], "gpu_driver": None, "cpu": {"model": "Intel Xeon", "logical_cores": 2}}

@@ -6,8 +6,9 @@
    ``stability`` on throughput and p95 (perf_analyzer's rule: max/min ≤ 1 + stability), or
    ``max_windows`` / ``duration_s`` is reached (then the point is flagged ``unstable``);
 3. the point's figures come from the last three windows: latencies pooled from every actor
-   (exact percentiles), the server's queue/compute split from its statistics (deltas over the
-   same span), GPU samples, the busiest actor's CPU;
+   (exact percentiles, and a histogram from which goodput under any SLO is read), the server's
+   queue/compute split from its statistics (deltas over the same span), GPU samples, the
+   busiest actor's CPU;
 4. the actors stop and drain; sent = ok + failed + incomplete over the whole point.
 """
 
@@ -25,7 +26,7 @@ from rayscale.loadgen.events import EventCallback, WindowMeasured
 from rayscale.loadgen.pool import ClientPool
 from rayscale.loadgen.stats import ClientTake, is_stable, latency_stats
 from rayscale.loadgen.target import fetch_stats, server_stats_delta
-from rayscale.results import PointResult, PointStatus, WindowStats
+from rayscale.results import LatencyHistogram, PointResult, PointStatus, WindowStats
 
 __all__ = ["run_point"]
 
@@ -122,6 +123,7 @@ def _finish(cfg: BenchConfig, point: PointResult, load: int | float, measured: _
     point.status = PointStatus.OK if point.stable else PointStatus.UNSTABLE
     point.measured_s = span
     point.latency = latency_stats(used.latencies_s)
+    point.latency_histogram = LatencyHistogram.from_latencies_s(used.latencies_s)
     point.requests_per_s = used.ok / span if span else 0.0
     point.images_per_s = point.requests_per_s * point.images_per_request
     point.requests_sent = totals.sent

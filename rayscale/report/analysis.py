@@ -14,9 +14,13 @@ Definitions (the report's "Definitions" section repeats them):
 * **Scaling efficiency** at N GPUs: ``peak(N) / (N × peak(1))``. Where a series has no 1-GPU
   peak, the smallest GPU count B with a peak is the base: ``(peak(N) / N) / (peak(B) / B)``.
 * **Cost per 1000 images**: ``hourly cost of N GPUs / (3600 × images/s) × 1000``.
-* **Goodput** (with an SLO): images/s from requests that met it. Results files keep latency
-  percentiles, not each request's latency, so a point's goodput is its throughput when its p99
-  meets the SLO (≥ 99 % of its requests did) and 0 otherwise.
+* **Goodput** (with an SLO): images/s from requests that met it. Where a point's results keep a
+  latency histogram (rayscale's load generator writes one), goodput is its throughput × the share
+  of requests in buckets whose upper edge is within the SLO (method ``histogram``: exact when the
+  SLO is a bucket edge, otherwise low by at most the one bucket straddling it). Elsewhere
+  (perf_analyzer imports, older files) only percentiles are kept, so goodput is the point's
+  throughput when its p99 meets the SLO (≥ 99 % of its requests did) and 0 otherwise (method
+  ``p99-estimate``).
 * **Like for like**: a leader and its ratio compare series with the same transport (http, grpc,
   handle) and images per request, at the same size and hardware. Other series stay in the
   tables but are never ranked against each other.
@@ -45,7 +49,7 @@ from typing import Any
 from rayscale.errors import ConfigError, ResultsError
 from rayscale.report.config import DEFAULT_KNEE_FACTOR, DEFAULT_KNEE_MIN_P99_GROWTH, ReportConfig
 from rayscale.report.layout import Layout, layout_of
-from rayscale.results import BenchResult, EngineBenchResult, PointResult
+from rayscale.results import BenchResult, EngineBenchResult, LatencyHistogram, PointResult
 
 __all__ = [
     "Bottleneck",
@@ -62,6 +66,7 @@ __all__ = [
     "find_knee",
     "format_load",
     "goodput_images_per_s",
+    "goodput_method",
     "parse_costs",
     "size_label",
 ]
@@ -71,7 +76,9 @@ GPU_BUSY_PCT = 85.0
 GPU_IDLE_PCT = 50.0
 QUEUE_DOMINANT_SHARE = 0.5
 CLIENT_SATURATED_PCT = 95.0
-GOODPUT_METHOD = "p99-estimate"  # throughput where p99 ≤ SLO, else 0: files keep percentiles, not samples
+GOODPUT_HISTOGRAM = "histogram"  # throughput × share of requests within the SLO, from the point's latency histogram
+GOODPUT_P99_ESTIMATE = "p99-estimate"  # throughput where p99 ≤ SLO, else 0: the point kept percentiles only
+GOODPUT_MIXED = "mixed"  # a report's points used both methods (each row names its own)
 _COSTS_EXAMPLE = "e.g. --costs '1gpu:1.5,2gpu:3.0,4gpu:6.0'"
 
 
@@ -197,6 +204,7 @@ class PointRow:
     hourly_cost_usd: float | None
     cost_per_1000_images_usd: float | None
     meets_slo: bool | None
+    goodput_method: str | None = None  # histogram | p99-estimate: how goodput_images_per_s was computed
 
 
 @dataclass
@@ -245,6 +253,8 @@ class GroupSummary:
     peak_goodput_images_per_s: float | None = None  # goodput at the peak point
     goodput_images_per_s: float | None = None  # the best goodput among usable points
     goodput_load: float | None = None
+    peak_goodput_method: str | None = None  # histogram | p99-estimate
+    goodput_method: str | None = None
     knee: Knee | None = None
     bottleneck: Bottleneck | None = None
     max_batch_size: int | None = None
@@ -292,6 +302,7 @@ class Comparison:
     transport_kind: str = "http"
     images_per_request: int = 1
     goodput_images_per_s: dict[str, float] = field(default_factory=dict)  # each series' best goodput
+    goodput_method: dict[str, str] = field(default_factory=dict)  # how each series' best goodput was computed
 
     @property
     def like_for_like(self) -> str:
@@ -418,17 +429,28 @@ def _size_of(point: PointResult, result: BenchResult, layout: Layout) -> tuple[i
     return gpus, gpus
 
 
-def goodput_images_per_s(row: PointRow, slo_p99_ms: float | None) -> float | None:
-    """Images/s from requests that met the SLO: the point's throughput when its p99 does, else 0.
+def goodput_images_per_s(row: PointRow, slo_p99_ms: float | None,
+                         histogram: LatencyHistogram | None = None) -> float | None:  # fmt: skip
+    """Images/s from requests that met the SLO.
 
-    Exact goodput needs each request's latency (or a latency histogram); results files keep
-    percentiles only, so this is the p99 estimate: it overstates by at most the 1 % of requests
+    With the point's latency histogram: throughput × the share of requests within the SLO (a
+    bucket straddling it counts as missing it). Without one, the p99 estimate: the point's
+    throughput when its p99 meets the SLO, else 0; it overstates by at most the 1 % of requests
     above p99 where the SLO holds, and counts nothing where it does not. None without an SLO, for
-    an unusable point, or where no p99 was measured.
+    an unusable point, or where no latency was measured.
     """
-    if slo_p99_ms is None or not row.usable or row.latency_p99_ms is None:
+    if slo_p99_ms is None or not row.usable:
+        return None
+    if goodput_method(histogram) == GOODPUT_HISTOGRAM:
+        return row.images_per_s * histogram.fraction_within(slo_p99_ms)
+    if row.latency_p99_ms is None:
         return None
     return row.images_per_s if row.latency_p99_ms <= slo_p99_ms else 0.0
+
+
+def goodput_method(histogram: LatencyHistogram | None) -> str:
+    """``histogram`` where the point kept a latency histogram with requests in it, else ``p99-estimate``."""
+    return GOODPUT_HISTOGRAM if histogram is not None and histogram.count else GOODPUT_P99_ESTIMATE
 
 
 def _load_of(point: PointResult) -> float | None:
@@ -558,7 +580,9 @@ def _row(point: PointResult, result: BenchResult, source: str, series: str, conf
         cost_per_1000_images_usd=cost_per_1000_images_usd(hourly, point.images_per_s) if usable else None,
         meets_slo=(usable and lat.p99_ms <= slo_p99_ms) if slo_p99_ms is not None else None,
     )
-    row.goodput_images_per_s = goodput_images_per_s(row, slo_p99_ms)
+    row.goodput_images_per_s = goodput_images_per_s(row, slo_p99_ms, point.latency_histogram)
+    if row.goodput_images_per_s is not None:
+        row.goodput_method = goodput_method(point.latency_histogram)
     return row
 
 
@@ -836,7 +860,7 @@ def build_report(
             "gpu_hour_cost_usd": config.gpu_hour_cost_usd,
             "cpu_hour_cost_usd": config.cpu_hour_cost_usd,
             "slo_p99_ms": slo_p99_ms,
-            "goodput_method": GOODPUT_METHOD if slo_p99_ms is not None else None,
+            **_goodput_parameters(rows, [point for point, _, _ in latest.values()]),
             "throughput_target_ips": target_ips,
             "knee_factor": config.knee_factor,
             "knee_min_p99_growth": config.knee_min_p99_growth,
@@ -854,6 +878,17 @@ def build_report(
         cheapest_for_target=cheapest,
         notes=notes,
     )
+
+
+def _goodput_parameters(rows: list[PointRow], points: list[PointResult]) -> dict[str, Any]:
+    """How goodput was computed: one method, or ``mixed`` (each row says which), and the widest histogram bucket used."""
+    methods = sorted({r.goodput_method for r in rows if r.goodput_method})
+    widths = [p.latency_histogram.bucket_width_pct
+              for r, p in zip(rows, points) if r.goodput_method == GOODPUT_HISTOGRAM]  # fmt: skip
+    return {
+        "goodput_method": methods[0] if len(methods) == 1 else (GOODPUT_MIXED if methods else None),
+        "goodput_bucket_width_pct": round(max(widths), 2) if widths else None,
+    }
 
 
 def _collect_points(
@@ -947,11 +982,12 @@ def _group(
         if meeting:
             best = max(meeting, key=lambda r: r.images_per_s)
             g.slo_images_per_s, g.slo_load, g.slo_latency_p99_ms = best.images_per_s, best.load, best.latency_p99_ms
-        g.peak_goodput_images_per_s = peak.goodput_images_per_s
+        g.peak_goodput_images_per_s, g.peak_goodput_method = peak.goodput_images_per_s, peak.goodput_method
         rated = [r for r in usable if r.goodput_images_per_s is not None]
         if rated:
             best_goodput = max(rated, key=lambda r: r.goodput_images_per_s)
             g.goodput_images_per_s, g.goodput_load = best_goodput.goodput_images_per_s, best_goodput.load
+            g.goodput_method = best_goodput.goodput_method
     g.knee = find_knee(rows, factor=config.knee_factor, min_p99_growth=config.knee_min_p99_growth)
     g.bottleneck = diagnose(peak)
     if engine is not None:
@@ -1009,6 +1045,7 @@ def _compare(groups: list[GroupSummary], series: list[str]) -> list[Comparison]:
                 goodput_images_per_s={
                     g.series: g.goodput_images_per_s for g in at if g.goodput_images_per_s is not None
                 },
+                goodput_method={g.series: g.goodput_method for g in at if g.goodput_method is not None},
             )
         )
     return out

@@ -7,6 +7,9 @@ from typing import Any
 
 from rayscale.report.analysis import (
     CLIENT_SATURATED_PCT,
+    GOODPUT_HISTOGRAM,
+    GOODPUT_MIXED,
+    GOODPUT_P99_ESTIMATE,
     GPU_BUSY_PCT,
     GPU_IDLE_PCT,
     QUEUE_DOMINANT_SHARE,
@@ -25,6 +28,12 @@ def _num(value: float | None, digits: int = 1) -> str:
     if value is None:
         return "–"
     return f"{value:,.{digits}f}"
+
+
+def _goodput(value: float | None, method: str | None) -> str:
+    """A goodput figure; ≈ marks one estimated from p99 (the point kept no latency histogram)."""
+    text = _num(value)
+    return "≈" + text if value is not None and method == GOODPUT_P99_ESTIMATE else text
 
 
 def _pct(value: float | None) -> str:
@@ -155,7 +164,7 @@ def _group_rows(groups: list[GroupSummary], report: Report, has_engine: bool, ha
             knee = "–"
         row = [str(g.units), str(g.replicas), _num(g.peak_images_per_s)]
         if has_slo:
-            row += [_num(g.peak_goodput_images_per_s)]
+            row += [_goodput(g.peak_goodput_images_per_s, g.peak_goodput_method)]
         row += [
             format_load(g.peak_load),
             _num(g.peak_latency_p50_ms),
@@ -165,7 +174,7 @@ def _group_rows(groups: list[GroupSummary], report: Report, has_engine: bool, ha
             _usd(g.cost_per_1000_images_usd),
         ]
         if has_slo:
-            row += [_num(g.goodput_images_per_s), format_load(g.goodput_load)]
+            row += [_goodput(g.goodput_images_per_s, g.goodput_method), format_load(g.goodput_load)]
         row += [knee, g.bottleneck.cause if g.bottleneck else "–", f"{g.usable_points}/{g.points}"]
         if has_engine:
             ceiling = f"{_num(g.engine_ceiling_images_per_s, 0)} (batch {g.engine_batch_size})"
@@ -187,7 +196,7 @@ def _scaling(report: Report) -> list[str]:
             header += ["goodput at peak"]
         header += [f"at {load}", "p50 ms", "p99 ms", "efficiency", "$/hour", "$/1000 img"]
         if slo is not None:
-            header += [f"best goodput (p99≤{slo:g}ms)", f"at {load}"]
+            header += [f"best goodput (≤{slo:g}ms)", f"at {load}"]
         header += [f"knee ({load})", "bottleneck", "usable points"]
         if has_engine:
             header += ["of engine ceiling"]
@@ -216,7 +225,7 @@ def _latency(report: Report) -> list[str]:
                 status = r.status if r.usable else f"**{r.status}** (not used)"
                 if r.flags and r.usable:
                     status += " (" + "; ".join(r.flags) + ")"
-                goodput = [_num(r.goodput_images_per_s)] if has_slo else []
+                goodput = [_goodput(r.goodput_images_per_s, r.goodput_method)] if has_slo else []
                 rows.append([
                     format_load(r.load), _num(r.images_per_s), *goodput, _num(r.requests_per_s),
                     _num(r.latency_mean_ms),
@@ -246,7 +255,7 @@ def _comparison(report: Report) -> list[str]:
     lines = ["## Side by side", "", LIKE_FOR_LIKE, ""]
     header = ["size", "transport, img/request", "configuration", "peak img/s", "p99 ms at peak"]
     if slo is not None:
-        header += [f"best goodput (p99≤{slo:g}ms)"]
+        header += [f"best goodput (≤{slo:g}ms)"]
     header += ["ranking"]
     rows = []
     for c in report.comparisons:
@@ -254,7 +263,7 @@ def _comparison(report: Report) -> list[str]:
             row = [size_label(c.hardware, c.units), c.like_for_like, series,
                    _num(c.peak_images_per_s[series]), _num(c.peak_latency_p99_ms.get(series))]
             if slo is not None:
-                row += [_num(c.goodput_images_per_s.get(series))]
+                row += [_goodput(c.goodput_images_per_s.get(series), c.goodput_method.get(series))]
             if c.leader is None:
                 ranking = "no like-for-like partner"
             elif series == c.leader:
@@ -285,6 +294,21 @@ def _flags(report: Report) -> list[str]:
     return lines
 
 
+def _goodput_definition(p: dict[str, Any]) -> str:
+    """How this report's goodput figures were computed: from histograms, p99 estimates (marked ≈), or both."""
+    method = p.get("goodput_method")
+    text = f"- **Goodput**: images/s from requests that took at most {p['slo_p99_ms']:g} ms (the SLO)."
+    if method in (GOODPUT_HISTOGRAM, GOODPUT_MIXED):
+        text += (" Where a point kept a latency histogram: its throughput × the share of its requests in "
+                 f"buckets within the SLO (buckets {p['goodput_bucket_width_pct']:.1f}% wide; a bucket straddling the "
+                 "SLO counts as missing it, so the figure is exact at a bucket edge and never overstated).")
+    if method in (GOODPUT_P99_ESTIMATE, GOODPUT_MIXED, None):
+        text += (" Figures marked ≈ are estimated from results that keep percentiles only (perf_analyzer imports, "
+                 "older files): a point's throughput when its p99 meets the SLO (at least 99% of its requests did), "
+                 "0 when it does not.")
+    return text
+
+
 def _definitions(report: Report) -> list[str]:
     p: dict[str, Any] = report.parameters
     price = "no GPU prices given"
@@ -309,12 +333,7 @@ def _definitions(report: Report) -> list[str]:
         f"- **Like for like**: {LIKE_FOR_LIKE}",
     ]
     if p.get("slo_p99_ms") is not None:
-        lines.append(
-            "- **Goodput**: images/s from requests that met the SLO (p99 ≤ "
-            f"{p['slo_p99_ms']:g} ms). Results files keep latency percentiles, not each request's latency, "
-            "so goodput is estimated: a point's throughput when its p99 meets the SLO (at least 99% of its "
-            "requests did), 0 when it does not."
-        )
+        lines.append(_goodput_definition(p))
     lines += [
         f"- **Knee**: walking usable points in order of load, the first step where p99 grows by more than "
         f"{p['knee_factor']:g} × the relative throughput growth and by at least {p['knee_min_p99_growth']:.0%}; "

@@ -187,7 +187,8 @@ def plot_targets_side_by_side(report: Report, path: Path) -> Path:
     _grouped_bars(axes[0], report, lambda g: g.peak_images_per_s, "images/s", "peak throughput")
     _grouped_bars(axes[1], report, lambda g: g.peak_latency_p99_ms, "ms", "p99 latency at peak")
     if slo:
-        _grouped_bars(axes[2], report, lambda g: g.goodput_images_per_s, "images/s", f"best goodput, p99 ≤ {slo:g} ms")
+        _grouped_bars(axes[2], report, lambda g: g.goodput_images_per_s, "images/s",
+                      f"best goodput, requests ≤ {slo:g} ms")  # fmt: skip
     return _save(fig, path)
 
 
