@@ -30,7 +30,7 @@ import numpy as np
 
 from rayscale.config import EMBED_DIM, IMAGE_BYTES, IMAGE_SHAPE, INPUT_NAME, OUTPUT_NAME, check_max_batch_size
 from rayscale.cudart import CudaRuntime, page_locked_zeros
-from rayscale.errors import ConfigError, ModelNotFoundError
+from rayscale.errors import ConfigError, InputError, ModelNotFoundError
 
 __all__ = ["COPY_MODES", "Engine", "NullEngine", "batch_buckets", "random_images"]
 
@@ -223,12 +223,12 @@ class Engine:
 
     def _check(self, images: np.ndarray) -> int:
         if not isinstance(images, np.ndarray) or images.dtype != np.uint8:
-            raise ConfigError(f"images must be a uint8 numpy array, got {getattr(images, 'dtype', type(images))}")
+            raise InputError(f"images must be a uint8 numpy array, got {getattr(images, 'dtype', type(images))}")
         if images.ndim != 4 or images.shape[1:] != IMAGE_SHAPE:
-            raise ConfigError(f"images must have shape [N, 224, 224, 3], got {list(images.shape)}")
+            raise InputError(f"images must have shape [N, 224, 224, 3], got {list(images.shape)}")
         n = images.shape[0]
         if not 1 <= n <= self.max_batch_size:
-            raise ConfigError(f"batch size must be in 1..{self.max_batch_size}, got {n}")
+            raise InputError(f"batch size must be in 1..{self.max_batch_size}, got {n}")
         return n
 
     def _buffers(self) -> _Buffers:
@@ -316,7 +316,7 @@ class Engine:
         sizes = [int(p.shape[0]) for p in parts]
         n = sum(sizes)
         if not 1 <= n <= self.max_batch_size:
-            raise ConfigError(f"batch size must be in 1..{self.max_batch_size}, got {n}")
+            raise InputError(f"batch size must be in 1..{self.max_batch_size}, got {n}")
         if self.provider == "cpu":
             batch = parts[0] if len(parts) == 1 else np.concatenate(parts)
             t1 = time.perf_counter_ns()

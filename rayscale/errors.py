@@ -2,6 +2,7 @@
 
     RayscaleError              anything the user can fix; the CLI prints its message, no traceback
     ├── ConfigError            a setting is out of range or inconsistent
+    ├── InputError             images the engine cannot take (dtype, shape, batch size)
     ├── ModelNotFoundError     no exported model where one was expected
     ├── ExportError            export failed (missing extra, parity check, bad checkpoint)
     ├── ServerError            a server could not be started, reached or stopped
@@ -24,6 +25,7 @@ __all__ = [
     "ConfigError",
     "ErrorReply",
     "ExportError",
+    "InputError",
     "MethodNotAllowed",
     "ModelNotFoundError",
     "NotFound",
@@ -44,6 +46,10 @@ class RayscaleError(Exception):
 
 class ConfigError(RayscaleError, ValueError):
     pass
+
+
+class InputError(RayscaleError, ValueError):
+    """Data handed to the engine at run time is not what it takes; a setting is not at fault."""
 
 
 class ModelNotFoundError(RayscaleError):

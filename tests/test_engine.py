@@ -9,7 +9,7 @@ import pytest
 
 from rayscale.config import EMBED_DIM
 from rayscale.engine import Engine, _has_cuda_driver, batch_buckets, random_images
-from rayscale.errors import ConfigError, ModelNotFoundError
+from rayscale.errors import ConfigError, InputError, ModelNotFoundError
 
 MAX_BATCH = 8
 
@@ -77,7 +77,7 @@ def test_encode_parts_equals_encode_on_the_concatenation(engine):
 
 @pytest.mark.parametrize("sizes", [[], [MAX_BATCH, 1]])
 def test_encode_parts_refuses_an_empty_or_oversized_batch(engine, sizes):
-    with pytest.raises(ConfigError, match=rf"batch size must be in 1\.\.{MAX_BATCH}, got {sum(sizes)}"):
+    with pytest.raises(InputError, match=rf"batch size must be in 1\.\.{MAX_BATCH}, got {sum(sizes)}"):
         engine.encode_parts([random_images(k) for k in sizes])
 
 
@@ -136,9 +136,10 @@ def test_engine_bucket_for(engine):
     ],
     ids=["float32", "int64", "list", "nchw", "no-batch-axis", "256px", "empty", "over-max"],
 )
-def test_bad_input_is_a_config_error(engine, images, message):
-    with pytest.raises(ConfigError, match=message):
+def test_bad_input_is_an_input_error_not_a_config_error(engine, images, message):
+    with pytest.raises(InputError, match=message) as raised:
         engine.encode(images)
+    assert not isinstance(raised.value, ConfigError)
 
 
 @pytest.mark.parametrize("max_batch_size", [0, -4, 5000])
