@@ -20,6 +20,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from rayscale.config import EMBED_DIM, IMAGE_SIZE, INPUT_NAME, MODEL_NAME, OUTPUT_NAME, ServeConfig
 from rayscale.errors import ConfigError, ModelNotFoundError, ServerError
 from rayscale.triton import (
+    ModelBatching,
     TritonConfig,
     ensure_triton,
     triton_down,
@@ -64,7 +65,7 @@ def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def test_python_backend_repo_serves_rayscale_contract_on_every_gpu(model_dir, tmp_path):
-    repo = write_python_backend_repo(model_dir, tmp_path / "repo", gpus=4, instances_per_gpu=3)
+    repo = write_python_backend_repo(model_dir, tmp_path / "repo", ModelBatching(instances_per_gpu=3), gpus=4)
     cfg = parse_config(repo / MODEL_NAME / "config.pbtxt")
     assert_same_contract(cfg)
     assert cfg.backend == "python"
@@ -77,9 +78,8 @@ def test_python_backend_repo_serves_rayscale_contract_on_every_gpu(model_dir, tm
 
 
 def test_python_backend_repo_on_cpu_uses_cpu_instances(model_dir, tmp_path):
-    repo = write_python_backend_repo(
-        model_dir, tmp_path / "repo", gpus=1, instances_per_gpu=2, provider="cpu", preferred_batch_sizes=[64, 16]
-    )
+    batching = ModelBatching(instances_per_gpu=2, preferred_batch_sizes=(64, 16))
+    repo = write_python_backend_repo(model_dir, tmp_path / "repo", batching, gpus=1, provider="cpu")
     cfg = parse_config(repo / MODEL_NAME / "config.pbtxt")
     assert_same_contract(cfg)
     assert [(g.kind, g.count) for g in cfg.instance_group] == [(mc.ModelInstanceGroup.KIND_CPU, 2)]
@@ -110,7 +110,7 @@ def test_onnxruntime_repos_one_per_gpu_count(model_dir, tmp_path):
 
 
 def test_onnxruntime_repo_plain_cuda_provider_has_no_accelerator(model_dir, tmp_path):
-    repos = write_onnxruntime_repo(model_dir, tmp_path, gpus_list=[2], preferred_batch_sizes=[128, 256], warmup=False)
+    repos = write_onnxruntime_repo(model_dir, tmp_path, ModelBatching(preferred_batch_sizes=(128, 256)), gpus_list=[2], warmup=False)
     cfg = parse_config(repos[2] / MODEL_NAME / "config.pbtxt")
     assert not cfg.optimization.HasField("execution_accelerators")
     assert list(cfg.dynamic_batching.preferred_batch_size) == [128, 256]

@@ -141,17 +141,20 @@ def repo(
     warmup: bool = typer.Option(True, help="Add model_warmup entries (batch 1, preferred sizes, max)."),
 ) -> None:
     """Write onnxruntime-backend model repositories for the official Triton container."""
-    from rayscale.triton.repository import write_onnxruntime_repo
+    from rayscale.triton.repository import ModelBatching, write_onnxruntime_repo
 
     try:
-        repos = write_onnxruntime_repo(
-            model,
-            out,
-            gpus_list=parse_int_list(gpus, "gpus"),
+        batching = ModelBatching(
             instances_per_gpu=instances_per_gpu,
             max_batch_size=max_batch_size,
             batch_wait_ms=_batch_wait_ms(batch_wait_ms, max_queue_delay_us),
-            preferred_batch_sizes=_sizes(preferred_batch_sizes, "preferred batch sizes"),
+            preferred_batch_sizes=tuple(_sizes(preferred_batch_sizes, "preferred batch sizes")),
+        )
+        repos = write_onnxruntime_repo(
+            model,
+            out,
+            batching,
+            gpus_list=parse_int_list(gpus, "gpus"),
             accelerator=accelerator,
             cuda_graphs=cuda_graphs,
             trt_precision=trt_precision,

@@ -4,14 +4,14 @@
 * ``repository``: model repositories (Python backend for the bundled server, onnxruntime backend
   for the official container, one repository per GPU count);
 * ``server``: start, stop and inspect a local server (``triton_up`` / ``triton_down`` / ``triton_status``);
-* ``cli``: ``rayscale triton setup|up|down|status|repo``.
 """
 
 from rayscale.triton.install import TritonInstall, ensure_triton
-from rayscale.triton.repository import write_onnxruntime_repo, write_python_backend_repo
+from rayscale.triton.repository import ModelBatching, write_onnxruntime_repo, write_python_backend_repo
 from rayscale.triton.server import TritonConfig, TritonServer, TritonStatus, triton_down, triton_status, triton_up
 
 __all__ = [
+    "ModelBatching",
     "TritonConfig",
     "TritonInstall",
     "TritonServer",

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from rayscale.config import (
@@ -40,6 +41,7 @@ __all__ = [
     "ACCELERATORS",
     "DEFAULT_INSTANCES_PER_GPU",
     "MODEL_PY",
+    "ModelBatching",
     "onnxruntime_config",
     "python_backend_config",
     "repo_dir_for_gpus",
@@ -56,25 +58,34 @@ VERSION = "1"
 # ---- validation ----------------------------------------------------------------------------------
 
 
-def _check_batching(max_batch_size: int, batch_wait_ms: float, preferred: list[int] | None) -> list[int]:
-    check_max_batch_size(max_batch_size)
-    check_batch_wait_ms(batch_wait_ms)
-    sizes = sorted(set(preferred or []))
-    for s in sizes:
-        check(
-            1 <= s <= max_batch_size,
-            f"preferred batch size {s} must be in 1..max_batch_size ({max_batch_size})",
-        )
-    return sizes
-
-
 # Concurrent model executions per GPU, matched to a rayscale replica's default batches in flight
 # (ServeConfig.batches_in_flight), so the two servers' defaults compare like for like.
 DEFAULT_INSTANCES_PER_GPU = 4
 
 
-def _check_instances(instances_per_gpu: int) -> None:
-    check(1 <= instances_per_gpu <= 16, f"instances_per_gpu must be in 1..16, got {instances_per_gpu}")
+@dataclass(frozen=True)
+class ModelBatching:
+    """How the Triton model batches, in every repository kind: checked once, here.
+
+    Batch limits default to rayscale's own (ServeConfig): 256 images, a 2 ms batch wait.
+    """
+
+    instances_per_gpu: int = DEFAULT_INSTANCES_PER_GPU  # on the CPU: instances in all
+    max_batch_size: int = 256  # images
+    batch_wait_ms: float = BATCH_WAIT_MS  # the config file's max_queue_delay_microseconds
+    preferred_batch_sizes: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        check(1 <= self.instances_per_gpu <= 16, f"instances_per_gpu must be in 1..16, got {self.instances_per_gpu}")
+        check_max_batch_size(self.max_batch_size)
+        check_batch_wait_ms(self.batch_wait_ms)
+        sizes = tuple(sorted(set(self.preferred_batch_sizes)))
+        for size in sizes:
+            check(
+                1 <= size <= self.max_batch_size,
+                f"preferred batch size {size} must be in 1..max_batch_size ({self.max_batch_size})",
+            )
+        object.__setattr__(self, "preferred_batch_sizes", sizes)
 
 
 def _check_gpus(gpus: int) -> None:
@@ -104,11 +115,11 @@ def _cpu_instance_group(count: int) -> str:
     return f'instance_group [\n  {{ name: "cpu" kind: KIND_CPU count: {count} }}\n]\n'
 
 
-def _dynamic_batching(batch_wait_ms: float, preferred: list[int]) -> str:
+def _dynamic_batching(batching: ModelBatching) -> str:
     lines = ["dynamic_batching {"]
-    if preferred:
-        lines.append(f"  preferred_batch_size: [ {', '.join(str(s) for s in preferred)} ]")
-    lines.append(f"  max_queue_delay_microseconds: {queue_delay_us(batch_wait_ms)}")
+    if batching.preferred_batch_sizes:
+        lines.append(f"  preferred_batch_size: [ {', '.join(str(s) for s in batching.preferred_batch_sizes)} ]")
+    lines.append(f"  max_queue_delay_microseconds: {queue_delay_us(batching.batch_wait_ms)}")
     lines.append("}")
     return "\n".join(lines) + "\n"
 
@@ -192,29 +203,21 @@ def _prepare_out(out_dir: str | os.PathLike) -> Path:
 
 
 def python_backend_config(
-    *,
-    gpus: int,
-    instances_per_gpu: int = DEFAULT_INSTANCES_PER_GPU,
-    max_batch_size: int = 256,
-    batch_wait_ms: float = BATCH_WAIT_MS,
-    preferred_batch_sizes: list[int] | None = None,
-    provider: str = "cuda",
-    intra_op_threads: int = 0,
+    batching: ModelBatching = ModelBatching(), *, gpus: int, provider: str = "cuda", intra_op_threads: int = 0
 ) -> str:
     """The config.pbtxt text of the Python-backend model."""
     check(provider in ("cuda", "cpu"), f"provider must be cuda or cpu, got {provider!r}")
     _check_gpus(gpus)
-    _check_instances(instances_per_gpu)
     check(intra_op_threads >= 0, f"intra_op_threads must be ≥ 0, got {intra_op_threads}")
-    preferred = _check_batching(max_batch_size, batch_wait_ms, preferred_batch_sizes)
-    groups = _gpu_instance_groups(gpus, instances_per_gpu) if provider == "cuda" else _cpu_instance_group(instances_per_gpu)
+    count = batching.instances_per_gpu
+    groups = _gpu_instance_groups(gpus, count) if provider == "cuda" else _cpu_instance_group(count)
     return (
         f'name: "{MODEL_NAME}"\n'
         'backend: "python"\n'
-        f"max_batch_size: {max_batch_size}\n"
+        f"max_batch_size: {batching.max_batch_size}\n"
         + _io_block()
         + groups
-        + _dynamic_batching(batch_wait_ms, preferred)
+        + _dynamic_batching(batching)
         + _parameters(
             {
                 "model_file": MODEL_FILE,
@@ -229,12 +232,9 @@ def python_backend_config(
 def write_python_backend_repo(
     model_dir: str | os.PathLike,
     out_dir: str | os.PathLike,
+    batching: ModelBatching = ModelBatching(),
     *,
     gpus: int,
-    instances_per_gpu: int = DEFAULT_INSTANCES_PER_GPU,
-    max_batch_size: int = 256,
-    batch_wait_ms: float = BATCH_WAIT_MS,
-    preferred_batch_sizes: list[int] | None = None,
     provider: str = "cuda",
     intra_op_threads: int = 0,
     link: str = "symlink",
@@ -245,15 +245,7 @@ def write_python_backend_repo(
     instances_per_gpu``); 'cpu' gives one ``KIND_CPU`` group of ``instances_per_gpu`` instances.
     ``link`` is how model.onnx gets there: 'symlink' (default, instant), 'link' or 'copy'.
     """
-    config = python_backend_config(
-        gpus=gpus,
-        instances_per_gpu=instances_per_gpu,
-        max_batch_size=max_batch_size,
-        batch_wait_ms=batch_wait_ms,
-        preferred_batch_sizes=preferred_batch_sizes,
-        provider=provider,
-        intra_op_threads=intra_op_threads,
-    )
+    config = python_backend_config(batching, gpus=gpus, provider=provider, intra_op_threads=intra_op_threads)
     check(link in ("symlink", "link", "copy"), f"link must be symlink, link or copy, got {link!r}")
     load_model_info(model_dir)  # a missing export is a ModelNotFoundError that says how to make one
     out = _prepare_out(out_dir)
@@ -267,12 +259,9 @@ def write_python_backend_repo(
 
 
 def onnxruntime_config(
+    batching: ModelBatching = ModelBatching(),
     *,
     gpus: int,
-    instances_per_gpu: int = DEFAULT_INSTANCES_PER_GPU,
-    max_batch_size: int = 256,
-    batch_wait_ms: float = BATCH_WAIT_MS,
-    preferred_batch_sizes: list[int] | None = None,
     accelerator: str = "none",
     cuda_graphs: bool = False,
     trt_precision: str = "fp16",
@@ -282,8 +271,6 @@ def onnxruntime_config(
 ) -> str:
     """The config.pbtxt text of the onnxruntime-backend model for ``gpus`` GPUs."""
     _check_gpus(gpus)
-    _check_instances(instances_per_gpu)
-    preferred = _check_batching(max_batch_size, batch_wait_ms, preferred_batch_sizes)
     check(
         accelerator in ACCELERATORS,
         f"accelerator must be one of {', '.join(ACCELERATORS)}, got {accelerator!r}",
@@ -300,15 +287,15 @@ def onnxruntime_config(
         f'name: "{MODEL_NAME}"\n'
         'backend: "onnxruntime"\n'
         f'default_model_filename: "{MODEL_FILE}"\n'
-        f"max_batch_size: {max_batch_size}\n"
+        f"max_batch_size: {batching.max_batch_size}\n"
         + _io_block()
-        + _gpu_instance_groups(gpus, instances_per_gpu)
-        + _dynamic_batching(batch_wait_ms, preferred)
+        + _gpu_instance_groups(gpus, batching.instances_per_gpu)
+        + _dynamic_batching(batching)
     )
     if accelerator == "tensorrt":
-        text += _tensorrt_accelerator(max_batch_size, trt_precision, trt_cache_dir, trt_workspace_bytes, cuda_graphs)
+        text += _tensorrt_accelerator(batching.max_batch_size, trt_precision, trt_cache_dir, trt_workspace_bytes, cuda_graphs)
     if warmup:
-        text += _warmup(sorted({1, *preferred, max_batch_size}))
+        text += _warmup(sorted({1, *batching.preferred_batch_sizes, batching.max_batch_size}))
     return text
 
 
@@ -320,12 +307,9 @@ def repo_dir_for_gpus(out_dir: str | os.PathLike, gpus: int) -> Path:
 def write_onnxruntime_repo(
     model_dir: str | os.PathLike,
     out_dir: str | os.PathLike,
+    batching: ModelBatching = ModelBatching(),
     *,
     gpus_list: tuple[int, ...] | list[int] = (1, 2, 4, 8),
-    instances_per_gpu: int = DEFAULT_INSTANCES_PER_GPU,
-    max_batch_size: int = 256,
-    batch_wait_ms: float = BATCH_WAIT_MS,
-    preferred_batch_sizes: list[int] | None = None,
     accelerator: str = "none",
     cuda_graphs: bool = False,
     trt_precision: str = "fp16",
@@ -343,11 +327,8 @@ def write_onnxruntime_repo(
     check(bool(counts), "gpus_list is empty: give at least one GPU count, e.g. 1,2,4,8")
     configs = {
         g: onnxruntime_config(
+            batching,
             gpus=g,
-            instances_per_gpu=instances_per_gpu,
-            max_batch_size=max_batch_size,
-            batch_wait_ms=batch_wait_ms,
-            preferred_batch_sizes=preferred_batch_sizes,
             accelerator=accelerator,
             cuda_graphs=cuda_graphs,
             trt_precision=trt_precision,
@@ -380,10 +361,7 @@ def write_onnxruntime_repo(
         "precision": info.precision,
         "repositories": {str(g): str(p.relative_to(out)) for g, p in repos.items()},
         "settings": {
-            "instances_per_gpu": instances_per_gpu,
-            "max_batch_size": max_batch_size,
-            "batch_wait_ms": batch_wait_ms,
-            "preferred_batch_sizes": sorted(set(preferred_batch_sizes or [])),
+            **asdict(batching),
             "accelerator": accelerator,
             "cuda_graphs": cuda_graphs,
             "trt_precision": trt_precision if accelerator == "tensorrt" else None,

@@ -29,8 +29,6 @@ from rayscale.config import (
     LOCAL_HOST,
     MODEL_NAME,
     check,
-    check_batch_wait_ms,
-    check_max_batch_size,
     client_host,
     is_loopback,
 )
@@ -39,7 +37,7 @@ from rayscale.errors import ConfigError, ServerError
 from rayscale.export import load_model_info
 from rayscale.results import write_json_atomic
 from rayscale.triton.install import TritonInstall, default_cache_dir, ensure_triton
-from rayscale.triton.repository import DEFAULT_INSTANCES_PER_GPU, write_python_backend_repo
+from rayscale.triton.repository import DEFAULT_INSTANCES_PER_GPU, ModelBatching, write_python_backend_repo
 
 __all__ = [
     "STATE_FILE",
@@ -84,9 +82,7 @@ class TritonConfig:
 
     def __post_init__(self) -> None:
         check(self.gpus >= 1, f"gpus must be ≥ 1, got {self.gpus} (to serve on the CPU keep gpus 1 and pass provider 'cpu')")
-        check(1 <= self.instances_per_gpu <= 16, f"instances_per_gpu must be in 1..16, got {self.instances_per_gpu}")
-        check_max_batch_size(self.max_batch_size)
-        check_batch_wait_ms(self.batch_wait_ms)
+        self.batching()  # its own checks: instances, batch size, batch wait, preferred sizes
         check(self.provider in ("auto", "cuda", "cpu"), f"provider must be auto, cuda or cpu, got {self.provider!r}")
         check(1 <= self.http_port <= 65533, f"http_port must be in 1..65533 (gRPC and metrics use the next two), got {self.http_port}")
         for name in ("grpc_port", "metrics_port"):
@@ -101,6 +97,9 @@ class TritonConfig:
             self.metrics_port = self.http_port + 2
         ports = [self.http_port, self.grpc_port, self.metrics_port]
         check(len(set(ports)) == 3, f"http, grpc and metrics ports must differ, got {ports}")
+
+    def batching(self) -> ModelBatching:
+        return ModelBatching(self.instances_per_gpu, self.max_batch_size, self.batch_wait_ms, tuple(self.preferred_batch_sizes))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -380,11 +379,8 @@ def triton_up(
     write_python_backend_repo(
         config.model_dir,
         repo,
+        config.batching(),
         gpus=config.gpus,
-        instances_per_gpu=config.instances_per_gpu,
-        max_batch_size=config.max_batch_size,
-        batch_wait_ms=config.batch_wait_ms,
-        preferred_batch_sizes=config.preferred_batch_sizes,
         provider=provider,
         intra_op_threads=config.intra_op_threads,
     )
