@@ -17,6 +17,10 @@
 #   triton    Triton (Python backend, TRITON_INSTANCES per GPU) with N GPUs for N in GPUS, same bench as http32
 #   twonode   two Ray nodes on this host (one GPU each, CUDA_VISIBLE_DEVICES per `ray start`): up, http32, down
 #   report    rayscale report over everything, with per-GPU-count costs
+# and, when named (not run by default):
+#   tune_triton    rayscale tune --target triton on TUNE_GPUS GPUs: instances per GPU 2,4,8 and batch wait,
+#                  at IPR images/request under a p99 SLO of TUNE_SLO_MS; TUNE_MINUTES of search a call
+#   tune_rayscale  the same search for rayscale: replicas per GPU, batches in flight, batch wait
 #
 # Every bench writes its file after each point and runs with --resume, so a phase cut off by a time
 # limit continues where it stopped; a phase whose file is complete is skipped. A phase that needs the
@@ -38,11 +42,13 @@ if [ "$QUICK" = 1 ]; then
   CONC32=${CONC32:-1,2}; CONC1=${CONC1:-2}; CONC256=${CONC256:-1}; IPR=2; BIG=4
   WIN="--warmup 1 --window 1.5 --duration 6 --max-windows 4"
   UP="--num-gpus $MAXG --cpus-per-replica 0.25 --provider cpu --max-batch-size 8"; CL=${CL:-"--clients 1 --client-cpus 0"}
+  TUNE_WIN="--warmup 1 --window 1.5 --duration 6 --max-concurrency 2"; TUNE_ARGS=${TUNE_ARGS:-"--provider cpu --cpus-per-replica 0.25"}
   TRITON="--provider cpu --instances-per-gpu 1 --max-batch-size 8"; PREC=fp32; BS=1,2
 else
   CONC32=${CONC32:-64,128,256,512}; CONC1=${CONC1:-128,512}; CONC256=${CONC256:-16,64}; IPR=32; BIG=256
   WIN=${WIN:-"--warmup 3 --window 2.5 --duration 15 --max-windows 6"}
   UP=${UP:-""}; CL=${CL:-""}; TRITON="--instances-per-gpu ${TRITON_INSTANCES:-4}"; PREC=fp16; BS=${BS:-256}
+  TUNE_WIN="--warmup 3 --window 2.5 --duration 15 --concurrency-start 32"; TUNE_ARGS=${TUNE_ARGS:-""}
   export RAYSCALE_TRITON_PYTHON=${RAYSCALE_TRITON_PYTHON:-$(command -v python3)}
 fi
 step() { local name=$1; shift; echo "=== $(date -u +%T) $name: $*"; local t0=$(date +%s); timeout "${STEP_TIMEOUT:-570}" "$@" >> "$OUT/$name.log" 2>&1; local rc=$?; echo "    rc=$rc in $(( $(date +%s) - t0 ))s"; tail -n "${TAIL:-6}" "$OUT/$name.log"; return $rc; }
@@ -107,6 +113,24 @@ phase_twonode() {  # the same app over two Ray nodes on one host: a head with GP
     --url http://127.0.0.1:8000 --replicas "$REPLICAS" --concurrency "$CONC32" --images-per-request $IPR
   step down_2node $RS down --address 127.0.0.1:$port
   pkill -TERM -f "$tmp" ; sleep 3; pkill -KILL -f "$tmp"
+}
+tune() {  # tune TARGET SPACE...: a budget that fits one call; --resume continues the search in the next
+  local target=$1; shift
+  local space=(); for s in "$@"; do space+=(--space "$s"); done
+  step "tune_$target" $RS tune --target "$target" --gpus "${TUNE_GPUS:-1}" --images-per-request $IPR \
+    --slo-p99-ms "${TUNE_SLO_MS:-100}" --budget-minutes "${TUNE_MINUTES:-7}" --strategy "${TUNE_STRATEGY:-hill}" \
+    "${space[@]}" --model "$MODEL" --out "$OUT/tune-$target-${TUNE_GPUS:-1}gpu" --resume $TUNE_WIN $TUNE_ARGS
+}
+phase_tune_triton() {
+  stub_path
+  if [ "$QUICK" = 1 ]; then tune triton instances_per_gpu=1,2 max_batch_size=8 batch_wait_ms=2
+  else tune triton instances_per_gpu=2,4,8 max_batch_size=256 batch_wait_ms=0.5,2,5; fi
+  unset RAYSCALE_STUB_PATH
+}
+phase_tune_rayscale() {
+  $RS down > /dev/null 2>&1  # tune starts each candidate itself
+  if [ "$QUICK" = 1 ]; then tune rayscale replicas_per_gpu=1 batches_in_flight=1,2 max_batch_size=8 batch_wait_ms=2
+  else tune rayscale replicas_per_gpu=2,4,8 batches_in_flight=2,4 max_batch_size=256 batch_wait_ms=0.5,2,5; fi
 }
 phase_report() {
   local engine=(); [ -f "$OUT/engine-gpu0.json" ] && engine=(--engine "$OUT/engine-gpu0.json")

@@ -27,6 +27,12 @@ __all__ = [
 _LOAD_LABEL = {"concurrency": "concurrency (requests in flight)", "rate_rps": "offered rate (requests/s)"}
 
 
+def _legend(ax, **kwargs) -> None:
+    """A legend where the axes has labelled lines (a plot of only unlabelled ones gets none, and no warning)."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(**kwargs)
+
+
 def _size(group: GroupSummary) -> str:
     """'2 GPUs', or 'CPU ×2' for a series that ran without GPUs (sized by replicas)."""
     if group.hardware == "CPU":
@@ -91,7 +97,7 @@ def plot_throughput_vs_load(report: Report, path: Path) -> Path:
         ax.set_ylabel("throughput (images/s)")
         ax.set_title(f"{series}: throughput (circle: knee, x: unusable)")
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize="small")
+        _legend(ax, fontsize="small")
     return _save(fig, path)
 
 
@@ -115,7 +121,7 @@ def plot_latency_vs_throughput(report: Report, path: Path) -> Path:
         ax.set_ylabel("latency (ms)")
         ax.set_title(f"{series}: latency vs throughput")
         ax.grid(True, alpha=0.3, which="both")
-        ax.legend(fontsize="x-small")
+        _legend(ax, fontsize="x-small")
     return _save(fig, path)
 
 
@@ -140,7 +146,7 @@ def plot_scaling(report: Report, path: Path) -> Path:
         ax.set_xlabel(_size_axis(report))
         ax.set_xticks(all_gpus)
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize="small")
+        _legend(ax, fontsize="small")
     ax_thr.set_ylabel("peak throughput (images/s)")
     ax_thr.set_title("peak throughput vs GPUs")
     ax_eff.set_ylabel("scaling efficiency (%)")
@@ -175,7 +181,7 @@ def _grouped_bars(ax, report: Report, value, ylabel: str, title: str) -> None:
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(True, axis="y", alpha=0.3)
-    ax.legend(fontsize="small", loc="upper left", ncols=max(1, len(report.series)))
+    _legend(ax, fontsize="small", loc="upper left", ncols=max(1, len(report.series)))
 
 
 def plot_targets_side_by_side(report: Report, path: Path) -> Path:
