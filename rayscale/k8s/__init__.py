@@ -96,7 +96,7 @@ WORKER_MEMORY = "32Gi"
 HEAD_CPUS = 4  # GCS, dashboard, Serve controller; the default ingress adds a core per GPU worker
 RAY_USER = {"runAsUser": 1000, "runAsGroup": 100, "fsGroup": 100}  # the ray user of rayproject/ray
 
-_DASHBOARD_SOURCE = Path(__file__).resolve().parent / "dashboards" / "rayscale.json"
+_DASHBOARD_SOURCE = Path(__file__).resolve().parent.parent / "dashboards" / "rayscale.json"
 _DASHBOARD_KEY = "rayscale.json"
 DASHBOARD_FILE = "rayscale-dashboard.json"  # the copy kustomize reads (it cannot read outside its root)
 
