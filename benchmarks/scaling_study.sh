@@ -21,6 +21,7 @@
 #   tune_triton    rayscale tune --target triton on TUNE_GPUS GPUs: instances per GPU 2,4,8 and batch wait,
 #                  at IPR images/request under a p99 SLO of TUNE_SLO_MS; TUNE_MINUTES of search a call
 #   tune_rayscale  the same search for rayscale: replicas per GPU, batches in flight, batch wait
+#   tune_report    rayscale report over both searches (the best of each under the SLO, side by side)
 #
 # Every bench writes its file after each point and runs with --resume, so a phase cut off by a time
 # limit continues where it stopped; a phase whose file is complete is skipped. A phase that needs the
@@ -43,6 +44,7 @@ if [ "$QUICK" = 1 ]; then
   WIN="--warmup 1 --window 1.5 --duration 6 --max-windows 4"
   UP="--num-gpus $MAXG --cpus-per-replica 0.25 --provider cpu --max-batch-size 8"; CL=${CL:-"--clients 1 --client-cpus 0"}
   TUNE_WIN="--warmup 1 --window 1.5 --duration 6 --max-concurrency 2"; TUNE_ARGS=${TUNE_ARGS:-"--provider cpu --cpus-per-replica 0.25"}
+  TUNE_SLO_MS=${TUNE_SLO_MS:-3000}  # a CPU serves one 2-image request in ~150 ms
   TRITON="--provider cpu --instances-per-gpu 1 --max-batch-size 8"; PREC=fp32; BS=1,2
 else
   CONC32=${CONC32:-64,128,256,512}; CONC1=${CONC1:-128,512}; CONC256=${CONC256:-16,64}; IPR=32; BIG=256
@@ -119,7 +121,7 @@ tune() {  # tune TARGET SPACE...: a budget that fits one call; --resume continue
   local space=(); for s in "$@"; do space+=(--space "$s"); done
   step "tune_$target" $RS tune --target "$target" --gpus "${TUNE_GPUS:-1}" --images-per-request $IPR \
     --slo-p99-ms "${TUNE_SLO_MS:-100}" --budget-minutes "${TUNE_MINUTES:-7}" --strategy "${TUNE_STRATEGY:-hill}" \
-    "${space[@]}" --model "$MODEL" --out "$OUT/tune-$target-${TUNE_GPUS:-1}gpu" --resume $TUNE_WIN $TUNE_ARGS
+    "${space[@]}" --model "$MODEL" --out "$OUT/tune-${TUNE_GPUS:-1}gpu/$target" --resume $TUNE_WIN $TUNE_ARGS
 }
 phase_tune_triton() {
   stub_path
@@ -131,6 +133,10 @@ phase_tune_rayscale() {
   $RS down > /dev/null 2>&1  # tune starts each candidate itself
   if [ "$QUICK" = 1 ]; then tune rayscale replicas_per_gpu=1 batches_in_flight=1,2 max_batch_size=8 batch_wait_ms=2
   else tune rayscale replicas_per_gpu=2,4,8 batches_in_flight=2,4 max_batch_size=256 batch_wait_ms=0.5,2,5; fi
+}
+phase_tune_report() {  # the two searches side by side: best of each under the SLO, cost per 1000 images
+  step tune_report $RS report "$OUT/tune-${TUNE_GPUS:-1}gpu" --slo-p99-ms "${TUNE_SLO_MS:-100}" --gpu-hour-cost "$GPU_HOUR" \
+    --allow-mismatch --out "$OUT/tune-${TUNE_GPUS:-1}gpu/report"
 }
 phase_report() {
   local engine=(); [ -f "$OUT/engine-gpu0.json" ] && engine=(--engine "$OUT/engine-gpu0.json")

@@ -238,7 +238,7 @@ def _find(objs: list[dict[str, Any]], kind: str, name: str | None = None) -> dic
 
 
 def _core(objs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [o for o in objs if not k8s._is_monitoring(o)]
+    return [o for o in objs if not k8s.is_monitoring(o)]
 
 
 # ------------------------------------------------------------------------------ shared checks
@@ -590,7 +590,7 @@ def test_each_overlay_is_the_rendered_size_and_validates(replicas):
 
 def test_monitoring_kustomization_is_the_rendered_monitoring():
     built = _normalised(kustomize_build(K8S / "monitoring"))
-    rendered = _normalised([o for o in k8s.render_manifests(replicas=1) if k8s._is_monitoring(o)])
+    rendered = _normalised([o for o in k8s.render_manifests(replicas=1) if k8s.is_monitoring(o)])
     dashboard = ("ConfigMap", "rayscale-grafana-dashboard")
     assert built[dashboard]["metadata"]["labels"] == {"grafana_dashboard": "1"}
     json.loads(built[dashboard]["data"]["rayscale.json"])

@@ -60,4 +60,3 @@ __all__ = [
     "write_manifests",
 ]
 
-_is_monitoring = is_monitoring  # its name before the package split, still used by tests/test_k8s.py
