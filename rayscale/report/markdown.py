@@ -5,21 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from rayscale.report.analysis import (
-    CLIENT_SATURATED_PCT,
-    GOODPUT_HISTOGRAM,
-    GOODPUT_MIXED,
-    GOODPUT_P99_ESTIMATE,
-    GPU_BUSY_PCT,
-    GPU_IDLE_PCT,
-    QUEUE_DOMINANT_SHARE,
-    GroupSummary,
-    Pick,
-    Report,
-    format_load,
-    size_label,
-)
+from rayscale.report.figures import GPU_BUSY_PCT, GPU_IDLE_PCT, QUEUE_DOMINANT_SHARE
+from rayscale.report.goodput import GOODPUT_HISTOGRAM, GOODPUT_MIXED, GOODPUT_P99_ESTIMATE
+from rayscale.report.labels import format_load, size_label
+from rayscale.report.rows import CLIENT_SATURATED_PCT
 from rayscale.report.tune_section import tune_section_lines
+from rayscale.report.types import GroupSummary, Pick, Report
 
 __all__ = ["render_markdown"]
 

@@ -10,8 +10,8 @@ from dataclasses import asdict, fields
 from pathlib import Path
 
 from rayscale.files import write_text_atomic
-from rayscale.report.analysis import PointRow, Report
 from rayscale.report.markdown import render_markdown
+from rayscale.report.types import PointRow, Report
 
 __all__ = ["summary_csv", "write_report"]
 

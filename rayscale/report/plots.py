@@ -13,7 +13,7 @@ from pathlib import Path
 
 from rayscale.errors import ConfigError
 from rayscale.files import replacing
-from rayscale.report.analysis import GroupSummary, Report
+from rayscale.report.types import GroupSummary, Report
 
 __all__ = [
     "plot_cost",

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rayscale.report.analysis import build_report, parse_costs
+from rayscale.report.analysis import build_report
 from rayscale.report.config import ReportConfig
+from rayscale.report.costs import parse_costs
 from rayscale.report.inputs import load_bench_results, load_engine_result
 from rayscale.report.output import write_report
 

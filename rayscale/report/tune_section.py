@@ -10,7 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from rayscale.errors import ResultsError
-from rayscale.report.analysis import Report, cost_per_1000_images_usd
+from rayscale.report.costs import cost_per_1000_images_usd
+from rayscale.report.types import Report
 from rayscale.tune.results import TUNE_FILE, TuneResult, load_tune_result
 
 __all__ = ["find_tune_results", "tune_pairs", "tune_section_lines"]
