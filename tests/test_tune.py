@@ -267,10 +267,13 @@ def test_triton_search_repeats_the_winner_and_pairs_with_rayscale_in_the_report(
 
     again = run_tune(replace(rayscale_cfg, resume=True))  # judged again under this SLO, from its files alone
     assert again.points_measured == 0 and again.best.label == rayscale_result.best.label
-    run_report([Path(rayscale_cfg.out), out], ReportConfig(gpu_hour_cost_usd=2.0, allow_mismatch=True), out=tmp_path / "report")
+    # both searches ran without GPUs: labelled CPU, priced at the CPU price and never at the GPU one
+    prices = ReportConfig(gpu_hour_cost_usd=50.0, cpu_hour_cost_usd=2.0, allow_mismatch=True)
+    run_report([Path(rayscale_cfg.out), out], prices, out=tmp_path / "report")
     text = (tmp_path / "report" / "report.md").read_text()
     section = text.split("## Best of each under the SLO", 1)[1].split("\n## ", 1)[0]
     assert rayscale_result.best.label in section and winner.label in section
     assert f"`{rayscale_result.best.reproduce}`" in section and "(2 runs)" in section
-    cost = 4.0 / (3600 * result.best.goodput_images_per_s) * 1000  # two GPUs at $2 per GPU-hour
+    assert "on the CPU (2 replica(s))" in section and "GPU(s)" not in section
+    cost = 4.0 / (3600 * result.best.goodput_images_per_s) * 1000  # two replicas at $2 per CPU replica-hour
     assert f"${cost:#.3g}" in section

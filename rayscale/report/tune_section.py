@@ -2,11 +2,13 @@
 
 It appears when the directories of the report's results files hold tune.json files for both
 rayscale and Triton at the same GPU count, images per request and SLO. Cost per 1000 images
-uses the report's prices (``--costs`` or ``--gpu-hour-cost``).
+uses the report's prices (``--costs`` or ``--gpu-hour-cost``); a search whose candidates ran
+without GPUs is labelled CPU and priced only at ``--cpu-hour-cost``, as the rest of the report.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from rayscale.errors import ResultsError
@@ -14,12 +16,18 @@ from rayscale.report.costs import cost_per_1000_images_usd
 from rayscale.report.types import Report
 from rayscale.tune.results import TUNE_FILE, TuneResult, load_tune_result
 
-__all__ = ["find_tune_results", "tune_pairs", "tune_section_lines"]
+__all__ = ["FoundTune", "find_tune_results", "tune_pairs", "tune_section_lines"]
 
 
-def find_tune_results(sources: list[str]) -> list[TuneResult]:
+@dataclass(frozen=True)
+class FoundTune:
+    directory: Path  # the tune directory: tune.json and one results file per candidate
+    result: TuneResult
+
+
+def find_tune_results(sources: list[str]) -> list[FoundTune]:
     """tune.json beside each results file (a tune directory holds both), each read once."""
-    found: list[TuneResult] = []
+    found: list[FoundTune] = []
     seen: set[Path] = set()
     for source in sources:
         for directory in (Path(source).parent, Path(source).parent.parent):
@@ -28,23 +36,32 @@ def find_tune_results(sources: list[str]) -> list[TuneResult]:
                 continue
             seen.add(path)
             try:
-                found.append(load_tune_result(path))
+                found.append(FoundTune(path.parent, load_tune_result(path)))
             except ResultsError:
                 continue
     return found
 
 
-def tune_pairs(results: list[TuneResult]) -> list[tuple[TuneResult, TuneResult]]:
+def tune_pairs(found: list[FoundTune]) -> list[tuple[FoundTune, FoundTune]]:
     """(rayscale, triton) winners searched under the same GPU count, images per request and SLO."""
-    def key(r: TuneResult) -> tuple:
-        return (r.gpus, r.images_per_request, r.slo_p99_ms)
+    def key(f: FoundTune) -> tuple:
+        return (f.result.gpus, f.result.images_per_request, f.result.slo_p99_ms)
 
-    rayscale = {key(r): r for r in results if r.target == "rayscale" and r.best is not None}
-    triton = {key(r): r for r in results if r.target == "triton" and r.best is not None}
+    rayscale = {key(f): f for f in found if f.result.target == "rayscale" and f.result.best is not None}
+    triton = {key(f): f for f in found if f.result.target == "triton" and f.result.best is not None}
     return [(rayscale[k], triton[k]) for k in sorted(rayscale.keys() & triton.keys())]
 
 
-def _hourly_cost(report: Report, gpus: int) -> float | None:
+def _hardware(report: Report, found: FoundTune) -> str:
+    """CPU when every point the report read from the search's directory ran without GPUs."""
+    rows = [r for r in report.points if Path(r.source).resolve().is_relative_to(found.directory)]
+    return "CPU" if rows and all(r.hardware == "CPU" for r in rows) else "GPU"
+
+
+def _hourly_cost(report: Report, hardware: str, gpus: int) -> float | None:
+    if hardware == "CPU":
+        per_replica = report.parameters.get("cpu_hour_cost_usd")
+        return per_replica * gpus if per_replica else None
     costs = report.parameters.get("costs_usd_per_hour") or {}
     if costs:
         return costs.get(str(gpus))
@@ -52,8 +69,10 @@ def _hourly_cost(report: Report, gpus: int) -> float | None:
     return per_gpu * gpus if per_gpu else None
 
 
-def _cost(report: Report, result: TuneResult) -> str:
-    value = cost_per_1000_images_usd(_hourly_cost(report, result.gpus), result.best.goodput_images_per_s)
+def _cost(report: Report, found: FoundTune) -> str:
+    result = found.result
+    hourly = _hourly_cost(report, _hardware(report, found), result.gpus)
+    value = cost_per_1000_images_usd(hourly, result.best.goodput_images_per_s)
     return "–" if value is None else f"${value:#.3g}"
 
 
@@ -71,10 +90,13 @@ def tune_section_lines(report: Report) -> list[str]:
     if not pairs:
         return []
     lines = ["## Best of each under the SLO", ""]
-    for ray_result, triton_result in pairs:
+    for ray_found, triton_found in pairs:
+        ray_result, triton_result = ray_found.result, triton_found.result
         a, b = ray_result.best, triton_result.best
+        hardware = {_hardware(report, ray_found), _hardware(report, triton_found)}
+        size = f"{ray_result.gpus} GPU(s)" if hardware == {"GPU"} else f"the CPU ({ray_result.gpus} replica(s))"
         lines += [
-            f"Found by `rayscale tune` on {ray_result.gpus} GPU(s) at {ray_result.images_per_request} images/request, "
+            f"Found by `rayscale tune` on {size} at {ray_result.images_per_request} images/request, "
             f"p99 ≤ {ray_result.slo_p99_ms:g} ms (the best images/s of any point within the SLO).",
             "",
             "| | rayscale | triton |",
@@ -83,7 +105,7 @@ def tune_section_lines(report: Report) -> list[str]:
             f"| images/s | {a.goodput_images_per_s:,.1f} | {b.goodput_images_per_s:,.1f} |",
             f"| p99 ms | {a.goodput_p99_ms:.1f} | {b.goodput_p99_ms:.1f} |",
             f"| concurrency | {a.goodput_concurrency} | {b.goodput_concurrency} |",
-            f"| cost per 1000 images | {_cost(report, ray_result)} | {_cost(report, triton_result)} |",
+            f"| cost per 1000 images | {_cost(report, ray_found)} | {_cost(report, triton_found)} |",
             f"| repeats min / median / max img/s | {_spread(ray_result)} | {_spread(triton_result)} |",
             f"| candidates measured, search minutes | {len(ray_result.candidates)}, {ray_result.budget_used_s / 60:.1f} "
             f"| {len(triton_result.candidates)}, {triton_result.budget_used_s / 60:.1f} |",
@@ -92,6 +114,11 @@ def tune_section_lines(report: Report) -> list[str]:
         ]
         leader, other = (a, b) if a.goodput_images_per_s >= b.goodput_images_per_s else (b, a)
         lines += [f"{leader.target} leads by {leader.goodput_images_per_s / other.goodput_images_per_s:.2f}× "
-                  "under the SLO." + ("" if _hourly_cost(report, ray_result.gpus) else
-                                      " Pass --gpu-hour-cost or --costs for cost per 1000 images."), ""]
+                  "under the SLO." + ("" if _cost(report, ray_found) != "–" else _price_hint(hardware)), ""]
     return lines
+
+
+def _price_hint(hardware: set[str]) -> str:
+    if "CPU" in hardware:
+        return " Runs without GPUs are priced only with --cpu-hour-cost."
+    return " Pass --gpu-hour-cost or --costs for cost per 1000 images."
