@@ -104,6 +104,37 @@ def test_unknown_dimension_lists_the_valid_names():
         parse_space_overrides("rayscale", ["batches_in_flight=2,16"])
 
 
+def test_each_progress_event_of_a_search_is_one_readable_line():
+    from rayscale.cli.tune import progress_line
+    from rayscale.tune.events import (
+        CandidateFailed,
+        CandidateFinished,
+        CandidateSkipped,
+        CandidateStarted,
+        PointMeasured,
+        RepeatsStarted,
+    )
+    from rayscale.tune.results import CandidateSummary
+
+    point = PointResult(target="x", transport="http-binary", mode="closed", replicas=1, concurrency=8,
+                        images_per_request=32, images_per_s=1234.5, latency=LatencyStats(count=10, p99_ms=42.25))
+    summary = CandidateSummary(target="rayscale", label="rayscale 4/GPU", settings={}, results_file="a.json",
+                               reproduce="rayscale up", stop_reason="slo", goodput_images_per_s=1234.5,
+                               goodput_concurrency=8, goodput_p99_ms=42.25)
+    lines = [progress_line(e) for e in (
+        CandidateStarted("rayscale 4/GPU", "rayscale up --replicas 1"), PointMeasured("rayscale 4/GPU", point),
+        CandidateSkipped("triton 2/GPU", "plateau"), CandidateFailed("triton 8/GPU", "out of memory\ntraceback"),
+        RepeatsStarted("rayscale 4/GPU", 8, 3), CandidateFinished(summary))]
+    assert lines == [
+        "rayscale 4/GPU: starting (rayscale up --replicas 1)",
+        "  c=8: 1,234.5 img/s, p99 42.2 ms, ok",
+        "triton 2/GPU: already measured (stopped: plateau)",
+        "triton 8/GPU: failed: out of memory",
+        "rayscale 4/GPU: 3 repeat(s) at concurrency 8",
+        "  → rayscale 4/GPU: 1,234.5 img/s at concurrency 8, p99 42.2 ms [complete, stopped: slo]",
+    ]
+
+
 def test_triton_waits_the_same_milliseconds_as_rayscale_and_the_old_name_still_reads():
     assert parse_space_overrides("triton", ["batch_wait_ms=0.5,2"]).batch_wait_ms == [0.5, 2.0]
     assert parse_space_overrides("triton", ["max_queue_delay_us=500,2000"]).batch_wait_ms == [0.5, 2.0]
