@@ -11,15 +11,15 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from rayscale.processes import stop_processes
 
 SUBNET_PREFIX = 30
 HEAD_IP = "10.213.0.1"  # the /30 exists only inside the two namespaces: no clash with any host network
@@ -80,18 +80,7 @@ def _create_namespaces(head_ns: str, worker_ns: str) -> None:
 
 def _stop_namespace_processes(ns: str) -> None:
     """Every process in ``ns`` was started by this fixture: stop them all (TERM, then KILL)."""
-    for sig, grace_s in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 10.0)):
-        pids = [int(p) for p in _run(["ip", "netns", "pids", ns]).stdout.split()]
-        if not pids:
-            return
-        for pid in pids:
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + grace_s
-        while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in pids):
-            time.sleep(0.2)
+    stop_processes(lambda: [int(p) for p in _run(["ip", "netns", "pids", ns]).stdout.split()], term_grace_s=3.0)
 
 
 def _teardown(cluster: TwoNodeCluster, namespaces: list[str]) -> None:

@@ -258,23 +258,11 @@ def _cluster_pids(session_dir: str) -> list[int]:
 
 def _stop_local_cluster(record: ClusterRecord) -> None:
     """Stop the processes of the cluster ``up`` started, and only those (others may share the host)."""
-    import signal
+    from rayscale.processes import stop_processes
 
     session_dir = record.session_dir
-    if not session_dir:
-        return
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        pids = _cluster_pids(session_dir)
-        if not pids:
-            return
-        for pid in pids:
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in pids):
-            time.sleep(0.2)
+    if session_dir:
+        stop_processes(lambda: _cluster_pids(session_dir), term_grace_s=15.0, kill_grace_s=15.0)
 
 
 def connect(address: str | None = None, *, start: bool = False, num_gpus: int | None = None, num_cpus: int | None = None) -> tuple[str, bool]:
