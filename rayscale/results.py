@@ -34,7 +34,9 @@ __all__ = [
     "ServerStats",
     "WindowStats",
     "load_results",
+    "dataclass_from_dict",
     "previous_bench_result",
+    "read_json_file",
     "write_json_atomic",
 ]
 
@@ -90,7 +92,7 @@ class LatencyHistogram:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "LatencyHistogram":
         """As a results file holds it (JSON turns the bucket indexes into strings)."""
-        histogram = _build(cls, data)
+        histogram = dataclass_from_dict(cls, data)
         histogram.counts = {int(b): int(n) for b, n in (data.get("counts") or {}).items()}
         return histogram
 
@@ -272,43 +274,49 @@ class EngineBenchResult:
         return asdict(self)
 
 
-def _build(cls, data: dict[str, Any]):
+def dataclass_from_dict(cls, data: dict[str, Any]):
+    """``cls`` from a file's dict, keeping the keys that are its fields (a newer file may hold more)."""
     names = {f.name for f in fields(cls)}
     return cls(**{k: v for k, v in data.items() if k in names})
 
 
+def read_json_file(path: Path, *, what: str, invalid_hint: str) -> Any:
+    """The JSON in ``path``; a missing or unreadable file is a ResultsError naming it."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ResultsError(f"{what} not found: {path}") from None
+    except json.JSONDecodeError as e:
+        raise ResultsError(f"{path} is not valid JSON ({e}){invalid_hint}") from None
+
+
 def _point_from_dict(d: dict[str, Any]) -> PointResult:
     d = dict(d)
-    d["latency"] = _build(LatencyStats, d.get("latency") or {})
+    d["latency"] = dataclass_from_dict(LatencyStats, d.get("latency") or {})
     d["latency_histogram"] = LatencyHistogram.from_dict(d["latency_histogram"]) if d.get("latency_histogram") else None
-    d["windows"] = [_build(WindowStats, w) for w in d.get("windows") or []]
-    d["server"] = _build(ServerStats, d["server"]) if d.get("server") else None
-    d["gpus"] = [_build(GpuSummary, g) for g in d.get("gpus") or []]
+    d["windows"] = [dataclass_from_dict(WindowStats, w) for w in d.get("windows") or []]
+    d["server"] = dataclass_from_dict(ServerStats, d["server"]) if d.get("server") else None
+    d["gpus"] = [dataclass_from_dict(GpuSummary, g) for g in d.get("gpus") or []]
     try:
         d["status"] = PointStatus(d.get("status", PointStatus.OK))
     except ValueError:
         raise ResultsError(f"unknown point status {d.get('status')!r}: use one of {', '.join(PointStatus)}") from None
-    return _build(PointResult, d)
+    return dataclass_from_dict(PointResult, d)
 
 
 def load_results(path: str | os.PathLike) -> BenchResult | EngineBenchResult:
     """Read a results file; a missing or foreign file is a ResultsError naming it."""
     p = Path(path)
-    try:
-        data = json.loads(p.read_text())
-    except FileNotFoundError:
-        raise ResultsError(f"results file not found: {p}") from None
-    except json.JSONDecodeError as e:
-        raise ResultsError(f"{p} is not valid JSON ({e}); was it written by rayscale?") from None
+    data = read_json_file(p, what="results file", invalid_hint="; was it written by rayscale?")
     kind = data.get("kind") if isinstance(data, dict) else None
     if kind == "bench":
         data = dict(data)
         data["points"] = [_point_from_dict(pt) for pt in data.get("points", [])]
-        return _build(BenchResult, data)
+        return dataclass_from_dict(BenchResult, data)
     if kind == "engine":
         data = dict(data)
-        data["points"] = [_build(EnginePoint, pt) for pt in data.get("points", [])]
-        return _build(EngineBenchResult, data)
+        data["points"] = [dataclass_from_dict(EnginePoint, pt) for pt in data.get("points", [])]
+        return dataclass_from_dict(EngineBenchResult, data)
     raise ResultsError(f"{p} is not a rayscale results file (kind={kind!r})")
 
 

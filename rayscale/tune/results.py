@@ -7,14 +7,13 @@ candidate, the spread of repeated measurements and the command that reproduces t
 
 from __future__ import annotations
 
-import json
 import statistics
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rayscale.errors import ResultsError
-from rayscale.results import PointResult, write_json_atomic
+from rayscale.results import PointResult, dataclass_from_dict, read_json_file, write_json_atomic
 
 __all__ = [
     "TUNE_FILE",
@@ -154,26 +153,16 @@ class TuneResult:
         return d
 
 
-def _build(cls, data: dict[str, Any]):
-    names = {f.name for f in fields(cls)}
-    return cls(**{k: v for k, v in data.items() if k in names})
-
-
 def _candidate(d: dict[str, Any] | None) -> CandidateSummary | None:
     if d is None:
         return None
-    d = dict(d, points=[_build(PointSummary, p) for p in d.get("points") or []])
-    return _build(CandidateSummary, d)
+    d = dict(d, points=[dataclass_from_dict(PointSummary, p) for p in d.get("points") or []])
+    return dataclass_from_dict(CandidateSummary, d)
 
 
 def load_tune_result(path: str | Path) -> TuneResult:
     p = Path(path)
-    try:
-        data = json.loads(p.read_text())
-    except FileNotFoundError:
-        raise ResultsError(f"tune results not found: {p}") from None
-    except json.JSONDecodeError as e:
-        raise ResultsError(f"{p} is not valid JSON ({e}): delete it to start the search again") from None
+    data = read_json_file(p, what="tune results", invalid_hint=": delete it to start the search again")
     if not isinstance(data, dict) or data.get("kind") != "tune":
         raise ResultsError(f"{p} is not a `rayscale tune` result (kind={data.get('kind') if isinstance(data, dict) else None!r})")
     data = dict(data)
@@ -181,8 +170,8 @@ def load_tune_result(path: str | Path) -> TuneResult:
     data["closest"] = _candidate(data.get("closest"))
     data["runners_up"] = [_candidate(c) for c in data.get("runners_up") or []]
     data["candidates"] = [_candidate(c) for c in data.get("candidates") or []]
-    data["repeats"] = [_build(Spread, s) for s in data.get("repeats") or []]
-    return _build(TuneResult, data)
+    data["repeats"] = [dataclass_from_dict(Spread, s) for s in data.get("repeats") or []]
+    return dataclass_from_dict(TuneResult, data)
 
 
 def write_tune_result(result: TuneResult, directory: str | Path) -> Path:
