@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
 
-from rayscale.config import DEFAULT_MODEL_DIR, LOCAL_HOST
+from rayscale.config import DEFAULT_MODEL_DIR, LOCAL_HOST, check
 from rayscale.environment import now_iso
 from rayscale.errors import ConfigError, ResultsError, ServerError
 from rayscale.results import BenchResult, PointResult, load_results
@@ -110,8 +110,7 @@ class TuneConfig:
             (0 <= self.port <= 65533, f"port must be in 1..65533 (0: the target's default), got {self.port}"),
         ]
         for ok, message in checks:
-            if not ok:
-                raise ConfigError(message)
+            check(ok, message)
         if self.space is None:
             self.space = default_space(self.target)
         if self.space.settings_type.target != self.target:
