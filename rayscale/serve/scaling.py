@@ -14,9 +14,7 @@ __all__ = ["cluster_started_by_rayscale", "rescale", "running_app_config"]
 
 
 def cluster_started_by_rayscale() -> bool:
-    """Whether ``rayscale up`` recorded a Ray cluster it started (it may since have stopped).
-
-    """
+    """Whether ``rayscale up`` recorded a Ray cluster it started (it may since have stopped)."""
     from rayscale.serve.cluster import read_state
 
     return read_state() is not None
