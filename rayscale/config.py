@@ -208,4 +208,8 @@ class ServeConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d.pop("api_token")  # never written to results files or printed
+        # As a config file gives it (key=value,...), and only where it differs from the defaults.
+        d["engine"] = self.engine.spec()
+        if not d["engine"]:
+            del d["engine"]
         return d

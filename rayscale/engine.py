@@ -104,6 +104,8 @@ class _Buffers:
 class Engine:
     """Encode uint8 [N, 224, 224, 3] images into FP32 [N, 512] embeddings with onnxruntime."""
 
+    backend = "onnxruntime"
+
     def __init__(
         self,
         model: str | os.PathLike,
@@ -373,6 +375,7 @@ class NullEngine:
     """
 
     provider = "null"
+    backend = "null"
     device_id = 0
 
     def __init__(self, model: str | os.PathLike | None = None, *, max_batch_size: int = 256, **_ignored: object):

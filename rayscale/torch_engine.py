@@ -132,6 +132,8 @@ class _Slot:
 class TorchEngine:
     """Encode uint8 [N, 224, 224, 3] images into FP32 [N, 512] embeddings with torch."""
 
+    backend = "torch"
+
     def __init__(
         self,
         model: str | os.PathLike,

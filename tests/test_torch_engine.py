@@ -31,3 +31,29 @@ def test_torch_engine_matches_the_onnx_engine_on_the_same_weights(model_dir):
         engine.encode_parts([images, images])
     with pytest.raises(InputError, match="uint8"):
         engine.encode(images.astype(np.float32))
+
+
+@pytest.mark.timeout(600)
+def test_a_replica_serves_the_torch_engine_through_the_same_code(model_dir):
+    import ray
+    from ray import serve
+
+    from conftest import free_port, start_local_ray
+    from rayscale.config import ServeConfig
+    from rayscale.serve.app import DEPLOYMENT_NAME
+    from rayscale.serve.cluster import down, up
+
+    start_local_ray(num_cpus=2, num_gpus=1, namespace="rayscale")
+    cfg = ServeConfig(model_dir=str(model_dir), replicas=1, gpus_per_replica=1, cpus_per_replica=0.5, provider="cpu",
+                      port=free_port(), grpc_port=free_port(), max_batch_size=8, engine="backend=torch")
+    try:
+        result = up(cfg, exporter=False)
+        assert [r["backend"] for r in result.replica_info] == ["torch"]
+        images = parity_batch(2, seed=4)
+        handle = serve.get_deployment_handle(DEPLOYMENT_NAME, cfg.app_name)
+        served = handle.infer.remote(images).result(timeout_s=120)
+        expected = Engine(model_dir, provider="cpu", max_batch_size=8, warmup=False).encode(images)
+        assert cosine_rows(served, expected).min() > 0.9999
+    finally:
+        down(cfg.app_name)
+        ray.shutdown()

@@ -313,6 +313,7 @@ class OpenClipEncoder:
             "pid": os.getpid(),
             "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
             "provider": self.engine.provider,
+            "backend": self.engine.backend,
             "model_sha256": self.info.sha256,
             "precision": self.info.precision,
             "host": self.host,
