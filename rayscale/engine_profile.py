@@ -26,15 +26,16 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 __all__ = [
-    "GROUPS",
     "BatchProfile",
+    "GROUPS",
     "GroupTime",
     "KernelProfile",
+    "KernelStat",
     "Peaks",
     "Work",
+    "datasheet_peaks",
     "group_times",
     "kernel_group",
-    "datasheet_peaks",
     "measure_peaks",
     "model_floor_ms",
     "ort_node_profile",
@@ -133,15 +134,26 @@ def measure_peaks(device: int = 0, *, size: int = 8192, copy_bytes: int = 2 << 3
     import torch
 
     torch.cuda.set_device(device)
+    peaks = Peaks(_matmul_flops_per_s(size), _copy_bytes_per_s(copy_bytes), "measured")
+    torch.cuda.empty_cache()
+    return peaks
+
+
+def _matmul_flops_per_s(size: int) -> float:
+    import torch
+
     a = torch.randn(size, size, device="cuda", dtype=torch.float16)
     b = torch.randn(size, size, device="cuda", dtype=torch.float16)
-    mm = _median_cuda_s(lambda: torch.mm(a, b), 10)
-    src = torch.empty(copy_bytes, dtype=torch.uint8, device="cuda").random_(0, 255)
+    return 2 * size**3 / _median_cuda_s(lambda: torch.mm(a, b), 10)
+
+
+def _copy_bytes_per_s(nbytes: int) -> float:
+    """Bytes read plus bytes written per second by a device-to-device copy."""
+    import torch
+
+    src = torch.empty(nbytes, dtype=torch.uint8, device="cuda").random_(0, 255)
     dst = torch.empty_like(src)
-    cp = _median_cuda_s(lambda: dst.copy_(src), 10)
-    del a, b, src, dst
-    torch.cuda.empty_cache()
-    return Peaks(2 * size**3 / mm, 2 * copy_bytes / cp, "measured")
+    return 2 * nbytes / _median_cuda_s(lambda: dst.copy_(src), 10)
 
 
 def datasheet_peaks(card: str) -> Peaks:

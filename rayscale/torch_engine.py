@@ -53,12 +53,17 @@ def load_visual_for(info: ModelInfo):
 
     from rayscale.export import load_openclip_visual
 
+    export_log = logging.getLogger("rayscale.export")
+    level = export_log.level
+    export_log.setLevel(logging.ERROR)  # its warning speaks of exporting; here the weights are only rebuilt
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
             visual, _, _ = load_openclip_visual(pretrained_for(info))
         except ExportError as e:
             raise ConfigError(f"backend=torch needs torch and open_clip: {e}") from None
+        finally:
+            export_log.setLevel(level)
     return visual
 
 

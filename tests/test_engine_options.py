@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from rayscale.config import ServeConfig
-from rayscale.engine import Engine, random_images
+from rayscale.engine import Engine, _has_cuda_driver, random_images
 from rayscale.engine_options import EngineOptions, create_engine
 from rayscale.errors import ConfigError
 from rayscale.serve.app import parse_app_args
@@ -82,3 +82,23 @@ def test_engine_runs_with_options_and_gives_the_same_embeddings(model_dir):
     np.testing.assert_allclose(tuned.encode(images), baseline.encode(images), rtol=1e-4, atol=1e-5)
     with pytest.raises(ConfigError, match="use rayscale.engine_options.create_engine"):
         Engine(model_dir, provider="cpu", options=EngineOptions(backend="torch"), warmup=False)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _has_cuda_driver(), reason="needs an NVIDIA GPU")
+def test_cuda_graphs_and_attention_kernels_give_the_plain_engines_answers_also_from_two_threads(model_dir):
+    from concurrent.futures import ThreadPoolExecutor
+
+    plain = Engine(model_dir, provider="cuda", max_batch_size=8)
+    batches = [random_images(n, seed=n) for n in (8, 5, 8, 3)]  # two buckets, each run past graph capture
+    want = [plain.encode(b) for b in batches]
+    for spec in ("cuda_graph=1", "attention=flash", "attention=cudnn,cuda_graph=1"):
+        engine = Engine(model_dir, provider="cuda", max_batch_size=8, options=EngineOptions.parse(spec))
+        for _ in range(4):
+            for b, w in zip(batches, want):
+                np.testing.assert_allclose(engine.encode(b), w, rtol=0, atol=2e-3, err_msg=spec)
+        # Threads have their own buffers, so their own graphs: each still gets its own images' answer.
+        with ThreadPoolExecutor(2) as pool:
+            for _ in range(3):
+                for got, w in zip(pool.map(engine.encode, batches), want):
+                    np.testing.assert_allclose(got, w, rtol=0, atol=2e-3, err_msg=spec)
