@@ -576,6 +576,15 @@ def test_default_ingress_is_haproxy_on_every_gpu_worker_behind_one_service():
     check_all(objs, 4)
 
 
+def test_bench_target_is_one_place():
+    """The sweep's target is one argument group, so another way of aiming the clients replaces it alone."""
+    from rayscale.k8s.bench_job import bench_entrypoint, bench_target
+
+    assert bench_target("http://rayscale-ingress:8000") == "--url http://rayscale-ingress:8000"
+    entry = bench_entrypoint(2, 2, "http://triton:8000")
+    assert entry.startswith("rayscale bench --url http://triton:8000 --replicas 2 ")
+
+
 @pytest.mark.parametrize("replicas", [1, 3])
 def test_serve_proxy_ingress_still_renders(replicas):
     objs = k8s.render_manifests(replicas=replicas, serve=ServeConfig(ingress="proxy"))
