@@ -41,6 +41,7 @@ class PageLoad:
     requests: list[str] = field(default_factory=list)  # every URL the page asked for, itself first
     screenshot_png: bytes = b""
     size: tuple[int, int] = (0, 0)  # the page's full width and height, CSS pixels
+    pdf: bytes = b""  # the page printed (print=True)
 
 
 class _Pipe:
@@ -123,8 +124,13 @@ def _errors(events: list[dict]) -> list[str]:
     return errors
 
 
-def load_page(url: str, *, width: int = 1280, height: int = 2000, full_page: bool = False, binary: str | None = None) -> PageLoad:
-    """Open ``url`` in a fresh headless Chromium, wait for it to load, and return what it showed and said."""
+def load_page(url: str, *, width: int = 1280, height: int = 2000, full_page: bool = False, media: str = "screen",
+              print_pdf: bool = False, binary: str | None = None) -> PageLoad:
+    """Open ``url`` in a fresh headless Chromium, wait for it to load, and return what it showed and said.
+
+    ``media="print"`` lays the page out as it prints (its print style sheet); ``print_pdf`` also prints it
+    (A4 landscape, as the page asks).
+    """
     binary = binary or chromium_binary()
     if binary is None:
         raise FileNotFoundError("no chromium found: apt-get install -y chromium")
@@ -137,6 +143,7 @@ def load_page(url: str, *, width: int = 1280, height: int = 2000, full_page: boo
                 pipe.call(f"{domain}.enable", session=session)
             pipe.call("Emulation.setDeviceMetricsOverride",
                       {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False}, session=session)
+            pipe.call("Emulation.setEmulatedMedia", {"media": media}, session=session)
             pipe.events.clear()
             pipe.call("Page.navigate", {"url": url}, session=session)
             pipe.wait_for("Page.loadEventFired")
@@ -146,8 +153,11 @@ def load_page(url: str, *, width: int = 1280, height: int = 2000, full_page: boo
             if full_page:
                 shot.update(captureBeyondViewport=True, clip={"x": 0, "y": 0, "width": size[0], "height": size[1], "scale": 1})
             png = base64.b64decode(pipe.call("Page.captureScreenshot", shot, session=session)["data"])
+            pdf = b""
+            if print_pdf:
+                pdf = base64.b64decode(pipe.call("Page.printToPDF", {"preferCSSPageSize": True}, session=session)["data"])
             requests = [e["params"]["request"]["url"] for e in pipe.events if e.get("method") == "Network.requestWillBeSent"]
-            return PageLoad(errors=_errors(pipe.events), requests=requests, screenshot_png=png, size=size)
+            return PageLoad(errors=_errors(pipe.events), requests=requests, screenshot_png=png, size=size, pdf=pdf)
         finally:
             pipe.close()
 

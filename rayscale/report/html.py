@@ -94,12 +94,13 @@ footer { margin-top: 48px; padding-top: 12px; border-top: 1px solid var(--rule);
   body { font-size: 10pt; }
   .page { max-width: none; padding: 0; }
   a { color: inherit; }
-  nav.toc, nav.parts { break-inside: avoid; }
+  nav.toc { break-inside: avoid; }
+  nav.parts { display: none; }
   h2 { break-before: auto; }
   h2, h3 { break-after: avoid; }
   .table-wrap { overflow: visible; border: 0; }
-  table { font-size: 8pt; }
-  th, td { padding: 2px 5px; }
+  table, table.compact { font-size: 7.5pt; }
+  th, td, table.compact th, table.compact td { padding: 2px 4px; }
   thead { display: table-header-group; }
   tr, figure, pre { break-inside: avoid; }
   thead th, tbody tr:nth-child(even) td { -webkit-print-color-adjust: exact; print-color-adjust: exact; }
