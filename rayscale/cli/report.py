@@ -23,6 +23,7 @@ _HELP = {
     "throughput_target": "Images/s to reach: pick the cheapest configuration that does.",
     "out": "Report directory (default: reports/ and the first results file's name).",
     "allow_mismatch": "Compare results with different model, precision, batch size, input or GPU type, and say so.",
+    "title": "Title of report.html and report.md (default: 'rayscale report: ' and the report directory's name).",
 }
 
 
@@ -38,6 +39,7 @@ def report_command(
     ] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help=_HELP["out"])] = None,
     allow_mismatch: Annotated[bool, typer.Option("--allow-mismatch", help=_HELP["allow_mismatch"])] = False,
+    title: Annotated[Optional[str], typer.Option("--title", help=_HELP["title"])] = None,
 ) -> None:
     """Write report.html, report.md, report.json, summary.csv and PNG plots from benchmark results."""
     from rayscale.report import report_config, run_report
@@ -53,7 +55,7 @@ def report_command(
             throughput_target=throughput_target,
             allow_mismatch=allow_mismatch,
         )
-        written = run_report(results, config, engine=engine, out=out)
+        written = run_report(results, config, engine=engine, out=out, title=title)
     except RayscaleError as e:
         raise fail(e) from None
     print_table(peaks_table(written.report))

@@ -72,7 +72,7 @@ nav.toc ol { columns: 3 220px; column-gap: 32px; margin: 0; padding-left: 22px; 
 nav.toc li { break-inside: avoid; margin: 3px 0; }
 nav.parts ul { list-style: none; margin: -4px 0 10px; padding: 0; font-size: 13px; line-height: 1.7; max-width: none; }
 nav.parts li { display: inline-block; white-space: nowrap; }
-nav.parts li + li::before { content: "·"; color: var(--muted); margin: 0 8px; }
+nav.parts li:not(:last-child)::after { content: "·"; color: var(--muted); margin: 0 8px; }
 .table-wrap { overflow-x: auto; margin: 8px 0 18px; border: 1px solid var(--rule); border-radius: 6px; }
 table { border-collapse: collapse; min-width: 100%; font-size: 13px; font-variant-numeric: tabular-nums; }
 th, td { padding: 5px 9px; text-align: left; vertical-align: top; border-bottom: 1px solid var(--faint); }

@@ -51,7 +51,12 @@ def report_config(
 
 
 def run_report(
-    results: list[Path], config: ReportConfig, *, engine: Path | None = None, out: Path | None = None
+    results: list[Path],
+    config: ReportConfig,
+    *,
+    engine: Path | None = None,
+    out: Path | None = None,
+    title: str | None = None,
 ) -> WrittenReport:
     """What the command does, callable without typer: returns the report and the files written."""
     bench, sources = load_bench_results(results)
@@ -59,4 +64,4 @@ def run_report(
     report = build_report(
         bench, config, sources=sources, engine=engine_result, engine_source=str(engine) if engine is not None else None
     )
-    return WrittenReport(report, write_report(report, out if out is not None else default_out_dir(results)))
+    return WrittenReport(report, write_report(report, out if out is not None else default_out_dir(results), title=title))

@@ -372,6 +372,7 @@ def report_document(report: Report, plots: list[str], title: str = "rayscale rep
     intro = Paragraph(f"From {len(report.sources)} results file(s): " + ", ".join(f"`{s}`" for s in report.sources) + ".")
     blocks: list[Block] = [intro]
     blocks += _summary(report)
+    blocks += [Heading(3, "Peak of each configuration"), peaks_table(report)]
     blocks += _flags(report)
     blocks += _scaling(report)
     blocks += _comparison(report)
