@@ -2,7 +2,8 @@
 
 Everything it shows is inside the file: the style sheet, and each plot as a base64 PNG. It fetches
 nothing and runs no script, so it reads the same offline, attached to a ticket or printed. Each
-section and part of one gets an anchor, listed in a table of contents at the top. Tables are
+heading gets an anchor: sections are listed in a table of contents at the top, and a section's parts
+at its head. Tables are
 rendered as the document holds them (a column added to a section appears here unchanged), with
 numeric columns right-aligned; a table wider than the window scrolls inside its own box.
 """

@@ -9,7 +9,6 @@ from collections.abc import Iterable
 from typing import Any
 
 from rayscale.report.document import Block, BulletList, CodeBlock, Document, Figure, Heading, Paragraph, Table, to_markdown
-
 from rayscale.report.figures import GPU_BUSY_PCT, GPU_IDLE_PCT, QUEUE_DOMINANT_SHARE
 from rayscale.report.goodput import GOODPUT_HISTOGRAM, GOODPUT_MIXED, GOODPUT_P99_ESTIMATE
 from rayscale.report.labels import format_load, size_label
