@@ -135,7 +135,8 @@ def test_bench_and_tune_logs_hold_whole_tables_and_one_line_per_step(cluster, mo
                            "--images-per-request", "2", "--space", "replicas_per_gpu=1", "--space", "batches_in_flight=2",
                            "--space", "max_batch_size=8", "--space", "batch_wait_ms=1", "--provider", "null",
                            "--model", str(model_dir), "--port", str(free_port()), "--cpus-per-replica", "0.25",
-                           "--max-concurrency", "2", *FAST, "--out", str(tune_dir), env=cluster)  # fmt: skip
+                           "--strategy", "grid", "--concurrency-start", "1", "--max-concurrency", "2", "--warmup", "0.2",
+                           "--window", "0.3", "--out", str(tune_dir), env=cluster)  # fmt: skip
     expected = candidates_table(load_tune_result(tune_dir / "tune.json"))
     assert len(expected.rows) == 1 and expected.rows[0][1] != "–"  # the one candidate met the SLO
     assert rows_of(log, expected) == expected.rows
