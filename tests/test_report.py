@@ -21,7 +21,7 @@ from rayscale.errors import ConfigError, ResultsError
 from rayscale.report import ReportConfig, build_report, find_knee, parse_costs, write_report
 from rayscale.cli.report import report_command
 from rayscale.loadgen.stats import latency_stats
-from rayscale.report.markdown import render_markdown
+from rayscale.report.sections import render_markdown
 from rayscale.results import (
     BenchResult,
     EngineBenchResult,
