@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -29,6 +30,15 @@ def _goodput(value: float | None, method: str | None) -> str:
 
 def _pct(value: float | None) -> str:
     return "–" if value is None else f"{value:.0%}"
+
+
+def _cpu_s(value: float | None) -> str:
+    """CPU-seconds per 1000 images: three significant digits (0.0512, 1.23, 45.6), whole above 100."""
+    if value is None:
+        return "–"
+    if value <= 0 or value >= 100:
+        return f"{value:,.0f}"
+    return f"{value:.{max(0, 2 - math.floor(math.log10(value)))}f}"
 
 
 def _usd(value: float | None, digits: int | None = None) -> str:
@@ -79,9 +89,13 @@ def _summary(report: Report) -> list[str]:
         cost = f", {_usd(top.cost_per_1000_images_usd)} per 1000 images" if top.cost_per_1000_images_usd else ""
         if top.hardware == "CPU" and top.hourly_cost_usd is None:
             cost = ", no cost (CPU run: pass --cpu-hour-cost)"
+        host = ""
+        if top.peak_server_cores_per_gpu is not None:
+            host = (f", server host CPU {_num(top.peak_server_cores_per_gpu, 2)} cores per GPU "
+                    f"({_cpu_s(top.peak_server_cpu_s_per_1000_images)} CPU-s per 1000 images)")
         lines.append(
             f"- **{series}**: peak {_num(top.peak_images_per_s)} img/s on {size_label(top.hardware, top.units)} "
-            f"(p99 {_num(top.peak_latency_p99_ms)} ms){eff}{cost}."
+            f"(p99 {_num(top.peak_latency_p99_ms)} ms){eff}{cost}{host}."
         )
     for c in report.comparisons:
         if c.leader is not None:
@@ -230,6 +244,44 @@ def _latency(report: Report) -> list[str]:
     return lines
 
 
+HOST_CPU = (
+    "CPU-seconds (user + system, every thread) over the same windows as each point's throughput, per 1000 "
+    "images. Server: the processes named under *counts*: every replica process of a rayscale app and the "
+    "HAProxy ingress on every node, or Triton's process tree (the server and its backend stubs) when it ran "
+    "on the load generator's machine. Client: the load generator's actors. Cores per GPU: the server's "
+    "CPU-seconds per second ÷ GPUs, the host cores each GPU needs at that rate."
+)
+
+
+def _host_cpu(report: Report) -> list[str]:
+    """Per series and size, each point's CPU per 1000 images and the server's cores per GPU; nothing
+    when no point measured host CPU."""
+    if not any(r.server_cpu_s_per_1000_images is not None or r.client_cpu_s_per_1000_images is not None
+               for r in report.points):
+        return []
+    lines = ["## Host CPU per image", "", HOST_CPU, ""]
+    for series in report.series:
+        load = _load_name(report, series)
+        for g in report.groups_of(series):
+            points = report.points_of(series, g.units)
+            if all(r.server_cpu_parts is None and r.client_cpu_s_per_1000_images is None for r in points):
+                continue
+            rows = [
+                [format_load(r.load), _num(r.images_per_s), _cpu_s(r.server_cpu_s_per_1000_images),
+                 r.server_cpu_parts or "not measured", _cpu_s(r.client_cpu_s_per_1000_images), _num(r.server_cores, 2),
+                 _num(r.server_cores_per_gpu, 2), r.status if r.usable else f"**{r.status}** (not used)"]
+                for r in points
+            ]
+            lines += [f"### {series}, {size_label(g.hardware, g.units)}", ""]
+            lines += _table([load, "img/s", "server CPU-s/1000 img", "counts", "client CPU-s/1000 img",
+                             "server cores", "server cores/GPU", "status"], rows)
+    if any(r.ingress is not None and r.server_cpu_parts is not None and "ingress" not in r.server_cpu_parts
+           for r in report.points):
+        lines += ["Rows whose counts name no ingress leave out the processes in front of the replicas (HAProxy, or "
+                  "Serve's HTTP proxy), whose CPU was not measured: their server figures are lower bounds.", ""]
+    return lines
+
+
 LIKE_FOR_LIKE = (
     "Leaders and ratios compare only configurations with the same transport (http, grpc or a "
     "DeploymentHandle call) and the same images per request, on the same hardware and GPU count: a "
@@ -322,6 +374,7 @@ def _definitions(report: Report) -> list[str]:
         "instances of kind CPU), or whose hardware record shows no GPU, is labelled CPU and sized by replicas; "
         f"it is never priced at a GPU price ({cpu_price}).",
         f"- **Like for like**: {LIKE_FOR_LIKE}",
+        f"- **Host CPU**: {HOST_CPU}",
     ]
     if p.get("slo_p99_ms") is not None:
         lines.append(_goodput_definition(p))
@@ -355,6 +408,7 @@ def render_markdown(report: Report, plots: list[str], title: str = "rayscale rep
     lines += _comparison(report)
     lines += tune_section_lines(report)
     lines += _latency(report)
+    lines += _host_cpu(report)
     lines += _bottlenecks(report)
     if plots:
         lines += ["## Plots", ""] + [f"![{name}]({name})" for name in plots] + [""]
