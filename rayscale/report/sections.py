@@ -5,6 +5,7 @@ Every table a reader sees is defined here, once: a column added to a section app
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -33,6 +34,15 @@ def _goodput(value: float | None, method: str | None) -> str:
 
 def _pct(value: float | None) -> str:
     return "–" if value is None else f"{value:.0%}"
+
+
+def _cpu_s(value: float | None) -> str:
+    """CPU-seconds per 1000 images: three significant digits (0.0512, 1.23, 45.6), whole above 100."""
+    if value is None:
+        return "–"
+    if value <= 0 or value >= 100:
+        return f"{value:,.0f}"
+    return f"{value:.{max(0, 2 - math.floor(math.log10(value)))}f}"
 
 
 def _usd(value: float | None, digits: int | None = None) -> str:
@@ -81,9 +91,13 @@ def _summary(report: Report) -> list[Block]:
         cost = f", {_usd(top.cost_per_1000_images_usd)} per 1000 images" if top.cost_per_1000_images_usd else ""
         if top.hardware == "CPU" and top.hourly_cost_usd is None:
             cost = ", no cost (CPU run: pass --cpu-hour-cost)"
+        host = ""
+        if top.peak_server_cores_per_gpu is not None:
+            host = (f", server host CPU {_num(top.peak_server_cores_per_gpu, 2)} cores per GPU "
+                    f"({_cpu_s(top.peak_server_cpu_s_per_1000_images)} CPU-s per 1000 images)")
         items.append(
             f"**{series}**: peak {_num(top.peak_images_per_s)} img/s on {size_label(top.hardware, top.units)} "
-            f"(p99 {_num(top.peak_latency_p99_ms)} ms){eff}{cost}."
+            f"(p99 {_num(top.peak_latency_p99_ms)} ms){eff}{cost}{host}."
         )
     for c in report.comparisons:
         if c.leader is not None:
@@ -232,6 +246,45 @@ def _latency(report: Report) -> list[Block]:
     return blocks
 
 
+HOST_CPU = (
+    "CPU-seconds (user + system, every thread) over the same windows as each point's throughput, per 1000 "
+    "images. Server: the processes named under *counts*: every replica process of a rayscale app and the "
+    "HAProxy ingress on every node, or Triton's process tree (the server and its backend stubs) when it ran "
+    "on the load generator's machine. Client: the load generator's actors. Cores per GPU: the server's "
+    "CPU-seconds per second ÷ GPUs, the host cores each GPU needs at that rate."
+)
+
+
+def _host_cpu(report: Report) -> list[Block]:
+    """Per series and size, each point's CPU per 1000 images and the server's cores per GPU; nothing
+    when no point measured host CPU."""
+    if not any(r.server_cpu_s_per_1000_images is not None or r.client_cpu_s_per_1000_images is not None
+               for r in report.points):
+        return []
+    blocks: list[Block] = [Heading(2, "Host CPU per image"), Paragraph(HOST_CPU)]
+    for series in report.series:
+        load = _load_name(report, series)
+        for g in report.groups_of(series):
+            points = report.points_of(series, g.units)
+            if all(r.server_cpu_parts is None and r.client_cpu_s_per_1000_images is None for r in points):
+                continue
+            rows = [
+                [format_load(r.load), _num(r.images_per_s), _cpu_s(r.server_cpu_s_per_1000_images),
+                 r.server_cpu_parts or "not measured", _cpu_s(r.client_cpu_s_per_1000_images), _num(r.server_cores, 2),
+                 _num(r.server_cores_per_gpu, 2), r.status if r.usable else f"**{r.status}** (not used)"]
+                for r in points
+            ]
+            blocks += [Heading(3, f"{series}, {size_label(g.hardware, g.units)}")]
+            blocks += _table([load, "img/s", "server CPU-s/1000 img", "counts", "client CPU-s/1000 img",
+                              "server cores", "server cores/GPU", "status"], rows)
+    if any(r.ingress is not None and r.server_cpu_parts is not None and "ingress" not in r.server_cpu_parts
+           for r in report.points):
+        blocks.append(Paragraph("Rows whose counts name no ingress leave out the processes in front of the replicas "
+                                "(HAProxy, or Serve's HTTP proxy), whose CPU was not measured: their server figures "
+                                "are lower bounds."))
+    return blocks
+
+
 LIKE_FOR_LIKE = (
     "Leaders and ratios compare only configurations with the same transport (http, grpc or a "
     "DeploymentHandle call) and the same images per request, on the same hardware and GPU count: a "
@@ -320,6 +373,7 @@ def _definitions(report: Report) -> list[Block]:
         "instances of kind CPU), or whose hardware record shows no GPU, is labelled CPU and sized by replicas; "
         f"it is never priced at a GPU price ({cpu_price}).",
         f"**Like for like**: {LIKE_FOR_LIKE}",
+        f"**Host CPU**: {HOST_CPU}",
     ]
     if p.get("slo_p99_ms") is not None:
         items.append(_goodput_definition(p))
@@ -377,6 +431,7 @@ def report_document(report: Report, plots: list[str], title: str = "rayscale rep
     blocks += _comparison(report)
     blocks += tune_section_blocks(report)
     blocks += _latency(report)
+    blocks += _host_cpu(report)
     blocks += _bottlenecks(report)
     blocks += _plots(plots)
     blocks += _setup(report)
