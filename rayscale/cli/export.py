@@ -73,31 +73,25 @@ def engine_bench(
 
 
 def _print_engine_table(result) -> None:
-    from rich.console import Console
-    from rich.table import Table
+    from rayscale.tables import Table, print_table
 
-    table = Table(title=f"engine: {result.model.get('precision')} {', '.join(g['name'] for g in result.environment['gpus']) or 'CPU'}")
-    for col in ("backend", "input", "batch", "img/s", "p50 ms", "p99 ms"):
-        table.add_column(col)
+    gpus = ", ".join(g["name"] for g in result.environment["gpus"]) or "CPU"
+    table = Table(["backend", "input", "batch", "img/s", "p50 ms", "p99 ms"], title=f"engine: {result.model.get('precision')} {gpus}")
     for p in result.points:
-        table.add_row(p.backend, p.input_location, str(p.batch_size), f"{p.images_per_s:,.0f}", f"{p.latency_p50_ms:.2f}", f"{p.latency_p99_ms:.2f}")
-    Console().print(table)
+        table.add_row(p.backend, p.input_location, p.batch_size, f"{p.images_per_s:,.0f}", f"{p.latency_p50_ms:.2f}",
+                      f"{p.latency_p99_ms:.2f}")
+    print_table(table)
 
 
 def _print_profile_table(profile: dict) -> None:
-    from rich.console import Console
-    from rich.table import Table
+    from rayscale.tables import Table, print_table
 
     k = profile["kernels"]
-    table = Table(
-        title=f"batch {profile['batch_size']}: {k['wall_ms_per_batch']:.2f} ms per batch, GPU busy {k['busy_ms_per_batch']:.2f} ms, "
-        f"{k['kernels_per_batch']:.0f} kernels; floor {profile['floor_ms']:.2f} ms ({profile['peaks']['source']} peaks)"
-    )
-    for col in ("group", "ms/batch", "share", "kernels", "floor ms", "× floor", "bound"):
-        table.add_column(col)
+    title = (f"batch {profile['batch_size']}: {k['wall_ms_per_batch']:.2f} ms per batch, GPU busy {k['busy_ms_per_batch']:.2f} ms, "
+             f"{k['kernels_per_batch']:.0f} kernels; floor {profile['floor_ms']:.2f} ms ({profile['peaks']['source']} peaks)")
+    table = Table(["group", "ms/batch", "share", "kernels", "floor ms", "× floor", "bound"], title=title)
     for g in profile["groups"]:
         floor = f"{g['floor_ms']:.3f}" if g["floor_ms"] else "-"
         over = f"{g['over_floor']:.1f}" if g["over_floor"] else "-"
         table.add_row(g["group"], f"{g['ms_per_batch']:.3f}", f"{g['share']:.0%}", f"{g['kernels_per_batch']:.0f}", floor, over, g["bound"])
-    Console().print(table)
-
+    print_table(table)

@@ -19,7 +19,7 @@ from rayscale.loadgen.point import run_point
 from rayscale.loadgen.pool import ClientPool, connect_ray, root_cause
 from rayscale.loadgen.sizing import client_cap, plan_clients
 from rayscale.loadgen.sweep import PointRunner, ResultsFile, bench_result, model_record, run_sweep
-from rayscale.loadgen.target import ServerInfo, preflight, replicas_from_config
+from rayscale.loadgen.target import ServerInfo, ServerProbe, preflight, replicas_from_config
 from rayscale.results import BenchResult, PointResult, PointStatus
 
 __all__ = ["RayLoadEngine", "run_bench"]
@@ -68,6 +68,7 @@ class RayLoadEngine:
         self.result = result
         self.emit = emit
         self.pool = ClientPool(cfg)
+        self.server = ServerProbe(cfg, rayscale_app=running is not None)
         self.metrics = _load_metrics(cfg)
 
     def __enter__(self) -> "RayLoadEngine":
@@ -120,7 +121,7 @@ class RayLoadEngine:
                                    concurrency=point.concurrency, rate_rps=point.rate_rps,
                                    images_per_request=point.images_per_request)  # fmt: skip
         try:
-            return run_point(cfg, self.pool, point, load, emit=self.emit, metrics=self.metrics)
+            return run_point(cfg, self.pool, point, load, server=self.server, emit=self.emit, metrics=self.metrics)
         except RayscaleError:
             raise
         except Exception as e:  # a dead client actor or similar: record it, and the sweep goes on
