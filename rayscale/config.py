@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from rayscale.engine_options import EngineOptions
 from rayscale.errors import ConfigError
 
 __all__ = [
@@ -150,8 +151,10 @@ class ServeConfig:
     # Serve replica processes per rayscale replica, sharing its GPUs: 0 = auto (PROCESSES_PER_GPU per
     # GPU on GPUs, 1 on the CPU). Serve runs replicas × processes_per_replica processes in all.
     processes_per_replica: int = 0
+    engine: EngineOptions = field(default_factory=EngineOptions)  # a config file may give a dict or key=value,...
 
     def __post_init__(self) -> None:
+        self.engine = EngineOptions.from_value(self.engine)
         check(self.replicas >= 1, f"replicas must be ≥ 1, got {self.replicas}")
         check(self.gpus_per_replica >= 0, f"gpus_per_replica must be ≥ 0, got {self.gpus_per_replica}")
         check(self.cpus_per_replica > 0, f"cpus_per_replica must be > 0, got {self.cpus_per_replica}")
@@ -205,4 +208,8 @@ class ServeConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d.pop("api_token")  # never written to results files or printed
+        # As a config file gives it (key=value,...), and only where it differs from the defaults.
+        d["engine"] = self.engine.spec()
+        if not d["engine"]:
+            del d["engine"]
         return d

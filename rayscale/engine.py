@@ -30,6 +30,7 @@ import numpy as np
 
 from rayscale.config import EMBED_DIM, IMAGE_BYTES, IMAGE_SHAPE, INPUT_NAME, OUTPUT_NAME, check_max_batch_size
 from rayscale.cudart import CudaRuntime, page_locked_zeros
+from rayscale.engine_options import EngineOptions
 from rayscale.errors import ConfigError, InputError, ModelNotFoundError
 
 __all__ = ["COPY_MODES", "Engine", "NullEngine", "batch_buckets", "random_images"]
@@ -97,10 +98,13 @@ class _Buffers:
     inputs: dict  # bucket -> (host staging array, device OrtValue, host array is page-locked)
     outputs: dict  # bucket -> device OrtValue
     stream: int = 0  # this thread's CUDA stream for host->device copies (0: not created yet)
+    graph_slot: int = -1  # cuda_graph: this thread's block of graph ids, one per bucket (-1: none yet)
 
 
 class Engine:
     """Encode uint8 [N, 224, 224, 3] images into FP32 [N, 512] embeddings with onnxruntime."""
+
+    backend = "onnxruntime"
 
     def __init__(
         self,
@@ -112,11 +116,15 @@ class Engine:
         intra_op_threads: int = 0,
         copy: str = "auto",
         warmup: bool = True,
+        options: EngineOptions | None = None,
     ):
         import onnxruntime as ort
 
         if provider not in ("auto", "cuda", "cpu"):
             raise ConfigError(f"provider must be auto, cuda or cpu, got {provider!r}")
+        self.options = options or EngineOptions()
+        if self.options.backend != "onnxruntime":
+            raise ConfigError(f"Engine runs onnxruntime, not {self.options.backend}: use rayscale.engine_options.create_engine")
         check_max_batch_size(max_batch_size)
         self.model_path = _resolve_model_path(model)
         self.max_batch_size = max_batch_size
@@ -125,16 +133,12 @@ class Engine:
         available = ort.get_available_providers()
         want_cuda = provider in ("auto", "cuda") and "CUDAExecutionProvider" in available and _has_cuda_driver()
         opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.options.apply_to_session(opts, ort)
         opts.log_severity_level = 3
         if want_cuda:
             opts.intra_op_num_threads = intra_op_threads or 1
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            cuda_opts = {
-                "device_id": device_id,
-                "cudnn_conv_algo_search": "HEURISTIC",
-                "do_copy_in_default_stream": "1",
-            }
+            cuda_opts = self.options.cuda_provider_options(device_id)
             providers = [("CUDAExecutionProvider", cuda_opts), "CPUExecutionProvider"]
         else:
             if intra_op_threads:
@@ -162,6 +166,7 @@ class Engine:
             log.warning("onnxruntime runs on the CPU (no CUDA provider available): expect CPU-level throughput")
         self._local = threading.local()
         self._ort = ort
+        self._graphs = _CudaGraphs(ort, len(self.buckets)) if self.options.cuda_graph and self.provider == "cuda" else None
         self._cudart: CudaRuntime | None = None
         self.copy = "pageable"
         if self.provider == "cuda":
@@ -291,7 +296,10 @@ class Engine:
         binding = buf.binding
         binding.bind_ortvalue_input(INPUT_NAME, dev)
         binding.bind_ortvalue_output(OUTPUT_NAME, out)
-        self.session.run_with_iobinding(binding)
+        if self._graphs is None:
+            self.session.run_with_iobinding(binding)
+        else:
+            self._graphs.run(self.session, binding, buf, self.buckets.index(self.bucket_for(n)))
         return out.numpy()[:n]
 
     def _encode_cuda(self, images: np.ndarray, n: int) -> np.ndarray:
@@ -331,6 +339,34 @@ class Engine:
         return outputs, t1 - t0, t2 - t1
 
 
+class _CudaGraphs:
+    """onnxruntime's CUDA graphs (``cuda_graph``): one graph per thread and bucket, replayed per batch.
+
+    A graph replays the device addresses it was captured with, so each thread's bucket buffers (which
+    never move) get their own graph id. onnxruntime captures a graph after a few ordinary runs with
+    that id. Runs hold one lock: graphs captured one after another may share intermediate buffers, so
+    they must not run at once (copies in and out still overlap other threads' runs).
+    """
+
+    def __init__(self, ort, buckets: int):
+        self._ort = ort
+        self._buckets = buckets
+        self._lock = threading.Lock()
+        self._slots = 0
+        self._run_options: dict[int, object] = {}
+
+    def run(self, session, binding, buf: _Buffers, bucket_index: int) -> None:
+        with self._lock:
+            if buf.graph_slot < 0:
+                buf.graph_slot, self._slots = self._slots, self._slots + 1
+            graph_id = buf.graph_slot * self._buckets + bucket_index
+            options = self._run_options.get(graph_id)
+            if options is None:
+                options = self._run_options[graph_id] = self._ort.RunOptions()
+                options.add_run_config_entry("gpu_graph_id", str(graph_id))
+            session.run_with_iobinding(binding, options)
+
+
 class NullEngine:
     """Returns zero embeddings at once: measures the serving path alone (like Triton's identity model).
 
@@ -339,6 +375,7 @@ class NullEngine:
     """
 
     provider = "null"
+    backend = "null"
     device_id = 0
 
     def __init__(self, model: str | os.PathLike | None = None, *, max_batch_size: int = 256, **_ignored: object):

@@ -320,12 +320,24 @@ def _torch_export(module, path: Path, opset: int) -> None:
                 torch.onnx.export(module, (dummy,), str(path), **kwargs)
 
 
-def _optimize(src: Path, dst: Path, precision: str) -> dict[str, int]:
-    """Fuse attention/LayerNorm/GELU with onnxruntime's transformer optimizer; fp16 keeps FP32 output."""
+def _optimize(src: Path, dst: Path, precision: str, fusion: dict[str, Any] | None = None) -> dict[str, int]:
+    """Fuse attention/LayerNorm/GELU with onnxruntime's transformer optimizer; fp16 keeps FP32 output.
+
+    ``fusion``: FusionOptions attributes to change from the optimizer's defaults for CLIP (the engine
+    study tries ``use_multi_head_attention``).
+    """
+    from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
+    options = FusionOptions("clip")
+    for name, value in (fusion or {}).items():
+        if not hasattr(options, name):
+            raise ExportError(f"onnxruntime's FusionOptions has no {name!r}")
+        setattr(options, name, value)
     with _quiet_ort():
-        opt = optimize_model(str(src), model_type="clip", num_heads=12, hidden_size=768, opt_level=0)
+        opt = optimize_model(
+            str(src), model_type="clip", num_heads=12, hidden_size=768, opt_level=0, optimization_options=options
+        )
         if precision == "fp16":
             opt.convert_float_to_float16(keep_io_types=True)
         stats = {k: int(v) for k, v in (opt.get_fused_operator_statistics() or {}).items() if v}

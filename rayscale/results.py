@@ -302,7 +302,7 @@ class EnginePoint:
     latency_p50_ms: float
     latency_p99_ms: float
     iterations: int
-    backend: str = "onnxruntime"  # onnxruntime | torch-eager
+    backend: str = "onnxruntime"  # onnxruntime | torch | torch-eager-fp16 (open_clip's own tower)
     input_location: str = "host"  # host (numpy) | host-parts-<copy mode> (from 32-image requests) | device (on the GPU)
     provider: str = ""
 
@@ -316,6 +316,8 @@ class EngineBenchResult:
     warnings: list[str] = field(default_factory=list)
     started_at: str = ""
     ended_at: str = ""
+    engine_options: dict[str, Any] = field(default_factory=dict)  # EngineOptions, as a dict
+    profile: dict[str, Any] | None = None  # engine-bench --profile: kernel times by operator group
     kind: str = "engine"
     schema_version: int = SCHEMA_VERSION
 

@@ -47,19 +47,25 @@ def engine_bench(
     provider: str = typer.Option("auto", help="auto | cuda | cpu"),
     min_time_s: float = typer.Option(2.0, "--min-time", help="Seconds timed per batch size and mode."),
     torch_eager: str = typer.Option("auto", help="Also time torch eager fp16 (auto: on a GPU)."),
+    engine_options: str = typer.Option("", help="Engine settings, key=value,... e.g. cuda_graph=1,attention=flash or backend=torch (see README)."),
+    profile: bool = typer.Option(False, "--profile", help="Also record where the largest batch's GPU time goes (kernels by operator, beside the roofline)."),
     out: Optional[Path] = typer.Option(None, help="Results JSON (written atomically)."),
     overwrite: bool = typer.Option(False, help="Replace an existing --out file."),
 ) -> None:
     """Measure the engine alone (images/s and latency per batch size): the ceiling for served numbers."""
     from rayscale.engine_bench import EngineBenchConfig, run_engine_bench
+    from rayscale.engine_options import EngineOptions
 
     try:
         cfg = EngineBenchConfig(model_dir=str(model), batch_sizes=batch_sizes, provider=provider, min_time_s=min_time_s,
-                                torch_eager=torch_eager, out=str(out) if out else None, overwrite=overwrite, command=command_line())
+                                torch_eager=torch_eager, engine_options=EngineOptions.parse(engine_options), profile=profile,
+                                out=str(out) if out else None, overwrite=overwrite, command=command_line())
         result = run_engine_bench(cfg)
     except RayscaleError as e:
         raise fail(e) from None
     _print_engine_table(result)
+    if result.profile:
+        _print_profile_table(result.profile)
     for w in result.warnings:
         warn(w)
     if out:
@@ -74,4 +80,18 @@ def _print_engine_table(result) -> None:
     for p in result.points:
         table.add_row(p.backend, p.input_location, p.batch_size, f"{p.images_per_s:,.0f}", f"{p.latency_p50_ms:.2f}",
                       f"{p.latency_p99_ms:.2f}")
+    print_table(table)
+
+
+def _print_profile_table(profile: dict) -> None:
+    from rayscale.tables import Table, print_table
+
+    k = profile["kernels"]
+    title = (f"batch {profile['batch_size']}: {k['wall_ms_per_batch']:.2f} ms per batch, GPU busy {k['busy_ms_per_batch']:.2f} ms, "
+             f"{k['kernels_per_batch']:.0f} kernels; floor {profile['floor_ms']:.2f} ms ({profile['peaks']['source']} peaks)")
+    table = Table(["group", "ms/batch", "share", "kernels", "floor ms", "× floor", "bound"], title=title)
+    for g in profile["groups"]:
+        floor = f"{g['floor_ms']:.3f}" if g["floor_ms"] else "-"
+        over = f"{g['over_floor']:.1f}" if g["over_floor"] else "-"
+        table.add_row(g["group"], f"{g['ms_per_batch']:.3f}", f"{g['share']:.0%}", f"{g['kernels_per_batch']:.0f}", floor, over, g["bound"])
     print_table(table)

@@ -37,8 +37,10 @@ def up(
     exporter: bool = typer.Option(True, help="Start the Prometheus exporter on each node (port 9400)."),
     exporter_port: int = typer.Option(9400, help="Exporter port."),
     num_gpus: Optional[int] = typer.Option(None, help="GPUs a locally started cluster advertises (default: detected)."),
+    engine_options: str = typer.Option("", help="Engine settings, key=value,... e.g. cuda_graph=1 or backend=torch (see README)."),
 ) -> None:
     """Start a Ray Serve app whose replicas each hold one GPU, speaking the Open Inference Protocol."""
+    from rayscale.engine_options import EngineOptions
     from rayscale.serve.cluster import up as serve_up
 
     if not is_loopback(host) and not api_token:
@@ -49,7 +51,8 @@ def up(
                           batch_wait_ms=batch_wait_ms, batches_in_flight=batches_in_flight,
                           max_ongoing_requests=max_ongoing_requests, max_queued_requests=max_queued_requests,
                           gpus_per_replica=gpr, cpus_per_replica=cpus_per_replica, provider=provider, api_token=api_token,
-                          ingress=ingress, processes_per_replica=processes_per_replica, grpc_port=grpc_port)
+                          ingress=ingress, processes_per_replica=processes_per_replica, grpc_port=grpc_port,
+                          engine=EngineOptions.parse(engine_options))
         result = serve_up(cfg, address=address, exporter=exporter, exporter_port=exporter_port, num_gpus=num_gpus)
     except RayscaleError as e:
         raise fail(e) from None

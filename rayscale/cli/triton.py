@@ -68,8 +68,10 @@ def up(
     provider: str = typer.Option("auto", help="auto | cuda | cpu"),
     state_dir: Optional[Path] = typer.Option(None, help="Where the state file, log and repository go."),
     ready_timeout_s: float = typer.Option(600.0, help="How long to wait for the model to be ready."),
+    engine_options: str = typer.Option("", help="onnxruntime settings as rayscale's --engine-options (like for like), e.g. cuda_graph=1."),
 ) -> None:
     """Start tritonserver with the Python-backend model and wait until it is ready."""
+    from rayscale.engine_options import EngineOptions
     from rayscale.triton.server import TritonConfig, triton_up
 
     try:
@@ -84,6 +86,7 @@ def up(
             model_dir=str(model),
             provider=provider,
             ready_timeout_s=ready_timeout_s,
+            engine=EngineOptions.parse(engine_options),
         )
         if not is_loopback(host):
             typer.echo(f"warning: Triton binds {host}: anyone who can reach it can send requests", err=True)

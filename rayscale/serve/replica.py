@@ -48,7 +48,8 @@ class OpenClipEncoder:
     """One replica: an engine, a batcher, the protocol's routes and (ingress ``direct``) its own servers."""
 
     def __init__(self, cfg: ServeConfig):
-        from rayscale.engine import Engine, NullEngine
+        from rayscale.engine import NullEngine
+        from rayscale.engine_options import create_engine
         from rayscale.export import load_model_info
         from rayscale.serve.batcher import ImageBatcher
         from rayscale.serve.stats import ReplicaStats, get_or_create_collector
@@ -57,10 +58,13 @@ class OpenClipEncoder:
         self.max_batch_size = cfg.max_batch_size
         self.body_limit_bytes = cfg.body_limit_bytes
         self.info = load_model_info(cfg.model_dir)
-        engine_cls = NullEngine if cfg.provider == "null" else Engine
-        self.engine = engine_cls(
-            cfg.model_dir, provider=cfg.provider, max_batch_size=cfg.max_batch_size, intra_op_threads=cfg.intra_op_threads
-        )
+        if cfg.provider == "null":
+            self.engine = NullEngine(cfg.model_dir, max_batch_size=cfg.max_batch_size)
+        else:
+            self.engine = create_engine(
+                cfg.model_dir, options=cfg.engine, provider=cfg.provider, max_batch_size=cfg.max_batch_size,
+                intra_op_threads=cfg.intra_op_threads,
+            )
         # Batches run on the batcher's worker threads, each with its own buffers: the set the
         # warm-up allocated on this thread would never be used again.
         self.engine.release_buffers()
@@ -312,6 +316,7 @@ class OpenClipEncoder:
             "pid": os.getpid(),
             "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
             "provider": self.engine.provider,
+            "backend": self.engine.backend,
             "model_sha256": self.info.sha256,
             "precision": self.info.precision,
             "host": self.host,

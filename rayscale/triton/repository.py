@@ -33,6 +33,7 @@ from rayscale.config import (
     check_max_batch_size,
     queue_delay_us,
 )
+from rayscale.engine_options import EngineOptions
 from rayscale.errors import ConfigError
 from rayscale.export import load_model_info
 from rayscale.files import replacing, write_text_atomic
@@ -42,6 +43,7 @@ __all__ = [
     "DEFAULT_INSTANCES_PER_GPU",
     "MODEL_PY",
     "ModelBatching",
+    "engine_parameters",
     "onnxruntime_config",
     "python_backend_config",
     "repo_dir_for_gpus",
@@ -202,13 +204,36 @@ def _prepare_out(out_dir: str | os.PathLike) -> Path:
 # ---- public --------------------------------------------------------------------------------------
 
 
+def engine_parameters(options: EngineOptions) -> dict[str, str]:
+    """The engine settings as the Python-backend model reads them (it cannot import rayscale).
+
+    ``cuda_provider_options`` is ``key=value;...`` without the device, which each instance adds.
+    """
+    check(
+        options.backend == "onnxruntime",
+        f"Triton's Python-backend model runs onnxruntime: backend={options.backend} is rayscale's alone",
+    )
+    cuda = {k: v for k, v in options.cuda_provider_options(0).items() if k != "device_id"}
+    return {
+        "cuda_provider_options": ";".join(f"{k}={v}" for k, v in cuda.items()),
+        "graph_optimization": options.graph_optimization,
+        "cuda_graph": "1" if options.cuda_graph else "0",
+    }
+
+
 def python_backend_config(
-    batching: ModelBatching = ModelBatching(), *, gpus: int, provider: str = "cuda", intra_op_threads: int = 0
+    batching: ModelBatching = ModelBatching(),
+    *,
+    gpus: int,
+    provider: str = "cuda",
+    intra_op_threads: int = 0,
+    engine_options: EngineOptions | None = None,
 ) -> str:
-    """The config.pbtxt text of the Python-backend model."""
+    """The config.pbtxt text of the Python-backend model; ``engine_options`` as rayscale's engine takes them."""
     check(provider in ("cuda", "cpu"), f"provider must be cuda or cpu, got {provider!r}")
     _check_gpus(gpus)
     check(intra_op_threads >= 0, f"intra_op_threads must be ≥ 0, got {intra_op_threads}")
+    engine = engine_parameters(engine_options or EngineOptions())
     count = batching.instances_per_gpu
     groups = _gpu_instance_groups(gpus, count) if provider == "cuda" else _cpu_instance_group(count)
     return (
@@ -224,6 +249,7 @@ def python_backend_config(
                 "intra_op_threads": str(intra_op_threads),
                 # Inputs arrive in host memory (the model copies them once into its device buffers).
                 "FORCE_CPU_ONLY_INPUT_TENSORS": "yes",
+                **engine,
             }
         )
     )
@@ -238,6 +264,7 @@ def write_python_backend_repo(
     provider: str = "cuda",
     intra_op_threads: int = 0,
     link: str = "symlink",
+    engine_options: EngineOptions | None = None,
 ) -> Path:
     """Write ``<out_dir>/openclip_vit_b32/{config.pbtxt, 1/model.py, 1/model.onnx}``; returns out_dir.
 
@@ -245,7 +272,9 @@ def write_python_backend_repo(
     instances_per_gpu``); 'cpu' gives one ``KIND_CPU`` group of ``instances_per_gpu`` instances.
     ``link`` is how model.onnx gets there: 'symlink' (default, instant), 'link' or 'copy'.
     """
-    config = python_backend_config(batching, gpus=gpus, provider=provider, intra_op_threads=intra_op_threads)
+    config = python_backend_config(
+        batching, gpus=gpus, provider=provider, intra_op_threads=intra_op_threads, engine_options=engine_options
+    )
     check(link in ("symlink", "link", "copy"), f"link must be symlink, link or copy, got {link!r}")
     load_model_info(model_dir)  # a missing export is a ModelNotFoundError that says how to make one
     out = _prepare_out(out_dir)

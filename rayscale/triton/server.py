@@ -32,6 +32,7 @@ from rayscale.config import (
     client_host,
     is_loopback,
 )
+from rayscale.engine_options import EngineOptions
 from rayscale.environment import gpu_inventory, now_iso
 from rayscale.errors import ConfigError, ServerError
 from rayscale.export import load_model_info
@@ -78,12 +79,15 @@ class TritonConfig:
     provider: str = "auto"  # auto | cuda | cpu
     intra_op_threads: int = 0  # 0: onnxruntime's default on CPU, 1 on CUDA
     shm_default_mb: int = 64  # Python-backend shared memory per instance; one full batch is ~38 MiB
+    engine: EngineOptions = field(default_factory=EngineOptions)  # as rayscale's engine runs, for a like-for-like baseline
     ready_timeout_s: float = 600.0
     stop_timeout_s: float = 30.0
 
     def __post_init__(self) -> None:
         check(self.gpus >= 1, f"gpus must be ≥ 1, got {self.gpus} (to serve on the CPU keep gpus 1 and pass provider 'cpu')")
         self.batching()  # its own checks: instances, batch size, batch wait, preferred sizes
+        self.engine = EngineOptions.from_value(self.engine)
+        check(self.engine.backend == "onnxruntime", f"Triton's model runs onnxruntime: backend={self.engine.backend} is rayscale's alone")
         check(self.provider in ("auto", "cuda", "cpu"), f"provider must be auto, cuda or cpu, got {self.provider!r}")
         check(1 <= self.http_port <= 65533, f"http_port must be in 1..65533 (gRPC and metrics use the next two), got {self.http_port}")
         for name in ("grpc_port", "metrics_port"):
@@ -409,6 +413,7 @@ def triton_up(
         gpus=config.gpus,
         provider=provider,
         intra_op_threads=config.intra_op_threads,
+        engine_options=config.engine,
     )
     shm_bytes = config.shm_default_mb << 20
     command = [

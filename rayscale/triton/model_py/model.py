@@ -9,6 +9,11 @@ up to a small set of size buckets; on a CPU instance a plain ``session.run``.
 Triton's dynamic batcher hands ``execute`` several requests at once (at most ``max_batch_size``
 images in all). Their images are copied straight into one staging buffer, encoded as one batch,
 and the embeddings are split back per request.
+
+The engine settings are rayscale's (``EngineOptions``), written into config.pbtxt as parameters:
+``cuda_provider_options`` (``key=value;...``, the instance adds its device), ``graph_optimization``
+and ``cuda_graph`` (one CUDA graph per bucket; an instance runs one batch at a time, so each bucket's
+buffers and graph are its own).
 """
 
 import json
@@ -22,6 +27,18 @@ INPUT_NAME = "IMAGE"
 OUTPUT_NAME = "EMBEDDING"
 IMAGE_SHAPE = (224, 224, 3)
 EMBED_DIM = 512
+GRAPH_OPTIMIZATION = {
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+}
+
+
+def provider_options(text):
+    """{'k': 'v', ...} from 'k=v;k=v' (config.pbtxt's cuda_provider_options)."""
+    pairs = [item.split("=", 1) for item in text.split(";") if "=" in item]
+    return {k.strip(): v.strip() for k, v in pairs}
 
 
 def batch_buckets(max_batch_size):
@@ -44,8 +61,9 @@ class TritonPythonModel:
         intra_op_threads = int(params.get("intra_op_threads", "0") or 0)
 
         opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.graph_optimization_level = GRAPH_OPTIMIZATION[params.get("graph_optimization") or "all"]
         opts.log_severity_level = 3
+        self.cuda_graph = on_gpu and params.get("cuda_graph") == "1"
         if on_gpu:
             if hasattr(ort, "preload_dlls"):  # CUDA/cuDNN from nvidia-* wheels, where those are installed
                 try:
@@ -54,11 +72,9 @@ class TritonPythonModel:
                     pass
             opts.intra_op_num_threads = intra_op_threads or 1
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            cuda_opts = {
-                "device_id": self.device_id,
-                "cudnn_conv_algo_search": "HEURISTIC",
-                "do_copy_in_default_stream": "1",
-            }
+            cuda_opts = {"cudnn_conv_algo_search": "HEURISTIC", "do_copy_in_default_stream": "1"}
+            cuda_opts.update(provider_options(params.get("cuda_provider_options", "")))
+            cuda_opts["device_id"] = str(self.device_id)
             providers = [("CUDAExecutionProvider", cuda_opts), "CPUExecutionProvider"]
         else:
             if intra_op_threads:
@@ -74,6 +90,7 @@ class TritonPythonModel:
             )
         self.binding = self.session.io_binding() if on_gpu else None
         self.buffers = {}  # bucket -> (host staging array, device input, device output)
+        self.run_options = {}  # cuda_graph: bucket -> RunOptions naming that bucket's graph
         self._warmup()
 
     def execute(self, requests):
@@ -132,8 +149,17 @@ class TritonPythonModel:
             dev_in.update_inplace(host)
         self.binding.bind_ortvalue_input(INPUT_NAME, dev_in)
         self.binding.bind_ortvalue_output(OUTPUT_NAME, dev_out)
-        self.session.run_with_iobinding(self.binding)
+        self.session.run_with_iobinding(self.binding, self._run_options(bucket))
         return dev_out.numpy()[:total]
+
+    def _run_options(self, bucket):
+        if not self.cuda_graph:
+            return None
+        options = self.run_options.get(bucket)
+        if options is None:
+            options = self.run_options[bucket] = ort.RunOptions()
+            options.add_run_config_entry("gpu_graph_id", str(self.buckets.index(bucket)))
+        return options
 
     def _warmup(self):
         """Every bucket once on a GPU (buffers and kernels ready before the first request), two sizes on CPU."""
