@@ -58,11 +58,14 @@ def up(
                f"{result.processes_per_replica} process(es) each, ingress {result.ingress}, "
                f"model {result.precision} sha256 {result.model_sha256[:12]}")
     for r in result.replica_info:
-        typer.echo(f"  replica {r['replica']}: GPU {','.join(r['gpu_ids']) or '-'} provider {r['provider']} pid {r['pid']}")
+        typer.echo(f"  replica {r.replica}: node {r.node_ip or r.hostname} GPU {','.join(r.gpu_ids) or '-'} provider {r.provider} pid {r.pid}")
     for name, url in result.endpoints().items():
         typer.echo(f"  {name:8s} {url}")
     if result.grpc_target:
         typer.echo(f"  {'grpc':8s} {result.grpc_target} (inference.GRPCInferenceService)")
+    if len(result.ingresses) > 1:  # every serving node answers on its own address: clients there aim at it
+        for ing in result.ingresses:
+            typer.echo(f"  ingress on node {ing.node_ip}: {ing.url}" + (f"  grpc {ing.grpc_target}" if ing.grpc_target else ""))
     typer.echo("next: rayscale bench --concurrency 1,16,64 --images-per-request 32    stop: rayscale down")
 
 
@@ -111,9 +114,12 @@ def status(
     typer.echo(f"app {st.app_name}: {st.app_status} {st.message}".rstrip())
     typer.echo("replica states: " + ", ".join(f"{k}={v}" for k, v in sorted(st.replica_states.items())))
     for r in st.replicas:
-        typer.echo(f"  replica {r['replica']}: node {r['hostname']} GPU {','.join(r['gpu_ids']) or '-'} provider {r['provider']}")
+        typer.echo(f"  replica {r.replica}: node {r.node_ip or r.hostname} GPU {','.join(r.gpu_ids) or '-'} provider {r.provider}")
     if st.model:
         typer.echo(f"model {MODEL_NAME}: {st.model['precision']} sha256 {str(st.model['sha256'])[:12]}")
     if st.url:
         typer.echo(f"ingress {st.ingress}: http {st.url}" + (f"  grpc {st.grpc_target}" if st.grpc_target else "")
                    + f"  ({st.processes_per_replica} process(es) per replica)")
+    for ing in st.ingresses:
+        typer.echo(f"  node {ing.node_ip}: {ing.url}, routes to {ing.local_up} process(es) here and {ing.remote_up} elsewhere"
+                   + (f", HAProxy restarted {ing.restarts}×" if ing.restarts else "") + (f" ({ing.last_error})" if ing.last_error else ""))
