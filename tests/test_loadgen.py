@@ -115,7 +115,7 @@ def test_open_loop_schedules():
         (dict(url="http://x", concurrency=[]), "concurrency"),
         (dict(url="http://x", concurrency=None, rates_rps=[0.0]), "rates"),
         (dict(url="http://x", concurrency=[1], rates_rps=[10.0]), "exactly one load shape"),
-        (dict(url=None, handle=False), "exactly one target"),
+        (dict(url="http://x:1", handle=True), "one target"),
         (dict(url="ftp://x"), "http://"),
         (dict(url="http://x", arrival="bursty", concurrency=None, rates_rps=[5.0]), "arrival"),
         (dict(url="http://x", replicas=[]), "replicas"),
@@ -234,7 +234,8 @@ def test_client_asks_for_uncompressed_responses():
     """
     import asyncio
 
-    from rayscale.loadgen.client import LoadClient, TargetSpec
+    from rayscale.loadgen.client import LoadClient
+    from rayscale.loadgen.target_spec import TargetSpec
     from rayscale.loadgen.trivial_server import TrivialServer
 
     async def one_request(url: str) -> None:

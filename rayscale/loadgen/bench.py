@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any, Iterator
 
-from rayscale.errors import ConfigError, RayscaleError
+from rayscale.errors import ConfigError, RayscaleError, ServerError
 from rayscale.loadgen.config import BenchConfig
 from rayscale.loadgen.events import EventCallback, PointRetried, Rescaling, ignore_events
 from rayscale.loadgen.point import run_point
@@ -34,7 +34,12 @@ def run_bench(cfg: BenchConfig, *, on_event: EventCallback | None = None) -> Ben
     target = cfg.target if cfg.target != "auto" else ("rayscale" if server is None else server.label)
     file = ResultsFile.open(cfg, target)
     connect_ray(cfg)
-    running = running_app_config(cfg.app_name) if cfg.handle or (server is not None and server.is_rayscale) else None
+    running = running_app_config(cfg.app_name) if server is None or server.is_rayscale else None
+    if running is None and server is None:
+        raise ServerError(
+            f"no rayscale app {cfg.app_name!r} runs in this Ray cluster: start it with `rayscale up` "
+            "(or pass --address of its cluster), or aim at another server with --url"
+        )
     replicas = _replica_sweep(cfg, server, running)
     result = bench_result(
         cfg, file,
@@ -119,8 +124,11 @@ class RayLoadEngine:
             self.metrics.set_point(target=point.target, transport=point.transport, replicas=point.replicas,
                                    concurrency=point.concurrency, rate_rps=point.rate_rps,
                                    images_per_request=point.images_per_request)  # fmt: skip
+        # rayscale's own ingress counts what each node carried (over HTTP or gRPC; a handle call skips it)
+        direct = self.running is not None and self.running.get("ingress") == "direct" and not cfg.handle
         try:
-            return run_point(cfg, self.pool, point, load, emit=self.emit, metrics=self.metrics)
+            return run_point(cfg, self.pool, point, load, emit=self.emit, metrics=self.metrics,
+                             ingress_app=cfg.app_name if direct else None)  # fmt: skip
         except RayscaleError:
             raise
         except Exception as e:  # a dead client actor or similar: record it, and the sweep goes on

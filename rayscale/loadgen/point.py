@@ -7,8 +7,9 @@
    ``max_windows`` / ``duration_s`` is reached (then the point is flagged ``unstable``);
 3. the point's figures come from the last three windows: latencies pooled from every actor
    (exact percentiles, and a histogram from which goodput under any SLO is read), the server's
-   queue/compute split from its statistics (deltas over the same span), GPU samples, the
-   busiest actor's CPU;
+   queue/compute split from its statistics (deltas over the same span), what each node's
+   ingress carried and how much of it crossed to another node (rayscale's own ingress), GPU
+   samples, the busiest actor's CPU;
 4. the actors stop and drain; sent = ok + failed + incomplete over the whole point.
 """
 
@@ -23,6 +24,7 @@ from typing import Any
 from rayscale.environment import now_iso
 from rayscale.loadgen.config import BenchConfig
 from rayscale.loadgen.events import EventCallback, WindowMeasured
+from rayscale.loadgen.ingresses import traffic_delta, traffic_snapshot
 from rayscale.loadgen.pool import ClientPool
 from rayscale.loadgen.stats import ClientTake, is_stable, latency_stats
 from rayscale.loadgen.target import fetch_stats, server_stats_delta
@@ -42,13 +44,15 @@ class _Measurement:
     windows: list[WindowStats] = field(default_factory=list)
     takes: list[ClientTake] = field(default_factory=list)  # one per window, pooled over the actors
     snapshots: list[dict[str, Any] | None] = field(default_factory=list)  # server statistics at each window edge
+    traffic: list[dict[str, Any]] = field(default_factory=list)  # node ingresses' counters at each window edge
     warmup: ClientTake = field(default_factory=ClientTake)
     started: float = field(default_factory=time.perf_counter)  # the load's start: windows' start_s count from it
 
 
 def run_point(cfg: BenchConfig, pool: ClientPool, point: PointResult, load: int | float, *,
-              emit: EventCallback, metrics: Any = None) -> PointResult:  # fmt: skip
-    """Measure ``point`` at ``load`` (a concurrency, or a rate in requests/s) with the pool's actors."""
+              emit: EventCallback, metrics: Any = None, ingress_app: str | None = None) -> PointResult:  # fmt: skip
+    """Measure ``point`` at ``load`` (a concurrency, or a rate in requests/s) with the pool's actors;
+    ``ingress_app``: the rayscale app whose node ingresses' traffic the point records."""
     import ray
 
     point.started_at = now_iso()
@@ -61,12 +65,16 @@ def run_point(cfg: BenchConfig, pool: ClientPool, point: PointResult, load: int 
         # Start the GPU samplers (an actor start: ~0.5-1 s) before the warm-up's last take, so the
         # first window's requests and its duration both start at that take.
         samplers = _gpu_samplers(cfg)
-        _measure_windows(cfg, active, point, measured, emit, metrics)
+        _measure_windows(cfg, active, point, measured, emit, metrics, ingress_app)
     finally:
         finals = ray.get([c.stop.remote(cfg.drain_timeout_s) for c in active])
         point.gpus, point.gpu_samples = _gpu_results(samplers)
     totals = ClientTake.pooled([measured.warmup, *(t.counts_only() for t in measured.takes), *finals])
-    return _finish(cfg, point, load, measured, totals)
+    point = _finish(cfg, point, load, measured, totals)
+    if len(measured.traffic) >= 2:
+        span = len(point.windows[-USED_WINDOWS:])
+        point.ingress_traffic = traffic_delta(measured.traffic[-1 - span], measured.traffic[-1], pool.nodes)
+    return point
 
 
 def _take_all(actors: list[Any]) -> ClientTake:
@@ -81,16 +89,20 @@ def _stats_snapshot(cfg: BenchConfig) -> dict[str, Any] | None:
 
 
 def _measure_windows(cfg: BenchConfig, active: list[Any], point: PointResult, measured: _Measurement,
-                     emit: EventCallback, metrics: Any) -> None:  # fmt: skip
+                     emit: EventCallback, metrics: Any, ingress_app: str | None) -> None:  # fmt: skip
     """Windows from the end of the warm-up until three agree, or the caps are reached."""
     measured.warmup = _take_all(active).counts_only()
     t_last = measured_start = time.perf_counter()
     measured.snapshots.append(_stats_snapshot(cfg))
+    if ingress_app:
+        measured.traffic.append(traffic_snapshot(ingress_app))
     while True:
         time.sleep(max(0.0, cfg.window_s - (time.perf_counter() - t_last)))
         take = _take_all(active)
         now = time.perf_counter()
         measured.snapshots.append(_stats_snapshot(cfg))
+        if ingress_app:
+            measured.traffic.append(traffic_snapshot(ingress_app))
         latency = latency_stats(take.latencies_s)
         window = WindowStats(
             start_s=round(t_last - measured.started, 3),
