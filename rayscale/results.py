@@ -27,6 +27,7 @@ __all__ = [
     "EngineBenchResult",
     "EnginePoint",
     "GpuSummary",
+    "HostCpu",
     "IngressTraffic",
     "LatencyHistogram",
     "LatencyStats",
@@ -161,6 +162,53 @@ class ServerStats:
 
 
 @dataclass
+class HostCpu:
+    """CPU time the host spent over a point's measured windows, the same windows as its throughput.
+
+    In CPU-seconds, user + system, every thread. A part that is None was not measured, which is not 0:
+
+    * ``client_cpu_s``: the load generator's client actors;
+    * ``replica_cpu_s``: every replica process of a rayscale app, on every node (each replica adds
+      its process's CPU time to the statistics it sends);
+    * ``ingress_cpu_s``: the HAProxy processes rayscale runs in front of the replicas, on every node;
+    * ``triton_cpu_s``: tritonserver and its backend stubs, when the target is rayscale's own Triton
+      on the load generator's machine.
+
+    The server's figure is the sum of the server parts measured; ``server_cores`` is its CPU-seconds
+    per second of the windows, the cores it kept busy at the point's rate. Derived figures are
+    computed here, never read from a file, so they always agree with their parts.
+    """
+
+    measured_s: float  # the windows' span, seconds
+    images: int  # images answered successfully over the windows
+    client_cpu_s: float | None = None
+    replica_cpu_s: float | None = None
+    ingress_cpu_s: float | None = None
+    triton_cpu_s: float | None = None
+    server_cpu_s: float | None = field(init=False)
+    server_cpu_s_per_1000_images: float | None = field(init=False)
+    client_cpu_s_per_1000_images: float | None = field(init=False)
+    server_cores: float | None = field(init=False)
+
+    def __post_init__(self) -> None:
+        parts = [cpu_s for cpu_s in (self.replica_cpu_s, self.ingress_cpu_s, self.triton_cpu_s) if cpu_s is not None]
+        self.server_cpu_s = sum(parts) if parts else None
+        self.server_cpu_s_per_1000_images = self.per_1000_images(self.server_cpu_s)
+        self.client_cpu_s_per_1000_images = self.per_1000_images(self.client_cpu_s)
+        self.server_cores = self.server_cpu_s / self.measured_s if self.server_cpu_s is not None and self.measured_s > 0 else None
+
+    def per_1000_images(self, cpu_s: float | None) -> float | None:
+        """``cpu_s`` spread over the images of the windows, per 1000 images; None without images or CPU time."""
+        return 1000.0 * cpu_s / self.images if cpu_s is not None and self.images > 0 else None
+
+    @property
+    def server_parts(self) -> list[str]:
+        """Which server processes the server figure counts: replicas, ingress, triton."""
+        named = (("replicas", self.replica_cpu_s), ("ingress", self.ingress_cpu_s), ("triton", self.triton_cpu_s))
+        return [name for name, cpu_s in named if cpu_s is not None]
+
+
+@dataclass
 class GpuSummary:
     index: int
     name: str
@@ -232,6 +280,7 @@ class PointResult:
     gpus: list[GpuSummary] = field(default_factory=list)
     gpu_samples: list[dict[str, Any]] = field(default_factory=list)
     client_cpu_pct: float = 0.0  # busiest client actor, % of one core
+    host_cpu: HostCpu | None = None  # CPU-seconds of the server's processes and the clients; None: not measured
     client_cpu_saturated: bool = False
     clients: int = 1  # client actors that sent the measured load
     error_timeline: list[dict[str, Any]] = field(default_factory=list)
@@ -295,8 +344,9 @@ class EngineBenchResult:
 
 
 def dataclass_from_dict(cls, data: dict[str, Any]):
-    """``cls`` from a file's dict, keeping the keys that are its fields (a newer file may hold more)."""
-    names = {f.name for f in fields(cls)}
+    """``cls`` from a file's dict, keeping the keys that are its fields (a newer file may hold more);
+    fields the class derives itself are derived again, not read."""
+    names = {f.name for f in fields(cls) if f.init}
     return cls(**{k: v for k, v in data.items() if k in names})
 
 
@@ -316,6 +366,7 @@ def _point_from_dict(d: dict[str, Any]) -> PointResult:
     d["latency_histogram"] = LatencyHistogram.from_dict(d["latency_histogram"]) if d.get("latency_histogram") else None
     d["windows"] = [dataclass_from_dict(WindowStats, w) for w in d.get("windows") or []]
     d["server"] = dataclass_from_dict(ServerStats, d["server"]) if d.get("server") else None
+    d["host_cpu"] = dataclass_from_dict(HostCpu, d["host_cpu"]) if d.get("host_cpu") else None
     d["gpus"] = [dataclass_from_dict(GpuSummary, g) for g in d.get("gpus") or []]
     d["ingress_traffic"] = [dataclass_from_dict(IngressTraffic, t) for t in d.get("ingress_traffic") or []]
     try:

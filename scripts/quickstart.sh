@@ -28,4 +28,4 @@ trap 'rayscale down' EXIT
 rayscale bench --concurrency "$conc" --images-per-request "$ipr" $windows \
   --out "$OUT/bench.json" --overwrite --csv
 rayscale report "$OUT/bench.json" --engine "$OUT/engine.json" --gpu-hour-cost 2.5 --slo-p99-ms 1000 --out "$OUT"
-echo "report: $OUT/report.md"
+echo "report: $OUT/report.html (one page to open; report.md beside it)"

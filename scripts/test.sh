@@ -11,6 +11,10 @@ $PY -m pip install -q -e '.[export,test]'
 if ! /usr/bin/python3.11 -c "import venv, ensurepip" >/dev/null 2>&1; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3.11 python3.11-venv libpython3.11 >/dev/null
 fi
+# Headless Chromium, to render report.html as a reader's browser does (tests/test_report_html.py).
+if ! command -v chromium >/dev/null 2>&1; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
 rayscale triton setup
 if [ -f scripts/install_perf_analyzer.sh ]; then bash scripts/install_perf_analyzer.sh; fi
 

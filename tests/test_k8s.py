@@ -389,48 +389,111 @@ def _head_and_workers(rs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any
     return cluster["headGroupSpec"]["template"], group["template"]
 
 
-def _kuberay_pod_labels(template: dict[str, Any], node_type: str) -> dict[str, str]:
-    """The labels KubeRay 1.x gives a Ray pod: its own, then the template's (common/pod.go labelPod)."""
-    own = {"ray.io/is-ray-node": "yes", "ray.io/cluster": "rayscale-x7k2p", "ray.io/node-type": node_type,
+CLUSTER = "rayscale-x7k2p"  # a RayService's RayCluster: its name plus a random suffix
+
+
+def _kuberay_pod_labels(template: dict[str, Any], node_type: str, creator: str = "RayService",
+                        cluster: str = CLUSTER) -> dict[str, str]:
+    """The labels KubeRay 1.x gives a Ray pod (common/pod.go labelPod, BuildPod): its own, then the
+    template's, then for a RayService's pods ray.io/serve: "true" on workers; on the head "false"
+    until the RayService controller finds its /-/healthz answering, which it never asks with
+    excludeHeadPodFromServeSvc (rayservice_controller.go updateHeadPodServeLabel)."""
+    own = {"ray.io/is-ray-node": "yes", "ray.io/cluster": cluster, "ray.io/node-type": node_type,
            "app.kubernetes.io/name": "kuberay", "app.kubernetes.io/created-by": "kuberay-operator"}
-    return own | {k: v for k, v in template["metadata"]["labels"].items() if k not in ("ray.io/node-type", "ray.io/cluster")}
+    pod = own | {k: v for k, v in template["metadata"]["labels"].items() if k not in ("ray.io/node-type", "ray.io/cluster")}
+    if creator == "RayService":
+        pod["ray.io/serve"] = "true" if node_type == "worker" else "false"
+    return pod
+
+
+def _container_ports(template: dict[str, Any]) -> dict[str, int]:
+    return {p["name"]: p["containerPort"] for c in template["spec"]["containers"] for p in c.get("ports", [])}
+
+
+def _endpoints(spec: dict[str, Any], pods: list[tuple[str, dict[str, str], dict[str, int], bool]]) -> set[tuple[str, int, int]]:
+    """(pod, Service port, pod port) for each address Kubernetes' EndpointSlice controller publishes.
+
+    ``pods``: (name, labels, named container ports, ready). A pod is selected when it carries every
+    selector label; it is an address only while ready (unless publishNotReadyAddresses); a named
+    targetPort resolves to the pod's container port of that name, and a pod without one gets no
+    address for that port.
+    """
+    out = set()
+    for name, labels, ports, ready in pods:
+        if not all(labels.get(k) == v for k, v in spec["selector"].items()):
+            continue
+        if not ready and not spec.get("publishNotReadyAddresses"):
+            continue
+        for port in spec["ports"]:
+            target = port.get("targetPort", port["port"])
+            if isinstance(target, str):
+                if target not in ports:
+                    continue
+                target = ports[target]
+            out.add((name, port["port"], target))
+    return out
 
 
 def check_ingress(objs: list[dict[str, Any]]) -> None:
-    """Default ingress: one Service in front of the head pod's HAProxy (HTTP 8000, gRPC 8001), and
-    workers whose readiness does not wait for a Serve proxy that never runs there."""
+    """Every GPU worker pod serves through its own ingress; a pod is an endpoint only while the
+    ingress answers its readiness probe; the head (no GPU, no replica, no ingress) never is.
+
+    Default ingress: rayscale's HAProxy on 8000 (HTTP) and 8001 (gRPC) of each worker, behind
+    rayscale-ingress and KubeRay's Serve Service. ``proxy``: Serve's proxy on 8000, behind KubeRay's.
+    """
     rs = _find(objs, "RayService")
     cfg = parse_app_args(serve_app(rs)["args"])
+    direct = cfg.ingress == "direct"
     head, worker = _head_and_workers(rs)
-    head_ports = {p["name"]: p["containerPort"] for p in head["spec"]["containers"][0]["ports"]}
+    head_ports, worker_ports = _container_ports(head), _container_ports(worker)
     worker_container = worker["spec"]["containers"][0]
-    worker_ports = {p["name"]: p["containerPort"] for p in worker_container["ports"]}
     # Every replica process on a worker reserves cpus_per_replica; auto is 4 processes per GPU.
     per_gpu = math.floor(1 / cfg.gpus_per_replica + 1e-9) * cfg.resolved().processes_per_replica
     assert float(worker_container["resources"]["requests"]["cpu"]) >= per_gpu * cfg.cpus_per_replica + 1
+
+    # The worker declares its ingress's ports under KubeRay's names; the head declares none.
+    assert worker_ports["serve"] == 8000 and worker_ports.get("serve-grpc") == (8001 if direct else None)
+    assert not {"serve", "serve-grpc"} & set(head_ports) and 8000 not in head_ports.values()
+    assert rs["spec"]["excludeHeadPodFromServeSvc"] is True
+    assert head["spec"]["containers"][0]["resources"]["limits"]["cpu"] == "4"  # no request crosses the head
+
+    # Readiness is the ingress's own health answer, and a failing ingress leaves within seconds.
+    probe = worker_container["readinessProbe"]
+    target = probe["httpGet"]["port"]
+    assert probe["httpGet"]["path"] == "/-/healthz"
+    assert (worker_ports[target] if isinstance(target, str) else target) == 8000
+    assert probe["periodSeconds"] * probe["failureThreshold"] <= 10 and probe["successThreshold"] == 1
+
+    job = _find(objs, "RayJob")["spec"]["rayClusterSpec"]
+    triton = _find(objs, "Deployment", "triton")["spec"]["template"]
+    pods = [
+        ("head", _kuberay_pod_labels(head, "head"), head_ports, True),
+        # Left out by its ray.io/serve label alone, even with an ingress's ports (a head given GPUs).
+        ("excluded-head-with-ports", _kuberay_pod_labels(head, "head"), worker_ports, True),
+        ("worker-ready", _kuberay_pod_labels(worker, "worker"), worker_ports, True),
+        ("worker-not-ready", _kuberay_pod_labels(worker, "worker"), worker_ports, False),
+        ("old-cluster-worker", _kuberay_pod_labels(worker, "worker", cluster="rayscale-old42"), worker_ports, True),
+        ("bench-head", _kuberay_pod_labels(job["headGroupSpec"]["template"], "head", "RayJob"), _container_ports(job["headGroupSpec"]["template"]), True),
+        ("bench-loadgen", _kuberay_pod_labels(job["workerGroupSpecs"][0]["template"], "worker", "RayJob"), {}, True),
+        ("triton", triton["metadata"]["labels"], _container_ports(triton), True),
+        ("another-rayservice-worker", _kuberay_pod_labels({"metadata": {"labels": {"app.kubernetes.io/name": "other"}}}, "worker", cluster="other-q9z4w"),
+         worker_ports, True),
+    ]
+    # KubeRay's Serve Service: its ports as we give them, its selector set by KubeRay to the active cluster.
+    kuberay_svc = dict(rs["spec"]["serveService"]["spec"], selector={"ray.io/cluster": CLUSTER, "ray.io/serve": "true"})
+    http_grpc = {8000: 8000, 8001: 8001} if direct else {8000: 8000}
+    assert _endpoints(kuberay_svc, pods) == {("worker-ready", port, target) for port, target in http_grpc.items()}
+
     services = [o for o in objs if o["kind"] == "Service"]
-    if cfg.ingress != "direct":
+    if not direct:
         assert "rayscale-ingress" not in [s["metadata"]["name"] for s in services]
-        assert worker_ports["serve"] == 8000
         return
-    assert (head_ports["serve"], head_ports["serve-grpc"]) == (8000, 8001)
-    assert "serve" not in worker_ports and "serve-grpc" not in worker_ports
-    probe = worker_container["readinessProbe"]["httpGet"]
-    assert probe["port"] not in (8000, "serve"), "nothing listens on 8000 on a worker with ingress direct"
-    svc = _find(objs, "Service", "rayscale-ingress")
-    selector = svc["spec"]["selector"]
-    selects = lambda labels: all(labels.get(k) == v for k, v in selector.items())  # noqa: E731
-    assert selects(_kuberay_pod_labels(head, "head")) and not selects(_kuberay_pod_labels(worker, "worker"))
-    job_head = _find(objs, "RayJob")["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]
-    assert not selects(_kuberay_pod_labels(job_head, "head")), "the benchmark's own head must not receive traffic"
-    assert {(p["port"], head_ports[p["targetPort"]]) for p in svc["spec"]["ports"]} == {(8000, 8000), (8001, 8001)}
-    (grpc,) = [p for p in svc["spec"]["ports"] if p["port"] == 8001]
+    svc = _find(objs, "Service", "rayscale-ingress")["spec"]
+    assert svc["type"] == "ClusterIP"
+    # Every ready serving pod of the RayService, old cluster included during an upgrade, and nothing else.
+    assert _endpoints(svc, pods) == {(pod, port, target) for pod in ("worker-ready", "old-cluster-worker") for port, target in http_grpc.items()}
+    (grpc,) = [p for p in svc["ports"] if p["port"] == 8001]
     assert grpc["appProtocol"] == "kubernetes.io/h2c"
-    # KubeRay's own Serve Service may only ever select the head's HAProxy: its targets are named
-    # ports that no worker declares, and the head is not excluded.
-    assert rs["spec"]["excludeHeadPodFromServeSvc"] is False
-    for port in rs["spec"]["serveService"]["spec"]["ports"]:
-        assert port["targetPort"] in head_ports and port["targetPort"] not in worker_ports
 
 
 def check_all(objs: list[dict[str, Any]], replicas: int, gpus_per_replica: float = 1.0) -> None:
@@ -496,19 +559,30 @@ def test_serve_settings_carry_over_but_pod_paths_win():
     assert (args["model_dir"], args["host"], args["provider"]) == ("/models/openclip_vit_b32", "0.0.0.0", "cuda")
 
 
-def test_default_ingress_is_haproxy_on_the_head_behind_its_own_service():
+def test_default_ingress_is_haproxy_on_every_gpu_worker_behind_one_service():
     objs = k8s.render_manifests(replicas=4)
     args = serve_app(_find(objs, "RayService"))["args"]
     assert parse_app_args(args).ingress == "direct" and args["processes_per_replica"] == 0  # auto
     svc = _find(objs, "Service", "rayscale-ingress")
-    assert svc["spec"]["selector"]["ray.io/node-type"] == "head"
+    assert svc["spec"]["selector"]["ray.io/serve"] == "true" and "ray.io/node-type" not in svc["spec"]["selector"]
     assert sorted(p["port"] for p in svc["spec"]["ports"]) == [8000, 8001]
     assert "--url http://rayscale-ingress:8000 " in _find(objs, "RayJob")["spec"]["entrypoint"]
     assert not any(8265 in [p["port"] for p in o["spec"]["ports"]] for o in objs if o["kind"] == "Service")
-    # HAProxy on the head carries every request: the head grows with the GPU workers behind it.
-    head, _ = _head_and_workers(_find(objs, "RayService"))
-    assert head["spec"]["containers"][0]["resources"]["limits"]["cpu"] == "8"
+    # Each GPU worker carries its own requests: the head stays small whatever the size.
+    for replicas in SIZES:
+        head, worker = _head_and_workers(_find(k8s.render_manifests(replicas=replicas), "RayService"))
+        assert head["spec"]["containers"][0]["resources"]["limits"]["cpu"] == "4"
+        assert worker["spec"]["containers"][0]["resources"]["limits"]["cpu"] == "8"
     check_all(objs, 4)
+
+
+def test_bench_target_is_one_place():
+    """The sweep's target is one argument group, so another way of aiming the clients replaces it alone."""
+    from rayscale.k8s.bench_job import bench_entrypoint, bench_target
+
+    assert bench_target("http://rayscale-ingress:8000") == "--url http://rayscale-ingress:8000"
+    entry = bench_entrypoint(2, 2, "http://triton:8000")
+    assert entry.startswith("rayscale bench --url http://triton:8000 --replicas 2 ")
 
 
 @pytest.mark.parametrize("replicas", [1, 3])

@@ -186,7 +186,8 @@ def ray_cluster():
 
 
 def _send_batches(app: str, batches: list[list[int]], failures: list[int], in_flight: int, replica: str):
-    """A replica's real accounting: each batch is the image counts of its requests."""
+    """A replica's real accounting: each batch is the image counts of its requests; each delta carries
+    0.25 s of the replica's CPU time."""
     import ray
 
     collector = get_or_create_collector(app)
@@ -196,9 +197,11 @@ def _send_batches(app: str, batches: list[list[int]], failures: list[int], in_fl
         stats.record_batch(images=sum(request_images), request_images=request_images,
                            queue_ns=[3_000_000] * n, total_ns=[20_000_000] * n,
                            input_ns=1_000_000, infer_ns=10_000_000, output_ns=1_000_000)  # fmt: skip
+        stats.replica_cpu_s = 0.25
         collector.record.remote(replica, stats.take(), in_flight)
     for code in failures:
         stats.record_failure(code=code, images=4)
+        stats.replica_cpu_s = 0.25
         collector.record.remote(replica, stats.take(), in_flight)
     ray.get(collector.snapshot.remote())  # calls from one caller arrive in order
 
@@ -222,6 +225,7 @@ def test_serving_metrics_match_the_recorded_batches(ray_cluster, port):
     assert value(m, "rayscale_rejected_requests_total", app=app) == 2
     assert value(m, "rayscale_in_flight_requests", app=app) == 2 + 1
     assert value(m, "rayscale_replicas", app=app) == 2
+    assert value(m, "rayscale_replica_cpu_seconds_total", app=app) == 0.25 * (3 + 1 + 3)
     # one batch-size observation per executed batch: sizes 4, 4, 256, 16
     assert value(m, "rayscale_batch_images_count", app=app) == 4
     assert value(m, "rayscale_batch_images_sum", app=app) == 280

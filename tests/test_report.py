@@ -21,12 +21,13 @@ from rayscale.errors import ConfigError, ResultsError
 from rayscale.report import ReportConfig, build_report, find_knee, parse_costs, write_report
 from rayscale.cli.report import report_command
 from rayscale.loadgen.stats import latency_stats
-from rayscale.report.markdown import render_markdown
+from rayscale.report.sections import render_markdown
 from rayscale.results import (
     BenchResult,
     EngineBenchResult,
     EnginePoint,
     GpuSummary,
+    HostCpu,
     LatencyHistogram,
     LatencyStats,
     PointResult,
@@ -749,6 +750,53 @@ def test_layout_is_in_labels_and_setup_and_older_files_read_as_http_through_the_
     assert f"| rayscale | http via proxy, 1 process/GPU | {files[1]} |" in layout
     # three transports: three like-for-like classes, no leader among them
     assert all(c["leader"] is None for c in report["comparisons"])
+
+
+def with_host_cpu(point: PointResult, *, server_cores: float, client_cores: float, part: str = "replica") -> PointResult:
+    """The point as bench records it when the server's processes kept ``server_cores`` busy."""
+    point.host_cpu = HostCpu(measured_s=point.measured_s, images=round(point.images_per_s * point.measured_s),
+                             client_cpu_s=client_cores * point.measured_s,
+                             **{f"{part}_cpu_s": server_cores * point.measured_s})  # fmt: skip
+    return point
+
+
+def test_host_cpu_per_image_and_cores_per_gpu_at_each_rate(tmp_path):
+    rayscale = a_run("rayscale", [with_host_cpu(closed_loop_point("rayscale", 2, c), server_cores=cores, client_cores=1.0)
+                                  for c, cores in ((4, 3.0), (64, 6.0))],
+                     serve=RAYSCALE_SERVE | {"ingress": "direct"})  # fmt: skip
+    triton = a_run("triton", [with_host_cpu(closed_loop_point("triton", 2, 64), server_cores=5.0, client_cores=1.0,
+                                            part="triton")])  # fmt: skip
+    older = a_run("rayscale", [closed_loop_point("rayscale", 1, 64)], serve=RAYSCALE_SERVE | {"replicas": 1})
+    files = [write_json_atomic(tmp_path / f"{n}.json", r.to_dict()) for n, r in
+             (("rayscale", rayscale), ("triton", triton), ("older", older))]  # fmt: skip
+    out = tmp_path / "r"
+    write_report(build_report(load_all(files), sources=[str(f) for f in files]), out)
+    rows = {(r["target"], r["gpus"], r["load"]): r for r in report_json(out)["points"]}
+
+    for (target, gpus, load), cores in ((("rayscale", 2, 4), 3.0), (("rayscale", 2, 64), 6.0), (("triton", 2, 64), 5.0)):
+        row = rows[(target, gpus, load)]
+        images_per_s = row["images_per_s"]
+        assert row["server_cpu_s_per_1000_images"] == pytest.approx(1000 * cores / images_per_s, rel=1e-3)
+        assert row["client_cpu_s_per_1000_images"] == pytest.approx(1000 * 1.0 / images_per_s, rel=1e-3)
+        assert row["server_cores"] == pytest.approx(cores) and row["server_cores_per_gpu"] == pytest.approx(cores / 2)
+    assert rows[("rayscale", 2, 64)]["server_cpu_parts"] == "replicas"
+    assert rows[("triton", 2, 64)]["server_cpu_parts"] == "triton"
+    older_row = rows[("rayscale", 1, 64)]  # a file from before host CPU was measured
+    assert older_row["server_cpu_s_per_1000_images"] is None and older_row["server_cores_per_gpu"] is None
+
+    with open(out / "summary.csv") as f:
+        csv_rows = {(r["target"], r["gpus"], r["load"]): r for r in csv.DictReader(f)}
+    assert float(csv_rows[("rayscale", "2", "64.0")]["server_cores_per_gpu"]) == pytest.approx(3.0)
+    assert csv_rows[("rayscale", "1", "64.0")]["server_cores_per_gpu"] == ""
+
+    md = (out / "report.md").read_text()
+    section = md.split("## Host CPU per image")[1].split("\n## ")[0]
+    peak = rows[("rayscale", 2, 64)]
+    assert f"| 64 | {peak['images_per_s']:,.1f} | {1000 * 6.0 / peak['images_per_s']:.2f} | replicas |" in section
+    assert "leave out the processes in front of the replicas" in section  # the ingress is not in the figure
+    summary = md.split("## Summary")[1].split("\n## ")[0]
+    assert "server host CPU 3.00 cores per GPU" in summary
+    assert "### rayscale, http via proxy" not in section  # nothing measured, no table of dashes
 
 
 def test_shared_gpus_count_processes_per_gpu_from_the_replica_share():

@@ -22,7 +22,7 @@ from rayscale.perf_analyzer import replicas_from_config
 from rayscale.serve.app import triton_model_config
 from rayscale.serve.registry import ReplicaRecord
 
-from conftest import free_port, start_local_ray
+from conftest import MIN_CPU_S_PER_1000_IMAGES_ON_CPU, free_port, start_local_ray
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -142,11 +142,16 @@ def test_both_replicas_receive_traffic(app):
 
 
 def test_statistics_count_requests_and_images(app):
-    before = _get(f"{app.url}/v2/models/{MODEL_NAME}/stats")[1]["model_stats"][0]
+    stats_before = _get(f"{app.url}/v2/models/{MODEL_NAME}/stats")[1]
+    before = stats_before["model_stats"][0]
     body, headers = protocol.build_infer_request(random_images(3, seed=14))
     for _ in range(4):
         assert _post(_infer_url(app), body, headers)[0] == 200
-    after = _get(f"{app.url}/v2/models/{MODEL_NAME}/stats")[1]["model_stats"][0]
+    stats_after = _get(f"{app.url}/v2/models/{MODEL_NAME}/stats")[1]
+    after = stats_after["model_stats"][0]
+    # beside Triton's form, the replicas' CPU time: at least what the model's arithmetic costs
+    spent_s = stats_after["replica_cpu_s"] - stats_before["replica_cpu_s"]
+    assert spent_s > 12 * MIN_CPU_S_PER_1000_IMAGES_ON_CPU / 1000
     assert after["inference_stats"]["success"]["count"] - before["inference_stats"]["success"]["count"] == 4
     assert after["inference_count"] - before["inference_count"] == 12
     assert after["inference_stats"]["compute_infer"]["ns"] > before["inference_stats"]["compute_infer"]["ns"]

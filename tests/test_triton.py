@@ -32,7 +32,7 @@ from rayscale.triton import (
 from rayscale.triton.repository import DEFAULT_INSTANCES_PER_GPU
 from rayscale.triton.server import _session_members
 
-from conftest import free_port
+from conftest import MIN_CPU_S_PER_1000_IMAGES_ON_CPU, free_port
 
 RAYSCALE = ServeConfig()  # the limits rayscale serves with; Triton must use the same
 
@@ -255,6 +255,29 @@ def test_stats_and_metrics_endpoints_are_reachable(triton):
     assert body["model_stats"][0]["name"] == MODEL_NAME
     with urllib.request.urlopen(triton.metrics_url, timeout=10) as r:
         assert b"nv_inference_request_success" in r.read()
+
+
+def test_bench_reads_the_cpu_time_of_tritons_process_tree(triton):
+    """Inference runs in the Python backend's stub, a child of tritonserver: the tree's CPU time counts it."""
+    from rayscale.loadgen import BenchConfig
+    from rayscale.loadgen.target import ServerProbe, host_cpu_over
+    from rayscale.metrics.cpu import CLOCK_TICKS_PER_S, process_cpu
+
+    for url, transport in ((triton.url, "http"), (f"127.0.0.1:{triton.grpc_port}", "grpc")):
+        probe = ServerProbe(BenchConfig(url=url, transport=transport, concurrency=[1]), rayscale_app=False)
+        assert probe.triton_pid == triton.pid
+    other = ServerProbe(BenchConfig(url=f"http://127.0.0.1:{free_port()}", concurrency=[1]), rayscale_app=False)
+    assert other.triton_pid is None and other.read().triton_cpu_s is None
+
+    before, server_ticks = probe.read(), process_cpu(triton.pid).own_ticks
+    images = np.random.default_rng(0).integers(0, 256, size=(8, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
+    infer(triton, images)
+    after = probe.read()
+    cpu = host_cpu_over(before, after, measured_s=1.0, images=len(images), client_cpu_s=None)
+    assert cpu.server_parts == ["triton"] and before.stats is not None
+    assert cpu.server_cpu_s_per_1000_images > MIN_CPU_S_PER_1000_IMAGES_ON_CPU
+    server_s = (process_cpu(triton.pid).own_ticks - server_ticks) / CLOCK_TICKS_PER_S
+    assert cpu.triton_cpu_s > server_s + len(images) * MIN_CPU_S_PER_1000_IMAGES_ON_CPU / 1000  # the stub's share
 
 
 def test_status_and_state_record_what_runs(triton):

@@ -67,12 +67,11 @@ def engine_bench(
 
 
 def _print_engine_table(result) -> None:
-    from rich.console import Console
-    from rich.table import Table
+    from rayscale.tables import Table, print_table
 
-    table = Table(title=f"engine: {result.model.get('precision')} {', '.join(g['name'] for g in result.environment['gpus']) or 'CPU'}")
-    for col in ("backend", "input", "batch", "img/s", "p50 ms", "p99 ms"):
-        table.add_column(col)
+    gpus = ", ".join(g["name"] for g in result.environment["gpus"]) or "CPU"
+    table = Table(["backend", "input", "batch", "img/s", "p50 ms", "p99 ms"], title=f"engine: {result.model.get('precision')} {gpus}")
     for p in result.points:
-        table.add_row(p.backend, p.input_location, str(p.batch_size), f"{p.images_per_s:,.0f}", f"{p.latency_p50_ms:.2f}", f"{p.latency_p99_ms:.2f}")
-    Console().print(table)
+        table.add_row(p.backend, p.input_location, p.batch_size, f"{p.images_per_s:,.0f}", f"{p.latency_p50_ms:.2f}",
+                      f"{p.latency_p99_ms:.2f}")
+    print_table(table)

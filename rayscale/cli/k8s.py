@@ -39,7 +39,7 @@ def render_command(
     image: str = typer.Option(DEFAULT_IMAGE, "--image", help="The rayscale image built from k8s/Dockerfile."),
     namespace: str = typer.Option(DEFAULT_NAMESPACE, "--namespace", help="Namespace for every object."),
     ingress: str = typer.Option(
-        "direct", "--ingress", help="direct: rayscale's HAProxy on the head pod (Service rayscale-ingress); proxy: Serve's proxies."
+        "direct", "--ingress", help="direct: rayscale's HAProxy on every GPU worker pod (Service rayscale-ingress); proxy: Serve's proxies."
     ),
     processes_per_replica: int = typer.Option(
         0, "--processes-per-replica", help="Serve replica processes per replica, sharing its GPU; 0: auto (4 per GPU)."

@@ -23,6 +23,7 @@ _HELP = {
     "throughput_target": "Images/s to reach: pick the cheapest configuration that does.",
     "out": "Report directory (default: reports/ and the first results file's name).",
     "allow_mismatch": "Compare results with different model, precision, batch size, input or GPU type, and say so.",
+    "title": "Title of report.html and report.md (default: 'rayscale report: ' and the report directory's name).",
 }
 
 
@@ -38,9 +39,12 @@ def report_command(
     ] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help=_HELP["out"])] = None,
     allow_mismatch: Annotated[bool, typer.Option("--allow-mismatch", help=_HELP["allow_mismatch"])] = False,
+    title: Annotated[Optional[str], typer.Option("--title", help=_HELP["title"])] = None,
 ) -> None:
-    """Write report.md, report.json, summary.csv and PNG plots from benchmark results."""
+    """Write report.html, report.md, report.json, summary.csv and PNG plots from benchmark results."""
     from rayscale.report import report_config, run_report
+    from rayscale.report.sections import peaks_table
+    from rayscale.tables import print_table
 
     try:
         config = report_config(
@@ -51,9 +55,10 @@ def report_command(
             throughput_target=throughput_target,
             allow_mismatch=allow_mismatch,
         )
-        written = run_report(results, config, engine=engine, out=out)
+        written = run_report(results, config, engine=engine, out=out, title=title)
     except RayscaleError as e:
         raise fail(e) from None
-    report_md = next((p for p in written if p.name == "report.md"), written[0])
-    typer.echo(f"wrote {len(written)} files to {report_md.parent}/ ({', '.join(p.name for p in written)})")
-    typer.echo(f"read {report_md}")
+    print_table(peaks_table(written.report))
+    page = written.file("report.html")
+    typer.echo(f"wrote {len(written.files)} files to {page.parent}/ ({', '.join(p.name for p in written.files)})")
+    typer.echo(f"open {page} (one file: tables, plots and setup), or read {page.parent / 'report.md'}")

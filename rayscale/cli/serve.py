@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
 from rayscale.cli.common import fail, warn
 from rayscale.config import DEFAULT_MODEL_DIR, LOCAL_HOST, MODEL_NAME, PROCESSES_PER_GPU, ServeConfig, is_loopback
 from rayscale.errors import RayscaleError
+from rayscale.tables import Table, print_table
+
+if TYPE_CHECKING:
+    from rayscale.serve.registry import ReplicaRecord
 
 __all__ = ["down", "status", "up"]
 
@@ -57,8 +61,7 @@ def up(
     typer.echo(f"rayscale is up: {result.replicas} replica(s) × {result.gpus_per_replica:g} GPU, "
                f"{result.processes_per_replica} process(es) each, ingress {result.ingress}, "
                f"model {result.precision} sha256 {result.model_sha256[:12]}")
-    for r in result.replica_info:
-        typer.echo(f"  replica {r.replica}: node {r.node_ip or r.hostname} GPU {','.join(r.gpu_ids) or '-'} provider {r.provider} pid {r.pid}")
+    print_table(_replica_table(result.replica_info, ["replica", "node", "GPU", "provider", "pid"]))
     for name, url in result.endpoints().items():
         typer.echo(f"  {name:8s} {url}")
     if result.grpc_target:
@@ -67,6 +70,21 @@ def up(
         for ing in result.ingresses:
             typer.echo(f"  ingress on node {ing.node_ip}: {ing.url}" + (f"  grpc {ing.grpc_target}" if ing.grpc_target else ""))
     typer.echo("next: rayscale bench --concurrency 1,16,64 --images-per-request 32    stop: rayscale down")
+
+
+def _replica_table(replicas: list[ReplicaRecord], columns: list[str]) -> Table:
+    """One row per replica process, with the given columns of what the app reported about it."""
+    cells = {
+        "replica": lambda r: r.replica,
+        "node": lambda r: r.node_ip or r.hostname,
+        "GPU": lambda r: ",".join(r.gpu_ids) or "-",
+        "provider": lambda r: r.provider,
+        "pid": lambda r: r.pid,
+    }
+    table = Table(columns)
+    for r in replicas:
+        table.add_row(*(cells[c](r) for c in columns))
+    return table
 
 
 def _default_gpus_per_replica(address: Optional[str], num_gpus: Optional[int]) -> float:
@@ -113,8 +131,7 @@ def status(
         raise typer.Exit(3)
     typer.echo(f"app {st.app_name}: {st.app_status} {st.message}".rstrip())
     typer.echo("replica states: " + ", ".join(f"{k}={v}" for k, v in sorted(st.replica_states.items())))
-    for r in st.replicas:
-        typer.echo(f"  replica {r.replica}: node {r.node_ip or r.hostname} GPU {','.join(r.gpu_ids) or '-'} provider {r.provider}")
+    print_table(_replica_table(st.replicas, ["replica", "node", "GPU", "provider"]))
     if st.model:
         typer.echo(f"model {MODEL_NAME}: {st.model['precision']} sha256 {str(st.model['sha256'])[:12]}")
     if st.url:

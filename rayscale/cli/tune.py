@@ -10,11 +10,13 @@ import typer
 from rayscale.cli.common import command_line, fail
 from rayscale.config import DEFAULT_MODEL_DIR
 from rayscale.errors import RayscaleError
+from rayscale.tables import Table, print_table
 
 if TYPE_CHECKING:
     from rayscale.tune.events import TuneEvent
+    from rayscale.tune.results import TuneResult
 
-__all__ = ["print_progress", "progress_line", "tune"]
+__all__ = ["candidates_table", "print_progress", "progress_line", "tune"]
 
 
 def tune(
@@ -60,8 +62,7 @@ def tune(
         raise typer.Exit(130) from None
     except RayscaleError as e:
         raise fail(e) from None
-    for c in sorted(result.candidates, key=lambda c: c.score, reverse=True):
-        typer.echo(f"  {c.describe()}  [{c.status}, stopped: {c.stop_reason}]")
+    print_table(candidates_table(result))
     typer.echo(f"{len(result.candidates)} candidate(s), {result.budget_used_s / 60:.1f} of {result.budget_s / 60:g} min, "
                f"ended by {result.ended_by}; wrote {out}/tune.json")
     if result.best is None:
@@ -69,6 +70,19 @@ def tune(
         raise typer.Exit(1)
     typer.echo(result.verdict)
     typer.echo(f"reproduce: {result.best.reproduce} && {result.bench_command}")
+
+
+def candidates_table(result: TuneResult) -> Table:
+    """Every candidate measured, best first: its goodput under the SLO and why its sweep stopped."""
+    table = Table(["candidate", "goodput img/s", "at concurrency", "p99 ms", "peak img/s", "lowest p99 ms", "status",
+                   "stopped by"],
+                  title=f"rayscale tune: {result.target}, p99 ≤ {result.slo_p99_ms:g} ms ({result.status})")
+    for c in sorted(result.candidates, key=lambda c: c.score, reverse=True):
+        met = c.goodput_images_per_s is not None
+        table.add_row(c.label, f"{c.goodput_images_per_s:,.1f}" if met else "–", c.goodput_concurrency if met else "–",
+                      f"{c.goodput_p99_ms:.1f}" if met else "–", f"{c.peak_images_per_s:,.1f}",
+                      "–" if c.lowest_p99_ms is None else f"{c.lowest_p99_ms:.1f}", c.status, c.stop_reason or "–")  # fmt: skip
+    return table
 
 
 def progress_line(event: TuneEvent) -> str:

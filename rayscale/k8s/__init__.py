@@ -8,10 +8,11 @@ two equal):
 * a ``Job`` that exports the model once into the model volume (never into git or the image);
 * a ``RayService``: a head without GPUs and ``ceil(N / replicas_per_gpu)`` one-GPU workers
   running the application builder ``rayscale.serve.app:build_app`` with ``ServeConfig`` args;
-* with the default ingress (``direct``), a ``Service`` ``rayscale-ingress`` in front of the
-  head pod, where rayscale's HAProxy listens (8000 HTTP, 8001 gRPC) and routes to the replica
-  processes' own servers on the GPU workers; with ``proxy``, KubeRay's Serve Service in front of
-  Serve's proxies on the workers;
+* with the default ingress (``direct``), a ``Service`` ``rayscale-ingress`` in front of every
+  GPU worker pod whose own rayscale HAProxy (8000 HTTP, 8001 gRPC) answers its readiness probe;
+  each routes to the replica processes on its own pod first, to other pods' only when none of its
+  own is ready or all are full; with ``proxy``, KubeRay's Serve Service in front of Serve's
+  proxies on the workers;
 * a Triton ``Deployment`` + ``Service`` serving the same ONNX file on the same number of GPUs;
 * a ``RayJob`` that sweeps concurrency against the RayService and writes a results file;
 * monitoring: ``PodMonitor``/``ServiceMonitor`` objects and the Grafana dashboard ``ConfigMap``.

@@ -17,17 +17,26 @@ from rayscale.k8s.blocks import (
 )
 from rayscale.k8s.ray_head import ray_head
 
-__all__ = ["BENCH_CONCURRENCY", "BENCH_IMAGES_PER_REQUEST", "bench_entrypoint", "bench_rayjob"]
+__all__ = ["BENCH_CONCURRENCY", "BENCH_IMAGES_PER_REQUEST", "bench_entrypoint", "bench_rayjob", "bench_target"]
 
 BENCH_CONCURRENCY = (1, 4, 16, 64, 128, 256)
 BENCH_IMAGES_PER_REQUEST = 32
+
+
+def bench_target(url: str) -> str:
+    """The sweep's target arguments: every client actor sends to ``url``, the serving Service.
+
+    kube-proxy spreads the actors' connections over the ready serving pods and each pod serves on
+    its own GPU first. These arguments are the one place that says where the load goes.
+    """
+    return f"--url {url}"
 
 
 def bench_entrypoint(replicas: int, workers: int, url: str) -> str:
     """One command, no shell operators: KubeRay's submitter pastes it into `ray job submit -- ...`."""
     levels = ",".join(str(c) for c in BENCH_CONCURRENCY)
     return (
-        f"rayscale bench --url {url} --replicas {replicas} "
+        f"rayscale bench {bench_target(url)} --replicas {replicas} "
         f"--concurrency {levels} --images-per-request {BENCH_IMAGES_PER_REQUEST} "
         f"--out {RESULTS_MOUNT}/rayserve-{workers}gpu.json"
     )

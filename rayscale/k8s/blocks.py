@@ -22,7 +22,6 @@ __all__ = [
     "MODEL_DIR_IN_POD",
     "RAY_IMAGE",
     "RAY_METRICS_PORT",
-    "RAY_NODE_HEALTH_PORT",
     "RAY_USER",
     "RAY_VERSION",
     "RESULTS_MOUNT",
@@ -54,9 +53,8 @@ MODEL_DIR_IN_POD = f"{MODELS_MOUNT}/{MODEL_NAME}"
 
 SERVE_PORT = 8000
 GRPC_PORT = 8001
-# The head container's names for them: KubeRay's conventions ("serve", "serve-*") for Serve's ports.
+# A serving container's names for them: KubeRay's conventions ("serve", "serve-*") for Serve's ports.
 SERVE_PORT_NAME, GRPC_PORT_NAME = "serve", "serve-grpc"
-RAY_NODE_HEALTH_PORT = 52365  # Ray's dashboard agent: /api/healthz answers for the node (Ray ≥ 2.53)
 DASHBOARD_PORT = 8265
 RAY_METRICS_PORT = 8080
 

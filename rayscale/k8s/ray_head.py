@@ -4,18 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from rayscale.k8s.blocks import (
-    DASHBOARD_PORT,
-    GRPC_PORT,
-    GRPC_PORT_NAME,
-    RAY_METRICS_PORT,
-    RAY_USER,
-    SERVE_PORT,
-    SERVE_PORT_NAME,
-    container_port,
-    resources,
-    shm_volume,
-)
+from rayscale.k8s.blocks import DASHBOARD_PORT, RAY_METRICS_PORT, RAY_USER, container_port, resources, shm_volume
 from rayscale.k8s.exporters import EXPORTER_KEEPER_COMMAND, EXPORTER_PORT
 from rayscale.k8s.sizing import HEAD_CPUS
 
@@ -23,14 +12,15 @@ __all__ = ["ray_head"]
 
 
 def ray_head(image: str, *, namespace_labels: dict[str, str], mounts: list[dict[str, Any]],
-             volumes: list[dict[str, Any]], exporters: bool = False, grpc: bool = False, cpus: int = HEAD_CPUS) -> dict[str, Any]:
-    """A ``headGroupSpec`` without GPUs; ``exporters`` adds the node-exporter keeper and its port."""
+             volumes: list[dict[str, Any]], exporters: bool = False, cpus: int = HEAD_CPUS) -> dict[str, Any]:
+    """A ``headGroupSpec`` without GPUs; ``exporters`` adds the node-exporter keeper and its port.
+
+    A head without GPUs holds no replica, so no ingress listens there and it declares no serving port.
+    """
     ports = [
         container_port("gcs", 6379),
         container_port("dashboard", DASHBOARD_PORT),
         container_port("client", 10001),
-        container_port(SERVE_PORT_NAME, SERVE_PORT),
-        *([container_port(GRPC_PORT_NAME, GRPC_PORT)] if grpc else []),
         container_port("metrics", RAY_METRICS_PORT),
     ]
     extra: dict[str, Any] = {}

@@ -1,8 +1,9 @@
 """The RayService: a head without GPUs, one-GPU workers, KubeRay's Serve Service and our ingress Service.
 
-With the default ingress (``direct``) clients reach rayscale's HAProxy on the head pod through
-the ``rayscale-ingress`` Service; with ``proxy``, KubeRay's Serve Service fronts Serve's proxies
-on the workers.
+With the default ingress (``direct``) every GPU worker pod runs its own rayscale HAProxy (started
+by its replicas) and clients reach them through the ``rayscale-ingress`` Service, which selects
+every serving pod whose ingress answers ``/-/healthz``; with ``proxy``, KubeRay's Serve Service
+fronts Serve's proxies on the workers. The head holds no replica, so it serves nothing.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from rayscale.k8s.blocks import (
     MODELS_MOUNT,
     MODELS_PVC,
     RAY_METRICS_PORT,
-    RAY_NODE_HEALTH_PORT,
     RAY_USER,
     RAY_VERSION,
     SERVE_PORT,
@@ -33,13 +33,14 @@ from rayscale.k8s.blocks import (
 from rayscale.k8s.exporters import EXPORTER_PORT
 from rayscale.k8s.ray_head import ray_head
 from rayscale.k8s.serve_config import serve_config_v2
-from rayscale.k8s.sizing import WORKER_MEMORY, head_cpus, worker_cpus_for
+from rayscale.k8s.sizing import WORKER_MEMORY, worker_cpus_for
 
 __all__ = [
-    "HEAD_SELECTOR",
+    "HEALTH_PATH",
     "INGRESS_SERVICE_NAME",
     "RAYSERVICE_NAME",
     "SERVE_SERVICE_NAME",
+    "SERVING_SELECTOR",
     "ingress_service",
     "rayservice",
     "serve_url",
@@ -47,53 +48,66 @@ __all__ = [
 
 RAYSERVICE_NAME = "rayscale"
 SERVE_SERVICE_NAME = "rayscale-serve-svc"  # KubeRay's Serve Service (named by us)
-INGRESS_SERVICE_NAME = "rayscale-ingress"  # ours: the head pod's HAProxy (ingress "direct")
+INGRESS_SERVICE_NAME = "rayscale-ingress"  # ours: every serving pod's HAProxy (ingress "direct")
+HEALTH_PATH = "/-/healthz"  # 200 while the pod's ingress has a ready replica to route to, 503 otherwise
+
+# Pods that serve: KubeRay labels a RayService's pods ray.io/serve, "true" on every worker (their
+# readiness probe gates traffic) and, on the head, "true" only while excludeHeadPodFromServeSvc is
+# false and the head answers /-/healthz. The template's own labels keep out any other RayService
+# in the namespace; the benchmark RayJob's pods never carry ray.io/serve. The RayService's
+# RayCluster name (ray.io/cluster) carries a random suffix, so it cannot be part of a fixed selector.
+SERVING_SELECTOR = {"ray.io/serve": "true", "app.kubernetes.io/name": "rayscale", "app.kubernetes.io/part-of": "rayscale"}
 
 
-def _worker_readiness(serve: ServeConfig) -> dict[str, Any]:
-    timing = {"initialDelaySeconds": 10, "periodSeconds": 5, "timeoutSeconds": 2, "failureThreshold": 10}
+def _worker_readiness() -> dict[str, Any]:
+    # The pod's ingress (rayscale's HAProxy, or Serve's proxy) answers /-/healthz itself, without a
+    # token: a failing pod leaves the Services' endpoints after two misses (~4 s) and joins again at
+    # the first success. Set here, KubeRay adds no readiness probe of its own; it still adds the
+    # liveness probe on the Ray node's health.
+    return {
+        "httpGet": {"path": HEALTH_PATH, "port": SERVE_PORT_NAME},
+        "initialDelaySeconds": 10,
+        "periodSeconds": 2,
+        "timeoutSeconds": 2,
+        "successThreshold": 1,
+        "failureThreshold": 2,
+    }
+
+
+def _worker_ports(serve: ServeConfig) -> list[dict[str, Any]]:
+    # Named as KubeRay names Serve's ports ("serve", "serve-*"): the Services target them by name.
     if serve.ingress == "direct":
-        # No Serve proxy on the workers: the pod is ready when its Ray node is. (Left unset, KubeRay
-        # would add a check of Serve's proxy on port 8000, which never passes here.)
-        return {"httpGet": {"path": "/api/healthz", "port": RAY_NODE_HEALTH_PORT}, **timing}
-    # Serve's proxy answers /-/healthz once it can route; KubeRay adds the matching liveness probe.
-    return {"httpGet": {"path": "/-/healthz", "port": SERVE_PORT}, **timing}
+        return [container_port(SERVE_PORT_NAME, SERVE_PORT), container_port(GRPC_PORT_NAME, GRPC_PORT)]
+    return [container_port(SERVE_PORT_NAME, SERVE_PORT)]
 
 
 def _serve_service(serve: ServeConfig) -> dict[str, Any]:
     """KubeRay's Serve Service (KubeRay always creates one for a RayService and sets its selector).
 
-    With "direct" it targets the head's named ports, which no worker declares, so only the head
-    can be an endpoint: KubeRay adds it when the head answers Serve's health check (/-/healthz).
+    It selects the serving cluster's pods labelled ray.io/serve=true, the same pods as
+    rayscale-ingress but of the active cluster only, so the RayService counts them as its serve
+    endpoints. KubeRay keeps only ports named "serve" or "serve-*" (before KubeRay 1.6: "serve" alone).
     """
     metadata = {"name": SERVE_SERVICE_NAME, "labels": labels("rayscale", "serve")}
     if serve.ingress != "direct":
         return {"metadata": metadata, "spec": {"type": "ClusterIP", "ports": [{"name": "serve", "port": SERVE_PORT, "targetPort": SERVE_PORT}]}}
-    # KubeRay keeps only ports named "serve" or "serve-*" in its Serve Service.
     return {"metadata": metadata, "spec": {"type": "ClusterIP", "ports": _ingress_ports(SERVE_PORT_NAME, GRPC_PORT_NAME)}}
 
 
 def _ingress_ports(http_name: str = "http", grpc_name: str = "grpc") -> list[dict[str, Any]]:
-    # Named target ports: only the head container declares them, so no worker is ever an endpoint.
     return [
         {"name": http_name, "port": SERVE_PORT, "targetPort": SERVE_PORT_NAME, "protocol": "TCP"},
         {"name": grpc_name, "port": GRPC_PORT, "targetPort": GRPC_PORT_NAME, "protocol": "TCP", "appProtocol": "kubernetes.io/h2c"},
     ]
 
 
-# KubeRay labels every Ray pod with its node type; the rest are the head template's own labels,
-# which the RayJob's cluster ("rayscale-bench") does not share. A RayService's RayCluster name
-# (ray.io/cluster) carries a random suffix, so it cannot be part of a fixed selector.
-HEAD_SELECTOR = {"ray.io/node-type": "head", "app.kubernetes.io/name": "rayscale", "app.kubernetes.io/component": "ray-head"}
-
-
 def ingress_service(namespace: str) -> dict[str, Any]:
-    """The clients' way in with the default ingress: the head pod's HAProxy, HTTP and gRPC (h2c)."""
+    """The clients' way in with the default ingress: every ready serving pod's HAProxy, HTTP and gRPC (h2c)."""
     return {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": meta(INGRESS_SERVICE_NAME, namespace, "ingress"),
-        "spec": {"type": "ClusterIP", "selector": dict(HEAD_SELECTOR), "ports": _ingress_ports()},
+        "spec": {"type": "ClusterIP", "selector": dict(SERVING_SELECTOR), "ports": _ingress_ports()},
     }
 
 
@@ -105,7 +119,6 @@ def serve_url(serve: ServeConfig) -> str:
 
 def rayservice(image: str, namespace: str, serve: ServeConfig, workers: int) -> dict[str, Any]:
     """The RayService running ``serve`` (as in the pod) on ``workers`` one-GPU workers."""
-    direct = serve.ingress == "direct"
     models_ro = {"name": "models", "mountPath": MODELS_MOUNT, "readOnly": True}
     models_volume = volume_pvc("models", MODELS_PVC, read_only=True)
     head = ray_head(
@@ -114,12 +127,7 @@ def rayservice(image: str, namespace: str, serve: ServeConfig, workers: int) -> 
         mounts=[models_ro],
         volumes=[models_volume],
         exporters=True,
-        grpc=direct,
-        cpus=head_cpus(serve, workers),
     )
-    # With "direct" the replica processes listen on the pod IP on ephemeral ports (HAProxy on the
-    # head reaches them there, with a token): no fixed port of theirs to declare.
-    worker_ports = [] if direct else [container_port("serve", SERVE_PORT)]
     worker = {
         "groupName": "gpu",
         "replicas": workers,
@@ -137,12 +145,12 @@ def rayservice(image: str, namespace: str, serve: ServeConfig, workers: int) -> 
                         "image": image,
                         "imagePullPolicy": "IfNotPresent",
                         "ports": [
-                            *worker_ports,
+                            *_worker_ports(serve),
                             container_port("metrics", RAY_METRICS_PORT),
                             container_port("exporter", EXPORTER_PORT),
                         ],
                         "resources": resources(worker_cpus_for(serve), WORKER_MEMORY, gpus=1),
-                        "readinessProbe": _worker_readiness(serve),
+                        "readinessProbe": _worker_readiness(),
                         "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}, models_ro],
                     }
                 ],
@@ -157,9 +165,10 @@ def rayservice(image: str, namespace: str, serve: ServeConfig, workers: int) -> 
         "metadata": meta(RAYSERVICE_NAME, namespace, "serve"),
         "spec": {
             "serveConfigV2": serve_config_v2(serve),
-            # proxy: traffic goes to the GPU workers' proxies, not through the head. direct: the
-            # head is where HAProxy listens, so KubeRay may put it behind its Serve Service.
-            "excludeHeadPodFromServeSvc": not direct,
+            # The head has no GPU, so no replica and no ingress: it never serves. A head given GPUs
+            # (and replicas) would set this to false and declare the serve ports; KubeRay then labels
+            # it serving while it answers /-/healthz.
+            "excludeHeadPodFromServeSvc": True,
             "serveService": _serve_service(serve),
             "rayClusterConfig": {
                 "rayVersion": RAY_VERSION,

@@ -14,8 +14,8 @@ __all__ = ["K8S_INGRESSES", "SERVE_APP_IMPORT_PATH", "pod_serve_config", "proxy_
 
 SERVE_APP_IMPORT_PATH = "rayscale.serve.app:build_app"
 
-# Ingresses the manifests run: "direct" (rayscale's HAProxy on the head, the default) or "proxy"
-# (Serve's proxy on every worker). Serve's own HAProxy mode ("haproxy") is not offered here.
+# Ingresses the manifests run: "direct" (rayscale's HAProxy on every GPU worker, the default) or
+# "proxy" (Serve's proxy on every worker). Serve's own HAProxy mode ("haproxy") is not offered here.
 K8S_INGRESSES = ("direct", "proxy")
 
 
@@ -30,8 +30,8 @@ def pod_serve_config(serve: ServeConfig | None, replicas: int, gpus_per_replica:
     if serve.ingress not in K8S_INGRESSES:
         raise ConfigError(f"ingress must be one of {', '.join(K8S_INGRESSES)} on Kubernetes, got {serve.ingress!r}")
     # In the pod: the model volume's path, CUDA or a loud failure (never a silent CPU fallback), and
-    # 0.0.0.0 because a ClusterIP Service fronts the ingress (HAProxy on the head, or Serve's proxies
-    # on the workers) and the pod IP is not reachable otherwise: the pod network is the boundary.
+    # 0.0.0.0 because a ClusterIP Service fronts each GPU worker's ingress (rayscale's HAProxy, or
+    # Serve's proxy) and the kubelet probes it on the pod IP: the pod network is the boundary.
     return dataclasses.replace(
         serve,
         model_dir=MODEL_DIR_IN_POD,
@@ -53,7 +53,7 @@ def proxy_env_vars() -> dict[str, str]:
 def serve_config_v2(serve: ServeConfig) -> str:
     """The RayService's ``serveConfigV2``: a Serve config file (YAML; JSON is valid YAML)."""
     if serve.ingress == "direct":
-        # No Serve proxy: the first replica starts rayscale's HAProxy on the head (the Ingress actor),
+        # No Serve proxy: each replica starts its own node's rayscale HAProxy (once per node),
         # listening on host:port and host:grpc_port, so Serve must leave port 8000 free there.
         head: dict[str, Any] = {"proxy_location": "Disabled"}
     else:

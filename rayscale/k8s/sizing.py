@@ -7,13 +7,15 @@ import math
 from rayscale.config import ServeConfig
 from rayscale.errors import ConfigError
 
-__all__ = ["HEAD_CPUS", "WORKER_HEADROOM_CPUS", "WORKER_MEMORY", "gpu_workers_for", "head_cpus", "worker_cpus_for"]
+__all__ = ["HEAD_CPUS", "WORKER_HEADROOM_CPUS", "WORKER_MEMORY", "gpu_workers_for", "worker_cpus_for"]
 
 # One GPU worker pod: a CPU for each replica process it holds (Ray schedules them by CPU too) plus
-# this much for the raylet, the dashboard agent, the exporter and, with "proxy", Serve's proxy.
+# this much for the raylet, the dashboard agent, the exporter and the pod's own ingress (rayscale's
+# HAProxy, or with "proxy" Serve's proxy), which carries that pod's requests in and out.
 WORKER_HEADROOM_CPUS = 4
 WORKER_MEMORY = "32Gi"
-HEAD_CPUS = 4  # GCS, dashboard, Serve controller; the default ingress adds a core per GPU worker
+# GCS, dashboard, Serve controller. No request crosses the head: it holds no replica, so no ingress.
+HEAD_CPUS = 4
 
 
 def gpu_workers_for(replicas: int, gpus_per_replica: float) -> int:
@@ -42,8 +44,3 @@ def worker_cpus_for(serve: ServeConfig) -> int:
     processes = replicas_per_gpu * serve.resolved().processes_per_replica
     return math.ceil(processes * serve.cpus_per_replica - 1e-9) + WORKER_HEADROOM_CPUS
 
-
-def head_cpus(serve: ServeConfig, workers: int) -> int:
-    """CPUs of the RayService's head pod for ``workers`` GPU workers."""
-    # With "direct", every request crosses HAProxy on the head, in and out: a core per GPU worker.
-    return HEAD_CPUS + (workers if serve.ingress == "direct" else 0)

@@ -19,7 +19,7 @@ from rayscale.loadgen.point import run_point
 from rayscale.loadgen.pool import ClientPool, connect_ray, root_cause
 from rayscale.loadgen.sizing import client_cap, plan_clients
 from rayscale.loadgen.sweep import PointRunner, ResultsFile, bench_result, model_record, run_sweep
-from rayscale.loadgen.target import ServerInfo, preflight, replicas_from_config
+from rayscale.loadgen.target import ServerInfo, ServerProbe, preflight, replicas_from_config
 from rayscale.results import BenchResult, PointResult, PointStatus
 
 __all__ = ["RayLoadEngine", "run_bench"]
@@ -73,6 +73,9 @@ class RayLoadEngine:
         self.result = result
         self.emit = emit
         self.pool = ClientPool(cfg)
+        # rayscale's own ingress counts what each node carried (over HTTP or gRPC; a handle call skips it)
+        direct = running is not None and running.get("ingress") == "direct" and not cfg.handle
+        self.server = ServerProbe(cfg, rayscale_app=running is not None, ingress_app=cfg.app_name if direct else None)
         self.metrics = _load_metrics(cfg)
 
     def __enter__(self) -> "RayLoadEngine":
@@ -124,11 +127,8 @@ class RayLoadEngine:
             self.metrics.set_point(target=point.target, transport=point.transport, replicas=point.replicas,
                                    concurrency=point.concurrency, rate_rps=point.rate_rps,
                                    images_per_request=point.images_per_request)  # fmt: skip
-        # rayscale's own ingress counts what each node carried (over HTTP or gRPC; a handle call skips it)
-        direct = self.running is not None and self.running.get("ingress") == "direct" and not cfg.handle
         try:
-            return run_point(cfg, self.pool, point, load, emit=self.emit, metrics=self.metrics,
-                             ingress_app=cfg.app_name if direct else None)  # fmt: skip
+            return run_point(cfg, self.pool, point, load, server=self.server, emit=self.emit, metrics=self.metrics)
         except RayscaleError:
             raise
         except Exception as e:  # a dead client actor or similar: record it, and the sweep goes on

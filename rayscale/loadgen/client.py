@@ -220,6 +220,7 @@ class LoadClient:
             late=self._late,
             sent=self._sent,
             cpu_pct=100.0 * (cpu - self._cpu0) / max(wall - self._wall0, 1e-9),
+            cpu_s=cpu - self._cpu0,
         )
         self._cpu0, self._wall0 = cpu, wall
         self._reset_counters()

@@ -16,7 +16,7 @@ from typing import Any
 from rayscale.errors import ConfigError, ServerError
 from rayscale.results import IngressTraffic
 
-__all__ = ["NodeTarget", "node_targets", "spread", "traffic_delta", "traffic_snapshot"]
+__all__ = ["NodeTarget", "node_targets", "spread", "traffic_delta"]
 
 
 @dataclass(frozen=True)
@@ -77,16 +77,6 @@ def spread(actors: int, targets: list[NodeTarget], *, room: dict[str, int] | Non
             excess -= 1
     slots = sorted(((k + 0.5) / c, i) for i, c in enumerate(counts) for k in range(c))
     return [targets[i] for _, i in slots]
-
-
-def traffic_snapshot(app_name: str) -> dict[str, Any]:
-    """Every answering node ingress's counters now, by node."""
-    from rayscale.serve.ingress import ingress_counters
-
-    try:
-        return {c.node: c for c in ingress_counters(app_name)}
-    except Exception:  # counters are a bonus; never fail a point for them
-        return {}
 
 
 def traffic_delta(before: dict[str, Any], after: dict[str, Any], node_ips: dict[str, str] | None = None) -> list[IngressTraffic]:

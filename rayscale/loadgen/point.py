@@ -7,9 +7,9 @@
    ``max_windows`` / ``duration_s`` is reached (then the point is flagged ``unstable``);
 3. the point's figures come from the last three windows: latencies pooled from every actor
    (exact percentiles, and a histogram from which goodput under any SLO is read), the server's
-   queue/compute split from its statistics (deltas over the same span), what each node's
-   ingress carried and how much of it crossed to another node (rayscale's own ingress), GPU
-   samples, the busiest actor's CPU;
+   queue/compute split from its statistics and the CPU time of its processes and of the client
+   actors (deltas over the same span), what each node's ingress carried and how much of it crossed
+   to another node (rayscale's own ingress), GPU samples, the busiest actor's CPU;
 4. the actors stop and drain; sent = ok + failed + incomplete over the whole point.
 """
 
@@ -24,10 +24,10 @@ from typing import Any
 from rayscale.environment import now_iso
 from rayscale.loadgen.config import BenchConfig
 from rayscale.loadgen.events import EventCallback, WindowMeasured
-from rayscale.loadgen.ingresses import traffic_delta, traffic_snapshot
+from rayscale.loadgen.ingresses import traffic_delta
 from rayscale.loadgen.pool import ClientPool
 from rayscale.loadgen.stats import ClientTake, is_stable, latency_stats
-from rayscale.loadgen.target import fetch_stats, server_stats_delta
+from rayscale.loadgen.target import ServerProbe, ServerReading, host_cpu_over, server_stats_delta
 from rayscale.results import LatencyHistogram, PointResult, PointStatus, WindowStats
 
 __all__ = ["run_point"]
@@ -43,16 +43,15 @@ class _Measurement:
 
     windows: list[WindowStats] = field(default_factory=list)
     takes: list[ClientTake] = field(default_factory=list)  # one per window, pooled over the actors
-    snapshots: list[dict[str, Any] | None] = field(default_factory=list)  # server statistics at each window edge
-    traffic: list[dict[str, Any]] = field(default_factory=list)  # node ingresses' counters at each window edge
+    readings: list[ServerReading] = field(default_factory=list)  # the server at each window edge
     warmup: ClientTake = field(default_factory=ClientTake)
     started: float = field(default_factory=time.perf_counter)  # the load's start: windows' start_s count from it
 
 
-def run_point(cfg: BenchConfig, pool: ClientPool, point: PointResult, load: int | float, *,
-              emit: EventCallback, metrics: Any = None, ingress_app: str | None = None) -> PointResult:  # fmt: skip
-    """Measure ``point`` at ``load`` (a concurrency, or a rate in requests/s) with the pool's actors;
-    ``ingress_app``: the rayscale app whose node ingresses' traffic the point records."""
+def run_point(cfg: BenchConfig, pool: ClientPool, point: PointResult, load: int | float, *, server: ServerProbe,
+              emit: EventCallback, metrics: Any = None) -> PointResult:  # fmt: skip
+    """Measure ``point`` at ``load`` (a concurrency, or a rate in requests/s) with the pool's actors,
+    reading ``server`` at each window edge."""
     import ray
 
     point.started_at = now_iso()
@@ -65,16 +64,12 @@ def run_point(cfg: BenchConfig, pool: ClientPool, point: PointResult, load: int 
         # Start the GPU samplers (an actor start: ~0.5-1 s) before the warm-up's last take, so the
         # first window's requests and its duration both start at that take.
         samplers = _gpu_samplers(cfg)
-        _measure_windows(cfg, active, point, measured, emit, metrics, ingress_app)
+        _measure_windows(cfg, active, point, measured, server, emit, metrics)
     finally:
         finals = ray.get([c.stop.remote(cfg.drain_timeout_s) for c in active])
         point.gpus, point.gpu_samples = _gpu_results(samplers)
     totals = ClientTake.pooled([measured.warmup, *(t.counts_only() for t in measured.takes), *finals])
-    point = _finish(cfg, point, load, measured, totals)
-    if len(measured.traffic) >= 2:
-        span = len(point.windows[-USED_WINDOWS:])
-        point.ingress_traffic = traffic_delta(measured.traffic[-1 - span], measured.traffic[-1], pool.nodes)
-    return point
+    return _finish(cfg, point, load, measured, totals, pool.nodes)
 
 
 def _take_all(actors: list[Any]) -> ClientTake:
@@ -83,26 +78,17 @@ def _take_all(actors: list[Any]) -> ClientTake:
     return ClientTake.pooled(ray.get([c.take.remote() for c in actors]))
 
 
-def _stats_snapshot(cfg: BenchConfig) -> dict[str, Any] | None:
-    return fetch_stats(model=cfg.model, url=None if cfg.handle else cfg.url, app_name=cfg.app_name, token=cfg.api_token,
-                       transport=cfg.transport)
-
-
 def _measure_windows(cfg: BenchConfig, active: list[Any], point: PointResult, measured: _Measurement,
-                     emit: EventCallback, metrics: Any, ingress_app: str | None) -> None:  # fmt: skip
+                     server: ServerProbe, emit: EventCallback, metrics: Any) -> None:  # fmt: skip
     """Windows from the end of the warm-up until three agree, or the caps are reached."""
     measured.warmup = _take_all(active).counts_only()
     t_last = measured_start = time.perf_counter()
-    measured.snapshots.append(_stats_snapshot(cfg))
-    if ingress_app:
-        measured.traffic.append(traffic_snapshot(ingress_app))
+    measured.readings.append(server.read())
     while True:
         time.sleep(max(0.0, cfg.window_s - (time.perf_counter() - t_last)))
         take = _take_all(active)
         now = time.perf_counter()
-        measured.snapshots.append(_stats_snapshot(cfg))
-        if ingress_app:
-            measured.traffic.append(traffic_snapshot(ingress_app))
+        measured.readings.append(server.read())
         latency = latency_stats(take.latencies_s)
         window = WindowStats(
             start_s=round(t_last - measured.started, 3),
@@ -124,7 +110,8 @@ def _measure_windows(cfg: BenchConfig, active: list[Any], point: PointResult, me
             return
 
 
-def _finish(cfg: BenchConfig, point: PointResult, load: int | float, measured: _Measurement, totals: ClientTake) -> PointResult:
+def _finish(cfg: BenchConfig, point: PointResult, load: int | float, measured: _Measurement, totals: ClientTake,
+            nodes: dict[str, str]) -> PointResult:  # fmt: skip
     """The point's figures: rates and latencies from its last windows, counts from all of it."""
     used_windows = measured.windows[-USED_WINDOWS:]
     used = ClientTake.pooled(measured.takes[-USED_WINDOWS:])
@@ -148,8 +135,12 @@ def _finish(cfg: BenchConfig, point: PointResult, load: int | float, measured: _
     point.error_timeline = _timeline(totals.error_events)
     point.client_cpu_pct = used.cpu_pct
     point.client_cpu_saturated = point.client_cpu_pct >= cfg.client_cpu_saturated_pct
-    if len(measured.snapshots) >= 2:
-        point.server = server_stats_delta(measured.snapshots[-1 - len(used_windows)], measured.snapshots[-1], cfg.model)
+    if len(measured.readings) >= 2:
+        first, last = measured.readings[-1 - len(used_windows)], measured.readings[-1]
+        point.server = server_stats_delta(first.stats, last.stats, cfg.model)
+        point.host_cpu = host_cpu_over(first, last, measured_s=span, images=used.ok * point.images_per_request,
+                                       client_cpu_s=used.cpu_s)  # fmt: skip
+        point.ingress_traffic = traffic_delta(first.ingresses, last.ingresses, nodes)
     if point.requests_ok == 0:
         point.status = PointStatus.FAILED
         point.error = "no request succeeded: " + ", ".join(f"{k}={v}" for k, v in sorted(totals.errors.items()))

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from rich.console import Console
-from rich.table import Table
 
 from rayscale.loadgen.events import (
     Event,
@@ -18,8 +17,9 @@ from rayscale.loadgen.events import (
     WindowMeasured,
 )
 from rayscale.results import BenchResult, PointResult, PointStatus
+from rayscale.tables import Table, print_table
 
-__all__ = ["ProgressPrinter"]
+__all__ = ["ProgressPrinter", "bench_table"]
 
 _STATUS_COLOUR = {PointStatus.OK: "green", PointStatus.UNSTABLE: "yellow"}
 
@@ -33,7 +33,8 @@ class ProgressPrinter:
     """An ``on_event`` observer; ``out`` is the results file once the sweep has named it."""
 
     def __init__(self, console: Console | None = None):
-        self.console = console or Console(stderr=True)
+        # soft_wrap: a line longer than the window (or than 80 columns in a log file) stays one line.
+        self.console = console or Console(stderr=True, soft_wrap=True)
         self.out: Path | None = None
 
     def __call__(self, event: Event) -> None:
@@ -64,17 +65,22 @@ class ProgressPrinter:
             case PointSkipped(point=p):
                 print_(f"[dim]{_label(p)}: already in the results file, skipped[/dim]")
 
-    def summary(self, result: BenchResult) -> None:
-        table = Table(title=f"rayscale bench ({result.status})")
-        for col in ("target", "transport", "replicas", "ipr", "load", "img/s", "req/s", "p50 ms", "p99 ms", "errors", "status"):
-            table.add_column(col)
-        for p in result.points:
-            load = str(p.concurrency) if p.concurrency is not None else f"{p.rate_rps:g}/s"
-            table.add_row(p.target, p.transport, str(p.replicas), str(p.images_per_request), load,
-                          f"{p.images_per_s:,.1f}", f"{p.requests_per_s:,.1f}", _ms(p, "p50_ms"),
-                          _ms(p, "p99_ms"), str(p.requests_failed), str(p.status))  # fmt: skip
-        Console().print(table)
-        Console().print(f"results: {result.config.get('out')}")
+    def summary(self, result: BenchResult, console: Console | None = None) -> None:
+        """The sweep's table and where its results went, on stdout (or ``console``)."""
+        console = console or Console(soft_wrap=True)
+        print_table(bench_table(result), console)
+        console.print(f"results: {result.config.get('out')}", markup=False, highlight=False)
+
+
+def bench_table(result: BenchResult) -> Table:
+    """One row per point of a sweep: what was measured and what it reached."""
+    table = Table(["target", "transport", "replicas", "ipr", "load", "img/s", "req/s", "p50 ms", "p99 ms", "errors",
+                   "status"], title=f"rayscale bench ({result.status})")  # fmt: skip
+    for p in result.points:
+        load = str(p.concurrency) if p.concurrency is not None else f"{p.rate_rps:g}/s"
+        table.add_row(p.target, p.transport, p.replicas, p.images_per_request, load, f"{p.images_per_s:,.1f}",
+                      f"{p.requests_per_s:,.1f}", _ms(p, "p50_ms"), _ms(p, "p99_ms"), p.requests_failed, p.status)  # fmt: skip
+    return table
 
 
 def _ms(point: PointResult, field: str) -> str:

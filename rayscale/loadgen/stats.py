@@ -24,7 +24,8 @@ class ClientTake:
 
     One actor's ``take()`` covers the span since its last take; ``merge`` pools several actors or
     spans (latencies are concatenated, never summarised, so percentiles of the pool stay exact).
-    ``cpu_pct`` is the busiest actor's share of one core: a merge keeps the maximum.
+    ``cpu_pct`` is the busiest actor's share of one core: a merge keeps the maximum. ``cpu_s`` is
+    the CPU time the actors' processes spent (user + system, every thread): a merge adds them.
     """
 
     latencies_s: np.ndarray = field(default_factory=lambda: np.empty(0))
@@ -36,6 +37,7 @@ class ClientTake:
     sent: int = 0  # requests sent in the span (some still in flight at its end)
     incomplete: int = 0  # at a stop: requests that never finished
     cpu_pct: float = 0.0
+    cpu_s: float = 0.0
 
     def merge(self, other: "ClientTake") -> "ClientTake":
         errors = dict(self.errors)
@@ -51,6 +53,7 @@ class ClientTake:
             sent=self.sent + other.sent,
             incomplete=self.incomplete + other.incomplete,
             cpu_pct=max(self.cpu_pct, other.cpu_pct),
+            cpu_s=self.cpu_s + other.cpu_s,
         )
 
     @classmethod

@@ -4,21 +4,37 @@
   model, and reads its configuration when it has one (Triton's and rayscale's do);
 * ``fetch_stats`` / ``server_stats_delta`` turn two snapshots of the statistics extension into the
   server's own queue/compute split over a span (same form for rayscale and Triton);
+* ``ServerProbe`` reads the server at each window edge: those statistics and the cumulative CPU
+  time of its processes, which ``host_cpu_over`` turns into CPU-seconds over a span;
 * ``replicas_from_config`` names the GPUs a server measured as it runs serves its model on.
 """
 
 from __future__ import annotations
 
+import socket
 import urllib.error
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
-from rayscale.config import MODEL_NAME
+from rayscale.config import MODEL_NAME, is_loopback
 from rayscale.errors import ConfigError, ServerError
+from rayscale.loadgen.config import BenchConfig
 from rayscale.protocol import get_json
-from rayscale.results import ServerStats
+from rayscale.results import HostCpu, ServerStats
 
-__all__ = ["ServerInfo", "fetch_stats", "preflight_http", "replicas_from_config", "server_stats_delta"]
+__all__ = [
+    "ServerInfo",
+    "ServerProbe",
+    "ServerReading",
+    "fetch_stats",
+    "host_cpu_over",
+    "ingress_counters",
+    "preflight_http",
+    "replica_cpu_s",
+    "replicas_from_config",
+    "server_stats_delta",
+]
 
 RAYSCALE_SERVER_NAME = "rayscale"
 
@@ -88,10 +104,10 @@ def fetch_stats(*, model: str, url: str | None = None, app_name: str | None = No
 
             return fetch_statistics(url, model, token)
         if url is None:
-            from rayscale.serve.stats import get_stats_snapshot
+            from rayscale.serve.stats import get_stats_snapshot, statistics_body
 
             snap = get_stats_snapshot(app_name)
-            return {"model_stats": snap["model_stats"]} if snap else None
+            return statistics_body(snap) if snap else None
         return get_json(f"{url.rstrip('/')}/v2/models/{model}/stats", token=token)
     except Exception:  # statistics are a bonus; never fail a point for them
         return None
@@ -136,6 +152,116 @@ def server_stats_delta(before: dict[str, Any] | None, after: dict[str, Any] | No
         mean_batch_images=images / batches if batches else 0.0,
         batch_size_histogram=hist,
     )
+
+
+def replica_cpu_s(snap: dict[str, Any] | None) -> float | None:
+    """The replicas' cumulative CPU seconds in a rayscale statistics snapshot; None in anyone else's
+    (Triton's, or one read over gRPC, whose statistics message has no room for it)."""
+    value = (snap or {}).get("replica_cpu_s")
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def ingress_counters(app_name: str) -> dict[str, Any]:
+    """Each answering node ingress's counters now (requests, bytes, its HAProxy's cumulative CPU
+    seconds), by node; empty where none answers."""
+    from rayscale.serve.ingress import ingress_counters as read
+
+    try:
+        return {c.node: c for c in read(app_name)}
+    except Exception:  # counters are a bonus; never fail a point for them
+        return {}
+
+
+@dataclass(frozen=True)
+class ServerReading:
+    """The server at one window edge: its statistics snapshot and its processes' cumulative CPU
+    seconds (user + system, every thread); None where a part is not measured."""
+
+    stats: dict[str, Any] | None
+    replica_cpu_s: float | None = None
+    ingress_cpu_s: float | None = None
+    triton_cpu_s: float | None = None
+    ingresses: dict[str, Any] = field(default_factory=dict)  # node -> IngressCounters (rayscale's own ingress)
+
+
+class ServerProbe:
+    """Reads the server under measurement at each window edge, never in between.
+
+    * A rayscale app in this Ray cluster (``--handle``, or a URL that answers as rayscale while the
+      app runs here): statistics come straight from the app's statistics actor, whatever the
+      transport, with its replicas' CPU time in them; with ``ingress_app`` (requests through its
+      own ingress), each node ingress's counters: what it carried and its HAProxy's CPU time.
+    * Any other server: statistics over its protocol (a remote rayscale's HTTP statistics carry its
+      replicas' CPU time too); when it is a tritonserver on this machine, the CPU time of its process
+      tree (the server and its backend stubs).
+    """
+
+    def __init__(self, cfg: BenchConfig, *, rayscale_app: bool, ingress_app: str | None = None):
+        self.cfg = cfg
+        self.rayscale_app = rayscale_app
+        self.ingress_app = ingress_app
+        self.triton_pid = None if rayscale_app or cfg.url is None else _local_triton_pid(cfg.url, cfg.transport)
+
+    def read(self) -> ServerReading:
+        from rayscale.metrics.cpu import process_tree_cpu_s
+
+        cfg = self.cfg
+        stats = fetch_stats(model=cfg.model, url=None if self.rayscale_app else cfg.url, app_name=cfg.app_name,
+                            token=cfg.api_token, transport=cfg.transport)  # fmt: skip
+        ingresses = ingress_counters(self.ingress_app) if self.ingress_app else {}
+        cpu = [c.cpu_s for c in ingresses.values()]
+        return ServerReading(
+            stats=stats,
+            replica_cpu_s=replica_cpu_s(stats),
+            # every node's HAProxy, or nothing: a node whose ingress cannot be read makes it unknown
+            ingress_cpu_s=sum(cpu) if cpu and None not in cpu else None,
+            triton_cpu_s=process_tree_cpu_s(self.triton_pid) if self.triton_pid is not None else None,
+            ingresses=ingresses,
+        )
+
+
+def host_cpu_over(before: ServerReading, after: ServerReading, *, measured_s: float, images: int,
+                  client_cpu_s: float | None) -> HostCpu:  # fmt: skip
+    """The host's CPU-seconds between two readings of the server, beside the clients' over the same span."""
+    return HostCpu(
+        measured_s=measured_s,
+        images=images,
+        client_cpu_s=client_cpu_s,
+        replica_cpu_s=_spent(before.replica_cpu_s, after.replica_cpu_s),
+        ingress_cpu_s=_spent(before.ingress_cpu_s, after.ingress_cpu_s),
+        triton_cpu_s=_spent(before.triton_cpu_s, after.triton_cpu_s),
+    )
+
+
+def _spent(before: float | None, after: float | None) -> float | None:
+    """CPU seconds between two cumulative readings; None when either is missing or the counter went
+    back (its processes restarted in between)."""
+    if before is None or after is None or after < before:
+        return None
+    return after - before
+
+
+def _local_triton_pid(url: str, transport: str) -> int | None:
+    """The tritonserver process on this machine that ``url`` reaches, if there is one."""
+    address = urlsplit("//" + url.split("://", 1)[-1]) if transport == "grpc" else urlsplit(url)
+    try:
+        port = address.port or (443 if address.scheme == "https" else 80)
+    except ValueError:
+        return None
+    if not _is_this_machine(address.hostname or ""):
+        return None
+    from rayscale.triton.server import local_server_pid
+
+    return local_server_pid(port)
+
+
+def _is_this_machine(host: str) -> bool:
+    if is_loopback(host):
+        return True
+    try:
+        return socket.gethostbyname(host) in (socket.gethostbyname(socket.gethostname()), "127.0.0.1")
+    except OSError:
+        return False
 
 
 def replicas_from_config(config: dict[str, Any]) -> int:

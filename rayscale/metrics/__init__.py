@@ -1,6 +1,6 @@
-"""GPU sampling, the Prometheus exporter and live load-generator metrics.
+"""GPU sampling, the Prometheus exporter, live load-generator metrics and processes' CPU time.
 
-Three things a user watches while a benchmark runs, a module each:
+What a user watches while a benchmark runs, a module each:
 
 * ``gpu``: NVML readings (utilisation, memory, power, clock, temperature), one dict per GPU;
   on a machine without an NVIDIA driver they are empty lists, never an exception.
@@ -9,7 +9,9 @@ Three things a user watches while a benchmark runs, a module each:
   the serving statistics that every replica sends to the app's ``StatsCollector`` actor, read
   at scrape time; ``start_node_exporters`` runs one per machine of a Ray cluster.
 * ``load``: what the load generator offers and achieves, per window, with the current sweep
-  point as a label set.
+  point as a label set;
+* ``cpu``: CPU time of a process and its descendants from /proc, read at window edges for the
+  host CPU each image costs.
 
 Metric names follow Prometheus conventions: a ``rayscale_`` prefix, base units in the name
 (``_seconds``, ``_bytes``, ``_hertz``), ``_total`` on counters, and no per-request or

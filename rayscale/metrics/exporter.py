@@ -129,6 +129,13 @@ class _ServingCollector:
         )
         rejected.add_metric(app, s["rejected_total"])
         yield rejected
+        replica_cpu = CounterMetricFamily(
+            "rayscale_replica_cpu_seconds",
+            "CPU time (user + system, every thread) of the app's replica processes since each was ready to serve",
+            labels=["app"],
+        )
+        replica_cpu.add_metric(app, s["replica_cpu_s"])
+        yield replica_cpu
         for metric, value, doc in (
             ("rayscale_in_flight_requests", s["in_flight"], "Requests accepted by a replica and not yet answered"),
             ("rayscale_replicas", s["replicas"], "Replicas that have reported statistics"),

@@ -2,8 +2,8 @@
 
 ``build_report`` computes every figure from results files under one ``ReportConfig`` (prices,
 SLO, target, knee rule) and returns a typed ``Report``; ``write_report`` writes report.md,
-report.json, summary.csv and PNG plots. ``run_report`` does what ``rayscale report`` does:
-loads the files, builds and writes the report, and returns the files written.
+report.html, report.json, summary.csv and PNG plots. ``run_report`` does what ``rayscale report``
+does: loads the files, builds and writes the report, and returns it with the files written.
 
 Modules, each named for what it holds (each states the definitions it implements):
 
@@ -13,7 +13,9 @@ Modules, each named for what it holds (each states the definitions it implements
 * ``figures``: a group's knee, bottleneck and engine ceiling; ``groups``: group summaries,
   scaling efficiency and like-for-like comparisons; ``picks``: best under the SLO, cheapest.
 * ``analysis``: ``build_report``, which runs those steps in order.
-* ``markdown``, ``plots``, ``output``: rendering and writing; ``inputs``, ``run``: loading and the command.
+* ``sections``: the report as one ``document`` (headings, tables, lists, figures), rendered by
+  ``document.to_markdown`` (report.md) and ``html`` (report.html, self-contained); ``plots``: the PNGs.
+* ``output``: writing every file; ``inputs``, ``run``: loading and the command.
 """
 
 from rayscale.report.analysis import build_report
@@ -25,7 +27,7 @@ from rayscale.report.inputs import load_bench_results, load_engine_result
 from rayscale.report.layout import Layout, layout_of
 from rayscale.report.output import write_report
 from rayscale.report.provenance import check_comparable
-from rayscale.report.run import default_out_dir, report_config, run_report
+from rayscale.report.run import WrittenReport, default_out_dir, report_config, run_report
 from rayscale.report.types import Bottleneck, Comparison, GroupSummary, Knee, Mismatch, Pick, PointRow, Report
 
 __all__ = [
@@ -39,6 +41,7 @@ __all__ = [
     "PointRow",
     "Report",
     "ReportConfig",
+    "WrittenReport",
     "build_report",
     "check_comparable",
     "cost_per_1000_images_usd",

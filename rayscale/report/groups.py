@@ -55,6 +55,7 @@ def summarise_group(
     g.peak_images_per_s, g.peak_load = peak.images_per_s, peak.load
     g.peak_latency_p50_ms, g.peak_latency_p99_ms = peak.latency_p50_ms, peak.latency_p99_ms
     g.mean_batch_images_at_peak = peak.mean_batch_images
+    g.peak_server_cpu_s_per_1000_images, g.peak_server_cores_per_gpu = peak.server_cpu_s_per_1000_images, peak.server_cores_per_gpu
     g.cost_per_1000_images_usd = cost_per_1000_images_usd(g.hourly_cost_usd, peak.images_per_s)
     slo_p99_ms = config.slo_p99_ms
     if slo_p99_ms is not None:

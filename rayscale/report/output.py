@@ -1,4 +1,4 @@
-"""Writing a report: report.md, report.json, summary.csv and the PNG plots, each atomically."""
+"""Writing a report: report.md, report.html, report.json, summary.csv and the PNG plots, each atomically."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ from dataclasses import asdict, fields
 from pathlib import Path
 
 from rayscale.files import write_text_atomic
-from rayscale.report.markdown import render_markdown
+from rayscale.report.document import to_markdown
+from rayscale.report.html import render_html
+from rayscale.report.sections import report_document
 from rayscale.report.types import PointRow, Report
 
 __all__ = ["summary_csv", "write_report"]
@@ -30,7 +32,10 @@ def summary_csv(report: Report) -> str:
 
 
 def write_report(report: Report, out_dir: str | os.PathLike, *, title: str | None = None) -> list[Path]:
-    """Write the plots, report.md, report.json and summary.csv into ``out_dir``; return their paths."""
+    """Write the plots, report.md, report.html, report.json and summary.csv into ``out_dir``; return their paths.
+
+    report.md and report.html render one document built from ``report``; the page carries the plots inside it.
+    """
     from rayscale.report.plots import write_plots
 
     out = Path(out_dir)
@@ -38,7 +43,9 @@ def write_report(report: Report, out_dir: str | os.PathLike, *, title: str | Non
     plots = write_plots(report, out)
     title = title or f"rayscale report: {out.resolve().name}"
     written = list(plots)
-    written.append(write_text_atomic(out / "report.md", render_markdown(report, [p.name for p in plots], title)))
+    document = report_document(report, [p.name for p in plots], title)
+    written.append(write_text_atomic(out / "report.md", to_markdown(document)))
+    written.append(write_text_atomic(out / "report.html", render_html(document, {p.name: p.read_bytes() for p in plots})))
     written.append(write_text_atomic(out / "report.json", json.dumps(report.to_dict(), indent=2) + "\n"))
     written.append(write_text_atomic(out / "summary.csv", summary_csv(report)))
     return written

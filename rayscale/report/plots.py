@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import textwrap
 from pathlib import Path
 
 from rayscale.errors import ConfigError
@@ -31,6 +32,18 @@ def _legend(ax, **kwargs) -> None:
     """A legend where the axes has labelled lines (a plot of only unlabelled ones gets none, and no warning)."""
     if ax.get_legend_handles_labels()[0]:
         ax.legend(**kwargs)
+
+
+def _title(text: str) -> str:
+    """A panel title wrapped to its panel's width: series labels are long, and side-by-side titles must not overlap."""
+    return "\n".join(textwrap.wrap(text, 56))
+
+
+def _figure_legend(fig, ax, **kwargs) -> None:
+    """One legend for the whole figure, below its panels, from the labelled lines of ``ax``."""
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="outside lower center", fontsize="small", frameon=False, **kwargs)
 
 
 def _size(group: GroupSummary) -> str:
@@ -67,7 +80,7 @@ def _save(fig, path: Path) -> Path:
 def _panels(plt, count: int, width_in: float = 6.0, height_in: float = 4.2):
     cols = min(count, 2)
     rows = math.ceil(count / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(width_in * cols, height_in * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(width_in * cols, height_in * rows), squeeze=False, layout="constrained")
     flat = [ax for row in axes for ax in row]
     for ax in flat[count:]:
         ax.set_visible(False)
@@ -95,7 +108,7 @@ def plot_throughput_vs_load(report: Report, path: Path) -> Path:
         ax.set_xscale("log", base=2)
         ax.set_xlabel(_LOAD_LABEL[report.load_axis[series]])
         ax.set_ylabel("throughput (images/s)")
-        ax.set_title(f"{series}: throughput (circle: knee, x: unusable)")
+        ax.set_title(_title(f"{series}: throughput (circle: knee, x: unusable)"), fontsize="medium")
         ax.grid(True, alpha=0.3)
         _legend(ax, fontsize="small")
     return _save(fig, path)
@@ -119,7 +132,7 @@ def plot_latency_vs_throughput(report: Report, path: Path) -> Path:
         ax.set_yscale("log")
         ax.set_xlabel("throughput (images/s)")
         ax.set_ylabel("latency (ms)")
-        ax.set_title(f"{series}: latency vs throughput")
+        ax.set_title(_title(f"{series}: latency vs throughput"), fontsize="medium")
         ax.grid(True, alpha=0.3, which="both")
         _legend(ax, fontsize="x-small")
     return _save(fig, path)
@@ -128,7 +141,7 @@ def plot_latency_vs_throughput(report: Report, path: Path) -> Path:
 def plot_scaling(report: Report, path: Path) -> Path:
     """Peak throughput and scaling efficiency against GPU count, each with its ideal line."""
     plt = _pyplot()
-    fig, (ax_thr, ax_eff) = plt.subplots(1, 2, figsize=(12, 4.2))
+    fig, (ax_thr, ax_eff) = plt.subplots(1, 2, figsize=(12, 4.2), layout="constrained")
     all_gpus = sorted({g.units for g in report.groups})
     for series in report.series:
         groups = [g for g in report.groups_of(series) if g.peak_images_per_s]
@@ -139,19 +152,19 @@ def plot_scaling(report: Report, path: Path) -> Path:
         base = groups[0]
         ideal_x = [n for n in all_gpus if n >= base.units]
         ax_thr.plot(ideal_x, [base.peak_images_per_s / base.units * n for n in ideal_x], linestyle=":",
-                    color=line.get_color(), label=f"{series} ideal (linear)")
+                    color=line.get_color())
         ax_eff.plot(gpus, [100.0 * (g.efficiency or 0.0) for g in groups], marker="o", label=series)
-    ax_eff.axhline(100.0, color="black", linestyle=":", label="ideal (100%)")
+    ax_eff.axhline(100.0, color="black", linestyle=":")
     for ax in (ax_thr, ax_eff):
         ax.set_xlabel(_size_axis(report))
         ax.set_xticks(all_gpus)
         ax.grid(True, alpha=0.3)
-        _legend(ax, fontsize="small")
+    _figure_legend(fig, ax_eff, ncols=min(2, max(1, len(report.series))))
     ax_thr.set_ylabel("peak throughput (images/s)")
-    ax_thr.set_title("peak throughput vs GPUs")
+    ax_thr.set_title("peak throughput vs GPUs (dotted: linear from the smallest)")
     ax_eff.set_ylabel("scaling efficiency (%)")
     ax_eff.set_ylim(bottom=0)
-    ax_eff.set_title("scaling efficiency: peak(N) / (N × peak(1))")
+    ax_eff.set_title("scaling efficiency: peak(N) / (N × peak(1)) (dotted: 100%)")
     return _save(fig, path)
 
 
@@ -174,14 +187,13 @@ def _grouped_bars(ax, report: Report, value, ylabel: str, title: str) -> None:
                             fontsize="x-small")
         tallest = max([tallest, *heights])
     if tallest > 0:
-        ax.set_ylim(0, tallest * 1.25)  # room for the labels and the legend above the bars
+        ax.set_ylim(0, tallest * 1.12)  # room for the labels above the bars
     ax.set_xticks(range(len(gpus)))
     ax.set_xticklabels([str(n) for n in gpus])
     ax.set_xlabel(_size_axis(report))
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(True, axis="y", alpha=0.3)
-    _legend(ax, fontsize="small", loc="upper left", ncols=max(1, len(report.series)))
 
 
 def plot_targets_side_by_side(report: Report, path: Path) -> Path:
@@ -189,20 +201,22 @@ def plot_targets_side_by_side(report: Report, path: Path) -> Path:
     plt = _pyplot()
     slo = report.parameters.get("slo_p99_ms")
     panels = 3 if slo else 2
-    fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 4.2))
+    fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 4.2), layout="constrained")
     _grouped_bars(axes[0], report, lambda g: g.peak_images_per_s, "images/s", "peak throughput")
     _grouped_bars(axes[1], report, lambda g: g.peak_latency_p99_ms, "ms", "p99 latency at peak")
     if slo:
         _grouped_bars(axes[2], report, lambda g: g.goodput_images_per_s, "images/s",
                       f"best goodput, requests ≤ {slo:g} ms")  # fmt: skip
+    _figure_legend(fig, axes[0], ncols=min(3, max(1, len(report.series))))
     return _save(fig, path)
 
 
 def plot_cost(report: Report, path: Path) -> Path:
     """Dollars per 1000 images at peak throughput, per series and GPU count."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = plt.subplots(figsize=(9, 4.6), layout="constrained")
     _grouped_bars(ax, report, lambda g: g.cost_per_1000_images_usd, "$ per 1000 images", "cost per 1000 images at peak")
+    _figure_legend(fig, ax, ncols=min(2, max(1, len(report.series))))
     return _save(fig, path)
 
 

@@ -5,6 +5,9 @@
   labelled CPU, sized by replicas and priced only at ``cpu_hour_cost_usd``, never at a GPU price.
 * A point is **usable** when its status is ``ok``, its windows were stable and it served images.
   Unstable, incomplete and failed points are listed and flagged, never used as peaks or picks.
+* **Host CPU**: the server's processes' and the client actors' CPU-seconds per 1000 images over
+  the point's windows, and the server's cores per GPU (its CPU-seconds per second ÷ GPUs) at the
+  point's rate; None where not measured.
 """
 
 from __future__ import annotations
@@ -145,7 +148,20 @@ def point_row(point: PointResult, result: BenchResult, source: str, series: str,
         cost_per_1000_images_usd=cost_per_1000_images_usd(hourly, point.images_per_s) if usable else None,
         meets_slo=(usable and lat.p99_ms <= slo_p99_ms) if slo_p99_ms is not None else None,
     )
+    _set_host_cpu(row, point)
     row.goodput_images_per_s = goodput_images_per_s(row, slo_p99_ms, point.latency_histogram)
     if row.goodput_images_per_s is not None:
         row.goodput_method = goodput_method(point.latency_histogram)
     return row
+
+
+def _set_host_cpu(row: PointRow, point: PointResult) -> None:
+    """The host CPU figures of a point that measured them: per 1000 images, and the server's cores per GPU."""
+    cpu = point.host_cpu
+    if cpu is None:
+        return
+    row.server_cpu_s_per_1000_images = cpu.server_cpu_s_per_1000_images
+    row.client_cpu_s_per_1000_images = cpu.client_cpu_s_per_1000_images
+    row.server_cores = cpu.server_cores
+    row.server_cores_per_gpu = cpu.server_cores / row.gpus if cpu.server_cores is not None and row.gpus else None
+    row.server_cpu_parts = " + ".join(cpu.server_parts) or None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from rayscale.report.analysis import build_report
@@ -9,8 +10,18 @@ from rayscale.report.config import ReportConfig
 from rayscale.report.costs import parse_costs
 from rayscale.report.inputs import load_bench_results, load_engine_result
 from rayscale.report.output import write_report
+from rayscale.report.types import Report
 
-__all__ = ["default_out_dir", "report_config", "run_report"]
+__all__ = ["WrittenReport", "default_out_dir", "report_config", "run_report"]
+
+
+@dataclass
+class WrittenReport:
+    report: Report
+    files: list[Path]  # plots, report.md, report.html, report.json, summary.csv
+
+    def file(self, name: str) -> Path:
+        return next(p for p in self.files if p.name == name)
 
 
 def default_out_dir(results: list[Path]) -> Path:
@@ -40,12 +51,17 @@ def report_config(
 
 
 def run_report(
-    results: list[Path], config: ReportConfig, *, engine: Path | None = None, out: Path | None = None
-) -> list[Path]:
-    """What the command does, callable without typer: returns the files written."""
+    results: list[Path],
+    config: ReportConfig,
+    *,
+    engine: Path | None = None,
+    out: Path | None = None,
+    title: str | None = None,
+) -> WrittenReport:
+    """What the command does, callable without typer: returns the report and the files written."""
     bench, sources = load_bench_results(results)
     engine_result = load_engine_result(engine) if engine is not None else None
     report = build_report(
         bench, config, sources=sources, engine=engine_result, engine_source=str(engine) if engine is not None else None
     )
-    return write_report(report, out if out is not None else default_out_dir(results))
+    return WrittenReport(report, write_report(report, out if out is not None else default_out_dir(results), title=title))

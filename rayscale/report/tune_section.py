@@ -13,10 +13,11 @@ from pathlib import Path
 
 from rayscale.errors import ResultsError
 from rayscale.report.costs import cost_per_1000_images_usd
+from rayscale.report.document import Block, Heading, Paragraph, Table
 from rayscale.report.types import Report
 from rayscale.tune.results import TUNE_FILE, TuneResult, load_tune_result
 
-__all__ = ["FoundTune", "find_tune_results", "tune_pairs", "tune_section_lines"]
+__all__ = ["FoundTune", "find_tune_results", "tune_pairs", "tune_section_blocks"]
 
 
 @dataclass(frozen=True)
@@ -84,38 +85,36 @@ def _spread(result: TuneResult) -> str:
             f"({len(spread.images_per_s)} runs)")
 
 
-def tune_section_lines(report: Report) -> list[str]:
-    """Markdown lines of the section, or none when no pair of tune results is there."""
+def tune_section_blocks(report: Report) -> list[Block]:
+    """The section's blocks, or none when no pair of tune results is there."""
     pairs = tune_pairs(find_tune_results(report.sources))
     if not pairs:
         return []
-    lines = ["## Best of each under the SLO", ""]
+    blocks: list[Block] = [Heading(2, "Best of each under the SLO")]
     for ray_found, triton_found in pairs:
         ray_result, triton_result = ray_found.result, triton_found.result
         a, b = ray_result.best, triton_result.best
         hardware = {_hardware(report, ray_found), _hardware(report, triton_found)}
         size = f"{ray_result.gpus} GPU(s)" if hardware == {"GPU"} else f"the CPU ({ray_result.gpus} replica(s))"
-        lines += [
+        blocks.append(Paragraph(
             f"Found by `rayscale tune` on {size} at {ray_result.images_per_request} images/request, "
-            f"p99 ≤ {ray_result.slo_p99_ms:g} ms (the best images/s of any point within the SLO).",
-            "",
-            "| | rayscale | triton |",
-            "|---|---|---|",
-            f"| settings | {a.label} | {b.label} |",
-            f"| images/s | {a.goodput_images_per_s:,.1f} | {b.goodput_images_per_s:,.1f} |",
-            f"| p99 ms | {a.goodput_p99_ms:.1f} | {b.goodput_p99_ms:.1f} |",
-            f"| concurrency | {a.goodput_concurrency} | {b.goodput_concurrency} |",
-            f"| cost per 1000 images | {_cost(report, ray_found)} | {_cost(report, triton_found)} |",
-            f"| repeats min / median / max img/s | {_spread(ray_result)} | {_spread(triton_result)} |",
-            f"| candidates measured, search minutes | {len(ray_result.candidates)}, {ray_result.budget_used_s / 60:.1f} "
-            f"| {len(triton_result.candidates)}, {triton_result.budget_used_s / 60:.1f} |",
-            f"| reproduce | `{a.reproduce}` | `{b.reproduce}` |",
-            "",
-        ]
+            f"p99 ≤ {ray_result.slo_p99_ms:g} ms (the best images/s of any point within the SLO)."
+        ))
+        blocks.append(Table(["", "rayscale", "triton"], [
+            ["settings", a.label, b.label],
+            ["images/s", f"{a.goodput_images_per_s:,.1f}", f"{b.goodput_images_per_s:,.1f}"],
+            ["p99 ms", f"{a.goodput_p99_ms:.1f}", f"{b.goodput_p99_ms:.1f}"],
+            ["concurrency", str(a.goodput_concurrency), str(b.goodput_concurrency)],
+            ["cost per 1000 images", _cost(report, ray_found), _cost(report, triton_found)],
+            ["repeats min / median / max img/s", _spread(ray_result), _spread(triton_result)],
+            ["candidates measured, search minutes", f"{len(ray_result.candidates)}, {ray_result.budget_used_s / 60:.1f}",
+             f"{len(triton_result.candidates)}, {triton_result.budget_used_s / 60:.1f}"],
+            ["reproduce", f"`{a.reproduce}`", f"`{b.reproduce}`"],
+        ]))
         leader, other = (a, b) if a.goodput_images_per_s >= b.goodput_images_per_s else (b, a)
-        lines += [f"{leader.target} leads by {leader.goodput_images_per_s / other.goodput_images_per_s:.2f}× "
-                  "under the SLO." + ("" if _cost(report, ray_found) != "–" else _price_hint(hardware)), ""]
-    return lines
+        blocks.append(Paragraph(f"{leader.target} leads by {leader.goodput_images_per_s / other.goodput_images_per_s:.2f}× "
+                                "under the SLO." + ("" if _cost(report, ray_found) != "–" else _price_hint(hardware))))
+    return blocks
 
 
 def _price_hint(hardware: set[str]) -> str:

@@ -77,6 +77,12 @@ class PointRow:
     cost_per_1000_images_usd: float | None
     meets_slo: bool | None
     goodput_method: str | None = None  # histogram | p99-estimate: how goodput_images_per_s was computed
+    # Host CPU over the point's windows (None: not measured). Server: the processes server_cpu_parts names.
+    server_cpu_s_per_1000_images: float | None = None
+    client_cpu_s_per_1000_images: float | None = None
+    server_cores: float | None = None  # server CPU-seconds per second: cores kept busy at this rate
+    server_cores_per_gpu: float | None = None  # server_cores ÷ GPUs: host cores each GPU needs at this rate
+    server_cpu_parts: str | None = None  # replicas | replicas + ingress | triton
 
 
 @dataclass
@@ -134,6 +140,8 @@ class GroupSummary:
     engine_batch_size: int | None = None
     engine_ceiling_images_per_s: float | None = None
     engine_fraction: float | None = None
+    peak_server_cpu_s_per_1000_images: float | None = None
+    peak_server_cores_per_gpu: float | None = None
     flags: list[str] = field(default_factory=list)
 
 

@@ -51,6 +51,7 @@ from typing import Any
 
 from rayscale.config import ANY_ADDRESS_HOSTS, client_host, is_loopback
 from rayscale.errors import ServerError
+from rayscale.metrics.cpu import process_tree_cpu_s
 from rayscale.serve import registry
 from rayscale.serve.registry import IngressRecord, ReplicaRecord
 
@@ -124,6 +125,7 @@ class IngressCounters:
     bytes_in: int  # bytes received from clients
     bytes_out: int  # bytes sent to clients
     restarts: int  # HAProxy restarts so far: counters start again from zero at each
+    cpu_s: float | None = None  # HAProxy's CPU seconds (user + system, every thread) since it started
 
 
 @dataclass
@@ -511,6 +513,7 @@ class NodeIngress:
             bytes_in=sum(int(f.get("bin") or 0) for f in front),
             bytes_out=sum(int(f.get("bout") or 0) for f in front),
             restarts=self.restarts,
+            cpu_s=process_tree_cpu_s(self.proc.pid) if self.proc is not None and self.proc.poll() is None else None,
         )
 
     def _show_stat(self) -> dict[tuple[str, str], dict[str, str]]:

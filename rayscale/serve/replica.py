@@ -83,6 +83,8 @@ class OpenClipEncoder:
         self.in_flight = 0
         self.admitted = 0  # requests admitted whose body is still arriving (not yet queued)
         self._flushed_ns = 0
+        # Counted from here, after the model's load and warm-up: replica CPU time is what serving costs.
+        self._flushed_cpu_s = time.process_time()
         self.draining = False
         self._token = cfg.api_token.encode() if cfg.api_token else None
         self._metadata = model_metadata(self.info)
@@ -238,8 +240,9 @@ class OpenClipEncoder:
         return triton_model_config(self.cfg, await asyncio.to_thread(registry.replica_records, self.cfg.app_name))
 
     async def model_statistics(self) -> dict[str, Any]:
-        snap = await self.collector.snapshot.remote()
-        return {"model_stats": snap["model_stats"]}
+        from rayscale.serve.stats import statistics_body
+
+        return statistics_body(await self.collector.snapshot.remote())
 
     # ---- the replica's own HTTP server (ingress "direct") --------------------------------------
 
@@ -440,6 +443,8 @@ class OpenClipEncoder:
         if self.in_flight and now - self._flushed_ns < _FLUSH_PERIOD_NS:
             return
         self._flushed_ns = now
+        cpu_s = time.process_time()  # this process, every thread, user + system
+        self.stats.replica_cpu_s, self._flushed_cpu_s = cpu_s - self._flushed_cpu_s, cpu_s
         self.collector.record.remote(self.replica_id, self.stats.take(), self.in_flight)
 
 

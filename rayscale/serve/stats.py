@@ -6,11 +6,15 @@ fire-and-forget call per batch, so the hot path never waits on it. Because Ray d
 caller's actor calls in order, a request whose response has reached the client has already been
 sent to the collector, which makes window deltas taken by the load generator exact.
 
+Each delta also carries the replica process's CPU time since its last delta (user + system, every
+thread: the event loop, the batcher's workers, the engine's threads), so the app's replica CPU is
+known over the same windows as its requests, on every node, at no extra call.
+
 ``snapshot()`` returns::
 
     {"model_stats": [...Triton's /v2/models/<m>/stats body...],
      "serving": {"requests_total": {"200": n, "400": n, ...}, "images_total": {...},
-                 "rejected_total": n, "in_flight": n,
+                 "rejected_total": n, "in_flight": n, "replica_cpu_s": x,
                  "batch_images": Histogram, "queue_seconds": Histogram, "compute_seconds": Histogram}}
 
 where a Histogram is ``{"bounds": [...], "counts": [...], "sum": x, "count": n}`` with
@@ -36,6 +40,7 @@ __all__ = [
     "collector_name",
     "get_or_create_collector",
     "get_stats_snapshot",
+    "statistics_body",
 ]
 
 NAMESPACE = "rayscale"
@@ -98,6 +103,7 @@ class ReplicaStats:
     batch_images: Histogram = field(default_factory=lambda: Histogram(BATCH_BOUNDS))
     queue_seconds: Histogram = field(default_factory=lambda: Histogram(SECONDS_BOUNDS))
     compute_seconds: Histogram = field(default_factory=lambda: Histogram(SECONDS_BOUNDS))
+    replica_cpu_s: float = 0.0  # the replica process's CPU time (user + system, every thread) in this delta
 
     def record_batch(
         self,
@@ -160,6 +166,7 @@ class ReplicaStats:
             "batch_images": self.batch_images.to_dict(),
             "queue_seconds": self.queue_seconds.to_dict(),
             "compute_seconds": self.compute_seconds.to_dict(),
+            "replica_cpu_s": self.replica_cpu_s,
         }
         self.__init__()  # type: ignore[misc]
         return d
@@ -202,6 +209,7 @@ class StatsCollector:
         t.batch_images.merge(delta["batch_images"])
         t.queue_seconds.merge(delta["queue_seconds"])
         t.compute_seconds.merge(delta["compute_seconds"])
+        t.replica_cpu_s += delta["replica_cpu_s"]
         self.in_flight[replica] = in_flight
 
     def forget_replica(self, replica: str) -> None:
@@ -244,11 +252,18 @@ class StatsCollector:
                 "rejected_total": self.rejected,
                 "in_flight": sum(self.in_flight.values()),
                 "replicas": len(self.in_flight),
+                "replica_cpu_s": t.replica_cpu_s,
                 "batch_images": t.batch_images.to_dict(),
                 "queue_seconds": t.queue_seconds.to_dict(),
                 "compute_seconds": t.compute_seconds.to_dict(),
             },
         }
+
+
+def statistics_body(snapshot: dict[str, Any]) -> dict[str, Any]:
+    """What the statistics endpoint answers: Triton's ``{"model_stats": [...]}``, plus the replicas'
+    cumulative CPU seconds (``replica_cpu_s``) beside it, which a Triton client ignores."""
+    return {"model_stats": snapshot["model_stats"], "replica_cpu_s": snapshot["serving"]["replica_cpu_s"]}
 
 
 def get_or_create_collector(app_name: str):

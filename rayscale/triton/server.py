@@ -45,6 +45,7 @@ __all__ = [
     "TritonServer",
     "TritonStatus",
     "default_state_dir",
+    "local_server_pid",
     "triton_down",
     "triton_status",
     "triton_up",
@@ -192,6 +193,31 @@ def _is_tritonserver(pid: int) -> bool:
     except OSError:
         return False
     return Path(argv0).name == "tritonserver"
+
+
+def _flag_values(argv: list[str], flags: tuple[str, ...]) -> list[str]:
+    """Values of ``--flag value`` and ``--flag=value`` in a command line."""
+    values = []
+    for i, arg in enumerate(argv):
+        name, eq, value = arg.partition("=")
+        if name in flags:
+            values.append(value if eq else (argv[i + 1] if i + 1 < len(argv) else ""))
+    return values
+
+
+def local_server_pid(port: int) -> int | None:
+    """The pid of a tritonserver on this machine serving HTTP or gRPC on ``port`` (as ``triton_up``
+    starts it, with its ports on the command line); None when none does."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or not _is_tritonserver(int(entry)):
+            continue
+        try:
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if str(port) in _flag_values(argv, ("--http-port", "--grpc-port")) and _alive(int(entry)):
+            return int(entry)
+    return None
 
 
 def _session_members(sid: int) -> list[int]:

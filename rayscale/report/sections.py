@@ -1,18 +1,23 @@
-"""report.md: the report's figures as Markdown tables, with their definitions."""
+"""The report's sections, built once as a ``Document`` that report.md and report.html both render.
+
+Every table a reader sees is defined here, once: a column added to a section appears in both files.
+"""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any
 
+from rayscale.report.document import Block, BulletList, CodeBlock, Document, Figure, Heading, Paragraph, Table, to_markdown
 from rayscale.report.figures import GPU_BUSY_PCT, GPU_IDLE_PCT, QUEUE_DOMINANT_SHARE
 from rayscale.report.goodput import GOODPUT_HISTOGRAM, GOODPUT_MIXED, GOODPUT_P99_ESTIMATE
 from rayscale.report.labels import format_load, size_label
 from rayscale.report.rows import CLIENT_SATURATED_PCT
-from rayscale.report.tune_section import tune_section_lines
+from rayscale.report.tune_section import tune_section_blocks
 from rayscale.report.types import GroupSummary, Pick, Report
 
-__all__ = ["render_markdown"]
+__all__ = ["peaks_table", "render_markdown", "report_document"]
 
 
 def _num(value: float | None, digits: int = 1) -> str:
@@ -31,6 +36,15 @@ def _pct(value: float | None) -> str:
     return "–" if value is None else f"{value:.0%}"
 
 
+def _cpu_s(value: float | None) -> str:
+    """CPU-seconds per 1000 images: three significant digits (0.0512, 1.23, 45.6), whole above 100."""
+    if value is None:
+        return "–"
+    if value <= 0 or value >= 100:
+        return f"{value:,.0f}"
+    return f"{value:.{max(0, 2 - math.floor(math.log10(value)))}f}"
+
+
 def _usd(value: float | None, digits: int | None = None) -> str:
     """Dollars: fixed decimals for prices, three significant digits for (small) costs per 1000 images."""
     if value is None:
@@ -38,10 +52,8 @@ def _usd(value: float | None, digits: int | None = None) -> str:
     return f"${value:,.{digits}f}" if digits is not None else f"${value:#.3g}"
 
 
-def _table(header: list[str], rows: Iterable[list[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
-    return lines + [""]
+def _table(header: list[str], rows: Iterable[list[str]]) -> list[Block]:
+    return [Table(header, [[str(c) for c in row] for row in rows])]
 
 
 def _load_name(report: Report, series: str) -> str:
@@ -67,46 +79,50 @@ def _values(values: dict[str, list[str]], many: bool) -> str:
     return "; ".join(f"{v} ({', '.join(files)})" for v, files in values.items()) if many else " / ".join(values)
 
 
-def _summary(report: Report) -> list[str]:
-    lines = ["## Summary", ""]
+def _summary(report: Report) -> list[Block]:
+    items = []
     for series in report.series:
         peaked = [g for g in report.groups_of(series) if g.peak_images_per_s]
         if not peaked:
-            lines.append(f"- **{series}**: no usable point.")
+            items.append(f"**{series}**: no usable point.")
             continue
         top = max(peaked, key=lambda g: g.units)
         eff = f", scaling efficiency {_pct(top.efficiency)} of linear" if top.units != top.efficiency_base_gpus else ""
         cost = f", {_usd(top.cost_per_1000_images_usd)} per 1000 images" if top.cost_per_1000_images_usd else ""
         if top.hardware == "CPU" and top.hourly_cost_usd is None:
             cost = ", no cost (CPU run: pass --cpu-hour-cost)"
-        lines.append(
-            f"- **{series}**: peak {_num(top.peak_images_per_s)} img/s on {size_label(top.hardware, top.units)} "
-            f"(p99 {_num(top.peak_latency_p99_ms)} ms){eff}{cost}."
+        host = ""
+        if top.peak_server_cores_per_gpu is not None:
+            host = (f", server host CPU {_num(top.peak_server_cores_per_gpu, 2)} cores per GPU "
+                    f"({_cpu_s(top.peak_server_cpu_s_per_1000_images)} CPU-s per 1000 images)")
+        items.append(
+            f"**{series}**: peak {_num(top.peak_images_per_s)} img/s on {size_label(top.hardware, top.units)} "
+            f"(p99 {_num(top.peak_latency_p99_ms)} ms){eff}{cost}{host}."
         )
     for c in report.comparisons:
         if c.leader is not None:
-            lines.append(
-                f"- {size_label(c.hardware, c.units)}, {c.like_for_like}: **{c.leader}** leads "
+            items.append(
+                f"{size_label(c.hardware, c.units)}, {c.like_for_like}: **{c.leader}** leads "
                 f"{c.runner_up} at peak by ×{c.lead_ratio:.2f}."
             )
     slo = report.parameters.get("slo_p99_ms")
     if slo is not None:
         if report.best_under_slo:
-            lines.append(f"- Best under the SLO (p99 ≤ {slo:g} ms): {_pick_line(report.best_under_slo, report)}.")
+            items.append(f"Best under the SLO (p99 ≤ {slo:g} ms): {_pick_line(report.best_under_slo, report)}.")
         else:
-            lines.append(f"- No usable point meets p99 ≤ {slo:g} ms.")
+            items.append(f"No usable point meets p99 ≤ {slo:g} ms.")
     target = report.parameters.get("throughput_target_ips")
     if target is not None:
         if report.cheapest_for_target:
-            lines.append(f"- Cheapest reaching {target:g} img/s: {_pick_line(report.cheapest_for_target, report)}.")
+            items.append(f"Cheapest reaching {target:g} img/s: {_pick_line(report.cheapest_for_target, report)}.")
         else:
-            lines.append(f"- No measured configuration reaches {target:g} img/s.")
-    return lines + [""]
+            items.append(f"No measured configuration reaches {target:g} img/s.")
+    return [Heading(2, "Summary"), BulletList(items)]
 
 
-def _setup(report: Report) -> list[str]:
+def _setup(report: Report) -> list[Block]:
     s = report.setup
-    lines = ["## Setup", ""]
+    blocks: list[Block] = [Heading(2, "Setup")]
     rows = [
         ["GPU", _values(s["gpu_type"], True)],
         ["GPUs on the host", _values(s["gpu_count_on_host"], True)],
@@ -123,28 +139,28 @@ def _setup(report: Report) -> list[str]:
     ]
     for package, versions in sorted(s["versions"].items()):
         rows.append([f"version: {package}", _values(versions, True)])
-    lines += _table(["setting", "value"], rows)
+    blocks += _table(["setting", "value"], rows)
     if s.get("layout"):
-        lines += ["### Serving layout", "",
-                  "Transport (http, grpc or a DeploymentHandle call), the ingress in front of a rayscale app, and "
-                  "server processes (Triton: model instances) per GPU; files from before these were recorded "
-                  "read as HTTP through Serve's proxy with one process per replica.", ""]
+        blocks += [Heading(3, "Serving layout"),
+                   Paragraph("Transport (http, grpc or a DeploymentHandle call), the ingress in front of a rayscale app, "
+                             "and server processes (Triton: model instances) per GPU; files from before these were "
+                             "recorded read as HTTP through Serve's proxy with one process per replica.")]
         rows = [[target, layout, ", ".join(files)] for target, layouts in s["layout"].items()
                 for layout, files in layouts.items()]
-        lines += _table(["target", "transport, ingress, processes", "files"], rows)
+        blocks += _table(["target", "transport, ingress, processes", "files"], rows)
     if s["serve_config"]:
-        lines += ["### Serving and batching", ""]
+        blocks += [Heading(3, "Serving and batching")]
         rows = [[targets, config, ", ".join(files)] for targets, configs in s["serve_config"].items()
                 for config, files in configs.items()]
-        lines += _table(["target", "settings", "files"], rows)
+        blocks += _table(["target", "settings", "files"], rows)
     if any(s["bench_config"].values()):
-        lines += ["### Load settings", ""]
-        lines += _table(["file", "settings"], [[f, c or "–"] for f, c in s["bench_config"].items()])
+        blocks += [Heading(3, "Load settings")]
+        blocks += _table(["file", "settings"], [[f, c or "–"] for f, c in s["bench_config"].items()])
     if s["commands"]:
-        lines += ["### Commands", ""]
+        blocks += [Heading(3, "Commands")]
         for source, command in s["commands"].items():
-            lines += [f"`{source}`:", "", "```", command, "```", ""]
-    return lines
+            blocks += [Paragraph(f"`{source}`:"), CodeBlock(command)]
+    return blocks
 
 
 def _group_rows(groups: list[GroupSummary], report: Report, has_engine: bool, has_slo: bool) -> list[list[str]]:
@@ -174,10 +190,10 @@ def _group_rows(groups: list[GroupSummary], report: Report, has_engine: bool, ha
     return rows
 
 
-def _scaling(report: Report) -> list[str]:
+def _scaling(report: Report) -> list[Block]:
     slo = report.parameters.get("slo_p99_ms")
     has_engine = report.parameters.get("engine") is not None
-    lines = ["## Peak throughput, scaling and cost", ""]
+    blocks: list[Block] = [Heading(2, "Peak throughput, scaling and cost")]
     for series in report.series:
         groups = report.groups_of(series)
         load = _load_name(report, series)
@@ -191,26 +207,26 @@ def _scaling(report: Report) -> list[str]:
         header += [f"knee ({load})", "bottleneck", "usable points"]
         if has_engine:
             header += ["of engine ceiling"]
-        lines += [f"### {series}", ""]
-        lines += _table(header, _group_rows(groups, report, has_engine, slo is not None))
+        blocks += [Heading(3, series)]
+        blocks += _table(header, _group_rows(groups, report, has_engine, slo is not None))
         base = next((g.efficiency_base_gpus for g in groups if g.efficiency_base_gpus), None)
         if base and base != 1:
             unit = "replica(s)" if on_cpu else "GPU(s)"
-            lines += [f"Efficiency is relative to {base} {unit}: no usable peak at 1 in this series.", ""]
+            blocks += [Paragraph(f"Efficiency is relative to {base} {unit}: no usable peak at 1 in this series.")]
         if on_cpu:
-            lines += ["Ran on CPU (no GPU in the hardware record): sizes are replicas"
-                      + ("" if report.parameters.get("cpu_hour_cost_usd") else
-                         "; no cost without --cpu-hour-cost, GPU prices never apply") + ".", ""]
-    return lines
+            blocks += [Paragraph("Ran on CPU (no GPU in the hardware record): sizes are replicas"
+                                 + ("" if report.parameters.get("cpu_hour_cost_usd") else
+                                    "; no cost without --cpu-hour-cost, GPU prices never apply") + ".")]
+    return blocks
 
 
-def _latency(report: Report) -> list[str]:
-    lines = ["## Latency at each load", ""]
+def _latency(report: Report) -> list[Block]:
+    blocks: list[Block] = [Heading(2, "Latency at each load")]
     has_slo = report.parameters.get("slo_p99_ms") is not None
     for series in report.series:
         load = _load_name(report, series)
         for g in report.groups_of(series):
-            lines += [f"### {series}, {size_label(g.hardware, g.units)}", ""]
+            blocks += [Heading(3, f"{series}, {size_label(g.hardware, g.units)}")]
             rows = []
             for r in report.points_of(series, g.units):
                 status = r.status if r.usable else f"**{r.status}** (not used)"
@@ -226,8 +242,47 @@ def _latency(report: Report) -> list[str]:
                 ])
             header = [load, "img/s", *(["goodput img/s"] if has_slo else []), "req/s", "mean ms", "p50", "p90",
                       "p95", "p99", "p99.9", "max", "batch", "GPU %", "status"]
-            lines += _table(header, rows)
-    return lines
+            blocks += _table(header, rows)
+    return blocks
+
+
+HOST_CPU = (
+    "CPU-seconds (user + system, every thread) over the same windows as each point's throughput, per 1000 "
+    "images. Server: the processes named under *counts*: every replica process of a rayscale app and the "
+    "HAProxy ingress on every node, or Triton's process tree (the server and its backend stubs) when it ran "
+    "on the load generator's machine. Client: the load generator's actors. Cores per GPU: the server's "
+    "CPU-seconds per second ÷ GPUs, the host cores each GPU needs at that rate."
+)
+
+
+def _host_cpu(report: Report) -> list[Block]:
+    """Per series and size, each point's CPU per 1000 images and the server's cores per GPU; nothing
+    when no point measured host CPU."""
+    if not any(r.server_cpu_s_per_1000_images is not None or r.client_cpu_s_per_1000_images is not None
+               for r in report.points):
+        return []
+    blocks: list[Block] = [Heading(2, "Host CPU per image"), Paragraph(HOST_CPU)]
+    for series in report.series:
+        load = _load_name(report, series)
+        for g in report.groups_of(series):
+            points = report.points_of(series, g.units)
+            if all(r.server_cpu_parts is None and r.client_cpu_s_per_1000_images is None for r in points):
+                continue
+            rows = [
+                [format_load(r.load), _num(r.images_per_s), _cpu_s(r.server_cpu_s_per_1000_images),
+                 r.server_cpu_parts or "not measured", _cpu_s(r.client_cpu_s_per_1000_images), _num(r.server_cores, 2),
+                 _num(r.server_cores_per_gpu, 2), r.status if r.usable else f"**{r.status}** (not used)"]
+                for r in points
+            ]
+            blocks += [Heading(3, f"{series}, {size_label(g.hardware, g.units)}")]
+            blocks += _table([load, "img/s", "server CPU-s/1000 img", "counts", "client CPU-s/1000 img",
+                              "server cores", "server cores/GPU", "status"], rows)
+    if any(r.ingress is not None and r.server_cpu_parts is not None and "ingress" not in r.server_cpu_parts
+           for r in report.points):
+        blocks.append(Paragraph("Rows whose counts name no ingress leave out the processes in front of the replicas "
+                                "(HAProxy, or Serve's HTTP proxy), whose CPU was not measured: their server figures "
+                                "are lower bounds."))
+    return blocks
 
 
 LIKE_FOR_LIKE = (
@@ -238,12 +293,12 @@ LIKE_FOR_LIKE = (
 )
 
 
-def _comparison(report: Report) -> list[str]:
+def _comparison(report: Report) -> list[Block]:
     """One row per configuration, grouped by like-for-like class; only a class of two or more has a leader."""
     if len(report.series) < 2:
         return []
     slo = report.parameters.get("slo_p99_ms")
-    lines = ["## Side by side", "", LIKE_FOR_LIKE, ""]
+    blocks: list[Block] = [Heading(2, "Side by side"), Paragraph(LIKE_FOR_LIKE)]
     header = ["size", "transport, img/request", "configuration", "peak img/s", "p99 ms at peak"]
     if slo is not None:
         header += [f"best goodput (≤{slo:g}ms)"]
@@ -262,33 +317,31 @@ def _comparison(report: Report) -> list[str]:
             else:
                 ranking = f"×{c.peak_images_per_s[c.leader] / c.peak_images_per_s[series]:.2f} behind the leader"
             rows.append(row + [ranking])
-    return lines + _table(header, rows)
+    return blocks + _table(header, rows)
 
 
-def _bottlenecks(report: Report) -> list[str]:
-    lines = ["## Bottlenecks at peak", ""]
-    for g in report.groups:
-        if g.bottleneck:
-            lines.append(f"- **{g.series}, {size_label(g.hardware, g.units)}** — {g.bottleneck.cause}: "
-                         f"{g.bottleneck.detail}.")
-    return lines + [""]
+def _bottlenecks(report: Report) -> list[Block]:
+    items = [f"**{g.series}, {size_label(g.hardware, g.units)}** — {g.bottleneck.cause}: {g.bottleneck.detail}."
+             for g in report.groups if g.bottleneck]
+    return [Heading(2, "Bottlenecks at peak"), BulletList(items)] if items else []
 
 
-def _flags(report: Report) -> list[str]:
-    lines = []
+def _flags(report: Report) -> list[Block]:
+    blocks: list[Block] = []
     if report.mismatches:
-        lines += ["## Not like for like", "", "These results differ in settings that affect the numbers; "
-                  "they are compared only because `--allow-mismatch` was given.", ""]
-        lines += [f"- {m.describe()}" for m in report.mismatches] + [""]
+        blocks += [Heading(2, "Not like for like"),
+                   Paragraph("These results differ in settings that affect the numbers; "
+                             "they are compared only because `--allow-mismatch` was given."),
+                   BulletList([m.describe() for m in report.mismatches])]
     if report.notes:
-        lines += ["## Flagged points and notes", ""] + [f"- {n}" for n in report.notes] + [""]
-    return lines
+        blocks += [Heading(2, "Flagged points and notes"), BulletList(list(report.notes))]
+    return blocks
 
 
 def _goodput_definition(p: dict[str, Any]) -> str:
     """How this report's goodput figures were computed: from histograms, p99 estimates (marked ≈), or both."""
     method = p.get("goodput_method")
-    text = f"- **Goodput**: images/s from requests that took at most {p['slo_p99_ms']:g} ms (the SLO)."
+    text = f"**Goodput**: images/s from requests that took at most {p['slo_p99_ms']:g} ms (the SLO)."
     if method in (GOODPUT_HISTOGRAM, GOODPUT_MIXED):
         text += (" Where a point kept a latency histogram: its throughput × the share of its requests in "
                  f"buckets within the SLO (buckets {p['goodput_bucket_width_pct']:.1f}% wide; a bucket straddling the "
@@ -300,7 +353,7 @@ def _goodput_definition(p: dict[str, Any]) -> str:
     return text
 
 
-def _definitions(report: Report) -> list[str]:
+def _definitions(report: Report) -> list[Block]:
     p: dict[str, Any] = report.parameters
     price = "no GPU prices given"
     if p.get("costs_usd_per_hour"):
@@ -309,55 +362,83 @@ def _definitions(report: Report) -> list[str]:
         price = f"${p['gpu_hour_cost_usd']:g} per GPU-hour"
     cpu_price = (f"${p['cpu_hour_cost_usd']:g} per CPU replica-hour" if p.get("cpu_hour_cost_usd")
                  else "no cost without --cpu-hour-cost")
-    lines = [
-        "## Definitions",
-        "",
-        "- **Usable point**: status `ok`, stable measurement windows, images served. Unstable, incomplete and "
+    items = [
+        "**Usable point**: status `ok`, stable measurement windows, images served. Unstable, incomplete and "
         "failed points are shown but never used as peaks or picks.",
-        "- **Peak throughput**: the highest images/s among a configuration's usable points.",
-        "- **Scaling efficiency** at N GPUs: peak(N) ÷ (N × peak(1)); 100% is linear scaling. Without a 1-GPU "
+        "**Peak throughput**: the highest images/s among a configuration's usable points.",
+        "**Scaling efficiency** at N GPUs: peak(N) ÷ (N × peak(1)); 100% is linear scaling. Without a 1-GPU "
         "peak, per-GPU peak is compared with the smallest GPU count measured.",
-        f"- **Cost per 1000 images**: hourly cost of N GPUs ÷ (3600 × images/s) × 1000, at peak ({price}).",
-        "- **CPU runs**: a point whose server record says CPU (no GPU per replica, the CPU provider, Triton "
+        f"**Cost per 1000 images**: hourly cost of N GPUs ÷ (3600 × images/s) × 1000, at peak ({price}).",
+        "**CPU runs**: a point whose server record says CPU (no GPU per replica, the CPU provider, Triton "
         "instances of kind CPU), or whose hardware record shows no GPU, is labelled CPU and sized by replicas; "
         f"it is never priced at a GPU price ({cpu_price}).",
-        f"- **Like for like**: {LIKE_FOR_LIKE}",
+        f"**Like for like**: {LIKE_FOR_LIKE}",
+        f"**Host CPU**: {HOST_CPU}",
     ]
     if p.get("slo_p99_ms") is not None:
-        lines.append(_goodput_definition(p))
-    lines += [
-        f"- **Knee**: walking usable points in order of load, the first step where p99 grows by more than "
+        items.append(_goodput_definition(p))
+    items += [
+        f"**Knee**: walking usable points in order of load, the first step where p99 grows by more than "
         f"{p['knee_factor']:g} × the relative throughput growth and by at least {p['knee_min_p99_growth']:.0%}; "
         "the knee is the load before that step. Past it, extra load buys latency, not throughput.",
-        "- **Best under the SLO**: the usable point with the highest images/s whose p99 ≤ the SLO.",
-        "- **Cheapest meeting the target**: among configurations whose throughput (under the SLO when one is "
+        "**Best under the SLO**: the usable point with the highest images/s whose p99 ≤ the SLO.",
+        "**Cheapest meeting the target**: among configurations whose throughput (under the SLO when one is "
         "given, else at peak) reaches the target, the lowest hourly cost (fewest GPUs without prices).",
-        f"- **Bottleneck** at a configuration's peak, first rule that fires: client CPU saturated "
+        f"**Bottleneck** at a configuration's peak, first rule that fires: client CPU saturated "
         f"(≥ {CLIENT_SATURATED_PCT:.0f}% of a core, or flagged by the load generator) → *client*; busiest GPUs "
         f"≥ {GPU_BUSY_PCT:.0f}% utilised → *gpu*; server queue ≥ {QUEUE_DOMINANT_SHARE:.0%} of server time → "
         f"*queueing* (batching or replicas); GPUs < {GPU_IDLE_PCT:.0f}% utilised with little queueing → "
         "*serving-path* (proxy, decode, serialisation); otherwise *undetermined*.",
-        "- **Engine ceiling**: N × the engine's images/s (onnxruntime, input already on the GPU; input from host "
+        "**Engine ceiling**: N × the engine's images/s (onnxruntime, input already on the GPU; input from host "
         "memory for an engine file without that row) at the largest measured batch size not above the server's "
         "max batch size.",
-        "",
     ]
-    return lines
+    return [Heading(2, "Definitions"), BulletList(items)]
+
+
+def peaks_table(report: Report) -> Table:
+    """Each configuration's peak at each size, in one table: what `rayscale report` prints."""
+    slo = report.parameters.get("slo_p99_ms")
+    header = ["configuration", "size", "peak img/s", "at load", "p50 ms", "p99 ms", "efficiency", "$/1000 img"]
+    if slo is not None:
+        header.append(f"best goodput (≤{slo:g}ms)")
+    table = Table(header, title="peak of each configuration")
+    for series in report.series:
+        for g in report.groups_of(series):
+            row = [series, size_label(g.hardware, g.units), _num(g.peak_images_per_s), format_load(g.peak_load),
+                   _num(g.peak_latency_p50_ms), _num(g.peak_latency_p99_ms), _pct(g.efficiency),
+                   _usd(g.cost_per_1000_images_usd)]
+            if slo is not None:
+                row.append(_goodput(g.goodput_images_per_s, g.goodput_method))
+            table.add_row(*row)
+    return table
+
+
+def _plots(plots: list[str]) -> list[Block]:
+    if not plots:
+        return []
+    return [Heading(2, "Plots"), *(Figure(name, name.removesuffix(".png").replace("_", " ").capitalize()) for name in plots)]
+
+
+def report_document(report: Report, plots: list[str], title: str = "rayscale report") -> Document:
+    """Every section in reading order; ``plots`` are PNG file names relative to the report."""
+    intro = Paragraph(f"From {len(report.sources)} results file(s): " + ", ".join(f"`{s}`" for s in report.sources) + ".")
+    blocks: list[Block] = [intro]
+    blocks += _summary(report)
+    blocks += [Heading(3, "Peak of each configuration"), peaks_table(report)]
+    blocks += _flags(report)
+    blocks += _scaling(report)
+    blocks += _comparison(report)
+    blocks += tune_section_blocks(report)
+    blocks += _latency(report)
+    blocks += _host_cpu(report)
+    blocks += _bottlenecks(report)
+    blocks += _plots(plots)
+    blocks += _setup(report)
+    blocks += _definitions(report)
+    return Document(title, blocks)
 
 
 def render_markdown(report: Report, plots: list[str], title: str = "rayscale report") -> str:
     """The whole report.md; ``plots`` are PNG file names relative to the report."""
-    lines = [f"# {title}", "", f"From {len(report.sources)} results file(s): " +
-             ", ".join(f"`{s}`" for s in report.sources) + ".", ""]
-    lines += _summary(report)
-    lines += _flags(report)
-    lines += _scaling(report)
-    lines += _comparison(report)
-    lines += tune_section_lines(report)
-    lines += _latency(report)
-    lines += _bottlenecks(report)
-    if plots:
-        lines += ["## Plots", ""] + [f"![{name}]({name})" for name in plots] + [""]
-    lines += _setup(report)
-    lines += _definitions(report)
-    return "\n".join(lines).rstrip() + "\n"
+    return to_markdown(report_document(report, plots, title))
