@@ -106,6 +106,16 @@ def test_the_config_adds_the_ingress_token_and_strips_a_client_copy(tmp_path):
     assert "stats enable" not in text and "prometheus" not in text  # no statistics page, no metrics port
 
 
+def test_each_node_binds_its_own_address_for_the_users_host():
+    from rayscale.serve.ingress import node_bind_host
+
+    assert node_bind_host("127.0.0.1", "10.0.0.5") == "127.0.0.1"  # a node of a real cluster: its loopback
+    assert node_bind_host("127.0.0.1", "127.0.0.2") == "127.0.0.2"  # nodes sharing a machine: one loopback address each
+    assert node_bind_host("0.0.0.0", "10.0.0.5") == "0.0.0.0"
+    assert node_bind_host("10.0.0.1", "10.0.0.5") == "10.0.0.5"  # "the node's own address", on every node
+    assert node_bind_host("192.168.1.7", "127.0.0.1") == "192.168.1.7"  # one machine: the user's address
+
+
 def test_healthz_follows_whether_any_replica_is_routed(ingress):
     """KubeRay probes /-/healthz: 503 JSON while no replica is ready."""
     cfg, _ = ingress

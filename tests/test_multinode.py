@@ -80,12 +80,22 @@ def test_every_node_answers_on_its_own_loopback_and_serves_its_clients_itself(cl
     for ingress in by_node.values():  # each routes to its own process, and to the two others for spill-over
         assert (ingress["local_up"], ingress["remote_up"]) == (1, 2), ingress
         assert ingress["url"] == "http://127.0.0.1:8000"
+    for node in cluster.nodes:  # what KubeRay's readiness probe reads: this node has a replica to serve with
+        healthz = cluster.on(node, sys.executable, "-c", HEALTHZ, timeout_s=60)
+        assert healthz.stdout.strip() == "200 success", (node.ip, healthz.stdout, healthz.stderr[-500:])
     where = replica_nodes(cluster)
     records = load(cluster, cluster.nodes, 4.0, 2, tmp_path, "local")["wait"]()
     for ip, recs in records.items():
         assert recs and not failures(recs), (ip, failures(recs)[:3])
         local = sum(1 for r in recs if where.get(r["replica"]) == ip)
         assert local >= LOCAL_SHARE * len(recs), f"node {ip}: {local} of {len(recs)} requests served on the node"
+
+
+HEALTHZ = """
+import json, urllib.request
+with urllib.request.urlopen("http://127.0.0.1:8000/-/healthz", timeout=10) as r:
+    print(r.status, json.loads(r.read())["status"])
+"""
 
 
 def test_bench_aims_each_client_at_its_own_node_and_counts_what_crossed(cluster, tmp_path):

@@ -155,10 +155,16 @@ def ingress_config(cfg) -> IngressConfig:
 
 
 def node_bind_host(host: str, node_ip: str) -> str:
-    """Where one node's ingress binds for the user's ``host``: loopback and every-interface as given;
-    any other address means "this node's own address" (each node has its own), except on a
-    one-machine cluster, whose node address is loopback and the user's address is the machine's."""
-    if is_loopback(host) or host in ANY_ADDRESS_HOSTS or is_loopback(node_ip):
+    """Where one node's ingress binds for the user's ``host``.
+
+    Loopback: the node's loopback, which is the node's own Ray address where that is a loopback one
+    (several nodes on one machine, 127.0.0.1 and 127.0.0.2, each get their own). Every interface: as
+    given. Any other address means "this node's own address" (each node has its own), except on a
+    one-machine cluster, whose node address is loopback and the user's address is the machine's.
+    """
+    if is_loopback(host):
+        return node_ip if is_loopback(node_ip) and ":" not in node_ip else host
+    if host in ANY_ADDRESS_HOSTS or is_loopback(node_ip):
         return host
     return node_ip
 
@@ -166,11 +172,23 @@ def node_bind_host(host: str, node_ip: str) -> str:
 def _threads(cfg: IngressConfig) -> int:
     if cfg.threads:
         return cfg.threads
+    return max(2, min(16, int(_usable_cores()) // 4))
+
+
+def _usable_cores() -> float:
+    """The cores this process may use: its CPU set, capped by a CPU quota (a pod's limit, whose
+    cpuset still shows every core of the host)."""
     try:
-        cores = len(os.sched_getaffinity(0))  # the CPUs this process may use (a pod's cpuset, say)
+        cores = float(len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):
-        cores = os.cpu_count() or 2
-    return max(2, min(16, cores // 4))
+        cores = float(os.cpu_count() or 2)
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]  # cgroup v2: "max 100000" or "200000 100000"
+        if quota != "max":
+            cores = min(cores, int(quota) / int(period))
+    except (OSError, ValueError):
+        pass
+    return cores
 
 
 def _fmt_host(host: str) -> str:
@@ -239,7 +257,7 @@ def _frontend(proto: str, cfg: IngressConfig, bind: str, token: str) -> list[str
         # Serve's proxy health path, which KubeRay probes: healthy while a replica on this node is routed
         lines += [
             "    acl healthz path /-/healthz",
-            f"    http-request return status 200 content-type application/json string '{{\"healthy\": true}}' if healthz {{ nbsrv({local}) gt 0 }}",
+            f"    http-request return status 200 content-type application/json string '{{\"status\": \"success\"}}' if healthz {{ nbsrv({local}) gt 0 }}",
             "    http-request return status 503 content-type application/json string '{\"error\": \"no replica is ready on this node\"}' if healthz",
         ]  # fmt: skip
     # Local first: another node's processes only when none here is ready or every one is full
