@@ -15,7 +15,9 @@
 #   grpc32    the same over gRPC, 32 images/request                                      ~2 min
 #   down      rayscale down
 #   triton    Triton (Python backend, TRITON_INSTANCES per GPU) with N GPUs for N in GPUS, same bench as http32
-#   twonode   two Ray nodes on this host (one GPU each, CUDA_VISIBLE_DEVICES per `ray start`): up, http32, down
+#   twonode   two Ray nodes on this host (one GPU each, CUDA_VISIBLE_DEVICES per `ray start`, node addresses
+#             127.0.0.1 and 127.0.0.2 so each node's ingress has its own): up, http32 with each client
+#             actor aimed at its own node's ingress, down
 #   report    rayscale report over everything, with per-GPU-count costs
 # and, when named (not run by default):
 #   tune_triton    rayscale tune --target triton on TUNE_GPUS GPUs: instances per GPU 2,4,8 and batch wait,
@@ -109,10 +111,10 @@ phase_twonode() {  # the same app over two Ray nodes on one host: a head with GP
   $RS down > /dev/null 2>&1
   local tmp=/tmp/rayscale-2node  # both nodes' files: this phase stops the processes that name it, and only those
   CUDA_VISIBLE_DEVICES=0 step ray_head ray start --head --temp-dir=$tmp --port=$port --node-ip-address=127.0.0.1 --dashboard-host=127.0.0.1 --disable-usage-stats "${gpus[@]}"
-  CUDA_VISIBLE_DEVICES=1 step ray_worker ray start --temp-dir=$tmp --address=127.0.0.1:$port --node-ip-address=127.0.0.1 "${gpus[@]}"
+  CUDA_VISIBLE_DEVICES=1 step ray_worker ray start --temp-dir=$tmp --address=127.0.0.1:$port --node-ip-address=127.0.0.2 "${gpus[@]}"
   step up_2node $RS up --address 127.0.0.1:$port --replicas 2 --model "$MODEL" $(echo $UP | sed 's/--num-gpus [0-9]*//')
   bench http32_2node "$OUT/rayscale-2node-http-${IPR}img.json" --address 127.0.0.1:$port --target rayscale-2node \
-    --url http://127.0.0.1:8000 --replicas "$REPLICAS" --concurrency "$CONC32" --images-per-request $IPR
+    --replicas "$REPLICAS" --concurrency "$CONC32" --images-per-request $IPR
   step down_2node $RS down --address 127.0.0.1:$port
   pkill -TERM -f "$tmp" ; sleep 3; pkill -KILL -f "$tmp"
 }

@@ -28,6 +28,7 @@ __all__ = [
     "EnginePoint",
     "GpuSummary",
     "HostCpu",
+    "IngressTraffic",
     "LatencyHistogram",
     "LatencyStats",
     "PointResult",
@@ -220,6 +221,19 @@ class GpuSummary:
     samples: int = 0
 
 
+@dataclass
+class IngressTraffic:
+    """What one node's ingress carried over a point's measured span (HTTP and gRPC together)."""
+
+    node: str  # Ray node id
+    node_ip: str = ""
+    requests: int = 0  # requests that entered at this node
+    requests_remote: int = 0  # of those, served by a replica process on another node
+    bytes_in: int = 0  # from clients
+    bytes_out: int = 0  # to clients
+    restarted: bool = False  # its HAProxy restarted within the span: the counts are a lower bound
+
+
 class PointStatus(StrEnum):
     """How a point ended; the value is what results files hold."""
 
@@ -270,6 +284,12 @@ class PointResult:
     client_cpu_saturated: bool = False
     clients: int = 1  # client actors that sent the measured load
     error_timeline: list[dict[str, Any]] = field(default_factory=list)
+    ingress_traffic: list[IngressTraffic] = field(default_factory=list)  # per node; rayscale's own ingress only
+
+    @property
+    def requests_crossed(self) -> int | None:
+        """Requests that entered at one node and were served on another (None where not counted)."""
+        return sum(t.requests_remote for t in self.ingress_traffic) if self.ingress_traffic else None
 
     @property
     def key(self) -> tuple:
@@ -350,6 +370,7 @@ def _point_from_dict(d: dict[str, Any]) -> PointResult:
     d["server"] = dataclass_from_dict(ServerStats, d["server"]) if d.get("server") else None
     d["host_cpu"] = dataclass_from_dict(HostCpu, d["host_cpu"]) if d.get("host_cpu") else None
     d["gpus"] = [dataclass_from_dict(GpuSummary, g) for g in d.get("gpus") or []]
+    d["ingress_traffic"] = [dataclass_from_dict(IngressTraffic, t) for t in d.get("ingress_traffic") or []]
     try:
         d["status"] = PointStatus(d.get("status", PointStatus.OK))
     except ValueError:

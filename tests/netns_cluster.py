@@ -1,29 +1,34 @@
-"""Two Ray nodes on one machine, each in a network namespace of its own, joined by a veth pair.
+"""Ray nodes on one machine, each in a network namespace of its own, joined by a bridge.
 
-What crosses between the nodes crosses a real (virtual) network link, as between two KubeRay pods.
-Both nodes live in namespaces the fixture creates, so whatever Ray binds (it binds every interface
-of a node that is not on loopback) is reachable only from inside them; the commands under test run
-in the head's namespace. Ray's token authentication is on, with a token made for this cluster.
+What crosses between the nodes crosses a real (virtual) network link, as between KubeRay pods.
+Every node lives in a namespace the fixture creates, so whatever Ray binds (it binds every interface
+of a node that is not on loopback) is reachable only from inside them, and each node has a loopback
+of its own: a client on a node that aims at 127.0.0.1 reaches that node's servers alone. The
+commands under test run in the head's namespace unless a test names another node. Ray's token
+authentication is on, with a token made for this cluster.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
 from rayscale.processes import stop_processes
 
-SUBNET_PREFIX = 30
-HEAD_IP = "10.213.0.1"  # the /30 exists only inside the two namespaces: no clash with any host network
-WORKER_IP = "10.213.0.2"
+SUBNET = "10.213.0"  # a /24 that exists only inside the namespaces: no clash with any host network
+PREFIX = 24
 GCS_PORT = 6379
 # Agent ports given to `ray start`: the raylet then does not wait for the agents to report theirs
 # (a 15 s wait that a busy CI machine overruns). Each namespace has all its ports free.
@@ -31,23 +36,91 @@ AGENT_PORTS = ("--metrics-export-port=20080", "--dashboard-agent-listen-port=200
                "--dashboard-agent-grpc-port=20082", "--runtime-env-agent-port=20083")
 
 
+@dataclass(frozen=True)
+class Node:
+    ns: str
+    ip: str
+
+
+class Listening(NamedTuple):
+    pid: int
+    name: str  # the kernel's name for the process (15 characters at most)
+    command: str  # its command line
+    ip: str
+    port: int
+
+
 @dataclass
-class TwoNodeCluster:
-    head_ns: str
-    worker_ns: str
+class NetnsCluster:
+    nodes: list[Node]
     env: dict[str, str]
     temp_dirs: list[Path] = field(default_factory=list)
 
     @property
+    def head(self) -> Node:
+        return self.nodes[0]
+
+    @property
     def address(self) -> str:
-        return f"{HEAD_IP}:{GCS_PORT}"
+        return f"{self.head.ip}:{GCS_PORT}"
+
+    def on(self, node: Node, *cmd: str, timeout_s: float = 180) -> subprocess.CompletedProcess:
+        """Run ``cmd`` in ``node``'s namespace."""
+        return _ip_netns_exec(node.ns, list(cmd), self.env, timeout_s)
+
+    def popen(self, node: Node, *cmd: str) -> subprocess.Popen:
+        """Start ``cmd`` in ``node``'s namespace, its output captured as text."""
+        return subprocess.Popen(["ip", "netns", "exec", node.ns, *cmd], env=self.env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)  # fmt: skip
 
     def on_head(self, *cmd: str, timeout_s: float = 180) -> subprocess.CompletedProcess:
         """Run ``cmd`` in the head's namespace (where the cluster and its served URL are reachable)."""
-        return _ip_netns_exec(self.head_ns, list(cmd), self.env, timeout_s)
+        return self.on(self.head, *cmd, timeout_s=timeout_s)
 
     def rayscale(self, *args: str, timeout_s: float = 180) -> subprocess.CompletedProcess:
         return self.on_head(sys.executable, "-m", "rayscale.cli", *args, timeout_s=timeout_s)
+
+    def pids(self, node: Node) -> list[int]:
+        """Every process in ``node``'s namespace."""
+        return [int(p) for p in _run(["ip", "netns", "pids", node.ns]).stdout.split()]
+
+    def listeners(self, node: Node) -> list[Listening]:
+        """Every TCP socket listening in ``node``'s namespace, read from /proc as that namespace sees it
+        (psutil reads the caller's namespace)."""
+        found = []
+        for pid in self.pids(node):
+            try:
+                inodes = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+                name = Path(f"/proc/{pid}/comm").read_text().strip()
+                command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+            except OSError:  # exited meanwhile
+                continue
+            for table in ("tcp", "tcp6"):
+                try:
+                    rows = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
+                except OSError:
+                    continue
+                for row in rows:
+                    fields = row.split()
+                    if fields[3] == "0A" and f"socket:[{fields[9]}]" in inodes:  # 0A: LISTEN
+                        ip_hex, port_hex = fields[1].split(":")
+                        found.append(Listening(pid, name, command[:300], _ip(ip_hex), int(port_hex, 16)))
+        return sorted(set(found))
+
+    def stop_node(self, node: Node) -> None:
+        """The node dies: every process in its namespace is killed at once, with no chance to say so."""
+        for _ in range(3):  # a process that started meanwhile goes too
+            for pid in self.pids(node):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+
+
+def _ip(hex_addr: str) -> str:
+    """An address as /proc/net/tcp{,6} writes it (little-endian 32-bit words) in the usual form; an
+    IPv4 address a v6 socket binds (gRPC's) as the IPv4 address."""
+    raw = bytes.fromhex(hex_addr)
+    addr = ipaddress.ip_address(b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4)))
+    return str(getattr(addr, "ipv4_mapped", None) or addr)
 
 
 def _run(cmd: list[str], env: dict[str, str] | None = None, timeout_s: float = 30) -> subprocess.CompletedProcess:
@@ -63,42 +136,31 @@ def _check(proc: subprocess.CompletedProcess, what: str) -> None:
         raise RuntimeError(f"{what} failed ({proc.returncode}): {(proc.stderr or proc.stdout).strip()[-1500:]}")
 
 
-def _create_namespaces(head_ns: str, worker_ns: str) -> None:
-    # The veth pair is created inside the head's namespace with its peer straight in the worker's:
-    # its names never meet the host's interfaces.
-    for cmd in (
-        ["ip", "-n", head_ns, "link", "add", "veth0", "type", "veth", "peer", "name", "veth1", "netns", worker_ns],
-        ["ip", "-n", head_ns, "addr", "add", f"{HEAD_IP}/{SUBNET_PREFIX}", "dev", "veth0"],
-        ["ip", "-n", worker_ns, "addr", "add", f"{WORKER_IP}/{SUBNET_PREFIX}", "dev", "veth1"],
-        ["ip", "-n", head_ns, "link", "set", "veth0", "up"],
-        ["ip", "-n", worker_ns, "link", "set", "veth1", "up"],
-        ["ip", "-n", head_ns, "link", "set", "lo", "up"],
-        ["ip", "-n", worker_ns, "link", "set", "lo", "up"],
-    ):
+def _create_network(bridge_ns: str, nodes: list[Node]) -> None:
+    """A bridge in a namespace of its own, and a veth pair from it to each node's namespace; the
+    names never meet the host's interfaces."""
+    cmds = [["ip", "-n", bridge_ns, "link", "add", "br0", "type", "bridge"], ["ip", "-n", bridge_ns, "link", "set", "br0", "up"]]
+    for i, node in enumerate(nodes):
+        cmds += [
+            ["ip", "-n", bridge_ns, "link", "add", f"v{i}", "type", "veth", "peer", "name", "eth0", "netns", node.ns],
+            ["ip", "-n", bridge_ns, "link", "set", f"v{i}", "master", "br0"],
+            ["ip", "-n", bridge_ns, "link", "set", f"v{i}", "up"],
+            ["ip", "-n", node.ns, "addr", "add", f"{node.ip}/{PREFIX}", "dev", "eth0"],
+            ["ip", "-n", node.ns, "link", "set", "eth0", "up"],
+            ["ip", "-n", node.ns, "link", "set", "lo", "up"],
+        ]
+    for cmd in cmds:
         _check(_run(cmd), " ".join(cmd))
 
 
-def _stop_namespace_processes(ns: str) -> None:
-    """Every process in ``ns`` was started by this fixture: stop them all (TERM, then KILL)."""
-    stop_processes(lambda: [int(p) for p in _run(["ip", "netns", "pids", ns]).stdout.split()], term_grace_s=3.0)
-
-
-def _teardown(cluster: TwoNodeCluster, namespaces: list[str]) -> None:
-    for ns in namespaces:
-        _stop_namespace_processes(ns)
-        _run(["ip", "netns", "del", ns])  # takes its end of the veth pair, and so the pair, with it
-    for d in cluster.temp_dirs:
-        shutil.rmtree(d, ignore_errors=True)
-
-
-def _ray_start(cluster: TwoNodeCluster, ns: str, args: list[str], temp_dir: Path) -> None:
+def _ray_start(cluster: NetnsCluster, node: Node, args: list[str], temp_dir: Path, *, cpus: float, gpus: int) -> None:
     ray_bin = shutil.which("ray")
     assert ray_bin, "the `ray` command is not on PATH"
     cluster.temp_dirs.append(temp_dir)
-    proc = _ip_netns_exec(ns, [ray_bin, "start", *args, *AGENT_PORTS, f"--temp-dir={temp_dir}", "--num-gpus=1",
-                               "--object-store-memory=150000000", "--disable-usage-stats"], cluster.env, 180)
+    proc = cluster.on(node, ray_bin, "start", *args, f"--node-ip-address={node.ip}", *AGENT_PORTS, f"--temp-dir={temp_dir}",
+                      f"--num-cpus={cpus:g}", f"--num-gpus={gpus}", "--object-store-memory=150000000", "--disable-usage-stats")  # fmt: skip
     if proc.returncode != 0:
-        raise RuntimeError(f"ray start in {ns} failed: {proc.stderr.strip()[-500:]}\n{_ray_errors(temp_dir)}")
+        raise RuntimeError(f"ray start in {node.ns} failed: {proc.stderr.strip()[-500:]}\n{_ray_errors(temp_dir)}")
 
 
 def _ray_errors(temp_dir: Path) -> str:
@@ -110,32 +172,37 @@ def _ray_errors(temp_dir: Path) -> str:
     return "\n".join(lines[-20:])
 
 
-@pytest.fixture
-def two_node_cluster(tmp_path: Path) -> Iterator[TwoNodeCluster]:
-    """A head (one logical GPU) at 10.213.0.1 and a worker (one logical GPU) at 10.213.0.2."""
+@contextlib.contextmanager
+def netns_cluster(state_dir: Path, nodes: int, *, cpus: list[float], gpus: int = 1) -> Iterator[NetnsCluster]:
+    """A head and ``nodes - 1`` workers, node ``i`` at 10.213.0.<i+1> with ``cpus[i]`` CPUs and
+    ``gpus`` logical GPUs; skips where network namespaces cannot be made."""
     if shutil.which("ip") is None:
-        pytest.skip("needs iproute2 (`ip netns`) to give the second node its own network address")
+        pytest.skip("needs iproute2 (`ip netns`) to give each node its own network address")
     tag = f"rs{os.getpid()}"
-    head_ns, worker_ns = f"{tag}-head", f"{tag}-worker"
-    namespaces: list[str] = []
-    token_file = tmp_path / "ray_auth_token"
+    state_dir.mkdir(parents=True, exist_ok=True)
+    token_file = state_dir / "ray_auth_token"
     token_file.write_text(secrets.token_hex(32))
     token_file.chmod(0o600)
-    env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_file),
-               RAYSCALE_STATE_DIR=str(tmp_path / "state"))
-    cluster = TwoNodeCluster(head_ns=head_ns, worker_ns=worker_ns, env=env)
+    env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_file), RAYSCALE_STATE_DIR=str(state_dir / "state"))
+    members = [Node(ns=f"{tag}-n{i}", ip=f"{SUBNET}.{i + 1}") for i in range(nodes)]
+    cluster = NetnsCluster(nodes=members, env=env)
+    made: list[str] = []
     try:
-        for ns in (head_ns, worker_ns):
-            made = _run(["ip", "netns", "add", ns])
-            if made.returncode != 0:
-                pytest.skip(f"`ip netns add` is not permitted here: {made.stderr.strip()}")
-            namespaces.append(ns)
-        _create_namespaces(head_ns, worker_ns)
+        for ns in [f"{tag}-br", *(n.ns for n in members)]:
+            added = _run(["ip", "netns", "add", ns])
+            if added.returncode != 0:
+                pytest.skip(f"`ip netns add` is not permitted here: {added.stderr.strip()}")
+            made.append(ns)
+        _create_network(f"{tag}-br", members)
         # Short temp dirs: Ray's Unix socket paths must stay under the kernel's 107-byte limit.
-        _ray_start(cluster, head_ns, ["--head", f"--node-ip-address={HEAD_IP}", f"--port={GCS_PORT}",
-                                      "--num-cpus=3", "--include-dashboard=false"], Path(f"/tmp/{tag}h"))
-        _ray_start(cluster, worker_ns, [f"--address={cluster.address}", f"--node-ip-address={WORKER_IP}",
-                                        "--num-cpus=2"], Path(f"/tmp/{tag}w"))
+        _ray_start(cluster, members[0], ["--head", f"--port={GCS_PORT}", "--include-dashboard=false"], Path(f"/tmp/{tag}n0"),
+                   cpus=cpus[0], gpus=gpus)  # fmt: skip
+        for i, node in enumerate(members[1:], start=1):
+            _ray_start(cluster, node, [f"--address={cluster.address}"], Path(f"/tmp/{tag}n{i}"), cpus=cpus[i], gpus=gpus)
         yield cluster
     finally:
-        _teardown(cluster, namespaces)
+        for ns in reversed(made):
+            stop_processes(lambda ns=ns: [int(p) for p in _run(["ip", "netns", "pids", ns]).stdout.split()], term_grace_s=3.0)
+            _run(["ip", "netns", "del", ns])  # takes its ends of the veth pairs, and so the pairs, with it
+        for d in cluster.temp_dirs:
+            shutil.rmtree(d, ignore_errors=True)

@@ -1,4 +1,4 @@
-"""The default ingress on its own: HAProxy as rayscale configures it, with no replica behind it yet."""
+"""The default ingress on its own: one node's HAProxy as rayscale configures it, with no replica behind it yet."""
 
 from __future__ import annotations
 
@@ -12,7 +12,15 @@ import urllib.request
 import pytest
 
 from rayscale.config import ServeConfig
-from rayscale.serve.ingress import INGRESS_TOKEN_HEADER, IngressConfig, ensure_ingress, ingress_config, render_config, stop_ingress
+from rayscale.serve.ingress import (
+    INGRESS_TOKEN_HEADER,
+    IngressConfig,
+    ensure_node_ingress,
+    get_node_ingress,
+    ingress_config,
+    render_config,
+    stop_ingresses,
+)
 
 from conftest import free_port, start_local_ray
 
@@ -26,9 +34,9 @@ def ingress(tmp_path_factory):
     start_local_ray(num_cpus=2, namespace="rayscale")
     cfg = IngressConfig(app_name=f"ingress-{os.getpid()}", host="127.0.0.1", http_port=free_port(), grpc_port=free_port(),
                         request_timeout_s=10)
-    actor = ensure_ingress(cfg)
+    actor = ensure_node_ingress(cfg)
     yield cfg, actor
-    stop_ingress(cfg.app_name)
+    stop_ingresses(cfg.app_name)
     ray.shutdown()
 
 
@@ -83,19 +91,29 @@ def test_a_port_in_use_is_a_clear_error(ingress):
     clash = IngressConfig(app_name=f"clash-{os.getpid()}", host="127.0.0.1", http_port=cfg.http_port, grpc_port=0,
                           request_timeout_s=10)
     with pytest.raises(Exception, match="port"):
-        ensure_ingress(clash)
-    from rayscale.serve.ingress import get_ingress
+        ensure_node_ingress(clash)
+    import ray
 
-    assert get_ingress(clash.app_name) is None
+    assert get_node_ingress(clash.app_name, ray.get_runtime_context().get_node_id()) is None
 
 
 def test_the_config_adds_the_ingress_token_and_strips_a_client_copy(tmp_path):
     text = render_config(ingress_config(ServeConfig(port=8000, grpc_port=8001)), token="T0KEN", workdir=tmp_path)
     assert f"http-request del-header {INGRESS_TOKEN_HEADER}" in text
-    assert f"http-request set-header {INGRESS_TOKEN_HEADER} T0KEN" in text
+    assert text.count(f"http-request set-header {INGRESS_TOKEN_HEADER} T0KEN") == 4  # every pool: HTTP and gRPC, here and elsewhere
     assert "bind 127.0.0.1:8000" in text and "bind 127.0.0.1:8001 proto h2" in text
     assert "stats socket" in text and "mode 600" in text
     assert "stats enable" not in text and "prometheus" not in text  # no statistics page, no metrics port
+
+
+def test_each_node_binds_its_own_address_for_the_users_host():
+    from rayscale.serve.ingress import node_bind_host
+
+    assert node_bind_host("127.0.0.1", "10.0.0.5") == "127.0.0.1"  # a node of a real cluster: its loopback
+    assert node_bind_host("127.0.0.1", "127.0.0.2") == "127.0.0.2"  # nodes sharing a machine: one loopback address each
+    assert node_bind_host("0.0.0.0", "10.0.0.5") == "0.0.0.0"
+    assert node_bind_host("10.0.0.1", "10.0.0.5") == "10.0.0.5"  # "the node's own address", on every node
+    assert node_bind_host("192.168.1.7", "127.0.0.1") == "192.168.1.7"  # one machine: the user's address
 
 
 def test_healthz_follows_whether_any_replica_is_routed(ingress):

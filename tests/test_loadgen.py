@@ -115,7 +115,7 @@ def test_open_loop_schedules():
         (dict(url="http://x", concurrency=[]), "concurrency"),
         (dict(url="http://x", concurrency=None, rates_rps=[0.0]), "rates"),
         (dict(url="http://x", concurrency=[1], rates_rps=[10.0]), "exactly one load shape"),
-        (dict(url=None, handle=False), "exactly one target"),
+        (dict(url="http://x:1", handle=True), "one target"),
         (dict(url="ftp://x"), "http://"),
         (dict(url="http://x", arrival="bursty", concurrency=None, rates_rps=[5.0]), "arrival"),
         (dict(url="http://x", replicas=[]), "replicas"),
@@ -176,16 +176,26 @@ def test_closed_loop_counts_every_error(ray_cluster, tmp_path):
     assert point.requests_failed == pytest.approx(point.requests_sent / 4, abs=8)
 
 
-def assert_host_cpu_measured(point: PointResult) -> None:
-    """The replicas' CPU time over the point's windows, from the statistics they send: more than the
-    model's arithmetic needs, no more than the machine's cores can give; the clients' beside it."""
+def assert_host_cpu_measured(point: PointResult, *, through_ingress: bool) -> None:
+    """The replicas' CPU time over the point's windows, from the statistics they send, and (requests
+    through rayscale's ingress) its HAProxy's: more than the model's arithmetic needs, no more than the
+    machine's cores can give; the clients' beside it."""
     import os
 
     cpu = point.host_cpu
     assert cpu is not None and cpu.measured_s == point.measured_s
     assert cpu.images == round(point.images_per_s * point.measured_s)
-    assert cpu.replica_cpu_s > 0 and cpu.ingress_cpu_s is None and cpu.triton_cpu_s is None  # ingress: not measured
-    assert cpu.server_parts == ["replicas"] and cpu.server_cpu_s == cpu.replica_cpu_s
+    assert cpu.replica_cpu_s > 0 and cpu.triton_cpu_s is None
+    if through_ingress:
+        assert cpu.ingress_cpu_s is not None and cpu.ingress_cpu_s >= 0
+        assert cpu.server_parts == ["replicas", "ingress"]
+        assert cpu.server_cpu_s == pytest.approx(cpu.replica_cpu_s + cpu.ingress_cpu_s)
+        [node] = point.ingress_traffic  # one node: everything it carried was served there
+        assert node.requests == pytest.approx(point.requests_per_s * point.measured_s, rel=0.25, abs=3)  # the same span
+        assert node.requests_remote == 0 and node.bytes_in > 0 and node.bytes_out > 0
+    else:  # a handle call skips the ingress
+        assert cpu.ingress_cpu_s is None and point.ingress_traffic == []
+        assert cpu.server_parts == ["replicas"] and cpu.server_cpu_s == cpu.replica_cpu_s
     assert cpu.server_cpu_s_per_1000_images > MIN_CPU_S_PER_1000_IMAGES_ON_CPU
     assert cpu.server_cores <= os.cpu_count() * 1.1  # a replica's flush lags a window edge by at most 0.1 s
     assert 0 < cpu.client_cpu_s_per_1000_images < cpu.server_cpu_s_per_1000_images
@@ -212,7 +222,7 @@ def test_sweep_of_two_replica_counts_and_two_concurrencies_writes_a_valid_file(r
             assert p.latency.p50_ms <= p.latency.p99_ms <= p.latency.max_ms
             assert p.server is not None and p.server.requests > 0 and p.server.images == 2 * p.server.requests
             assert len(p.windows) >= 3
-            assert_host_cpu_measured(p)
+            assert_host_cpu_measured(p, through_ingress=True)
         assert loaded.model["sha256"] and loaded.environment["versions"]["ray"] == "2.60.0"
         assert loaded.serve_config["replicas"] == 2
         assert out.with_suffix(".csv").read_text().count("\n") == 5
@@ -232,7 +242,7 @@ def test_sweep_of_two_replica_counts_and_two_concurrencies_writes_a_valid_file(r
                                              out=str(tmp_path / "handle.json"), clients=1, **FAST)).points[0]
         assert handle_point.transport == "handle" and handle_point.requests_ok > 0 and handle_point.requests_failed == 0
         assert handle_point.replicas == 2 and status(cfg.app_name).replica_states.get("RUNNING") == 2
-        assert_host_cpu_measured(handle_point)
+        assert_host_cpu_measured(handle_point, through_ingress=False)
         # ... and so it is under a label of the user's choosing, which records what runs
         labelled = run_bench(BenchConfig(url=app.url, target="rayscale-two", concurrency=[2], images_per_request=[2],
                                          out=str(tmp_path / "labelled.json"), clients=1, **FAST))
@@ -251,7 +261,8 @@ def test_client_asks_for_uncompressed_responses():
     """
     import asyncio
 
-    from rayscale.loadgen.client import LoadClient, TargetSpec
+    from rayscale.loadgen.client import LoadClient
+    from rayscale.loadgen.target_spec import TargetSpec
     from rayscale.loadgen.trivial_server import TrivialServer
 
     async def one_request(url: str) -> None:

@@ -27,6 +27,7 @@ from rayscale.loadgen import BenchConfig, run_bench
 from rayscale.loadgen.events import WindowMeasured
 from rayscale.loadgen.trivial_server import TrivialServer
 from rayscale.results import BenchResult, load_results
+from rayscale.serve.registry import ReplicaRecord
 
 from conftest import free_port, start_local_ray
 
@@ -120,7 +121,7 @@ def _replica_ids_answering(app, requests: int = 16) -> set[str]:
     return {a[2]["x-rayscale-replica"] for a in answers}
 
 
-def _wait_until_two_replicas(app) -> list[dict]:
+def _wait_until_two_replicas(app) -> list[ReplicaRecord]:
     from rayscale.serve.cluster import wait_for_replicas
 
     return wait_for_replicas(app.app_name, 2, timeout_s=240)
@@ -234,7 +235,7 @@ def test_requests_on_a_killed_replica_fail_fast_with_json_and_serve_replaces_it(
     with ThreadPoolExecutor(4) as pool:
         futures = [pool.submit(_request, _infer_url(app), body, headers) for _ in range(4)]
         time.sleep(1.0)  # every request is queued or running on one of the replicas
-        ray.kill(ray.get_actor(victim["actor_name"], namespace=victim["actor_namespace"]))
+        ray.kill(ray.get_actor(victim.actor_name, namespace=victim.actor_namespace))
         answers = [f.result(timeout=120) for f in futures]
     for status, data, h, seconds in answers:
         assert status in (200, 503), (status, data[:200])
@@ -242,7 +243,7 @@ def test_requests_on_a_killed_replica_fail_fast_with_json_and_serve_replaces_it(
             assert "replica" in _assert_json_error(status, data, h)
             assert seconds < 60
     new = _wait_until_two_replicas(app)
-    assert victim["replica"] not in {r["replica"] for r in new}
+    assert victim.replica not in {r.replica for r in new}
     _wait_for(lambda: len(_replica_ids_answering(app)) == 2, 120, "traffic on both replicas")
 
 
@@ -255,18 +256,16 @@ def _replica_killer(app, when_window: int):
     def on_event(event):
         if isinstance(event, WindowMeasured) and event.index == when_window and not killed:
             info = _snapshot_replicas(app)[0]
-            ray.kill(ray.get_actor(info["actor_name"], namespace=info["actor_namespace"]))
-            killed.append(info["replica"])
+            ray.kill(ray.get_actor(info.actor_name, namespace=info.actor_namespace))
+            killed.append(info.replica)
 
     return on_event, killed
 
 
-def _snapshot_replicas(app) -> list[dict]:
-    import ray
+def _snapshot_replicas(app) -> list[ReplicaRecord]:
+    from rayscale.serve import registry
 
-    from rayscale.serve.stats import NAMESPACE, collector_name
-
-    return ray.get(ray.get_actor(collector_name(app.app_name), namespace=NAMESPACE).replicas.remote(), timeout=30)
+    return registry.replica_records(app.app_name, live_only=True)
 
 
 def test_bench_counts_every_request_through_a_replica_failure(app, tmp_path):
@@ -296,14 +295,14 @@ def test_bench_counts_every_request_through_a_replica_failure(app, tmp_path):
 
 def test_a_replica_whose_health_check_fails_is_replaced(app, health_file):
     replicas = _wait_until_two_replicas(app)
-    sick = replicas[1]["replica"]
+    sick = replicas[1].replica
     health_file.write_text(sick + "\n")
     try:
-        _wait_for(lambda: sick not in {r["replica"] for r in _snapshot_replicas(app)}, 120, "the sick replica to go")
+        _wait_for(lambda: sick not in {r.replica for r in _snapshot_replicas(app)}, 120, "the sick replica to go")
     finally:
         health_file.unlink()
     new = _wait_until_two_replicas(app)
-    assert sick not in {r["replica"] for r in new}
+    assert sick not in {r.replica for r in new}
     assert _request(f"{app.url}/v2/health/ready")[0] == 200
 
 

@@ -20,6 +20,7 @@ from rayscale.config import MODEL_NAME, ServeConfig
 from rayscale.engine import Engine, random_images
 from rayscale.perf_analyzer import replicas_from_config
 from rayscale.serve.app import triton_model_config
+from rayscale.serve.registry import ReplicaRecord
 
 from conftest import MIN_CPU_S_PER_1000_IMAGES_ON_CPU, free_port, start_local_ray
 
@@ -77,9 +78,9 @@ def _infer_url(app) -> str:
 
 
 def test_each_replica_holds_its_own_gpu(app):
-    gpus = sorted(r["gpu_ids"][0] for r in app.replica_info)
+    gpus = sorted(r.gpu_ids[0] for r in app.replica_info)
     assert gpus == ["0", "1"]
-    assert {r["provider"] for r in app.replica_info} == {"cpu"}
+    assert {r.provider for r in app.replica_info} == {"cpu"}
 
 
 def test_tritonclient_binary_infer_equals_engine(app, engine):
@@ -117,7 +118,7 @@ def test_tritonclient_grpc_through_the_ingress_equals_engine(app, engine):
 def test_replica_ports_refuse_requests_without_the_ingress_token(app):
     """Only the ingress may talk to a replica's own servers."""
     for r in app.replica_info:
-        status, body = _get(f"http://{r['host']}:{r['http_port']}/v2/health/ready")
+        status, body = _get(f"http://{r.host}:{r.http_port}/v2/health/ready")
         assert status == 401, body
         assert "ingress" in body["error"]
 
@@ -137,7 +138,7 @@ def test_both_replicas_receive_traffic(app):
         results = list(pool.map(lambda _: _post(_infer_url(app), body, headers), range(24)))
     assert all(status == 200 for status, _, _ in results)
     replicas = {h.get("x-rayscale-replica") for _, _, h in results}
-    assert replicas == {r["replica"] for r in app.replica_info}
+    assert replicas == {r.replica for r in app.replica_info}
 
 
 def test_statistics_count_requests_and_images(app):
@@ -294,10 +295,10 @@ def test_haproxy_ingress_serves_the_protocol_on_loopback(model_dir, tmp_path):
 def test_model_config_counts_gpus_across_nodes_and_shared_gpus_once():
     """Every node has a GPU 0: the config's GPU count must not collapse them, nor count a shared one twice."""
     cfg = ServeConfig(gpus_per_replica=1.0)
-    two_nodes = [{"node": "a", "gpu_ids": ["0"]}, {"node": "b", "gpu_ids": ["0"]}]
+    two_nodes = [ReplicaRecord(replica="r1", node="a", pid=1, gpu_ids=["0"]), ReplicaRecord(replica="r2", node="b", pid=2, gpu_ids=["0"])]
     assert replicas_from_config(triton_model_config(cfg, two_nodes)) == 2
     shared = ServeConfig(gpus_per_replica=0.25)
-    one_gpu = [{"node": "a", "gpu_ids": ["0"]} for _ in range(4)]
+    one_gpu = [ReplicaRecord(replica=f"r{i}", node="a", pid=i, gpu_ids=["0"]) for i in range(4)]
     config = triton_model_config(shared, one_gpu)
     assert replicas_from_config(config) == 1 and config["instance_group"][0]["count"] == 4
     assert config["parameters"]["gpus_per_replica"]["string_value"] == "0.25"

@@ -48,7 +48,7 @@ def test_a_replica_serves_the_torch_engine_through_the_same_code(model_dir):
                       port=free_port(), grpc_port=free_port(), max_batch_size=8, engine="backend=torch")
     try:
         result = up(cfg, exporter=False)
-        assert [r["backend"] for r in result.replica_info] == ["torch"]
+        assert [r.backend for r in result.replica_info] == ["torch"]
         images = parity_batch(2, seed=4)
         handle = serve.get_deployment_handle(DEPLOYMENT_NAME, cfg.app_name)
         served = handle.infer.remote(images).result(timeout_s=120)

@@ -16,7 +16,7 @@ __all__ = ["bench"]
 
 def bench(
     url: Optional[str] = typer.Option(
-        None, help="Open Inference Protocol server (default http://127.0.0.1:8000; with --grpc host:port, default 127.0.0.1:8001)."
+        None, help="One Open Inference Protocol server for every client (with --grpc host:port). Default: the rayscale app's ingress on each node, each client aiming at its own node's."
     ),
     handle: bool = typer.Option(False, "--handle", help="Call the rayscale app through a DeploymentHandle (in-cluster)."),
     grpc: bool = typer.Option(False, "--grpc", help="Send over gRPC (Triton's GRPCInferenceService) instead of HTTP."),
@@ -54,7 +54,7 @@ def bench(
     try:
         if concurrency is None and rate is None:
             concurrency = "1,4,16,64,128"
-        if url is None and not handle:
+        if url is None and not handle and client == "perf_analyzer":  # one process here: this node's ingress
             url = "127.0.0.1:8001" if grpc else "http://127.0.0.1:8000"
         cfg = BenchConfig(
             url=url, handle=handle, transport="grpc" if grpc else "http", model=model, replicas=parse_int_list(replicas, "--replicas") if replicas is not None else None,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
@@ -12,6 +12,9 @@ from rayscale.cli.common import fail, warn
 from rayscale.config import DEFAULT_MODEL_DIR, LOCAL_HOST, MODEL_NAME, PROCESSES_PER_GPU, ServeConfig, is_loopback
 from rayscale.errors import RayscaleError
 from rayscale.tables import Table, print_table
+
+if TYPE_CHECKING:
+    from rayscale.serve.registry import ReplicaRecord
 
 __all__ = ["down", "status", "up"]
 
@@ -61,22 +64,25 @@ def up(
     typer.echo(f"rayscale is up: {result.replicas} replica(s) × {result.gpus_per_replica:g} GPU, "
                f"{result.processes_per_replica} process(es) each, ingress {result.ingress}, "
                f"model {result.precision} sha256 {result.model_sha256[:12]}")
-    print_table(_replica_table(result.replica_info, ["replica", "GPU", "provider", "pid"]))
+    print_table(_replica_table(result.replica_info, ["replica", "node", "GPU", "provider", "pid"]))
     for name, url in result.endpoints().items():
         typer.echo(f"  {name:8s} {url}")
     if result.grpc_target:
         typer.echo(f"  {'grpc':8s} {result.grpc_target} (inference.GRPCInferenceService)")
+    if len(result.ingresses) > 1:  # every serving node answers on its own address: clients there aim at it
+        for ing in result.ingresses:
+            typer.echo(f"  ingress on node {ing.node_ip}: {ing.url}" + (f"  grpc {ing.grpc_target}" if ing.grpc_target else ""))
     typer.echo("next: rayscale bench --concurrency 1,16,64 --images-per-request 32    stop: rayscale down")
 
 
-def _replica_table(replicas: list[dict], columns: list[str]) -> Table:
+def _replica_table(replicas: list[ReplicaRecord], columns: list[str]) -> Table:
     """One row per replica process, with the given columns of what the app reported about it."""
     cells = {
-        "replica": lambda r: r["replica"],
-        "node": lambda r: r["hostname"],
-        "GPU": lambda r: ",".join(r["gpu_ids"]) or "-",
-        "provider": lambda r: r["provider"],
-        "pid": lambda r: r["pid"],
+        "replica": lambda r: r.replica,
+        "node": lambda r: r.node_ip or r.hostname,
+        "GPU": lambda r: ",".join(r.gpu_ids) or "-",
+        "provider": lambda r: r.provider,
+        "pid": lambda r: r.pid,
     }
     table = Table(columns)
     for r in replicas:
@@ -134,3 +140,6 @@ def status(
     if st.url:
         typer.echo(f"ingress {st.ingress}: http {st.url}" + (f"  grpc {st.grpc_target}" if st.grpc_target else "")
                    + f"  ({st.processes_per_replica} process(es) per replica)")
+    for ing in st.ingresses:
+        typer.echo(f"  node {ing.node_ip}: {ing.url}, routes to {ing.local_up} process(es) here and {ing.remote_up} elsewhere"
+                   + (f", HAProxy restarted {ing.restarts}×" if ing.restarts else "") + (f" ({ing.last_error})" if ing.last_error else ""))

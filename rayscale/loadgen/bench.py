@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any, Iterator
 
-from rayscale.errors import ConfigError, RayscaleError
+from rayscale.errors import ConfigError, RayscaleError, ServerError
 from rayscale.loadgen.config import BenchConfig
 from rayscale.loadgen.events import EventCallback, PointRetried, Rescaling, ignore_events
 from rayscale.loadgen.point import run_point
@@ -34,7 +34,12 @@ def run_bench(cfg: BenchConfig, *, on_event: EventCallback | None = None) -> Ben
     target = cfg.target if cfg.target != "auto" else ("rayscale" if server is None else server.label)
     file = ResultsFile.open(cfg, target)
     connect_ray(cfg)
-    running = running_app_config(cfg.app_name) if cfg.handle or (server is not None and server.is_rayscale) else None
+    running = running_app_config(cfg.app_name) if server is None or server.is_rayscale else None
+    if running is None and server is None:
+        raise ServerError(
+            f"no rayscale app {cfg.app_name!r} runs in this Ray cluster: start it with `rayscale up` "
+            "(or pass --address of its cluster), or aim at another server with --url"
+        )
     replicas = _replica_sweep(cfg, server, running)
     result = bench_result(
         cfg, file,
@@ -68,7 +73,9 @@ class RayLoadEngine:
         self.result = result
         self.emit = emit
         self.pool = ClientPool(cfg)
-        self.server = ServerProbe(cfg, rayscale_app=running is not None)
+        # rayscale's own ingress counts what each node carried (over HTTP or gRPC; a handle call skips it)
+        direct = running is not None and running.get("ingress") == "direct" and not cfg.handle
+        self.server = ServerProbe(cfg, rayscale_app=running is not None, ingress_app=cfg.app_name if direct else None)
         self.metrics = _load_metrics(cfg)
 
     def __enter__(self) -> "RayLoadEngine":

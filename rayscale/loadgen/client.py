@@ -14,32 +14,19 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from rayscale.errors import ErrorReply
 from rayscale.loadgen.stats import ClientTake
+from rayscale.loadgen.target_spec import TargetSpec
 
-__all__ = ["LoadClient", "TargetSpec"]
+__all__ = ["LoadClient"]
 
 LATE_THRESHOLD_S = 0.002
 MAX_OUTSTANDING_OPEN_LOOP = 8192
 MAX_ERROR_EVENTS = 20000
-
-
-@dataclass(frozen=True)
-class TargetSpec:
-    """What a client talks to (it crosses to the actor's process as itself)."""
-
-    kind: str  # http | grpc | handle
-    url: str | None = None
-    model: str = "openclip_vit_b32"
-    binary: bool = True
-    token: str | None = None
-    app_name: str = "rayscale"
-    timeout_s: float = 60.0
 
 
 class LoadClient:

@@ -19,7 +19,9 @@ TRANSPORTS = ("http", "grpc")
 
 @dataclass
 class BenchConfig:
-    url: str | None = None  # an Open Inference Protocol server (rayscale, Triton, ...); host:port for gRPC
+    # An Open Inference Protocol server (rayscale, Triton, ...), host:port for gRPC; None (and no handle):
+    # the rayscale app's ingress on each node, each client actor aiming at its own node's
+    url: str | None = None
     transport: str = "http"  # http | grpc (Triton's GRPCInferenceService)
     handle: bool = False  # call the rayscale app through a DeploymentHandle instead of HTTP
     model: str = MODEL_NAME
@@ -54,8 +56,8 @@ class BenchConfig:
     command: str | None = None
 
     def __post_init__(self) -> None:
-        if self.handle == (self.url is not None):
-            raise ConfigError("give exactly one target: --url URL of a server, or --handle for the rayscale app in Ray")
+        if self.handle and self.url is not None:
+            raise ConfigError("give one target: --url URL of a server, or --handle for the rayscale app in Ray (neither: its ingress on each node)")
         if self.transport not in TRANSPORTS:
             raise ConfigError(f"unknown transport {self.transport!r}: use one of {', '.join(TRANSPORTS)}")
         if self.transport == "grpc":
@@ -65,7 +67,8 @@ class BenchConfig:
                 raise ConfigError("--grpc and --handle are two ways to reach the app: pick one")
             if not self.binary:
                 raise ConfigError("--json applies to HTTP only; gRPC sends raw tensor bytes")
-            grpc_address(self.url)
+            if self.url is not None:
+                grpc_address(self.url)
         elif self.url is not None and not self.url.startswith(("http://", "https://")):
             raise ConfigError(f"--url must start with http:// or https://, got {self.url!r}")
         if (self.concurrency is None) == (self.rates_rps is None):
@@ -93,6 +96,11 @@ class BenchConfig:
             raise ConfigError(f"client CPU saturation must be in (0, 100] % of a core, got {self.client_cpu_saturated_pct}")
         if self.handle and not self.binary:
             raise ConfigError("--json applies to HTTP only; handle calls pass numpy arrays")
+
+    @property
+    def per_node(self) -> bool:
+        """The rayscale app through each node's own ingress (no --url, no --handle)."""
+        return self.url is None and not self.handle
 
     @property
     def mode(self) -> str:

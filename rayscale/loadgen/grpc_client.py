@@ -15,12 +15,13 @@ the statistics read around each window; they return the same JSON shapes as the 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from rayscale.config import EMBED_DIM, IMAGE_SHAPE, INPUT_NAME, OUTPUT_NAME
 from rayscale.errors import ConfigError, ErrorReply, ServerError
+from rayscale.loadgen.target_spec import TargetSpec
 
 __all__ = ["GRPC_SCHEME", "GrpcSender", "fetch_statistics", "grpc_address", "preflight"]
 
@@ -31,8 +32,6 @@ _CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", _UNLIMITED),
 ]
 
-if TYPE_CHECKING:
-    from rayscale.loadgen.client import TargetSpec
 
 
 def grpc_address(url: str) -> str:
@@ -58,7 +57,7 @@ def _method_path(name: str) -> str:
 class GrpcSender:
     """Sends one prebuilt ModelInfer request over one channel, as often as the load shape asks."""
 
-    def __init__(self, target: "TargetSpec"):
+    def __init__(self, target: TargetSpec):
         self.target = target
         self.address = grpc_address(target.url)
         self.channel = None

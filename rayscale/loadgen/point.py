@@ -8,7 +8,8 @@
 3. the point's figures come from the last three windows: latencies pooled from every actor
    (exact percentiles, and a histogram from which goodput under any SLO is read), the server's
    queue/compute split from its statistics and the CPU time of its processes and of the client
-   actors (deltas over the same span), GPU samples, the busiest actor's CPU;
+   actors (deltas over the same span), what each node's ingress carried and how much of it crossed
+   to another node (rayscale's own ingress), GPU samples, the busiest actor's CPU;
 4. the actors stop and drain; sent = ok + failed + incomplete over the whole point.
 """
 
@@ -23,6 +24,7 @@ from typing import Any
 from rayscale.environment import now_iso
 from rayscale.loadgen.config import BenchConfig
 from rayscale.loadgen.events import EventCallback, WindowMeasured
+from rayscale.loadgen.ingresses import traffic_delta
 from rayscale.loadgen.pool import ClientPool
 from rayscale.loadgen.stats import ClientTake, is_stable, latency_stats
 from rayscale.loadgen.target import ServerProbe, ServerReading, host_cpu_over, server_stats_delta
@@ -67,7 +69,7 @@ def run_point(cfg: BenchConfig, pool: ClientPool, point: PointResult, load: int 
         finals = ray.get([c.stop.remote(cfg.drain_timeout_s) for c in active])
         point.gpus, point.gpu_samples = _gpu_results(samplers)
     totals = ClientTake.pooled([measured.warmup, *(t.counts_only() for t in measured.takes), *finals])
-    return _finish(cfg, point, load, measured, totals)
+    return _finish(cfg, point, load, measured, totals, pool.nodes)
 
 
 def _take_all(actors: list[Any]) -> ClientTake:
@@ -108,7 +110,8 @@ def _measure_windows(cfg: BenchConfig, active: list[Any], point: PointResult, me
             return
 
 
-def _finish(cfg: BenchConfig, point: PointResult, load: int | float, measured: _Measurement, totals: ClientTake) -> PointResult:
+def _finish(cfg: BenchConfig, point: PointResult, load: int | float, measured: _Measurement, totals: ClientTake,
+            nodes: dict[str, str]) -> PointResult:  # fmt: skip
     """The point's figures: rates and latencies from its last windows, counts from all of it."""
     used_windows = measured.windows[-USED_WINDOWS:]
     used = ClientTake.pooled(measured.takes[-USED_WINDOWS:])
@@ -137,6 +140,7 @@ def _finish(cfg: BenchConfig, point: PointResult, load: int | float, measured: _
         point.server = server_stats_delta(first.stats, last.stats, cfg.model)
         point.host_cpu = host_cpu_over(first, last, measured_s=span, images=used.ok * point.images_per_request,
                                        client_cpu_s=used.cpu_s)  # fmt: skip
+        point.ingress_traffic = traffic_delta(first.ingresses, last.ingresses, nodes)
     if point.requests_ok == 0:
         point.status = PointStatus.FAILED
         point.error = "no request succeeded: " + ", ".join(f"{k}={v}" for k, v in sorted(totals.errors.items()))

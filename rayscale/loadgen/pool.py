@@ -1,7 +1,8 @@
 """The client actors of a sweep: a Ray connection, actors started, prepared, resized and stopped.
 
-The pool lives for a whole sweep, so settings with the same number of actors reuse them (each
-setting rebuilds their payload and connections); it is resized when the planned count changes.
+The pool lives for a whole sweep, so settings with the same placement of actors reuse them (each
+setting rebuilds their payload and connections); it is rebuilt when the planned count, or (aimed at
+each node's ingress) the nodes that serve, change.
 """
 
 from __future__ import annotations
@@ -10,8 +11,13 @@ import logging
 from typing import Any
 
 from rayscale.errors import ConfigError, ServerError
-from rayscale.loadgen.client import LoadClient, TargetSpec
+import math
+from dataclasses import replace
+
+from rayscale.loadgen.client import LoadClient
 from rayscale.loadgen.config import BenchConfig
+from rayscale.loadgen.ingresses import NodeTarget, node_targets, spread
+from rayscale.loadgen.target_spec import TargetSpec
 
 __all__ = ["ClientPool", "connect_ray", "free_cpus"]
 
@@ -28,13 +34,14 @@ def connect_ray(cfg: BenchConfig) -> None:
 
     if ray.is_initialized():
         return
-    if not cfg.handle and cfg.address is None and not cluster_started_by_rayscale():
+    in_cluster = cfg.handle or cfg.per_node  # the app's own cluster, or nothing
+    if not in_cluster and cfg.address is None and not cluster_started_by_rayscale():
         _local_ray()
         return
     try:
         connect(cfg.address)
     except ServerError:
-        if cfg.handle or cfg.address:
+        if in_cluster or cfg.address:
             raise
         _local_ray()  # an external server (e.g. Triton) and no cluster: client actors run in a local one
 
@@ -58,7 +65,8 @@ def _split(total: int, parts: int) -> list[int]:
 
 
 class ClientPool:
-    """``LoadClient`` actors sending ``images_per_request`` images per request to one target."""
+    """``LoadClient`` actors sending ``images_per_request`` images per request to one target, or each to
+    its own node's ingress of the rayscale app (``cfg.per_node``)."""
 
     def __init__(self, cfg: BenchConfig):
         self.cfg = cfg
@@ -72,6 +80,7 @@ class ClientPool:
             timeout_s=cfg.request_timeout_s,
         )
         self.actors: list[Any] = []
+        self.placement: list[NodeTarget | None] = []  # each actor's node and ingress (per node), else None
         self.images_per_request: int | None = None
         self._images_ref: Any = None
 
@@ -84,18 +93,50 @@ class ClientPool:
         return free_cpus() + self.size * self.cfg.client_cpus
 
     def ready(self, n: int, images_per_request: int) -> None:
-        """``n`` actors, each with a fresh connection and payload of ``images_per_request`` images, checked by one request."""
-        if n != self.size:
+        """``n`` actors (aimed at each node's ingress: at least one per serving node where the count is
+        automatic), each with a fresh connection and payload of ``images_per_request`` images, checked
+        by one request."""
+        placement = self._plan(n)
+        if placement != self.placement:
             self.close()
-            self.actors = self._start(n)
+            self.actors = self._start(placement)
+            self.placement = placement
         self._prepare(images_per_request)
 
     def restart(self) -> None:
         """Fresh actors in place of the ones there (one died, or a point failed mid-way)."""
-        n, ipr = self.size, self.images_per_request
+        ipr = self.images_per_request
+        placement = self._plan(self.size)
         self.close()
-        self.actors = self._start(n)
+        self.actors = self._start(placement)
+        self.placement = placement
         self._prepare(ipr)
+
+    @property
+    def nodes(self) -> dict[str, str]:
+        """Node id -> address of the nodes whose ingress the actors aim at (per node only)."""
+        return {p.node: p.node_ip for p in self.placement if p is not None}
+
+    def _plan(self, n: int) -> list[NodeTarget | None]:
+        if not self.cfg.per_node:
+            return [None] * n
+        targets = node_targets(self.cfg.app_name, self.cfg.transport)
+        if not self.cfg.clients:
+            n = max(n, len(targets))
+        return spread(n, targets, room=self._room(targets))
+
+    def _room(self, targets: list[NodeTarget]) -> dict[str, int] | None:
+        """Client actors each node can still schedule (None: no limit, actors reserve no CPU)."""
+        if self.cfg.client_cpus <= 0:
+            return None
+        from rayscale.serve.placement import cluster_nodes
+
+        held: dict[str, int] = {}
+        for p in self.placement:  # this pool's own actors count as free
+            if p is not None:
+                held[p.node] = held.get(p.node, 0) + 1
+        free = {n.node: n.cpus for n in cluster_nodes(free=True)}
+        return {t.node: math.floor(free.get(t.node, 0.0) / self.cfg.client_cpus + 1e-9) + held.get(t.node, 0) for t in targets}
 
     def start_load(self, load: int | float) -> list[Any]:
         """Start the load on the actors that share it: concurrency split into slots, or the rate."""
@@ -120,20 +161,29 @@ class ClientPool:
             except Exception:  # already gone
                 pass
         self.actors = []
+        self.placement = []
         self.images_per_request = None
 
-    def _start(self, n: int) -> list[Any]:
+    def _start(self, placement: list[NodeTarget | None]) -> list[Any]:
         import ray
 
-        actor = ray.remote(LoadClient).options(num_cpus=self.cfg.client_cpus, scheduling_strategy=self._placement(), max_concurrency=1)
-        actors = [actor.remote(self.target) for _ in range(n)]
+        from rayscale.metrics.nodes import pinned_to
+
+        client = ray.remote(LoadClient)
+        shared = self._placement()
+
+        def start(p: NodeTarget | None) -> Any:
+            strategy, target = (pinned_to(p.node), replace(self.target, url=p.url)) if p is not None else (shared, self.target)
+            return client.options(num_cpus=self.cfg.client_cpus, scheduling_strategy=strategy, max_concurrency=1).remote(target)
+
+        actors = [start(p) for p in placement]
         try:
             ray.get([c.__ray_ready__.remote() for c in actors], timeout=ACTOR_START_TIMEOUT_S)
         except ray.exceptions.GetTimeoutError:
             for c in actors:
                 ray.kill(c)
             raise ConfigError(
-                f"{n} client actors × {self.cfg.client_cpus:g} CPU could not be scheduled ({free_cpus():g} CPUs free in the cluster): "
+                f"{len(placement)} client actors × {self.cfg.client_cpus:g} CPU could not be scheduled ({free_cpus():g} CPUs free in the cluster): "
                 "lower --clients or --client-cpus"
             ) from None
         return actors
@@ -146,6 +196,8 @@ class ClientPool:
 
         url = self.cfg.url or ""
         host = urlsplit(url if "://" in url else f"//{url}").hostname if url else None
+        if self.cfg.per_node:
+            return "SPREAD"  # unused: each actor is pinned to its node
         if host is None or not is_loopback(host):
             return "SPREAD"
         import ray

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import socket
 import urllib.error
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -29,7 +29,7 @@ __all__ = [
     "ServerReading",
     "fetch_stats",
     "host_cpu_over",
-    "ingress_cpu_s",
+    "ingress_counters",
     "preflight_http",
     "replica_cpu_s",
     "replicas_from_config",
@@ -161,15 +161,15 @@ def replica_cpu_s(snap: dict[str, Any] | None) -> float | None:
     return float(value) if isinstance(value, (int, float)) else None
 
 
-def ingress_cpu_s(app_name: str) -> float | None:
-    """Cumulative CPU seconds (user + system, every thread) of every process rayscale runs as the
-    ``app_name`` app's ingress, summed over every node: each node's HAProxy, read on its own node with
-    ``rayscale.metrics.cpu.process_tree_cpu_s(pid)``. Cumulative since each started; a node whose
-    ingress cannot be read makes the whole figure None.
+def ingress_counters(app_name: str) -> dict[str, Any]:
+    """Each answering node ingress's counters now (requests, bytes, its HAProxy's cumulative CPU
+    seconds), by node; empty where none answers."""
+    from rayscale.serve.ingress import ingress_counters as read
 
-    None until the ingress reports it: results then say "not measured", never 0.
-    """
-    return None
+    try:
+        return {c.node: c for c in read(app_name)}
+    except Exception:  # counters are a bonus; never fail a point for them
+        return {}
 
 
 @dataclass(frozen=True)
@@ -181,6 +181,7 @@ class ServerReading:
     replica_cpu_s: float | None = None
     ingress_cpu_s: float | None = None
     triton_cpu_s: float | None = None
+    ingresses: dict[str, Any] = field(default_factory=dict)  # node -> IngressCounters (rayscale's own ingress)
 
 
 class ServerProbe:
@@ -188,15 +189,17 @@ class ServerProbe:
 
     * A rayscale app in this Ray cluster (``--handle``, or a URL that answers as rayscale while the
       app runs here): statistics come straight from the app's statistics actor, whatever the
-      transport, with its replicas' CPU time in them, and the ingress's CPU time from its processes.
+      transport, with its replicas' CPU time in them; with ``ingress_app`` (requests through its
+      own ingress), each node ingress's counters: what it carried and its HAProxy's CPU time.
     * Any other server: statistics over its protocol (a remote rayscale's HTTP statistics carry its
       replicas' CPU time too); when it is a tritonserver on this machine, the CPU time of its process
       tree (the server and its backend stubs).
     """
 
-    def __init__(self, cfg: BenchConfig, *, rayscale_app: bool):
+    def __init__(self, cfg: BenchConfig, *, rayscale_app: bool, ingress_app: str | None = None):
         self.cfg = cfg
         self.rayscale_app = rayscale_app
+        self.ingress_app = ingress_app
         self.triton_pid = None if rayscale_app or cfg.url is None else _local_triton_pid(cfg.url, cfg.transport)
 
     def read(self) -> ServerReading:
@@ -205,11 +208,15 @@ class ServerProbe:
         cfg = self.cfg
         stats = fetch_stats(model=cfg.model, url=None if self.rayscale_app else cfg.url, app_name=cfg.app_name,
                             token=cfg.api_token, transport=cfg.transport)  # fmt: skip
+        ingresses = ingress_counters(self.ingress_app) if self.ingress_app else {}
+        cpu = [c.cpu_s for c in ingresses.values()]
         return ServerReading(
             stats=stats,
             replica_cpu_s=replica_cpu_s(stats),
-            ingress_cpu_s=ingress_cpu_s(cfg.app_name) if self.rayscale_app else None,
+            # every node's HAProxy, or nothing: a node whose ingress cannot be read makes it unknown
+            ingress_cpu_s=sum(cpu) if cpu and None not in cpu else None,
             triton_cpu_s=process_tree_cpu_s(self.triton_pid) if self.triton_pid is not None else None,
+            ingresses=ingresses,
         )
 
 

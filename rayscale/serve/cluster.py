@@ -22,6 +22,9 @@ from typing import Any
 from rayscale.config import LOCAL_HOST, MODEL_NAME, ServeConfig, client_host, is_loopback
 from rayscale.errors import ConfigError, ModelNotFoundError, ServerError
 from rayscale.files import write_text_atomic
+from rayscale.serve import registry
+from rayscale.serve.ingress import IngressState
+from rayscale.serve.registry import IngressRecord, ReplicaRecord
 
 __all__ = ["ClusterRecord", "DownResult", "StatusResult", "UpResult", "connect", "down", "read_state", "status", "up", "wait_for_replicas"]
 
@@ -76,12 +79,13 @@ class UpResult:
     precision: str
     ray_address: str
     started_cluster: bool
-    replica_info: list[dict[str, Any]] = field(default_factory=list)
+    replica_info: list[ReplicaRecord] = field(default_factory=list)
     exporters: int = 0
     warnings: list[str] = field(default_factory=list)
     ingress: str = "direct"
     processes_per_replica: int = 1
     grpc_target: str | None = None  # host:port of the gRPC endpoint, when served
+    ingresses: list[IngressRecord] = field(default_factory=list)  # ingress "direct": one per serving node
 
     def endpoints(self) -> dict[str, str]:
         base = self.url.rstrip("/")
@@ -99,7 +103,7 @@ class StatusResult:
     app_name: str
     app_status: str = "NOT_STARTED"
     message: str = ""
-    replicas: list[dict[str, Any]] = field(default_factory=list)
+    replicas: list[ReplicaRecord] = field(default_factory=list)
     replica_states: dict[str, int] = field(default_factory=dict)
     ray_address: str | None = None
     model: dict[str, Any] | None = None
@@ -107,6 +111,7 @@ class StatusResult:
     url: str | None = None  # the HTTP endpoint clients use
     grpc_target: str | None = None  # host:port of the gRPC endpoint, when served
     processes_per_replica: int | None = None
+    ingresses: list[IngressState] = field(default_factory=list)  # ingress "direct": each node's
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -319,29 +324,46 @@ def _ensure_model(cfg: ServeConfig, *, gpu_present: bool) -> Any:
         return export_model(ExportConfig(out_dir=cfg.model_dir, precision=precision))
 
 
-def _resolve_gpus(cfg: ServeConfig, cluster_gpus: float, warnings: list[str]) -> ServeConfig:
+def _fit_cluster(cfg: ServeConfig) -> ServeConfig:
+    """``cfg`` with its layout decided for this cluster, or a ConfigError naming what is short (unless
+    the app already runs: its processes hold resources its redeployment will free)."""
+    import ray
+    from ray import serve
+
+    from rayscale.serve.placement import cluster_nodes, fit_layout, shortfall
+
+    cluster_gpus = float(ray.cluster_resources().get("GPU", 0))
     need = cfg.replicas * cfg.gpus_per_replica
     if need > cluster_gpus + 1e-9:
         raise ConfigError(
             f"{cfg.replicas} replicas × {cfg.gpus_per_replica:g} GPU need {need:g} GPUs but the cluster has "
             f"{cluster_gpus:g}: use fewer --replicas, or --gpus-per-replica 0 to run on CPU"
         )
+    cfg = fit_layout(cfg, cluster_nodes(free=False))
+    if cfg.app_name in serve.status().applications:
+        return cfg
+    short = shortfall(cfg, cluster_nodes(free=True), cfg.serve_replicas)
+    if short is not None:
+        raise ConfigError(short)
     return cfg
+
+
+# How long replica processes may wait for Ray to place them before `up` says what is short.
+PLACEMENT_TIMEOUT_S = 45.0
 
 
 def wait_for_replicas(
     app_name: str, replicas: int, timeout_s: float = 600.0, *, routed: bool = False, exact: bool = False
-) -> list[dict[str, Any]]:
+) -> list[ReplicaRecord]:
     """Block until the app is RUNNING with ``replicas`` running replica processes that registered
-    their info (and, with ``routed``, that the ingress routes to that many healthy ones; with
-    ``exact``, no more than that: processes of a scale-down have left)."""
-    import ray
+    (and, with ``routed``, until every node's ingress routes to that many healthy ones; with
+    ``exact``, no more than that: processes of a scale-down have left). Processes that Ray cannot
+    place are an error within ``PLACEMENT_TIMEOUT_S``, naming what each node lacks."""
     from ray import serve
-
-    from rayscale.serve.stats import collector_name, NAMESPACE
 
     deadline = time.monotonic() + timeout_s
     last = ""
+    progress = (-1, time.monotonic())  # (processes running, since when)
     while time.monotonic() < deadline:
         st = serve.status().applications.get(app_name)
         if st is not None:
@@ -350,29 +372,41 @@ def wait_for_replicas(
                 raise ServerError(f"deployment of {app_name} failed: {st.message}")
             deps = list(st.deployments.values())
             running = sum(d.replica_states.get("RUNNING", 0) for d in deps)
+            if running != progress[0]:
+                progress = (running, time.monotonic())
+            elif running < replicas and time.monotonic() - progress[1] > PLACEMENT_TIMEOUT_S:
+                _raise_if_unplaceable(app_name, replicas - running)
             if str(st.status).endswith("RUNNING") and running == replicas:
-                try:
-                    actor = ray.get_actor(collector_name(app_name), namespace=NAMESPACE)
-                    infos = ray.get(actor.replicas.remote(), timeout=10)
-                    enough = len(infos) == replicas if exact else len(infos) >= replicas
-                    if enough and (not routed or (_routed(app_name) == replicas if exact else _routed(app_name) >= replicas)):
-                        return infos
-                except ValueError:
-                    pass
+                records = registry.replica_records(app_name, live_only=True)
+                enough = len(records) == replicas if exact else len(records) >= replicas
+                if enough and (not routed or _routed(app_name, records, exact=exact)):
+                    return records
         time.sleep(0.25)
     raise ServerError(f"app {app_name} did not reach {replicas} running replicas in {timeout_s:.0f} s (last: {last})")
 
 
-def _routed(app_name: str) -> int:
-    """Replica processes the ingress routes to and finds healthy."""
-    import ray
+def _raise_if_unplaceable(app_name: str, pending: int) -> None:
+    from rayscale.serve.placement import cluster_nodes, shortfall
 
-    from rayscale.serve.ingress import get_ingress
+    records = registry.replica_records(app_name)
+    if not records:
+        return
+    cfg = ServeConfig(**{k: v for k, v in records[0].config.items() if k in ServeConfig.__dataclass_fields__})
+    short = shortfall(cfg, cluster_nodes(free=True), pending)
+    if short is not None:
+        raise ServerError(short)
 
-    actor = get_ingress(app_name)
-    if actor is None:
-        return 0
-    return ray.get(actor.state.remote(), timeout=10).servers_up
+
+def _routed(app_name: str, records: list[ReplicaRecord], *, exact: bool) -> bool:
+    """Every node that hosts replicas has its ingress, and every ingress routes to each replica process
+    (its own node's directly, the others' for spill-over) and finds it healthy."""
+    from rayscale.serve.ingress import ingress_states
+
+    states = ingress_states(app_name)
+    if not {r.node for r in records} <= {s.node for s in states}:
+        return False
+    want = len(records)
+    return all((s.servers_up == want) if exact else (s.servers_up >= want) for s in states)
 
 
 def up(
@@ -405,19 +439,22 @@ def up(
     if cfg.ingress == "haproxy":  # a cluster started below inherits it (Serve reads it at process start)
         os.environ.update(serve_env_vars(cfg.ingress))
     gcs, started = connect(address, start=True, num_gpus=num_gpus)
-    cluster_gpus = float(ray.cluster_resources().get("GPU", 0))
-    cfg = _resolve_gpus(cfg, cluster_gpus, warnings).resolved()
-    info = _ensure_model(cfg, gpu_present=cluster_gpus > 0)
+    cfg = _fit_cluster(cfg)
+    info = _ensure_model(cfg, gpu_present=float(ray.cluster_resources().get("GPU", 0)) > 0)
     cfg.model_dir = str(Path(cfg.model_dir).resolve())
     kill_collector(cfg.app_name)  # fresh statistics for a fresh deployment
+    ingresses: list[IngressRecord] = []
     if cfg.ingress == "direct":
-        # Serve's HTTP proxy is not needed: rayscale's ingress takes the port.
+        # Serve's HTTP proxy is not needed: rayscale's ingress on each serving node takes the ports.
         serve.start(proxy_location="Disabled", http_options={"host": cfg.host, "port": cfg.port})
-        from rayscale.serve.ingress import ensure_ingress, ingress_config, stop_ingress
+        from rayscale.serve.ingress import ensure_node_ingress, ingress_config, stop_ingresses
 
-        stop_ingress(cfg.app_name)
-        ensure_ingress(ingress_config(cfg))
+        stop_ingresses(cfg.app_name)
+        registry.clear(cfg.app_name)  # a fresh secret, not draining, no stale records
+        # This node's too, with or without replicas: the URL `up` prints works where it ran.
+        ensure_node_ingress(ingress_config(cfg))
     else:
+        registry.clear(cfg.app_name)
         # The proxy inherits the controller's environment, which installs rayscale's JSON error form there.
         serve.start(
             http_options={"host": cfg.host, "port": cfg.port},
@@ -427,7 +464,13 @@ def up(
         serve.run(app_for(cfg), name=cfg.app_name, route_prefix=cfg.route_prefix, blocking=False)
     except Exception as e:  # Serve wraps replica constructor failures
         raise ServerError(f"deploying {cfg.app_name} failed: {str(e).strip().splitlines()[-1]}") from None
-    replica_info = wait_for_replicas(cfg.app_name, cfg.serve_replicas, timeout_s, routed=cfg.ingress == "direct")
+    try:
+        replica_info = wait_for_replicas(cfg.app_name, cfg.serve_replicas, timeout_s, routed=cfg.ingress == "direct")
+    except ServerError:
+        serve.delete(cfg.app_name, _blocking=False)  # nothing half up is left waiting for resources
+        raise
+    if cfg.ingress == "direct":
+        ingresses = registry.ingress_records(cfg.app_name)
     exporters = 0
     if exporter:
         try:
@@ -453,14 +496,12 @@ def up(
         ingress=cfg.ingress,
         processes_per_replica=cfg.processes_per_replica,
         grpc_target=f"{host}:{cfg.grpc_port}" if cfg.ingress == "direct" and cfg.grpc_port else None,
+        ingresses=ingresses,
     )
 
 
 def status(app_name: str = "rayscale", *, address: str | None = None) -> StatusResult:
-    import ray
     from ray import serve
-
-    from rayscale.serve.stats import NAMESPACE, collector_name
 
     try:
         gcs, _ = connect(address)
@@ -474,16 +515,13 @@ def status(app_name: str = "rayscale", *, address: str | None = None) -> StatusR
     for d in st.deployments.values():
         for k, v in d.replica_states.items():
             states[k] = states.get(k, 0) + v
-    replicas: list[dict[str, Any]] = []
-    try:
-        replicas = ray.get(ray.get_actor(collector_name(app_name), namespace=NAMESPACE).replicas.remote(), timeout=10)
-    except ValueError:
-        pass
+    replicas = registry.replica_records(app_name, live_only=True)
+    message = st.message
     model = None
     endpoints: dict[str, Any] = {}
     if replicas:
-        model = {"name": MODEL_NAME, "sha256": replicas[0].get("model_sha256"), "precision": replicas[0].get("precision")}
-        served = replicas[0].get("config") or {}
+        model = {"name": MODEL_NAME, "sha256": replicas[0].model_sha256, "precision": replicas[0].precision}
+        served = replicas[0].config
         host = client_host(served.get("host", LOCAL_HOST))
         ingress = served.get("ingress", "proxy")
         endpoints = {
@@ -492,11 +530,18 @@ def status(app_name: str = "rayscale", *, address: str | None = None) -> StatusR
             "grpc_target": f"{host}:{served['grpc_port']}" if ingress == "direct" and served.get("grpc_port") else None,
             "processes_per_replica": served.get("processes_per_replica") or 1,
         }
+        if ingress == "direct":
+            from rayscale.serve.ingress import ingress_states
+
+            try:
+                endpoints["ingresses"] = ingress_states(app_name)
+            except ServerError as e:  # an ingress that cannot start: say so
+                message = f"{message}; {e}".lstrip("; ")
     return StatusResult(
         running=str(st.status).endswith("RUNNING"),
         app_name=app_name,
         app_status=str(st.status).split(".")[-1],
-        message=st.message,
+        message=message,
         replicas=replicas,
         replica_states=states,
         ray_address=gcs,
@@ -516,7 +561,8 @@ def down(
     import ray
     from ray import serve
 
-    from rayscale.serve.stats import NAMESPACE, collector_name, kill_collector
+    from rayscale.serve.ingress import stop_ingresses
+    from rayscale.serve.stats import kill_collector
 
     record = read_state()
     result = DownResult()
@@ -526,17 +572,13 @@ def down(
         _state_file().unlink(missing_ok=True)
         return result
     if app_name in serve.status().applications:
-        try:
-            ray.get(ray.get_actor(collector_name(app_name), namespace=NAMESPACE).set_draining.remote(True), timeout=10)
-            time.sleep(drain_s)
-        except (ValueError, ray.exceptions.RayError):
-            pass  # no collector: no replica ever started, nothing to drain
+        registry.set_draining(app_name)  # every replica process turns its readiness off within 0.25 s
+        time.sleep(drain_s)
         serve.delete(app_name, _blocking=True)
         result.app_deleted = True
-    from rayscale.serve.ingress import stop_ingress
-
-    stop_ingress(app_name)  # after the replicas: they drained the requests the ingress gave them
+    stop_ingresses(app_name)  # after the replicas: they drained the requests the ingresses gave them
     kill_collector(app_name)
+    registry.clear(app_name)
     try:
         from rayscale.metrics import stop_node_exporters
 

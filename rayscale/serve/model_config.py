@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from rayscale.serve.registry import ReplicaRecord
 from rayscale.config import EMBED_DIM, IMAGE_SIZE, INPUT_NAME, MODEL_NAME, OUTPUT_NAME, ServeConfig, queue_delay_us
 
 __all__ = ["DEPLOYMENT_NAME", "MODEL_VERSION", "model_metadata", "triton_model_config"]
@@ -24,17 +25,17 @@ def model_metadata(info) -> dict[str, Any]:
     }
 
 
-def triton_model_config(cfg: ServeConfig, replicas: list[dict[str, Any]]) -> dict[str, Any]:
+def triton_model_config(cfg: ServeConfig, replicas: list[ReplicaRecord]) -> dict[str, Any]:
     """The model configuration in Triton's JSON form (what perf_analyzer reads).
 
-    ``replicas`` are the running replica processes (the stats collector's records): the instance
-    group counts them, as Triton counts model instances.
+    ``replicas`` are the running replica processes (their records in the app's registry): the
+    instance group counts them, as Triton counts model instances.
     """
     kind = "KIND_GPU" if cfg.gpus_per_replica > 0 else "KIND_CPU"
-    gpus = sorted({int(g) for r in replicas for g in r.get("gpu_ids", []) if str(g).isdigit()})
+    gpus = sorted({int(g) for r in replicas for g in r.gpu_ids if str(g).isdigit()})
     # Triton's form names GPU indices only, and every node has a GPU 0: the GPUs in all (what a
     # client records as the server's size) and each replica's share go in parameters.
-    gpus_in_all = len({(r.get("node"), str(g)) for r in replicas for g in r.get("gpu_ids", [])})
+    gpus_in_all = len({(r.node, str(g)) for r in replicas for g in r.gpu_ids})
     return {
         "name": MODEL_NAME,
         "platform": "onnxruntime_onnx",

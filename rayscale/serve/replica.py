@@ -27,10 +27,11 @@ import numpy as np
 
 from rayscale.config import IMAGE_SIZE, LOOPBACK_HOSTS, LOCAL_HOST, ServeConfig
 from rayscale.errors import BadRequest, Overloaded, PayloadTooLarge, ProtocolError, Unauthorized
-from rayscale.serve import routes
+from rayscale.serve import registry, routes
 from rayscale.serve.http_server import HttpResponse, RequestHead, error_response, start_http_server
 from rayscale.serve.ingress import INGRESS_TOKEN_HEADER
 from rayscale.serve.model_config import model_metadata, triton_model_config
+from rayscale.serve.registry import ReplicaRecord
 
 __all__ = ["FAIL_HEALTH_ENV", "OpenClipEncoder"]
 
@@ -39,7 +40,9 @@ log = logging.getLogger("rayscale.serve")
 # Test hook: a file naming replica ids whose health check fails (Serve then replaces them).
 FAIL_HEALTH_ENV = "RAYSCALE_FAIL_HEALTH_CHECK_FILE"
 _FLUSH_PERIOD_NS = 100_000_000
-_DEREGISTER_S = 1.0  # the ingress polls replicas every 0.25 s and health-checks them every 0.5 s
+_DEREGISTER_S = 1.0  # the ingresses poll replica records every 0.25 s and health-check them every 0.5 s
+_WATCH_S = 0.25  # how often a replica reads the app's draining flag
+_REPAIR_EVERY = 8  # and, every this many reads (2 s), checks that its statistics and ingress actors exist
 _SERVE_NAMESPACE = "serve"  # where Ray Serve's controller creates replica actors
 _EXTENSIONS = ["binary_tensor_data", "statistics", "model_configuration"]
 
@@ -53,6 +56,7 @@ class OpenClipEncoder:
         from rayscale.export import load_model_info
         from rayscale.serve.batcher import ImageBatcher
         from rayscale.serve.stats import ReplicaStats, get_or_create_collector
+        import ray
 
         self.cfg = cfg
         self.max_batch_size = cfg.max_batch_size
@@ -79,6 +83,7 @@ class OpenClipEncoder:
         self.replica_id = _replica_id()
         self.stats = ReplicaStats()
         self.collector = get_or_create_collector(cfg.app_name)
+        self.node = ray.get_runtime_context().get_node_id()
         self.in_flight = 0
         self.admitted = 0  # requests admitted whose body is still arriving (not yet queued)
         self._flushed_ns = 0
@@ -92,17 +97,19 @@ class OpenClipEncoder:
         self.grpc_port: int | None = None
         self._servers: list[Any] = []
         self._starting: asyncio.Task | None = None
+        loop = asyncio.get_running_loop()  # Serve runs the constructor on the replica's event loop
         if cfg.ingress == "direct":
-            # Serve runs the constructor on the replica's event loop: the servers start there, and the
-            # replica registers (so the ingress routes to it) once their ports are known.
-            self._starting = asyncio.get_running_loop().create_task(self._start_servers())
+            # The servers start there, and the replica registers (so the ingresses route to it) once
+            # their ports are known.
+            self._starting = loop.create_task(self._start_servers())
         else:
-            self.collector.register.remote(self.replica_id, self.describe())
+            registry.put_replica(cfg.app_name, self.describe())
+        self._watching = loop.create_task(self._watch_control_plane())
         self._constructed = True
 
     async def _start_servers(self) -> None:
         """The replica's own HTTP and gRPC servers, which the ingress load balancer routes to."""
-        secret = await self.collector.ingress_token.remote()
+        secret = await asyncio.to_thread(registry.ingress_secret, self.cfg.app_name)
         self._ingress_token = secret.encode()
         self.host = _bind_host()
         server, self.http_port = await start_http_server(
@@ -125,11 +132,44 @@ class OpenClipEncoder:
         self._register_with_ingress()
 
     def _register_with_ingress(self) -> None:
-        from rayscale.serve.ingress import ensure_ingress, ingress_config
+        registry.put_replica(self.cfg.app_name, self.describe())
+        # Every node that hosts replicas runs its own ingress: the first replica on a node starts it
+        # (also when deployed without `rayscale up`: serve run, KubeRay).
+        self._ensure_node_ingress()
 
-        self.collector.register.remote(self.replica_id, self.describe())
-        # Deployed without `rayscale up` (serve run, KubeRay): the first replica starts the ingress.
-        ensure_ingress(ingress_config(self.cfg), wait=False)
+    def _ensure_node_ingress(self) -> None:
+        from rayscale.serve.ingress import ensure_node_ingress, get_node_ingress, ingress_config
+
+        if get_node_ingress(self.cfg.app_name, self.node) is None:
+            ensure_node_ingress(ingress_config(self.cfg), self.node, wait=False)
+
+    async def _watch_control_plane(self) -> None:
+        """Keep this process's copy of the app's draining flag (readiness answers from it, so a probe
+        never waits on another process), and put back what a crash took away: the statistics actor,
+        killed for good, is made anew; so is this node's ingress actor."""
+        from rayscale.serve.stats import collector_name, get_or_create_collector
+        from rayscale.serve.stats import NAMESPACE as STATS_NAMESPACE
+        import ray
+
+        def lookups() -> None:
+            try:
+                ray.get_actor(collector_name(self.cfg.app_name), namespace=STATS_NAMESPACE)
+            except ValueError:
+                self.collector = get_or_create_collector(self.cfg.app_name)
+            if self.cfg.ingress == "direct" and self.http_port and not self.draining:
+                self._ensure_node_ingress()
+
+        ticks = 0
+        while not self._shutdown_started:
+            try:
+                if not self.draining:  # `rayscale down` marks the app draining; it never turns back
+                    self.draining = await asyncio.to_thread(registry.is_draining, self.cfg.app_name)
+                if ticks % _REPAIR_EVERY == 0:
+                    await asyncio.to_thread(lookups)
+            except Exception as e:  # the GCS restarting, say: keep the last known state and try again
+                log.warning("replica %s: control-plane check failed: %s", self.replica_id, e)
+            ticks += 1
+            await asyncio.sleep(_WATCH_S)
 
     # ---- what every transport calls (rayscale.serve.routes.Backend, grpc_service.InferenceBackend) --
 
@@ -190,9 +230,7 @@ class OpenClipEncoder:
                 self._flush()
 
     async def is_ready(self) -> bool:
-        if not self.draining:  # `rayscale down` marks the whole app draining in the collector
-            self.draining = bool(await self.collector.is_draining.remote())
-        return not self.draining
+        return not self.draining  # kept current by _watch_control_plane
 
     def model_metadata(self) -> dict[str, Any]:
         return self._metadata
@@ -203,7 +241,7 @@ class OpenClipEncoder:
         return {"name": "rayscale", "version": __version__, "extensions": _EXTENSIONS}
 
     async def model_config(self) -> dict[str, Any]:
-        return triton_model_config(self.cfg, await self.collector.replicas.remote())
+        return triton_model_config(self.cfg, await asyncio.to_thread(registry.replica_records, self.cfg.app_name))
 
     async def model_statistics(self) -> dict[str, Any]:
         from rayscale.serve.stats import statistics_body
@@ -301,28 +339,29 @@ class OpenClipEncoder:
 
     # ---- lifecycle ------------------------------------------------------------------------------
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> ReplicaRecord:
         import ray
 
         ctx = ray.get_runtime_context()
-        return {
-            "replica": self.replica_id,
-            "actor_name": ctx.get_actor_name(),
-            "actor_namespace": _SERVE_NAMESPACE,
-            "config": self.cfg.to_dict(),
-            "auth": self._token is not None,
-            "node": ctx.get_node_id(),
-            "hostname": os.uname().nodename,
-            "pid": os.getpid(),
-            "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
-            "provider": self.engine.provider,
-            "backend": self.engine.backend,
-            "model_sha256": self.info.sha256,
-            "precision": self.info.precision,
-            "host": self.host,
-            "http_port": self.http_port,
-            "grpc_port": self.grpc_port,
-        }
+        return ReplicaRecord(
+            replica=self.replica_id,
+            node=self.node,
+            pid=os.getpid(),
+            actor_name=ctx.get_actor_name(),
+            actor_namespace=_SERVE_NAMESPACE,
+            node_ip=ray.util.get_node_ip_address(),
+            hostname=os.uname().nodename,
+            gpu_ids=[str(g) for g in ray.get_gpu_ids()],
+            provider=self.engine.provider,
+            backend=self.engine.backend,
+            model_sha256=self.info.sha256,
+            precision=self.info.precision,
+            auth=self._token is not None,
+            host=self.host,
+            http_port=self.http_port,
+            grpc_port=self.grpc_port,
+            config=self.cfg.to_dict(),
+        )
 
     def check_health(self) -> None:
         """Serve calls this periodically; raising marks the replica unhealthy and replaces it."""
@@ -360,11 +399,13 @@ class OpenClipEncoder:
         if self._shutdown_started:
             return
         self._shutdown_started = True
+        self._watching.cancel()
         import ray
 
         try:
             self.draining = True
             if ray.is_initialized():
+                await asyncio.to_thread(registry.forget_replica, self.cfg.app_name, self.replica_id)
                 self.collector.forget_replica.remote(self.replica_id)
             if self._servers:
                 await asyncio.sleep(_DEREGISTER_S)

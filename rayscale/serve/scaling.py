@@ -23,18 +23,13 @@ def cluster_started_by_rayscale() -> bool:
 def running_app_config(app_name: str) -> dict[str, Any] | None:
     """The running app's config, with ``replicas`` set to the replicas up now (processes running ÷
     processes per replica); None if none runs."""
-    import ray
+    from rayscale.serve import registry
 
-    from rayscale.serve.stats import NAMESPACE, collector_name
-
-    try:
-        infos = ray.get(ray.get_actor(collector_name(app_name), namespace=NAMESPACE).replicas.remote(), timeout=10)
-    except ValueError:
+    records = registry.replica_records(app_name, live_only=True)
+    if not records:
         return None
-    if not infos:
-        return None
-    config = dict(infos[0].get("config") or {})
-    return dict(config, replicas=len(infos) // max(int(config.get("processes_per_replica") or 1), 1))
+    config = dict(records[0].config)
+    return dict(config, replicas=len(records) // max(int(config.get("processes_per_replica") or 1), 1))
 
 
 def rescale(app_name: str, replicas: int, *, current: dict[str, Any] | None = None, api_token: str | None = None) -> dict[str, Any]:

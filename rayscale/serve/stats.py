@@ -24,7 +24,6 @@ non-cumulative counts and one more count than bounds (the +Inf bucket).
 from __future__ import annotations
 
 import bisect
-import secrets
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -174,50 +173,18 @@ class ReplicaStats:
 
 
 class StatsCollector:
-    """Aggregates the deltas of every replica of one app (runs as a named Ray actor)."""
+    """Aggregates the deltas of every replica of one app (runs as a named Ray actor).
+
+    Statistics only: no request waits on it. Routing, readiness and the ingress secret live in
+    ``rayscale.serve.registry``, so it may die and come back (Ray restarts it; replicas make a new one
+    if it was killed for good) with nothing lost but the counts of that moment.
+    """
 
     def __init__(self, model_name: str = MODEL_NAME):
         self.model_name = model_name
         self.total = ReplicaStats()
         self.in_flight: dict[str, int] = {}
         self.rejected = 0
-        self.replica_info: dict[str, dict[str, Any]] = {}
-        self.draining = False
-        # The secret the ingress load balancer sends to replicas' own servers: only processes of this
-        # (token-authenticated) Ray cluster can read it, so a replica port refuses everyone else.
-        self._ingress_token = secrets.token_urlsafe(32)
-
-    def ingress_token(self) -> str:
-        return self._ingress_token
-
-    def set_draining(self, draining: bool = True) -> None:
-        """Marks the app draining: every replica's readiness answers 503 from now on."""
-        self.draining = draining
-
-    def is_draining(self) -> bool:
-        return self.draining
-
-    def register(self, replica: str, info: dict[str, Any]) -> None:
-        self.replica_info[replica] = info
-        self.in_flight.setdefault(replica, 0)
-
-    def replicas(self) -> list[dict[str, Any]]:
-        self.prune_dead()
-        return list(self.replica_info.values())
-
-    def prune_dead(self) -> int:
-        """Forget replicas whose actor is gone (stopped, scaled down or crashed)."""
-        import ray
-
-        for replica, info in list(self.replica_info.items()):
-            name, namespace = info.get("actor_name"), info.get("actor_namespace")
-            if not name:
-                continue
-            try:
-                ray.get_actor(name, namespace=namespace)
-            except ValueError:
-                self.forget_replica(replica)
-        return len(self.replica_info)
 
     def record(self, replica: str, delta: dict[str, Any], in_flight: int) -> None:
         t = self.total
@@ -247,7 +214,6 @@ class StatsCollector:
 
     def forget_replica(self, replica: str) -> None:
         self.in_flight.pop(replica, None)
-        self.replica_info.pop(replica, None)
 
     def snapshot(self) -> dict[str, Any]:
         t = self.total
@@ -304,7 +270,7 @@ def get_or_create_collector(app_name: str):
     """The app's collector actor (detached, so it outlives the replica that made it)."""
     import ray
 
-    actor_cls = ray.remote(num_cpus=0)(StatsCollector)
+    actor_cls = ray.remote(num_cpus=0, max_restarts=-1)(StatsCollector)
     return actor_cls.options(
         name=collector_name(app_name), namespace=NAMESPACE, lifetime="detached", get_if_exists=True, max_concurrency=1
     ).remote()
@@ -325,6 +291,6 @@ def kill_collector(app_name: str) -> None:
     import ray
 
     try:
-        ray.kill(ray.get_actor(collector_name(app_name), namespace=NAMESPACE))
+        ray.kill(ray.get_actor(collector_name(app_name), namespace=NAMESPACE), no_restart=True)
     except ValueError:
         pass
