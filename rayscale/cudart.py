@@ -13,13 +13,15 @@ found or a call fails, ``CudaRuntime.load`` returns None and the engine keeps it
 
 from __future__ import annotations
 
+import bisect
 import ctypes
 import logging
+import threading
 import weakref
 
 import numpy as np
 
-__all__ = ["CudaRuntime", "page_locked_zeros"]
+__all__ = ["CudaRuntime", "page_locked_empty", "page_locked_zeros"]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,10 @@ class CudaRuntime:
     def __init__(self, lib: ctypes.CDLL, path: str):
         self.path = path
         self._lib = lib
+        # Page-locked ranges as (start, end), sorted: replaced whole on every change, so a reader on
+        # another thread (a batch deciding how to copy its parts) never sees it half-updated.
+        self._locked: tuple[tuple[int, int], ...] = ()
+        self._locked_change = threading.Lock()
         c = ctypes
         lib.cudaGetErrorString.restype = c.c_char_p
         lib.cudaGetErrorString.argtypes = [c.c_int]
@@ -86,7 +92,30 @@ class CudaRuntime:
         """Page-lock ``array``'s memory until it is garbage-collected."""
         ptr = array.ctypes.data
         self._check(self._lib.cudaHostRegister(ptr, array.nbytes, _HOST_REGISTER_PORTABLE), "cudaHostRegister")
-        weakref.finalize(array, self._lib.cudaHostUnregister, ptr)
+        self._track(ptr, ptr + array.nbytes, add=True)
+        weakref.finalize(array, self._unregister, ptr, ptr + array.nbytes)
+
+    def _unregister(self, start: int, end: int) -> None:
+        self._track(start, end, add=False)
+        self._lib.cudaHostUnregister(start)
+
+    def _track(self, start: int, end: int, *, add: bool) -> None:
+        with self._locked_change:
+            ranges = list(self._locked)
+            if add:
+                bisect.insort(ranges, (start, end))
+            else:
+                ranges.remove((start, end))
+            self._locked = tuple(ranges)
+
+    def is_page_locked(self, array: np.ndarray) -> bool:
+        """Whether all of ``array``'s (contiguous) memory lies in one range this runtime page-locked."""
+        if not array.flags.c_contiguous:
+            return False
+        ranges = self._locked
+        start = array.ctypes.data
+        i = bisect.bisect_right(ranges, (start, float("inf"))) - 1
+        return i >= 0 and start + array.nbytes <= ranges[i][1]
 
     def stream(self) -> int:
         handle = ctypes.c_void_p()
@@ -108,7 +137,18 @@ class CudaRuntime:
 
 def page_locked_zeros(shape: tuple[int, ...], dtype, runtime: CudaRuntime | None) -> tuple[np.ndarray, bool]:
     """A zeroed array, page-locked when ``runtime`` allows (else ordinary); and whether it is."""
-    array = np.zeros(shape, dtype=dtype)
+    return _page_locked(np.zeros(shape, dtype=dtype), runtime)
+
+
+def page_locked_empty(nbytes: int, runtime: CudaRuntime | None) -> tuple[np.ndarray, bool]:
+    """``nbytes`` of uninitialised uint8, page-locked when ``runtime`` allows; and whether it is.
+
+    Nothing is written to it first: page-locking faults every page in, so no later write pays for that.
+    """
+    return _page_locked(np.empty(nbytes, dtype=np.uint8), runtime)
+
+
+def _page_locked(array: np.ndarray, runtime: CudaRuntime | None) -> tuple[np.ndarray, bool]:
     if runtime is None:
         return array, False
     try:
