@@ -1,5 +1,13 @@
 """The few CUDA runtime calls the engine needs for page-locked host staging, through ctypes.
 
+Waiting for the GPU: by default (``cudaDeviceScheduleAuto``, one context on a many-core host) a
+thread that waits for a stream spins on its core for as long as the wait lasts. A replica keeps
+several batches in flight, each waited for by its own thread (our copies, and onnxruntime's own
+stream synchronisation at the end of every run, queued behind the other processes sharing the
+GPU), so spinning costs whole cores that the HTTP servers and the kernel need. ``block_while_waiting``
+sets ``cudaDeviceScheduleBlockingSync``: waiting threads sleep until the GPU signals, for tens of
+microseconds of wake-up per wait. Since CUDA 11 it may be set after the device is initialised.
+
 Copying a batch from ordinary (pageable) host memory to the GPU is slow: the driver stages it
 through its own pinned buffer at a fraction of the bus speed, and the copy is synchronous.
 Registering the engine's staging buffers with ``cudaHostRegister`` lets the copy run as DMA at
@@ -26,6 +34,8 @@ __all__ = ["CudaRuntime", "page_locked_empty", "page_locked_zeros"]
 log = logging.getLogger(__name__)
 
 _H2D = 1  # cudaMemcpyHostToDevice
+_SCHEDULE_BLOCKING_SYNC = 4  # cudaDeviceScheduleBlockingSync
+_SCHEDULE_MASK = 7
 _HOST_REGISTER_PORTABLE = 1
 _STREAM_NON_BLOCKING = 1
 _LIB_NAMES = ("libcudart.so.13", "libcudart.so.12", "libcudart.so.11.0", "libcudart.so")
@@ -59,6 +69,8 @@ class CudaRuntime:
         lib.cudaGetErrorString.argtypes = [c.c_int]
         for name, args in {
             "cudaSetDevice": [c.c_int],
+            "cudaSetDeviceFlags": [c.c_uint],
+            "cudaGetDeviceFlags": [c.POINTER(c.c_uint)],
             "cudaHostRegister": [c.c_void_p, c.c_size_t, c.c_uint],
             "cudaHostUnregister": [c.c_void_p],
             "cudaStreamCreateWithFlags": [c.POINTER(c.c_void_p), c.c_uint],
@@ -87,6 +99,20 @@ class CudaRuntime:
 
     def set_device(self, device_id: int) -> None:
         self._check(self._lib.cudaSetDevice(device_id), f"cudaSetDevice({device_id})")
+
+    def block_while_waiting(self, device_id: int) -> None:
+        """Threads of this process that wait for ``device_id`` sleep instead of spinning (module docstring)."""
+        self.set_device(device_id)
+        flags = ctypes.c_uint()
+        self._check(self._lib.cudaGetDeviceFlags(ctypes.byref(flags)), "cudaGetDeviceFlags")
+        wanted = (flags.value & ~_SCHEDULE_MASK) | _SCHEDULE_BLOCKING_SYNC
+        self._check(self._lib.cudaSetDeviceFlags(wanted), "cudaSetDeviceFlags")
+
+    def waits_block(self, device_id: int) -> bool:
+        self.set_device(device_id)
+        flags = ctypes.c_uint()
+        self._check(self._lib.cudaGetDeviceFlags(ctypes.byref(flags)), "cudaGetDeviceFlags")
+        return flags.value & _SCHEDULE_MASK == _SCHEDULE_BLOCKING_SYNC
 
     def register(self, array: np.ndarray) -> None:
         """Page-lock ``array``'s memory until it is garbage-collected."""

@@ -13,6 +13,10 @@ is the ``copy`` mode (see ``rayscale.cudart``; both fast modes release the GIL w
 * ``pageable``: gather into ordinary memory and let onnxruntime copy (the fallback when the CUDA
   runtime library cannot be loaded). ``RAYSCALE_ENGINE_COPY`` overrides the default.
 
+Threads waiting for the GPU sleep rather than spin (``CudaRuntime.block_while_waiting``): a replica
+keeps several batches in flight, each waited for by its own thread. ``RAYSCALE_CUDA_WAIT=auto``
+keeps CUDA's default (spinning, on a host with more cores than CUDA contexts) to measure it.
+
 The output is written to a device buffer and copied back once. Buffers are allocated once per
 bucket and reused. Batches are padded up to the next bucket so
 the set of shapes the session sees stays small (no re-planning per batch size). ``encode`` is
@@ -35,9 +39,10 @@ from rayscale.config import EMBED_DIM, IMAGE_BYTES, IMAGE_SHAPE, INPUT_NAME, OUT
 from rayscale.cudart import CudaRuntime, page_locked_zeros
 from rayscale.errors import ConfigError, InputError, ModelNotFoundError
 
-__all__ = ["COPY_MODES", "Engine", "NullEngine", "batch_buckets", "random_images"]
+__all__ = ["COPY_MODES", "CUDA_WAITS", "Engine", "NullEngine", "batch_buckets", "random_images"]
 
 COPY_MODES = ("pinned", "direct", "pageable")
+CUDA_WAITS = ("block", "auto")  # how threads wait for the GPU: sleep until signalled, or CUDA's default
 DEFAULT_COPY = "pinned"
 
 log = logging.getLogger(__name__)
@@ -167,8 +172,10 @@ class Engine:
         self._ort = ort
         self._cudart: CudaRuntime | None = None
         self.copy = "pageable"
+        self.cuda_wait = "auto"
         if self.provider == "cuda":
             self.set_copy(copy)
+            self._set_cuda_wait(os.environ.get("RAYSCALE_CUDA_WAIT", "block"))
         if warmup:
             self.warmup()
 
@@ -215,6 +222,21 @@ class Engine:
         self.copy = mode if self._cudart is not None else "pageable"
         self._local = threading.local()
         return self.copy
+
+    def _set_cuda_wait(self, wait: str) -> None:
+        if wait not in CUDA_WAITS:
+            raise ConfigError(f"RAYSCALE_CUDA_WAIT must be one of {', '.join(CUDA_WAITS)}, got {wait!r}")
+        if wait == "auto":
+            return
+        runtime = self._cudart or CudaRuntime.load()
+        try:
+            if runtime is None:
+                raise RuntimeError("no CUDA runtime library found")
+            runtime.block_while_waiting(self.device_id)
+        except RuntimeError as e:
+            log.warning("threads waiting for the GPU may spin on their cores: %s", e)
+            return
+        self.cuda_wait = wait
 
     @property
     def page_locking(self) -> CudaRuntime | None:

@@ -52,7 +52,7 @@ class OpenClipEncoder:
         from rayscale.engine import Engine, NullEngine
         from rayscale.export import load_model_info
         from rayscale.serve.batcher import ImageBatcher
-        from rayscale.serve.bodies import BodyPool
+        from rayscale.serve.bodies import BodyPool, keep_freed_memory
         from rayscale.serve.stats import ReplicaStats, get_or_create_collector
 
         self.cfg = cfg
@@ -67,6 +67,7 @@ class OpenClipEncoder:
         # warm-up allocated on this thread would never be used again.
         self.engine.release_buffers()
         self.bodies = BodyPool(cfg.body_bytes_in_flight_limit, self.engine.page_locking)
+        keep_freed_memory()  # gRPC bodies, which grpcio allocates, are not faulted in afresh per request
         self.batcher = ImageBatcher(
             self.engine.encode_parts,
             max_batch_size=cfg.max_batch_size,
