@@ -13,6 +13,11 @@ A request larger than the remaining room starts the next batch; one larger than
 ``max_batch_size`` is rejected earlier by the protocol layer. ``max_queued_requests`` bounds
 the queue: past it ``submit`` raises ``Overloaded`` at once (a quick 503, not a timeout).
 A cancelled request (client gone) is dropped from the queue before it costs compute.
+
+A request's images are read in place, not copied, until its batch has them on the device, so
+``submit`` never returns or raises while its batch may still read them: cancelled while its batch
+runs, it waits for the batch to end first. The caller may then reuse the memory (a request body
+goes back to its pool).
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ class _Pending:
     images: np.ndarray
     future: asyncio.Future
     enqueued_ns: int = field(default_factory=time.perf_counter_ns)
+    batch_done: asyncio.Future | None = None  # set when the request is taken into a batch
 
     @property
     def n(self) -> int:
@@ -104,9 +110,15 @@ class ImageBatcher:
         try:
             return await pending.future
         except asyncio.CancelledError:
-            # The caller went away: if still queued, never run it.
+            # The caller went away: if still queued, never run it; if its batch is running, the
+            # images are the batch's until it ends.
             if not pending.future.done():
                 pending.future.cancel()
+            while pending.batch_done is not None and not pending.batch_done.done():
+                try:
+                    await asyncio.shield(pending.batch_done)
+                except asyncio.CancelledError:
+                    continue
             raise
 
     def loop_error(self) -> BaseException | None:
@@ -137,7 +149,10 @@ class ImageBatcher:
                 self._slots.release()
                 continue
             self.running_batches += 1
-            asyncio.get_running_loop().create_task(self._execute(batch))
+            done = asyncio.get_running_loop().create_future()
+            for p in batch:
+                p.batch_done = done
+            asyncio.get_running_loop().create_task(self._execute(batch, done))
 
     async def _wait_for_requests(self) -> None:
         while not self._queue:
@@ -175,7 +190,7 @@ class ImageBatcher:
             total += head.n
         return batch
 
-    async def _execute(self, batch: list[_Pending]) -> None:
+    async def _execute(self, batch: list[_Pending], done: asyncio.Future) -> None:
         started_ns = time.perf_counter_ns()
         try:
             outputs, timing = await asyncio.get_running_loop().run_in_executor(
@@ -189,6 +204,7 @@ class ImageBatcher:
         finally:
             self.running_batches -= 1
             self._slots.release()
+            done.set_result(None)
         for p, out in zip(batch, outputs):
             if not p.future.done():
                 p.future.set_result((out, started_ns - p.enqueued_ns, timing.input_ns + timing.infer_ns + timing.output_ns))
