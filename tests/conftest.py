@@ -51,8 +51,10 @@ def port() -> int:
     return free_port()
 
 
-# Ray 2.60 gives a new node's raylet a fixed 30 s to register with the GCS; on a 2-core machine that is
-# also starting a Triton server or tearing down the last test's cluster it can miss that window.
+# Ray 2.60 gives a new node's raylet a fixed 30 s to register with the GCS, and the GCS a fixed time to
+# write its port file; on a 2-core machine that is also starting a Triton server or tearing down the
+# last test's cluster either can miss its window.
+RAY_STARTUP_TIMEOUTS = ("timed out during startup", "Timed out waiting for file")
 RAY_START_ATTEMPTS = 3
 
 
@@ -65,7 +67,7 @@ def start_local_ray(**kwargs) -> None:
             ray.init(address="local", include_dashboard=False, **kwargs)
             return
         except Exception as e:  # Ray raises a bare Exception for this one
-            if "timed out during startup" not in str(e) or attempt == RAY_START_ATTEMPTS:
+            if not any(t in str(e) for t in RAY_STARTUP_TIMEOUTS) or attempt == RAY_START_ATTEMPTS:
                 raise
             ray.shutdown()
             warnings.warn(f"local Ray cluster missed its startup window (attempt {attempt}); starting it again", stacklevel=2)
