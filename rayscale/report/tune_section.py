@@ -14,7 +14,7 @@ from pathlib import Path
 from rayscale.errors import ResultsError
 from rayscale.report.costs import cost_per_1000_images_usd
 from rayscale.report.types import Report
-from rayscale.tune.results import TUNE_FILE, TuneResult, load_tune_result
+from rayscale.tune.results import TUNE_FILE, TuneResult, format_load, load_tune_result
 
 __all__ = ["FoundTune", "find_tune_results", "tune_pairs", "tune_section_lines"]
 
@@ -45,7 +45,7 @@ def find_tune_results(sources: list[str]) -> list[FoundTune]:
 def tune_pairs(found: list[FoundTune]) -> list[tuple[FoundTune, FoundTune]]:
     """(rayscale, triton) winners searched under the same GPU count, images per request and SLO."""
     def key(f: FoundTune) -> tuple:
-        return (f.result.gpus, f.result.images_per_request, f.result.slo_p99_ms)
+        return (f.result.gpus, f.result.images_per_request, f.result.slo_p99_ms, f.result.closed_loop)
 
     rayscale = {key(f): f for f in found if f.result.target == "rayscale" and f.result.best is not None}
     triton = {key(f): f for f in found if f.result.target == "triton" and f.result.best is not None}
@@ -77,11 +77,12 @@ def _cost(report: Report, found: FoundTune) -> str:
 
 
 def _spread(result: TuneResult) -> str:
-    spread = next((s for s in result.repeats if s.label == result.best.label and s.images_per_s), None)
+    spread = next((s for s in result.repeats if s.label == result.best.label and s.goodput_images_per_s), None)
     if spread is None:
         return "one run"
-    return (f"{spread.images_per_s_min:,.0f} / {spread.images_per_s_median:,.0f} / {spread.images_per_s_max:,.0f} "
-            f"({len(spread.images_per_s)} runs)")
+    runs = len(spread.goodput_images_per_s)
+    return (f"{spread.goodput_min:,.0f} / {spread.goodput_median:,.0f} / {spread.goodput_max:,.0f} "
+            f"({runs} runs, spread {spread.spread_pct:.1f} %, p99 within the SLO in {sum(spread.met_slo)} of {runs})")
 
 
 def tune_section_lines(report: Report) -> list[str]:
@@ -97,19 +98,20 @@ def tune_section_lines(report: Report) -> list[str]:
         size = f"{ray_result.gpus} GPU(s)" if hardware == {"GPU"} else f"the CPU ({ray_result.gpus} replica(s))"
         lines += [
             f"Found by `rayscale tune` on {size} at {ray_result.images_per_request} images/request, "
-            f"p99 ≤ {ray_result.slo_p99_ms:g} ms (the best images/s of any point within the SLO).",
+            f"p99 ≤ {ray_result.slo_p99_ms:g} ms: each candidate at the highest load that met the SLO, its goodput "
+            "(images/s of the requests within the SLO).",
             "",
             "| | rayscale | triton |",
             "|---|---|---|",
             f"| settings | {a.label} | {b.label} |",
-            f"| images/s | {a.goodput_images_per_s:,.1f} | {b.goodput_images_per_s:,.1f} |",
-            f"| p99 ms | {a.goodput_p99_ms:.1f} | {b.goodput_p99_ms:.1f} |",
-            f"| concurrency | {a.goodput_concurrency} | {b.goodput_concurrency} |",
+            f"| goodput, images/s | {a.goodput_images_per_s:,.1f} | {b.goodput_images_per_s:,.1f} |",
+            f"| at | {format_load(a.slo_load, a.closed_loop)} | {format_load(b.slo_load, b.closed_loop)} |",
+            f"| p99 ms | {a.p99_ms:.1f} | {b.p99_ms:.1f} |",
+            f"| repeats: goodput min / median / max | {_spread(ray_result)} | {_spread(triton_result)} |",
             f"| cost per 1000 images | {_cost(report, ray_found)} | {_cost(report, triton_found)} |",
-            f"| repeats min / median / max img/s | {_spread(ray_result)} | {_spread(triton_result)} |",
-            f"| candidates measured, search minutes | {len(ray_result.candidates)}, {ray_result.budget_used_s / 60:.1f} "
-            f"| {len(triton_result.candidates)}, {triton_result.budget_used_s / 60:.1f} |",
-            f"| reproduce | `{a.reproduce}` | `{b.reproduce}` |",
+            f"| candidates measured, search minutes | {len(ray_result.candidates)}, {ray_result.total_used_s / 60:.1f} "
+            f"| {len(triton_result.candidates)}, {triton_result.total_used_s / 60:.1f} |",
+            f"| reproduce | `{a.reproduce} && {ray_result.bench_command}` | `{b.reproduce} && {triton_result.bench_command}` |",
             "",
         ]
         leader, other = (a, b) if a.goodput_images_per_s >= b.goodput_images_per_s else (b, a)

@@ -32,7 +32,7 @@ from rayscale.serve.http_server import HttpResponse, RequestHead, error_response
 from rayscale.serve.ingress import INGRESS_TOKEN_HEADER
 from rayscale.serve.model_config import model_metadata, triton_model_config
 
-__all__ = ["FAIL_HEALTH_ENV", "OpenClipEncoder"]
+__all__ = ["FAIL_HEALTH_ENV", "RECONFIGURABLE", "OpenClipEncoder"]
 
 log = logging.getLogger("rayscale.serve")
 
@@ -42,6 +42,9 @@ _FLUSH_PERIOD_NS = 100_000_000
 _DEREGISTER_S = 1.0  # the ingress polls replicas every 0.25 s and health-checks them every 0.5 s
 _SERVE_NAMESPACE = "serve"  # where Ray Serve's controller creates replica actors
 _EXTENSIONS = ["binary_tensor_data", "statistics", "model_configuration"]
+# ServeConfig fields a running replica changes in place: the deployment's user_config, which Serve
+# hands to ``reconfigure`` at start and on every redeploy that changes only it (no new process).
+RECONFIGURABLE = ("batch_wait_ms", "batches_in_flight", "max_queued_requests")
 
 
 class OpenClipEncoder:
@@ -293,6 +296,22 @@ class OpenClipEncoder:
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     # ---- lifecycle ------------------------------------------------------------------------------
+
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Serve's lightweight update: new batching settings for this running process (on its event loop)."""
+        from dataclasses import replace
+
+        unknown = sorted(set(user_config) - set(RECONFIGURABLE))
+        if unknown:
+            raise ValueError(f"user_config may set {', '.join(RECONFIGURABLE)}, not {', '.join(unknown)}")
+        changed = {k: v for k, v in user_config.items() if getattr(self.cfg, k) != v}
+        if not changed:
+            return
+        self.cfg = replace(self.cfg, **changed)  # checked as any ServeConfig is
+        self.batcher.reconfigure(batch_wait_ms=self.cfg.batch_wait_ms, batches_in_flight=self.cfg.batches_in_flight,
+                                 max_queued_requests=self.cfg.max_queued_requests)
+        if self.http_port is not None or self.cfg.ingress != "direct":  # registered: what it reports changes too
+            self.collector.register.remote(self.replica_id, self.describe())
 
     def describe(self) -> dict[str, Any]:
         import ray
