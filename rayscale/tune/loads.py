@@ -118,8 +118,8 @@ def next_load(points: list[PointResult], rule: LoadRule) -> LoadStep:
 def _between(lo: float, hi: float, p99_lo: float, miss: PointResult, rule: LoadRule) -> float:
     """Where p99 would reach the SLO if it grew linearly from lo to hi, kept in the bracket's middle half."""
     p99_hi = miss.latency.p99_ms if miss.latency.count else math.inf
-    share = 0.5
-    if math.isfinite(p99_hi) and p99_hi > p99_lo:
+    share = 0.5  # the middle: where the miss was lost requests rather than latency, p99 tells nothing
+    if math.isfinite(p99_hi) and p99_hi > rule.slo_p99_ms and p99_hi > p99_lo:
         share = (rule.slo_p99_ms - p99_lo) / (p99_hi - p99_lo)
     share = min(0.75, max(0.25, share))
     load = rule.rounded(lo + share * (hi - lo))
