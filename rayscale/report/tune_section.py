@@ -114,10 +114,20 @@ def tune_section_lines(report: Report) -> list[str]:
             f"| reproduce | `{a.reproduce} && {ray_result.bench_command}` | `{b.reproduce} && {triton_result.bench_command}` |",
             "",
         ]
-        leader, other = (a, b) if a.goodput_images_per_s >= b.goodput_images_per_s else (b, a)
-        lines += [f"{leader.target} leads by {leader.goodput_images_per_s / other.goodput_images_per_s:.2f}× "
-                  "under the SLO." + ("" if _cost(report, ray_found) != "–" else _price_hint(hardware)), ""]
+        lines += [_lead(ray_result, triton_result) + ("" if _cost(report, ray_found) != "–" else _price_hint(hardware)), ""]
     return lines
+
+
+def _lead(*results: TuneResult) -> str:
+    """Who serves more under the SLO, and whether the repeats of both winners tell them apart."""
+    (lead, lead_result), (other, other_result) = sorted(
+        ((r.best, r) for r in results), key=lambda pair: pair[0].goodput_images_per_s, reverse=True)
+    text = f"{lead.target} leads by {lead.goodput_images_per_s / other.goodput_images_per_s:.2f}× under the SLO."
+    spreads = [next((s for s in r.repeats if s.label == r.best.label and s.goodput_images_per_s), None)
+               for r in (lead_result, other_result)]
+    if None not in spreads and spreads[0].goodput_min <= spreads[1].goodput_max:
+        text += " Their repeats overlap: the two are equal within noise."
+    return text
 
 
 def _price_hint(hardware: set[str]) -> str:

@@ -159,7 +159,7 @@ def _run_candidate(settings: Settings, session: _Session, first_load: float) -> 
             levels = sorted({load_of(p) for p in points if p.status != "incomplete"} | {step.load})
             points = _measure(session, url, path, settings.label, levels)
             step = next_load(points, rule)
-    except ServerError as e:  # this candidate could not be served: a failure record, and the search goes on
+    except (ServerError, ConfigError) as e:  # it could not be served here (e.g. /dev/shm too small): a failure record
         session.emit(CandidateFailed(settings.label, str(e)))
         return summary("failed", "failed", str(e).splitlines()[0])
     return summary("complete", step.reason)
