@@ -132,7 +132,7 @@ tune() {  # tune TARGET SPACE...: a budget that fits one call; --resume continue
   local space=(); for s in "$@"; do space+=(--space "$s"); done
   local out; out="$(TUNE_DIR)/ipr${TUNE_IPR}-slo${TUNE_SLO_MS}/$target"
   step "tune_${target}_ipr${TUNE_IPR}" $RS tune --target "$target" --gpus "${TUNE_GPUS:-1}" --images-per-request "$TUNE_IPR" \
-    --slo-p99-ms "$TUNE_SLO_MS" --budget-minutes "${TUNE_MINUTES:-3.75}" --strategy hill "${space[@]}" \
+    --slo-p99-ms "$TUNE_SLO_MS" --budget-minutes "${TUNE_MINUTES:-3.5}" --strategy hill "${space[@]}" \
     --repeats "$TUNE_REPEATS" --repeat-top "${TUNE_REPEAT_TOP:-1}" --model "$MODEL" --out "$out" --resume $TUNE_WIN $TUNE_ARGS
   local rc=$?  # 0: best found, 3: none meets the SLO, 4: budget spent first (the next call resumes)
   [ "$rc" = 4 ] && echo "    $target: budget spent before the search finished; run the phase again to resume"

@@ -254,6 +254,49 @@ def test_bad_flags_are_one_line_errors_with_exit_status_1(args, message, tmp_pat
     assert not (tmp_path / "t").exists()
 
 
+def test_a_running_batcher_takes_new_batches_in_flight_and_batch_wait_without_dropping_a_request():
+    """What Serve's reconfigure hands a replica's batcher while requests are queued (rayscale's in-place switch)."""
+    import asyncio
+    import threading
+    import time
+
+    import numpy as np
+
+    from rayscale.serve.batcher import ImageBatcher
+
+    lock, running, peaks = threading.Lock(), [0], []
+
+    def run(parts):
+        with lock:
+            running[0] += 1
+            peaks[-1] = max(peaks[-1], running[0])
+        time.sleep(0.03)
+        with lock:
+            running[0] -= 1
+        return [np.zeros((len(p), 4)) for p in parts], 0, 0
+
+    async def burst(batcher: ImageBatcher, n: int) -> int:
+        peaks.append(0)
+        results = await asyncio.gather(*(batcher.submit(np.zeros((1, 2))) for _ in range(n)))
+        assert len(results) == n
+        return peaks[-1]
+
+    async def main() -> list[int]:
+        batcher = ImageBatcher(run, max_batch_size=1, batch_wait_ms=0, batches_in_flight=1)
+        seen = [await burst(batcher, 12)]
+        batcher.reconfigure(batch_wait_ms=0, batches_in_flight=4, max_queued_requests=-1)
+        seen.append(await burst(batcher, 12))
+        pending = asyncio.gather(*(batcher.submit(np.zeros((1, 2))) for _ in range(8)))
+        await asyncio.sleep(0.01)  # batches running while the setting drops
+        batcher.reconfigure(batch_wait_ms=0, batches_in_flight=2, max_queued_requests=-1)
+        assert len(await pending) == 8
+        seen.append(await burst(batcher, 12))
+        batcher.close()
+        return seen
+
+    assert asyncio.run(main()) == [1, 4, 2]
+
+
 # ---- rayscale: real servers on a local Ray cluster ------------------------------------------------
 
 
@@ -360,15 +403,19 @@ def test_resume_continues_an_interrupted_candidate_and_redoes_nothing_finished(g
 def test_budget_is_honoured_and_a_spent_budget_exits_4_until_resumed(grid, cluster, tmp_path):
     cfg, _ = grid
     wide = replace(cfg, out=str(tmp_path / "wide"), space=_rayscale_space(bif="1,2,4,8", wait="0,1,2,5"),
-                   budget_minutes=0.75, min_gain=0.05)
+                   budget_minutes=0.75, min_gain=0.05, rate_start_rps=50.0)  # open loop: rates, requests/s
     result = run_tune(wide)
     assert result.ended_by == "budget" and result.status == "incomplete" and result.exit_status == EXIT_BUDGET
     assert result.budget_used_s <= wide.budget_s  # every switch and point started only where it fit
     assert result.points_measured >= 1 and len(result.candidates) < 16
+    points = load_results(Path(wide.out) / result.candidates[0].results_file).points
+    assert {(p.mode, p.concurrency) for p in points} == {("open", None)}
+    replay(points, wide.load_rule())  # the same climb and bisection, over rates from 50 requests/s
     # a budget too small for any server: nothing starts, one line says how to continue, exit status 4
     proc = rayscale("tune", "--target", "rayscale", "--gpus", "2", "--images-per-request", "2", "--slo-p99-ms", "60",
                     "--space", "processes_per_gpu=1", "--space", "batches_in_flight=1,2", "--space", "max_batch_size=8",
                     "--space", "batch_wait_ms=0,1,2,5", "--provider", "null", "--budget-minutes", "0.05", "--resume",
+                    "--rate", "50",
                     "--port", str(free_port()),
                     "--out", wide.out, env=cluster)
     assert proc.returncode == EXIT_BUDGET, proc.stderr[-2000:]

@@ -34,7 +34,9 @@ def tune(
     resume: bool = typer.Option(False, help="Continue the search in --out, measuring only what is missing."),
     concurrency_start: int = typer.Option(8, help="Closed loop: the first candidate's first concurrency."),
     max_concurrency: int = typer.Option(1024, help="Highest concurrency a candidate's search may reach."),
-    rate_start: Optional[float] = typer.Option(None, help="Open loop instead: the first candidate's first rate, requests/s."),
+    rate_start: Optional[float] = typer.Option(
+        None, "--rate-start", "--rate", help="Open loop instead: the first candidate's first rate, requests/s."
+    ),
     max_rate: float = typer.Option(1_000_000.0, help="Open loop: the highest rate a candidate's search may reach."),
     arrival: str = typer.Option("constant", help="Open-loop arrivals: constant | poisson."),
     resolution: float = typer.Option(0.25, help="A candidate's search ends when its highest pass is within this fraction of its lowest miss."),

@@ -332,7 +332,11 @@ def _run_repeats(cfg: TuneConfig, session: _Session, summaries: dict[Settings, C
     top.sort(key=lambda c: session.server.current is None or c.label != session.server.current.label)
     result.repeats = []
     for candidate in top:
-        spread = _repeat(candidate, settings_from_dict(cfg.target, candidate.settings), session)
+        try:
+            spread = _repeat(candidate, settings_from_dict(cfg.target, candidate.settings), session)
+        except (ServerError, ConfigError) as e:  # served once, but not again: its repeats are missing, say why
+            session.emit(CandidateFailed(candidate.label, f"repeats: {e}"))
+            continue
         if spread is None:
             session.emit(SearchStopped(f"the budget left ({cfg.budget_s - session.used_s:.0f} s) does not cover the "
                                        f"repeats of {candidate.label}: --resume runs them"))
