@@ -115,11 +115,16 @@ class TuneConfig:
         return LoadRule(slo_p99_ms=self.slo_p99_ms, closed=self.closed_loop, first=first or self.first_load,
                         maximum=maximum, resolution=self.resolution, min_gain=self.min_gain)
 
+    @property
+    def drain_s(self) -> float:
+        """How long a point waits for its last requests: past 5 × the SLO each is a miss anyway (1..30 s)."""
+        return min(30.0, max(1.0, 5 * self.slo_p99_ms / 1000))
+
     def point_s(self, *, repeat: bool = False) -> float:
-        """The most one point should take, as the budget plans it."""
+        """What one point is planned to cost before one has been timed."""
         if repeat:
-            return self.repeat_warmup_s + self.repeat_max_windows * self.repeat_window_s + POINT_OVERHEAD_S
-        return self.warmup_s + self.max_windows * self.window_s + POINT_OVERHEAD_S
+            return self.repeat_warmup_s + self.repeat_max_windows * self.repeat_window_s + self.drain_s + POINT_OVERHEAD_S
+        return self.warmup_s + self.max_windows * self.window_s + self.drain_s + POINT_OVERHEAD_S
 
     def bench_config(self, *, url: str, levels: list[float], out: str, target: str = "auto", repeat: bool = False):
         from rayscale.loadgen import BenchConfig
@@ -131,7 +136,7 @@ class TuneConfig:
         return BenchConfig(
             url=url, target=target, images_per_request=[self.images_per_request], arrival=self.arrival,
             warmup_s=warmup, window_s=window, duration_s=(windows + 0.5) * window, stability=self.stability,
-            max_windows=windows, clients=self.clients, client_cpus=self.client_cpus,
+            max_windows=windows, clients=self.clients, client_cpus=self.client_cpus, drain_timeout_s=self.drain_s,
             address=self.address, model_dir=self.model_dir, out=out, resume=True, command=self.command or None,
             **loads,
         )

@@ -16,9 +16,8 @@ its repeats: no server switch, point or repeat starts unless what it is planned 
 
 from __future__ import annotations
 
-import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from rayscale.environment import now_iso
@@ -51,8 +50,6 @@ from rayscale.tune.space import Settings, settings_from_dict, space_to_dict
 from rayscale.tune.strategy import propose
 
 __all__ = ["TuneConfig", "closest_answer", "run_tune", "summarize_candidate"]
-
-log = logging.getLogger(__name__)
 
 
 def summarize_candidate(settings: Settings, points: list[PointResult], cfg: TuneConfig, *, results_file: str,
@@ -93,10 +90,16 @@ class _Session:
     server: CandidateServer
     started: float
     measured_points: int = 0
+    point_walls_s: dict[bool, list[float]] = field(default_factory=lambda: {False: [], True: []})  # by repeat or not
 
     @property
     def used_s(self) -> float:
         return time.monotonic() - self.started
+
+    def point_s(self, *, repeat: bool = False) -> float:
+        """What the next point is planned to cost: the most one has cost so far, or the configured plan."""
+        timed = self.point_walls_s[repeat]
+        return max(timed) if timed else self.cfg.point_s(repeat=repeat)
 
     def fits(self, seconds: float) -> bool:
         return self.used_s + seconds <= self.cfg.budget_s
@@ -106,7 +109,7 @@ class _Session:
         cfg = self.cfg
         if not cfg.repeats:
             return 0.0
-        return cfg.repeat_top * (cfg.repeats * cfg.point_s(repeat=True) + self.server.restart_s())
+        return cfg.repeat_top * (cfg.repeats * self.point_s(repeat=True) + self.server.restart_s())
 
 
 def _points_in(path: Path) -> list[PointResult]:
@@ -128,7 +131,9 @@ def _measure(session: _Session, url: str, path: Path, label: str, levels: list[f
             session.emit(PointMeasured(label, event.point, meets_slo(event.point, session.cfg.slo_p99_ms)))
 
     path.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
     run_bench(session.cfg.bench_config(url=url, levels=levels, out=str(path), target=label, repeat=repeat), on_event=forward)
+    session.point_walls_s[repeat].append(time.monotonic() - t0)  # one new point per call
     return _points_in(path)
 
 
@@ -147,14 +152,14 @@ def _run_candidate(settings: Settings, session: _Session, first_load: float) -> 
         session.emit(CandidateSkipped(settings.label, step.reason))
         return summary("complete", step.reason)
     reserve = session.repeat_reserve_s()
-    if not session.fits(session.server.expected_s(settings) + cfg.point_s() + reserve):
+    if not session.fits(session.server.expected_s(settings) + session.point_s() + reserve):
         return summary("incomplete", "budget")
     try:
         url, switch, seconds = session.server.serve(settings)
         session.emit(CandidateStarted(settings.label, settings.up_command(cfg.gpus, cfg.provider, cfg.images_per_request),
                                       switch, seconds))
         while step.load is not None:
-            if not session.fits(cfg.point_s() + reserve):
+            if not session.fits(session.point_s() + reserve):
                 return summary("incomplete", "budget")
             levels = sorted({load_of(p) for p in points if p.status != "incomplete"} | {step.load})
             points = _measure(session, url, path, settings.label, levels)
@@ -181,7 +186,7 @@ def _repeat(candidate: CandidateSummary, settings: Settings, session: _Session) 
 
     missing = [p for p in paths if finished(p) is None]
     if missing:
-        if not session.fits(session.server.expected_s(settings) + len(missing) * cfg.point_s(repeat=True)):
+        if not session.fits(session.server.expected_s(settings) + len(missing) * session.point_s(repeat=True)):
             return None
         url, switch, seconds = session.server.serve(settings)
         session.emit(RepeatsStarted(candidate.label, format_load(load, cfg.closed_loop), len(missing)))
