@@ -1,8 +1,8 @@
 """The report's "Best of each under the SLO" section: the winners of `rayscale tune` side by side.
 
 It appears when the directories of the report's results files hold tune.json files for both
-rayscale and Triton at the same GPU count, images per request and SLO. Cost per 1000 images
-uses the report's prices (``--costs`` or ``--gpu-hour-cost``); a search whose candidates ran
+rayscale and Triton at the same GPU count, images per request, SLO and loop. Cost per 1000 images
+(at the median goodput of the winner's repeats, where it was repeated) uses the report's prices (``--costs`` or ``--gpu-hour-cost``); a search whose candidates ran
 without GPUs is labelled CPU and priced only at ``--cpu-hour-cost``, as the rest of the report.
 """
 
@@ -70,14 +70,21 @@ def _hourly_cost(report: Report, hardware: str, gpus: int) -> float | None:
 
 
 def _cost(report: Report, found: FoundTune) -> str:
+    """At the median goodput of the winner's repeats (standard windows) where it was repeated."""
     result = found.result
     hourly = _hourly_cost(report, _hardware(report, found), result.gpus)
-    value = cost_per_1000_images_usd(hourly, result.best.goodput_images_per_s)
+    spread = _winner_spread(result)
+    goodput = spread.goodput_median if spread is not None else result.best.goodput_images_per_s
+    value = cost_per_1000_images_usd(hourly, goodput)
     return "–" if value is None else f"${value:#.3g}"
 
 
+def _winner_spread(result: TuneResult):
+    return next((s for s in result.repeats if s.label == result.best.label and s.goodput_images_per_s), None)
+
+
 def _spread(result: TuneResult) -> str:
-    spread = next((s for s in result.repeats if s.label == result.best.label and s.goodput_images_per_s), None)
+    spread = _winner_spread(result)
     if spread is None:
         return "one run"
     runs = len(spread.goodput_images_per_s)
@@ -108,7 +115,7 @@ def tune_section_lines(report: Report) -> list[str]:
             f"| at | {format_load(a.slo_load, a.closed_loop)} | {format_load(b.slo_load, b.closed_loop)} |",
             f"| p99 ms | {a.p99_ms:.1f} | {b.p99_ms:.1f} |",
             f"| repeats: goodput min / median / max | {_spread(ray_result)} | {_spread(triton_result)} |",
-            f"| cost per 1000 images | {_cost(report, ray_found)} | {_cost(report, triton_found)} |",
+            f"| cost per 1000 images (at the repeats' median) | {_cost(report, ray_found)} | {_cost(report, triton_found)} |",
             f"| candidates measured, search minutes | {len(ray_result.candidates)}, {ray_result.total_used_s / 60:.1f} "
             f"| {len(triton_result.candidates)}, {triton_result.total_used_s / 60:.1f} |",
             f"| reproduce | `{a.reproduce} && {ray_result.bench_command}` | `{b.reproduce} && {triton_result.bench_command}` |",
@@ -123,8 +130,7 @@ def _lead(*results: TuneResult) -> str:
     (lead, lead_result), (other, other_result) = sorted(
         ((r.best, r) for r in results), key=lambda pair: pair[0].goodput_images_per_s, reverse=True)
     text = f"{lead.target} leads by {lead.goodput_images_per_s / other.goodput_images_per_s:.2f}× under the SLO."
-    spreads = [next((s for s in r.repeats if s.label == r.best.label and s.goodput_images_per_s), None)
-               for r in (lead_result, other_result)]
+    spreads = [_winner_spread(r) for r in (lead_result, other_result)]
     if None not in spreads and spreads[0].goodput_min <= spreads[1].goodput_max:
         text += " Their repeats overlap: the two are equal within noise."
     return text
