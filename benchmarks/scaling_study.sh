@@ -19,11 +19,16 @@
 #             127.0.0.1 and 127.0.0.2 so each node's ingress has its own): up, http32 with each client
 #             actor aimed at its own node's ingress, down
 #   report    rayscale report over everything, with per-GPU-count costs
-# and, when named (not run by default):
-#   tune_triton    rayscale tune --target triton on TUNE_GPUS GPUs: instances per GPU 2,4,8 and batch wait,
-#                  at IPR images/request under a p99 SLO of TUNE_SLO_MS; TUNE_MINUTES of search a call
-#   tune_rayscale  the same search for rayscale: replicas per GPU, batches in flight, batch wait
-#   tune_report    rayscale report over both searches (the best of each under the SLO, side by side)
+# and, when named (not run by default), the searches for each server's best under a p99 SLO
+# (`rayscale tune`; TUNE_IPR images/request, p99 ≤ TUNE_SLO_MS, on TUNE_GPUS GPUs):
+#   tune_triton    Triton: instances per GPU 4,8,12 (the seeds), batch wait 0,2 ms, preferred batch sizes
+#                  none (= the max batch) or the request size's doublings; at most TUNE_MINUTES a call   ~4 min
+#   tune_rayscale  rayscale: processes per GPU 2,4,8 (the seeds), batches in flight 2,4,8, batch wait 0,2 ms  ~4 min
+#   tune_report    rayscale report over every search under tune-<N>gpu/ (Best of each under the SLO)   <1 min
+# Each search ends with TUNE_REPEATS runs of its best candidate at its SLO load with standard windows;
+# a search cut off by its budget continues (--resume) in the next call, e.g.
+#   TUNE_IPR=32 TUNE_SLO_MS=100 bash benchmarks/scaling_study.sh tune_triton tune_rayscale     # one call
+#   TUNE_IPR=1 TUNE_SLO_MS=25 bash benchmarks/scaling_study.sh tune_triton tune_rayscale tune_report
 #
 # Every bench writes its file after each point and runs with --resume, so a phase cut off by a time
 # limit continues where it stopped; a phase whose file is complete is skipped. A phase that needs the
@@ -45,14 +50,19 @@ if [ "$QUICK" = 1 ]; then
   CONC32=${CONC32:-1,2}; CONC1=${CONC1:-2}; CONC256=${CONC256:-1}; IPR=2; BIG=4
   WIN="--warmup 1 --window 1.5 --duration 6 --max-windows 4"
   UP="--num-gpus $MAXG --cpus-per-replica 0.25 --provider cpu --max-batch-size 8"; CL=${CL:-"--clients 1 --client-cpus 0"}
-  TUNE_WIN="--warmup 1 --window 1.5 --duration 6 --max-concurrency 2"; TUNE_ARGS=${TUNE_ARGS:-"--provider cpu --cpus-per-replica 0.25"}
-  TUNE_SLO_MS=${TUNE_SLO_MS:-3000}  # a CPU serves one 2-image request in ~150 ms
+  TUNE_WIN=${TUNE_WIN:-"--warmup 0.5 --window 1 --max-windows 3 --repeat-warmup 0.5 --repeat-window 1 --repeat-max-windows 3 --max-concurrency 4 --concurrency-start 1"}
+  TUNE_ARGS=${TUNE_ARGS:-"--provider cpu --cpus-per-replica 0.25 --clients 1 --client-cpus 0"}
+  TUNE_IPR=${TUNE_IPR:-2}; TUNE_SLO_MS=${TUNE_SLO_MS:-3000}  # a CPU serves one 2-image request in ~150-600 ms
+  TUNE_REPEATS=${TUNE_REPEATS:-2}
   TRITON="--provider cpu --instances-per-gpu 1 --max-batch-size 8"; PREC=fp32; BS=1,2
 else
   CONC32=${CONC32:-64,128,256,512}; CONC1=${CONC1:-128,512}; CONC256=${CONC256:-16,64}; IPR=32; BIG=256
   WIN=${WIN:-"--warmup 3 --window 2.5 --duration 15 --max-windows 6"}
   UP=${UP:-""}; CL=${CL:-""}; TRITON="--instances-per-gpu ${TRITON_INSTANCES:-4}"; PREC=fp16; BS=${BS:-256}
-  TUNE_WIN="--warmup 3 --window 2.5 --duration 15 --concurrency-start 32"; TUNE_ARGS=${TUNE_ARGS:-""}
+  TUNE_IPR=${TUNE_IPR:-32}; TUNE_SLO_MS=${TUNE_SLO_MS:-100}
+  # short search windows (thousands of requests a second settle in a second); the repeats use standard ones
+  TUNE_WIN=${TUNE_WIN:-"--warmup 1 --window 1 --max-windows 3 --repeat-warmup 2 --repeat-window 2 --repeat-max-windows 4 --concurrency-start $([ "$TUNE_IPR" -ge 8 ] && echo 32 || echo 128)"}
+  TUNE_ARGS=${TUNE_ARGS:-""}; TUNE_REPEATS=${TUNE_REPEATS:-3}
   export RAYSCALE_TRITON_PYTHON=${RAYSCALE_TRITON_PYTHON:-$(command -v python3)}
 fi
 step() { local name=$1; shift; echo "=== $(date -u +%T) $name: $*"; local t0=$(date +%s); timeout "${STEP_TIMEOUT:-570}" "$@" >> "$OUT/$name.log" 2>&1; local rc=$?; echo "    rc=$rc in $(( $(date +%s) - t0 ))s"; tail -n "${TAIL:-6}" "$OUT/$name.log"; return $rc; }
@@ -118,27 +128,32 @@ phase_twonode() {  # the same app over two Ray nodes on one host: a head with GP
   step down_2node $RS down --address 127.0.0.1:$port
   pkill -TERM -f "$tmp" ; sleep 3; pkill -KILL -f "$tmp"
 }
+TUNE_DIR() { echo "$OUT/tune-${TUNE_GPUS:-1}gpu"; }
 tune() {  # tune TARGET SPACE...: a budget that fits one call; --resume continues the search in the next
   local target=$1; shift
   local space=(); for s in "$@"; do space+=(--space "$s"); done
-  step "tune_$target" $RS tune --target "$target" --gpus "${TUNE_GPUS:-1}" --images-per-request $IPR \
-    --slo-p99-ms "${TUNE_SLO_MS:-100}" --budget-minutes "${TUNE_MINUTES:-7}" --strategy "${TUNE_STRATEGY:-hill}" \
-    "${space[@]}" --model "$MODEL" --out "$OUT/tune-${TUNE_GPUS:-1}gpu/$target" --resume $TUNE_WIN $TUNE_ARGS
+  local out; out="$(TUNE_DIR)/ipr${TUNE_IPR}-slo${TUNE_SLO_MS}/$target"
+  step "tune_${target}_ipr${TUNE_IPR}" $RS tune --target "$target" --gpus "${TUNE_GPUS:-1}" --images-per-request "$TUNE_IPR" \
+    --slo-p99-ms "$TUNE_SLO_MS" --budget-minutes "${TUNE_MINUTES:-3.5}" --strategy hill "${space[@]}" \
+    --repeats "$TUNE_REPEATS" --repeat-top "${TUNE_REPEAT_TOP:-1}" --model "$MODEL" --out "$out" --resume $TUNE_WIN $TUNE_ARGS
+  local rc=$?  # 0: best found, 3: none meets the SLO, 4: budget spent first (the next call resumes)
+  [ "$rc" = 4 ] && echo "    $target: budget spent before the search finished; run the phase again to resume"
+  return $rc
 }
 phase_tune_triton() {
   stub_path
-  if [ "$QUICK" = 1 ]; then tune triton instances_per_gpu=1,2 max_batch_size=8 batch_wait_ms=2
-  else tune triton instances_per_gpu=2,4,8 max_batch_size=256 batch_wait_ms=0.5,2,5; fi
+  if [ "$QUICK" = 1 ]; then tune triton instances_per_gpu=1 batch_wait_ms=2 preferred_batch_sizes=none,pow2 max_batch_size=8
+  else tune triton instances_per_gpu=4,8,12 batch_wait_ms=0,2 preferred_batch_sizes=none,pow2 max_batch_size=256; fi
   unset RAYSCALE_STUB_PATH
 }
 phase_tune_rayscale() {
   $RS down > /dev/null 2>&1  # tune starts each candidate itself
-  if [ "$QUICK" = 1 ]; then tune rayscale replicas_per_gpu=1 batches_in_flight=1,2 max_batch_size=8 batch_wait_ms=2
-  else tune rayscale replicas_per_gpu=2,4,8 batches_in_flight=2,4 max_batch_size=256 batch_wait_ms=0.5,2,5; fi
+  if [ "$QUICK" = 1 ]; then tune rayscale processes_per_gpu=1 batches_in_flight=1,2 batch_wait_ms=2 max_batch_size=8
+  else tune rayscale processes_per_gpu=2,4,8 batches_in_flight=2,4,8 batch_wait_ms=0,2 max_batch_size=256; fi
 }
-phase_tune_report() {  # the two searches side by side: best of each under the SLO, cost per 1000 images
-  step tune_report $RS report "$OUT/tune-${TUNE_GPUS:-1}gpu" --slo-p99-ms "${TUNE_SLO_MS:-100}" --gpu-hour-cost "$GPU_HOUR" \
-    --allow-mismatch --out "$OUT/tune-${TUNE_GPUS:-1}gpu/report"
+phase_tune_report() {  # every search side by side: best of each under its SLO, cost per 1000 images
+  step tune_report $RS report "$(TUNE_DIR)" --slo-p99-ms "$TUNE_SLO_MS" --gpu-hour-cost "$GPU_HOUR" \
+    --allow-mismatch --out "$(TUNE_DIR)/report"
 }
 phase_report() {
   local engine=(); [ -f "$OUT/engine-gpu0.json" ] && engine=(--engine "$OUT/engine-gpu0.json")

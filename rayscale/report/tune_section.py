@@ -1,8 +1,8 @@
 """The report's "Best of each under the SLO" section: the winners of `rayscale tune` side by side.
 
 It appears when the directories of the report's results files hold tune.json files for both
-rayscale and Triton at the same GPU count, images per request and SLO. Cost per 1000 images
-uses the report's prices (``--costs`` or ``--gpu-hour-cost``); a search whose candidates ran
+rayscale and Triton at the same GPU count, images per request, SLO and loop. Cost per 1000 images
+(at the median goodput of the winner's repeats, where it was repeated) uses the report's prices (``--costs`` or ``--gpu-hour-cost``); a search whose candidates ran
 without GPUs is labelled CPU and priced only at ``--cpu-hour-cost``, as the rest of the report.
 """
 
@@ -15,7 +15,7 @@ from rayscale.errors import ResultsError
 from rayscale.report.costs import cost_per_1000_images_usd
 from rayscale.report.document import Block, Heading, Paragraph, Table
 from rayscale.report.types import Report
-from rayscale.tune.results import TUNE_FILE, TuneResult, load_tune_result
+from rayscale.tune.results import TUNE_FILE, TuneResult, format_load, load_tune_result
 
 __all__ = ["FoundTune", "find_tune_results", "tune_pairs", "tune_section_blocks"]
 
@@ -46,7 +46,7 @@ def find_tune_results(sources: list[str]) -> list[FoundTune]:
 def tune_pairs(found: list[FoundTune]) -> list[tuple[FoundTune, FoundTune]]:
     """(rayscale, triton) winners searched under the same GPU count, images per request and SLO."""
     def key(f: FoundTune) -> tuple:
-        return (f.result.gpus, f.result.images_per_request, f.result.slo_p99_ms)
+        return (f.result.gpus, f.result.images_per_request, f.result.slo_p99_ms, f.result.closed_loop)
 
     rayscale = {key(f): f for f in found if f.result.target == "rayscale" and f.result.best is not None}
     triton = {key(f): f for f in found if f.result.target == "triton" and f.result.best is not None}
@@ -71,18 +71,26 @@ def _hourly_cost(report: Report, hardware: str, gpus: int) -> float | None:
 
 
 def _cost(report: Report, found: FoundTune) -> str:
+    """At the median goodput of the winner's repeats (standard windows) where it was repeated."""
     result = found.result
     hourly = _hourly_cost(report, _hardware(report, found), result.gpus)
-    value = cost_per_1000_images_usd(hourly, result.best.goodput_images_per_s)
+    spread = _winner_spread(result)
+    goodput = spread.goodput_median if spread is not None else result.best.goodput_images_per_s
+    value = cost_per_1000_images_usd(hourly, goodput)
     return "–" if value is None else f"${value:#.3g}"
 
 
+def _winner_spread(result: TuneResult):
+    return next((s for s in result.repeats if s.label == result.best.label and s.goodput_images_per_s), None)
+
+
 def _spread(result: TuneResult) -> str:
-    spread = next((s for s in result.repeats if s.label == result.best.label and s.images_per_s), None)
+    spread = _winner_spread(result)
     if spread is None:
         return "one run"
-    return (f"{spread.images_per_s_min:,.0f} / {spread.images_per_s_median:,.0f} / {spread.images_per_s_max:,.0f} "
-            f"({len(spread.images_per_s)} runs)")
+    runs = len(spread.goodput_images_per_s)
+    return (f"{spread.goodput_min:,.0f} / {spread.goodput_median:,.0f} / {spread.goodput_max:,.0f} "
+            f"({runs} runs, spread {spread.spread_pct:.1f} %, p99 within the SLO in {sum(spread.met_slo)} of {runs})")
 
 
 def tune_section_blocks(report: Report) -> list[Block]:
@@ -98,23 +106,34 @@ def tune_section_blocks(report: Report) -> list[Block]:
         size = f"{ray_result.gpus} GPU(s)" if hardware == {"GPU"} else f"the CPU ({ray_result.gpus} replica(s))"
         blocks.append(Paragraph(
             f"Found by `rayscale tune` on {size} at {ray_result.images_per_request} images/request, "
-            f"p99 ≤ {ray_result.slo_p99_ms:g} ms (the best images/s of any point within the SLO)."
+            f"p99 ≤ {ray_result.slo_p99_ms:g} ms: each candidate at the highest load that met the SLO, its goodput "
+            "(images/s of the requests within the SLO)."
         ))
         blocks.append(Table(["", "rayscale", "triton"], [
             ["settings", a.label, b.label],
-            ["images/s", f"{a.goodput_images_per_s:,.1f}", f"{b.goodput_images_per_s:,.1f}"],
-            ["p99 ms", f"{a.goodput_p99_ms:.1f}", f"{b.goodput_p99_ms:.1f}"],
-            ["concurrency", str(a.goodput_concurrency), str(b.goodput_concurrency)],
-            ["cost per 1000 images", _cost(report, ray_found), _cost(report, triton_found)],
-            ["repeats min / median / max img/s", _spread(ray_result), _spread(triton_result)],
-            ["candidates measured, search minutes", f"{len(ray_result.candidates)}, {ray_result.budget_used_s / 60:.1f}",
-             f"{len(triton_result.candidates)}, {triton_result.budget_used_s / 60:.1f}"],
-            ["reproduce", f"`{a.reproduce}`", f"`{b.reproduce}`"],
+            ["goodput, images/s", f"{a.goodput_images_per_s:,.1f}", f"{b.goodput_images_per_s:,.1f}"],
+            ["at", format_load(a.slo_load, a.closed_loop), format_load(b.slo_load, b.closed_loop)],
+            ["p99 ms", f"{a.p99_ms:.1f}", f"{b.p99_ms:.1f}"],
+            ["repeats: goodput min / median / max", _spread(ray_result), _spread(triton_result)],
+            ["cost per 1000 images (at the repeats' median)", _cost(report, ray_found), _cost(report, triton_found)],
+            ["candidates measured, search minutes", f"{len(ray_result.candidates)}, {ray_result.total_used_s / 60:.1f}",
+             f"{len(triton_result.candidates)}, {triton_result.total_used_s / 60:.1f}"],
+            ["reproduce", f"`{a.reproduce} && {ray_result.bench_command}`", f"`{b.reproduce} && {triton_result.bench_command}`"],
         ]))
-        leader, other = (a, b) if a.goodput_images_per_s >= b.goodput_images_per_s else (b, a)
-        blocks.append(Paragraph(f"{leader.target} leads by {leader.goodput_images_per_s / other.goodput_images_per_s:.2f}× "
-                                "under the SLO." + ("" if _cost(report, ray_found) != "–" else _price_hint(hardware))))
+        blocks.append(Paragraph(_lead(ray_result, triton_result)
+                                + ("" if _cost(report, ray_found) != "–" else _price_hint(hardware))))
     return blocks
+
+
+def _lead(*results: TuneResult) -> str:
+    """Who serves more under the SLO, and whether the repeats of both winners tell them apart."""
+    (lead, lead_result), (other, other_result) = sorted(
+        ((r.best, r) for r in results), key=lambda pair: pair[0].goodput_images_per_s, reverse=True)
+    text = f"{lead.target} leads by {lead.goodput_images_per_s / other.goodput_images_per_s:.2f}× under the SLO."
+    spreads = [_winner_spread(r) for r in (lead_result, other_result)]
+    if None not in spreads and spreads[0].goodput_min <= spreads[1].goodput_max:
+        text += " Their repeats overlap: the two are equal within noise."
+    return text
 
 
 def _price_hint(hardware: set[str]) -> str:

@@ -15,7 +15,7 @@ from rayscale.config import ServeConfig
 from rayscale.errors import ConfigError
 from rayscale.serve.model_config import DEPLOYMENT_NAME, triton_model_config
 from rayscale.serve.proxy import PROXY_CALLBACK, PROXY_CALLBACK_ENV, proxy_env_vars, proxy_middlewares, serve_env_vars
-from rayscale.serve.replica import FAIL_HEALTH_ENV, OpenClipEncoder
+from rayscale.serve.replica import FAIL_HEALTH_ENV, RECONFIGURABLE, OpenClipEncoder
 
 __all__ = [
     "DEPLOYMENT_NAME",
@@ -23,6 +23,7 @@ __all__ = [
     "PROXY_CALLBACK",
     "PROXY_CALLBACK_ENV",
     "OpenClipEncoder",
+    "RECONFIGURABLE",
     "app_for",
     "build_app",
     "deployment_options",
@@ -44,6 +45,7 @@ def deployment_options(cfg: ServeConfig) -> dict[str, Any]:
         "ray_actor_options": {"num_gpus": cfg.gpus_per_process, "num_cpus": cfg.cpus_per_replica}
         | ({"runtime_env": {"env_vars": HAPROXY_ENV}} if cfg.ingress == "haproxy" else {}),
         "max_ongoing_requests": cfg.max_ongoing_requests,
+        "user_config": {name: getattr(cfg, name) for name in RECONFIGURABLE},  # changes without new processes
         # The replica enforces max_queued_requests with the protocol's 503; Serve's own limit (whose
         # rejections the proxy middleware rewrites) only guards against a runaway queue in the router,
         # which also holds requests for a moment while it picks a replica.
@@ -79,12 +81,21 @@ def parse_app_args(args: dict[str, Any] | None) -> ServeConfig:
     return ServeConfig(**args)
 
 
-def app_for(cfg: ServeConfig):
-    """The Serve application for a typed config; the config travels to each replica as itself."""
+def app_for(cfg: ServeConfig, *, version: str | None = None):
+    """The Serve application for a typed config; the config travels to each replica as itself.
+
+    Serve starts new processes for a redeploy whose version differs (without one, every deploy gets a
+    fresh version, as ``serve.run`` gives it). Deployed again with the same ``version``, a config that
+    differs only in ``RECONFIGURABLE`` fields reconfigures the running processes instead; the caller
+    keeps every other field equal.
+    """
     from ray import serve
 
     cfg = cfg.resolved()
-    return serve.deployment(OpenClipEncoder, **deployment_options(cfg)).bind(cfg)
+    deployment = serve.deployment(OpenClipEncoder, **deployment_options(cfg))
+    if version is not None:
+        deployment = deployment.options(version=version, _internal=True)  # Serve's own way to pin one
+    return deployment.bind(cfg)
 
 
 def build_app(args: dict[str, Any] | None = None):

@@ -13,6 +13,7 @@ A request larger than the remaining room starts the next batch; one larger than
 ``max_batch_size`` is rejected earlier by the protocol layer. ``max_queued_requests`` bounds
 the queue: past it ``submit`` raises ``Overloaded`` at once (a quick 503, not a timeout).
 A cancelled request (client gone) is dropped from the queue before it costs compute.
+``reconfigure`` changes the batch wait, the batches in flight and the queue bound while it runs.
 
 A request's images are read in place, not copied, until its batch has them on the device, so
 ``submit`` never returns or raises while its batch may still read them: cancelled while its batch
@@ -81,7 +82,8 @@ class ImageBatcher:
         self._queue: deque[_Pending] = deque()
         self._queued_images = 0
         self._wakeup = asyncio.Event()
-        self._slots = asyncio.Semaphore(batches_in_flight)
+        self.batches_in_flight = batches_in_flight
+        self._slot_freed = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=batches_in_flight, thread_name_prefix="rayscale-infer")
         self._loop_task: asyncio.Task | None = None
         self.running_batches = 0
@@ -121,6 +123,18 @@ class ImageBatcher:
                     continue
             raise
 
+    def reconfigure(self, *, batch_wait_ms: float, batches_in_flight: int, max_queued_requests: int) -> None:
+        """New settings for the batches formed from now on; batches already running finish as they are."""
+        self.batch_wait_ms = batch_wait_ms
+        self.max_queued_requests = max_queued_requests
+        if batches_in_flight != self.batches_in_flight:
+            old, self._executor = self._executor, ThreadPoolExecutor(
+                max_workers=batches_in_flight, thread_name_prefix="rayscale-infer"
+            )
+            old.shutdown(wait=False)  # its running batches finish on their threads
+            self.batches_in_flight = batches_in_flight
+            self._slot_freed.set()
+
     def loop_error(self) -> BaseException | None:
         """The exception that ended the batching loop, if it died (None while it runs)."""
         task = self._loop_task
@@ -138,21 +152,21 @@ class ImageBatcher:
     async def _batch_loop(self) -> None:
         while True:
             await self._wait_for_requests()
-            await self._slots.acquire()
-            try:
-                await self._wait_to_fill()
-                batch = self._take_batch()
-            except BaseException:
-                self._slots.release()
-                raise
+            await self._wait_for_slot()
+            await self._wait_to_fill()
+            batch = self._take_batch()
             if not batch:
-                self._slots.release()
                 continue
             self.running_batches += 1
             done = asyncio.get_running_loop().create_future()
             for p in batch:
                 p.batch_done = done
             asyncio.get_running_loop().create_task(self._execute(batch, done))
+
+    async def _wait_for_slot(self) -> None:
+        while self.running_batches >= self.batches_in_flight:
+            self._slot_freed.clear()
+            await self._slot_freed.wait()
 
     async def _wait_for_requests(self) -> None:
         while not self._queue:
@@ -203,7 +217,7 @@ class ImageBatcher:
             return
         finally:
             self.running_batches -= 1
-            self._slots.release()
+            self._slot_freed.set()
             done.set_result(None)
         for p, out in zip(batch, outputs):
             if not p.future.done():

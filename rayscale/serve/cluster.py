@@ -417,8 +417,12 @@ def up(
     exporter_port: int = 9400,
     num_gpus: int | None = None,
     timeout_s: float = 600.0,
+    version: str | None = None,
 ) -> UpResult:
-    """Start (or join) Ray, deploy the app with ``cfg``, wait until every replica is ready and routed."""
+    """Start (or join) Ray, deploy the app with ``cfg``, wait until every replica is ready and routed.
+
+    ``version`` pins the deployment's version, so that ``scaling.reconfigure`` can later change its
+    ``RECONFIGURABLE`` settings without new processes (None: a fresh version, as Serve gives one)."""
     import ray
     from ray import serve
 
@@ -461,7 +465,7 @@ def up(
             controller_options={"runtime_env": {"env_vars": serve_env_vars(cfg.ingress)}},
         )
     try:
-        serve.run(app_for(cfg), name=cfg.app_name, route_prefix=cfg.route_prefix, blocking=False)
+        serve.run(app_for(cfg, version=version), name=cfg.app_name, route_prefix=cfg.route_prefix, blocking=False)
     except Exception as e:  # Serve wraps replica constructor failures
         raise ServerError(f"deploying {cfg.app_name} failed: {str(e).strip().splitlines()[-1]}") from None
     try:

@@ -34,7 +34,7 @@ from rayscale.serve.ingress import INGRESS_TOKEN_HEADER
 from rayscale.serve.model_config import model_metadata, triton_model_config
 from rayscale.serve.registry import ReplicaRecord
 
-__all__ = ["FAIL_HEALTH_ENV", "OpenClipEncoder"]
+__all__ = ["FAIL_HEALTH_ENV", "RECONFIGURABLE", "OpenClipEncoder"]
 
 log = logging.getLogger("rayscale.serve")
 
@@ -46,6 +46,9 @@ _WATCH_S = 0.25  # how often a replica reads the app's draining flag
 _REPAIR_EVERY = 8  # and, every this many reads (2 s), checks that its statistics and ingress actors exist
 _SERVE_NAMESPACE = "serve"  # where Ray Serve's controller creates replica actors
 _EXTENSIONS = ["binary_tensor_data", "statistics", "model_configuration"]
+# ServeConfig fields a running replica changes in place: the deployment's user_config, which Serve
+# hands to ``reconfigure`` at start and on every redeploy that changes only it (no new process).
+RECONFIGURABLE = ("batch_wait_ms", "batches_in_flight", "max_queued_requests")
 
 
 class OpenClipEncoder:
@@ -358,6 +361,22 @@ class OpenClipEncoder:
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     # ---- lifecycle ------------------------------------------------------------------------------
+
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Serve's lightweight update: new batching settings for this running process (on its event loop)."""
+        from dataclasses import replace
+
+        unknown = sorted(set(user_config) - set(RECONFIGURABLE))
+        if unknown:
+            raise ValueError(f"user_config may set {', '.join(RECONFIGURABLE)}, not {', '.join(unknown)}")
+        changed = {k: v for k, v in user_config.items() if getattr(self.cfg, k) != v}
+        if not changed:
+            return
+        self.cfg = replace(self.cfg, **changed)  # checked as any ServeConfig is
+        self.batcher.reconfigure(batch_wait_ms=self.cfg.batch_wait_ms, batches_in_flight=self.cfg.batches_in_flight,
+                                 max_queued_requests=self.cfg.max_queued_requests)
+        if self.http_port is not None or self.cfg.ingress != "direct":  # registered: what it reports changes too
+            await asyncio.to_thread(registry.put_replica, self.cfg.app_name, self.describe())
 
     def describe(self) -> ReplicaRecord:
         import ray

@@ -1,7 +1,8 @@
-"""Rescaling the running rayscale app, and asking it what it runs.
+"""Rescaling and reconfiguring the running rayscale app, and asking it what it runs.
 
 ``rayscale bench --replicas 1,2,4`` measures the app at each size: ``rescale`` redeploys it with
 the same settings and another replica count, and returns once every replica is ready.
+``reconfigure`` changes the batching settings of the running processes (``rayscale tune``).
 """
 
 from __future__ import annotations
@@ -9,8 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 from rayscale.errors import ConfigError, ServerError
+from rayscale.serve import registry
 
-__all__ = ["cluster_started_by_rayscale", "rescale", "running_app_config"]
+__all__ = ["cluster_started_by_rayscale", "reconfigure", "rescale", "running_app_config"]
 
 
 def cluster_started_by_rayscale() -> bool:
@@ -23,8 +25,6 @@ def cluster_started_by_rayscale() -> bool:
 def running_app_config(app_name: str) -> dict[str, Any] | None:
     """The running app's config, with ``replicas`` set to the replicas up now (processes running ÷
     processes per replica); None if none runs."""
-    from rayscale.serve import registry
-
     records = registry.replica_records(app_name, live_only=True)
     if not records:
         return None
@@ -63,3 +63,34 @@ def rescale(app_name: str, replicas: int, *, current: dict[str, Any] | None = No
     processes = replicas * max(int(scaled.get("processes_per_replica") or 1), 1)
     wait_for_replicas(app_name, processes, routed=scaled.get("ingress") == "direct", exact=True)
     return scaled  # without the token: the config goes into results files
+
+
+def reconfigure(app_name: str, changes: dict[str, Any], *, version: str, api_token: str | None = None,
+                timeout_s: float = 120.0) -> dict[str, Any]:
+    """Change the running app's ``RECONFIGURABLE`` settings (e.g. ``{"batch_wait_ms": 0}``) without new
+    processes: Serve's lightweight update through user_config. The app must have been deployed with
+    ``up(..., version=version)``. Returns its config once every process reports the new settings."""
+    import time
+
+    from ray import serve
+
+    from rayscale.serve.app import RECONFIGURABLE, app_for, parse_app_args
+
+    unknown = sorted(set(changes) - set(RECONFIGURABLE))
+    if unknown:
+        raise ConfigError(f"{', '.join(unknown)} need new processes: only {', '.join(RECONFIGURABLE)} change in place")
+    current = running_app_config(app_name)
+    if current is None:
+        raise ServerError(f"no running rayscale app {app_name!r} to reconfigure: start it with `rayscale up`")
+    args = dict(current, **changes) | ({"api_token": api_token} if api_token else {})
+    cfg = parse_app_args(args)
+    serve.run(app_for(cfg, version=version), name=app_name, route_prefix=cfg.route_prefix, blocking=False)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        records = registry.replica_records(app_name, live_only=True)
+        if len(records) == cfg.serve_replicas and all(
+            all(record.config.get(k) == getattr(cfg, k) for k in RECONFIGURABLE) for record in records
+        ):
+            return dict(current, **changes)
+        time.sleep(0.1)
+    raise ServerError(f"app {app_name} did not take the new settings {changes} within {timeout_s:.0f} s")

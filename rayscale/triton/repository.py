@@ -70,6 +70,14 @@ class ModelBatching:
     """How the Triton model batches, in every repository kind: checked once, here.
 
     Batch limits default to rayscale's own (ServeConfig): 256 images, a 2 ms batch wait.
+
+    Where ``preferred_batch_sizes`` is empty the config names none, and Triton fills in
+    ``max_batch_size`` (its normalised config, ``GET .../config``, shows it): its dynamic batcher
+    then holds a batch for up to ``batch_wait_ms`` until it is full. Under a closed loop that
+    returns a whole batch at once, the next requests arrive together again, within the wait, and
+    every batch holds every request in flight: one instance runs while the others idle. Preferred
+    sizes at the request's image count and its doublings (or a wait of 0) let the batcher send each
+    request as it comes, to the next free instance.
     """
 
     instances_per_gpu: int = DEFAULT_INSTANCES_PER_GPU  # on the CPU: instances in all

@@ -4,6 +4,9 @@
 process session (so ``triton_down`` can stop it and every backend stub it started), waits until
 ``GET /v2/models/openclip_vit_b32/ready`` answers 200, and records a state file with the pid,
 ports, settings and what runs ("python backend + onnxruntime in the stub, K instances per GPU").
+Started with ``model_control="explicit"`` (loopback only), ``triton_reload`` gives the running
+server new batching settings by rewriting the model config and reloading the model through
+Triton's repository API: the server process stays, only the model's instances start again.
 Triton's statistics API (``/v2/models/openclip_vit_b32/stats``) and Prometheus metrics stay on,
 so the load generator can read server-side queue and compute times.
 """
@@ -48,6 +51,7 @@ __all__ = [
     "default_state_dir",
     "local_server_pid",
     "triton_down",
+    "triton_reload",
     "triton_status",
     "triton_up",
 ]
@@ -77,6 +81,9 @@ class TritonConfig:
     model_dir: str = str(DEFAULT_MODEL_DIR)
     repo_dir: str | None = None  # None: <state dir>/triton-repo
     provider: str = "auto"  # auto | cuda | cpu
+    # none: the model loads at start and stays | explicit: Triton's repository API may reload it
+    # (triton_reload); that API also loads and unloads models, so only on a loopback host
+    model_control: str = "none"
     intra_op_threads: int = 0  # 0: onnxruntime's default on CPU, 1 on CUDA
     shm_default_mb: int = 64  # Python-backend shared memory per instance; one full batch is ~38 MiB
     engine: EngineOptions = field(default_factory=EngineOptions)  # as rayscale's engine runs, for a like-for-like baseline
@@ -89,6 +96,12 @@ class TritonConfig:
         self.engine = EngineOptions.from_value(self.engine)
         check(self.engine.backend == "onnxruntime", f"Triton's model runs onnxruntime: backend={self.engine.backend} is rayscale's alone")
         check(self.provider in ("auto", "cuda", "cpu"), f"provider must be auto, cuda or cpu, got {self.provider!r}")
+        check(self.model_control in ("none", "explicit"), f"model_control must be none or explicit, got {self.model_control!r}")
+        check(
+            self.model_control == "none" or is_loopback(self.host),
+            f"model_control 'explicit' opens Triton's repository API (load and unload models): keep host on loopback, "
+            f"not {self.host}",
+        )
         check(1 <= self.http_port <= 65533, f"http_port must be in 1..65533 (gRPC and metrics use the next two), got {self.http_port}")
         for name in ("grpc_port", "metrics_port"):
             value = getattr(self, name)
@@ -425,7 +438,8 @@ def triton_up(
         "--metrics-address", config.host, "--metrics-port", str(config.metrics_port),
         "--allow-metrics", "true",
         "--allow-gpu-metrics", "true" if provider == "cuda" else "false",
-        "--model-control-mode", "none",
+        "--model-control-mode", config.model_control,
+        *(["--load-model", MODEL_NAME] if config.model_control == "explicit" else []),
         "--strict-readiness", "true",
         "--exit-timeout-secs", str(max(1, int(config.stop_timeout_s) - 5)),
         "--log-verbose", "0",
@@ -457,8 +471,6 @@ def triton_up(
                 f"hosts); full log: {log_path}\n{_log_tail(log_path)}"
             )
         time.sleep(0.25)
-    per = "per GPU" if provider == "cuda" else "on the CPU"
-    where = f" on {config.gpus} GPU{'s' if config.gpus > 1 else ''}" if provider == "cuda" else ""
     server = TritonServer(
         pid=proc.pid,
         host=config.host,
@@ -468,10 +480,7 @@ def triton_up(
         provider=provider,
         gpus=config.gpus if provider == "cuda" else 0,
         instances=instances,
-        description=(
-            f"python backend + onnxruntime in the stub, {config.instances_per_gpu} "
-            f"instance{'s' if config.instances_per_gpu > 1 else ''} {per}{where}"
-        ),
+        description=_description(config, provider),
         triton_version=_triton_version(base_url),
         repo_dir=str(repo.resolve()),
         log_path=str(log_path.resolve()),
@@ -483,6 +492,90 @@ def triton_up(
         startup_s=round(time.perf_counter() - t0, 2),
     )
     write_json_atomic(_state_path(state_root), server.to_dict())
+    return server
+
+
+def _description(config: TritonConfig, provider: str) -> str:
+    per = "per GPU" if provider == "cuda" else "on the CPU"
+    where = f" on {config.gpus} GPU{'s' if config.gpus > 1 else ''}" if provider == "cuda" else ""
+    return (f"python backend + onnxruntime in the stub, {config.instances_per_gpu} "
+            f"instance{'s' if config.instances_per_gpu > 1 else ''} {per}{where}")
+
+
+def _post(url: str, body: dict[str, Any], timeout_s: float) -> tuple[int, bytes]:
+    import json
+
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+    except (urllib.error.URLError, OSError) as e:
+        return 0, str(getattr(e, "reason", e)).encode()
+
+
+def _loaded_batching(base_url: str) -> dict[str, Any] | None:
+    """What the loaded model batches with, as Triton reports its config."""
+    import json
+
+    status, body = _get(f"{base_url}/v2/models/{MODEL_NAME}/config")
+    if status != 200:
+        return None
+    config = json.loads(body)
+    batching = config.get("dynamic_batching") or {}
+    return {
+        "instances": sum(int(g.get("count", 1)) for g in config.get("instance_group") or []),
+        "max_batch_size": int(config.get("max_batch_size", 0)),
+        "queue_delay_us": int(batching.get("max_queue_delay_microseconds", 0)),
+        "preferred_batch_sizes": sorted(int(s) for s in batching.get("preferred_batch_size") or []),
+    }
+
+
+def triton_reload(
+    batching: ModelBatching, *, state_dir: str | os.PathLike | None = None, timeout_s: float = 600.0
+) -> TritonServer:
+    """Give the running server (started with ``model_control="explicit"``) new batching settings by
+    reloading its model; returns the server as the state file now records it.
+
+    Triton keeps serving the old instances until the new ones are ready, then swaps. A reload that
+    fails, or a model that reports other settings afterwards, is a ServerError.
+    """
+    from dataclasses import replace
+
+    from rayscale.config import queue_delay_us
+
+    server = _read_state(state_dir)
+    if server is None or not (_alive(server.pid) and _is_tritonserver(server.pid)):
+        raise ServerError("no running Triton server to reload: run `rayscale triton up` first")
+    config = TritonConfig(**server.config)
+    if config.model_control != "explicit":
+        raise ConfigError("this Triton server was started without explicit model control: restart it to change its batching")
+    config = replace(config, instances_per_gpu=batching.instances_per_gpu, max_batch_size=batching.max_batch_size,
+                     batch_wait_ms=batching.batch_wait_ms, preferred_batch_sizes=list(batching.preferred_batch_sizes))
+    instances = config.instances_per_gpu * (config.gpus if server.provider == "cuda" else 1)
+    _check_shm(instances, config.shm_default_mb)
+    write_python_backend_repo(config.model_dir, server.repo_dir, config.batching(), gpus=config.gpus,
+                              provider=server.provider, intra_op_threads=config.intra_op_threads)
+    t0 = time.perf_counter()
+    status, body = _post(f"{server.url}/v2/repository/models/{MODEL_NAME}/load", {}, timeout_s)
+    if status != 200:
+        raise ServerError(f"Triton could not reload the model with {batching}: HTTP {status} "
+                          f"{body.decode(errors='replace')[:300]}; full log: {server.log_path}")
+    expected = {
+        "instances": instances,
+        "max_batch_size": config.max_batch_size,
+        "queue_delay_us": queue_delay_us(config.batch_wait_ms),
+        # Triton prefers max_batch_size where the config names no size
+        "preferred_batch_sizes": sorted(config.preferred_batch_sizes) or [config.max_batch_size],
+    }
+    loaded = _loaded_batching(server.url)
+    if loaded != expected or not _model_ready(server.url):
+        raise ServerError(f"Triton reloaded the model but serves {loaded}, not {expected}: full log: {server.log_path}")
+    server = replace(server, instances=instances, description=_description(config, server.provider),
+                     config=config.to_dict(), startup_s=round(time.perf_counter() - t0, 2))
+    write_json_atomic(_state_path(server.state_dir), server.to_dict())
     return server
 
 

@@ -1,13 +1,26 @@
 """`rayscale tune`: the best server configuration under a p99 SLO, for rayscale and for Triton, by one search.
 
 * ``space``: the typed settings of a candidate and the values each dimension may take;
-* ``strategy``: the order candidates are measured in (grid, hill);
-* ``runner``: starting each candidate server, sweeping concurrency, budget and resume (``run_tune``);
-* ``results``: DIR/tune.json (``TuneResult``) and how a candidate's points are judged.
+* ``strategy``: the order candidates are measured in (grid; hill: seeds, climbs, restarts);
+* ``loads``: per candidate, the highest load (concurrency or rate) that meets the SLO;
+* ``servers``: the server each candidate runs on, reconfigured in place, reloaded or restarted;
+* ``config``: ``TuneConfig``, the search's settings, windows and budget;
+* ``runner``: the search, its budget, repeats and resume (``run_tune``);
+* ``results``: DIR/tune.json (``TuneResult``) and its exit statuses.
 """
 
-from rayscale.tune.results import CandidateSummary, Spread, TuneResult, load_tune_result
-from rayscale.tune.runner import TuneConfig, closest_answer, next_concurrency, run_tune
+from rayscale.tune.config import TuneConfig
+from rayscale.tune.loads import LoadRule, LoadStep, goodput_images_per_s, meets_slo, next_load
+from rayscale.tune.results import (
+    EXIT_BUDGET,
+    EXIT_NONE_MET,
+    EXIT_OK,
+    CandidateSummary,
+    Spread,
+    TuneResult,
+    load_tune_result,
+)
+from rayscale.tune.runner import closest_answer, run_tune
 from rayscale.tune.space import (
     RayscaleSettings,
     RayscaleSpace,
@@ -18,7 +31,12 @@ from rayscale.tune.space import (
 )
 
 __all__ = [
+    "EXIT_BUDGET",
+    "EXIT_NONE_MET",
+    "EXIT_OK",
     "CandidateSummary",
+    "LoadRule",
+    "LoadStep",
     "RayscaleSettings",
     "RayscaleSpace",
     "Spread",
@@ -27,8 +45,10 @@ __all__ = [
     "TuneConfig",
     "TuneResult",
     "closest_answer",
+    "goodput_images_per_s",
     "load_tune_result",
-    "next_concurrency",
+    "meets_slo",
+    "next_load",
     "parse_space_overrides",
     "run_tune",
     "serve_layout",

@@ -15,6 +15,7 @@ __all__ = [
     "CandidateStarted",
     "PointMeasured",
     "RepeatsStarted",
+    "SearchStopped",
     "TuneEvent",
     "TuneEventCallback",
 ]
@@ -24,6 +25,8 @@ __all__ = [
 class CandidateStarted:
     label: str
     command: str  # the command that starts the same server by hand
+    switch: str = "started"  # how the server got these settings: started | in place | reloaded | restarted | reused
+    switch_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,7 @@ class CandidateSkipped:
 class PointMeasured:
     label: str
     point: PointResult
+    meets_slo: bool = False
 
 
 @dataclass(frozen=True)
@@ -47,7 +51,7 @@ class CandidateFailed:
 @dataclass(frozen=True)
 class RepeatsStarted:
     label: str
-    concurrency: int
+    load: str  # "concurrency 24" or "300 requests/s"
     runs: int
 
 
@@ -56,5 +60,11 @@ class CandidateFinished:
     summary: CandidateSummary
 
 
-TuneEvent = Union[CandidateStarted, CandidateSkipped, PointMeasured, CandidateFailed, RepeatsStarted, CandidateFinished]
+@dataclass(frozen=True)
+class SearchStopped:
+    reason: str  # why no further candidate or repeat starts in this run
+
+
+TuneEvent = Union[CandidateStarted, CandidateSkipped, PointMeasured, CandidateFailed, RepeatsStarted, CandidateFinished,
+                  SearchStopped]
 TuneEventCallback = Callable[[TuneEvent], None]
