@@ -64,7 +64,7 @@ measure() {  # measure BUILD TREE
   local same="$WIN $CL --model-dir $MODEL --overwrite"
   step "$d" engine $RS engine-bench --model "$MODEL" $ENGINE --out "$d/engine.json" --overwrite
   step "$d" up $RS up --replicas 1 --model "$MODEL" --port $PORT --grpc-port $GRPC_PORT $UP || { step "$d" down $RS down; return 1; }
-  local pid; pid=$(grep -o 'pid [0-9]*' "$d/up.log" | head -1 | cut -d' ' -f2)
+  local pid; pid=$($RS status --json 2>/dev/null | python3 -c "import json, sys; print(json.load(sys.stdin)['replicas'][0]['pid'])" 2>/dev/null)
   bench() {  # bench LABEL FILE ARGS...
     local label=$1 file=$2; shift 2
     $CPU snapshot "$d/.cpu-before.json" --url http://127.0.0.1:$PORT

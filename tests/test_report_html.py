@@ -84,8 +84,8 @@ def tune_dir(root: Path, target: str, goodput: float, p99_ms: float, concurrency
     write_json_atomic(directory / f"{target}-winner.json", bench_result(sweep(target, 1), triton=target == "triton").to_dict())
     best = CandidateSummary(target=target, label=label, settings={"max_batch_size": 256}, results_file=f"{target}-winner.json",
                             reproduce=f"rayscale {'triton up' if target == 'triton' else 'up'} --replicas 1",
-                            stop_reason="slo", goodput_images_per_s=goodput, goodput_concurrency=concurrency,
-                            goodput_p99_ms=p99_ms, peak_images_per_s=goodput)  # fmt: skip
+                            stop_reason="bracketed", goodput_images_per_s=goodput, slo_load=concurrency,
+                            p99_ms=p99_ms, peak_images_per_s=goodput)  # fmt: skip
     write_tune_result(TuneResult(target=target, gpus=1, images_per_request=8, slo_p99_ms=SLO_MS, strategy="grid", space={},
                                  budget_s=600, budget_used_s=420, status="complete", best=best, candidates=[best]),
                       directory)  # fmt: skip
