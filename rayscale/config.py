@@ -141,8 +141,6 @@ class ServeConfig:
     port: int = 8000
     grpc_port: int = 8001  # the ingress's gRPC port (ingress "direct"); 0: no gRPC
     max_body_bytes: int = 0  # 0: derived from max_batch_size (one full batch plus headroom)
-    # Bytes of request bodies one process holds at once (503 past it, from the request head): 0: auto
-    max_body_bytes_in_flight: int = 0
     request_timeout_s: float = 60.0
     api_token: str | None = None
     provider: str = "auto"  # auto | cuda | cpu | null (zeros at once: measures the serving path alone)
@@ -179,11 +177,6 @@ class ServeConfig:
         check(self.ingress in INGRESSES, f"ingress must be one of {', '.join(INGRESSES)}, got {self.ingress!r}")
         check(self.request_timeout_s > 0, f"request_timeout_s must be > 0, got {self.request_timeout_s}")
         check(self.max_body_bytes >= 0, f"max_body_bytes must be ≥ 0, got {self.max_body_bytes}")
-        check(
-            self.max_body_bytes_in_flight == 0 or self.max_body_bytes_in_flight >= 2 * self.body_limit_bytes,
-            f"max_body_bytes_in_flight must be 0 (auto) or at least twice the largest body ({2 * self.body_limit_bytes} "
-            f"bytes), got {self.max_body_bytes_in_flight}",
-        )
 
     @property
     def body_limit_bytes(self) -> int:
@@ -191,15 +184,6 @@ class ServeConfig:
         if self.max_body_bytes:
             return self.max_body_bytes
         return self.max_batch_size * IMAGE_BYTES * 5 + (1 << 20)
-
-    @property
-    def body_bytes_in_flight_limit(self) -> int:
-        """Bytes of request bodies one process may hold at once: at least 1 GiB (26 bodies of 256 images,
-        the 16 that concurrency 64 puts on each of 4 processes per GPU with room to spare), and room
-        for a few of the largest bodies."""
-        if self.max_body_bytes_in_flight:
-            return self.max_body_bytes_in_flight
-        return max(1 << 30, 3 * self.body_limit_bytes)
 
     def resolved(self) -> "ServeConfig":
         """This config with ``processes_per_replica`` decided (auto: PROCESSES_PER_GPU per GPU on GPUs)."""

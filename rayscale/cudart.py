@@ -1,13 +1,5 @@
 """The few CUDA runtime calls the engine needs for page-locked host staging, through ctypes.
 
-Waiting for the GPU: by default (``cudaDeviceScheduleAuto``, one context on a many-core host) a
-thread that waits for a stream spins on its core for as long as the wait lasts. A replica keeps
-several batches in flight, each waited for by its own thread (our copies, and onnxruntime's own
-stream synchronisation at the end of every run, queued behind the other processes sharing the
-GPU), so spinning costs whole cores that the HTTP servers and the kernel need. ``block_while_waiting``
-sets ``cudaDeviceScheduleBlockingSync``: waiting threads sleep until the GPU signals, for tens of
-microseconds of wake-up per wait. Since CUDA 11 it may be set after the device is initialised.
-
 Copying a batch from ordinary (pageable) host memory to the GPU is slow: the driver stages it
 through its own pinned buffer at a fraction of the bus speed, and the copy is synchronous.
 Registering the engine's staging buffers with ``cudaHostRegister`` lets the copy run as DMA at
@@ -21,21 +13,17 @@ found or a call fails, ``CudaRuntime.load`` returns None and the engine keeps it
 
 from __future__ import annotations
 
-import bisect
 import ctypes
 import logging
-import threading
 import weakref
 
 import numpy as np
 
-__all__ = ["CudaRuntime", "page_locked_empty", "page_locked_zeros"]
+__all__ = ["CudaRuntime", "page_locked_zeros"]
 
 log = logging.getLogger(__name__)
 
 _H2D = 1  # cudaMemcpyHostToDevice
-_SCHEDULE_BLOCKING_SYNC = 4  # cudaDeviceScheduleBlockingSync
-_SCHEDULE_MASK = 7
 _HOST_REGISTER_PORTABLE = 1
 _STREAM_NON_BLOCKING = 1
 _LIB_NAMES = ("libcudart.so.13", "libcudart.so.12", "libcudart.so.11.0", "libcudart.so")
@@ -60,17 +48,11 @@ class CudaRuntime:
     def __init__(self, lib: ctypes.CDLL, path: str):
         self.path = path
         self._lib = lib
-        # Page-locked ranges as (start, end), sorted: replaced whole on every change, so a reader on
-        # another thread (a batch deciding how to copy its parts) never sees it half-updated.
-        self._locked: tuple[tuple[int, int], ...] = ()
-        self._locked_change = threading.Lock()
         c = ctypes
         lib.cudaGetErrorString.restype = c.c_char_p
         lib.cudaGetErrorString.argtypes = [c.c_int]
         for name, args in {
             "cudaSetDevice": [c.c_int],
-            "cudaSetDeviceFlags": [c.c_uint],
-            "cudaGetDeviceFlags": [c.POINTER(c.c_uint)],
             "cudaHostRegister": [c.c_void_p, c.c_size_t, c.c_uint],
             "cudaHostUnregister": [c.c_void_p],
             "cudaStreamCreateWithFlags": [c.POINTER(c.c_void_p), c.c_uint],
@@ -100,48 +82,11 @@ class CudaRuntime:
     def set_device(self, device_id: int) -> None:
         self._check(self._lib.cudaSetDevice(device_id), f"cudaSetDevice({device_id})")
 
-    def block_while_waiting(self, device_id: int) -> None:
-        """Threads of this process that wait for ``device_id`` sleep instead of spinning (module docstring)."""
-        self.set_device(device_id)
-        flags = ctypes.c_uint()
-        self._check(self._lib.cudaGetDeviceFlags(ctypes.byref(flags)), "cudaGetDeviceFlags")
-        wanted = (flags.value & ~_SCHEDULE_MASK) | _SCHEDULE_BLOCKING_SYNC
-        self._check(self._lib.cudaSetDeviceFlags(wanted), "cudaSetDeviceFlags")
-
-    def waits_block(self, device_id: int) -> bool:
-        self.set_device(device_id)
-        flags = ctypes.c_uint()
-        self._check(self._lib.cudaGetDeviceFlags(ctypes.byref(flags)), "cudaGetDeviceFlags")
-        return flags.value & _SCHEDULE_MASK == _SCHEDULE_BLOCKING_SYNC
-
     def register(self, array: np.ndarray) -> None:
         """Page-lock ``array``'s memory until it is garbage-collected."""
         ptr = array.ctypes.data
         self._check(self._lib.cudaHostRegister(ptr, array.nbytes, _HOST_REGISTER_PORTABLE), "cudaHostRegister")
-        self._track(ptr, ptr + array.nbytes, add=True)
-        weakref.finalize(array, self._unregister, ptr, ptr + array.nbytes)
-
-    def _unregister(self, start: int, end: int) -> None:
-        self._track(start, end, add=False)
-        self._lib.cudaHostUnregister(start)
-
-    def _track(self, start: int, end: int, *, add: bool) -> None:
-        with self._locked_change:
-            ranges = list(self._locked)
-            if add:
-                bisect.insort(ranges, (start, end))
-            else:
-                ranges.remove((start, end))
-            self._locked = tuple(ranges)
-
-    def is_page_locked(self, array: np.ndarray) -> bool:
-        """Whether all of ``array``'s (contiguous) memory lies in one range this runtime page-locked."""
-        if not array.flags.c_contiguous:
-            return False
-        ranges = self._locked
-        start = array.ctypes.data
-        i = bisect.bisect_right(ranges, (start, float("inf"))) - 1
-        return i >= 0 and start + array.nbytes <= ranges[i][1]
+        weakref.finalize(array, self._lib.cudaHostUnregister, ptr)
 
     def stream(self) -> int:
         handle = ctypes.c_void_p()
@@ -163,18 +108,7 @@ class CudaRuntime:
 
 def page_locked_zeros(shape: tuple[int, ...], dtype, runtime: CudaRuntime | None) -> tuple[np.ndarray, bool]:
     """A zeroed array, page-locked when ``runtime`` allows (else ordinary); and whether it is."""
-    return _page_locked(np.zeros(shape, dtype=dtype), runtime)
-
-
-def page_locked_empty(nbytes: int, runtime: CudaRuntime | None) -> tuple[np.ndarray, bool]:
-    """``nbytes`` of uninitialised uint8, page-locked when ``runtime`` allows; and whether it is.
-
-    Nothing is written to it first: page-locking faults every page in, so no later write pays for that.
-    """
-    return _page_locked(np.empty(nbytes, dtype=np.uint8), runtime)
-
-
-def _page_locked(array: np.ndarray, runtime: CudaRuntime | None) -> tuple[np.ndarray, bool]:
+    array = np.zeros(shape, dtype=dtype)
     if runtime is None:
         return array, False
     try:

@@ -3,19 +3,12 @@
 On CUDA the engine uses IO binding. How a batch's images reach the device buffer of its size bucket
 is the ``copy`` mode (see ``rayscale.cudart``; both fast modes release the GIL while copying):
 
-* ``pinned`` (default): each request's images go to the GPU by DMA from page-locked memory: straight
-  from where they are when that memory is already page-locked (a request body received into the
-  replica's page-locked buffers, ``rayscale.serve.bodies``; a request that is a whole batch is then
-  one DMA with no gather), else after a copy into the bucket's page-locked staging buffer;
+* ``pinned`` (default): gather the requests' images into a page-locked host buffer, one DMA copy;
 * ``direct`` (opt-in): copy each request's array straight into its place in the device buffer
   (no host gather; the driver stages pageable memory itself). On an H100 it beat ``pinned`` by
   1.01-1.19x in ``engine-bench`` but made no difference to a replica serving 32-image requests;
 * ``pageable``: gather into ordinary memory and let onnxruntime copy (the fallback when the CUDA
   runtime library cannot be loaded). ``RAYSCALE_ENGINE_COPY`` overrides the default.
-
-Threads waiting for the GPU sleep rather than spin (``CudaRuntime.block_while_waiting``): a replica
-keeps several batches in flight, each waited for by its own thread. ``RAYSCALE_CUDA_WAIT=auto``
-keeps CUDA's default (spinning, on a host with more cores than CUDA contexts) to measure it.
 
 The output is written to a device buffer and copied back once. Buffers are allocated once per
 bucket and reused. Batches are padded up to the next bucket so
@@ -40,10 +33,9 @@ from rayscale.cudart import CudaRuntime, page_locked_zeros
 from rayscale.engine_options import EngineOptions
 from rayscale.errors import ConfigError, InputError, ModelNotFoundError
 
-__all__ = ["COPY_MODES", "CUDA_WAITS", "Engine", "NullEngine", "batch_buckets", "random_images"]
+__all__ = ["COPY_MODES", "Engine", "NullEngine", "batch_buckets", "random_images"]
 
 COPY_MODES = ("pinned", "direct", "pageable")
-CUDA_WAITS = ("block", "auto")  # how threads wait for the GPU: sleep until signalled, or CUDA's default
 DEFAULT_COPY = "pinned"
 
 log = logging.getLogger(__name__)
@@ -177,10 +169,8 @@ class Engine:
         self._graphs = _CudaGraphs(ort, len(self.buckets)) if self.options.cuda_graph and self.provider == "cuda" else None
         self._cudart: CudaRuntime | None = None
         self.copy = "pageable"
-        self.cuda_wait = "auto"
         if self.provider == "cuda":
             self.set_copy(copy)
-            self._set_cuda_wait(os.environ.get("RAYSCALE_CUDA_WAIT", "block"))
         if warmup:
             self.warmup()
 
@@ -227,27 +217,6 @@ class Engine:
         self.copy = mode if self._cudart is not None else "pageable"
         self._local = threading.local()
         return self.copy
-
-    def _set_cuda_wait(self, wait: str) -> None:
-        if wait not in CUDA_WAITS:
-            raise ConfigError(f"RAYSCALE_CUDA_WAIT must be one of {', '.join(CUDA_WAITS)}, got {wait!r}")
-        if wait == "auto":
-            return
-        runtime = self._cudart or CudaRuntime.load()
-        try:
-            if runtime is None:
-                raise RuntimeError("no CUDA runtime library found")
-            runtime.block_while_waiting(self.device_id)
-        except RuntimeError as e:
-            log.warning("threads waiting for the GPU may spin on their cores: %s", e)
-            return
-        self.cuda_wait = wait
-
-    @property
-    def page_locking(self) -> CudaRuntime | None:
-        """The CUDA runtime that page-locks host memory this engine then copies from by DMA with no
-        gather (``CudaRuntime.register``); None where copies are pageable (the CPU, ``pageable`` mode)."""
-        return self._cudart if self.copy != "pageable" else None
 
     def bucket_for(self, n: int) -> int:
         for b in self.buckets:
@@ -312,29 +281,15 @@ class Engine:
                 offset += p.nbytes
             self._cudart.synchronize(stream)
             return gathered
-        if not locked:
-            offset = 0
-            for p in parts:
-                host[offset : offset + p.shape[0]] = p
-                offset += p.shape[0]
-            gathered = time.perf_counter_ns()
-            dev.update_inplace(host)
-            return gathered
-        # Each part goes by DMA as soon as it is in page-locked memory, so one part's copy overlaps the
-        # next one's gather; a part that already is (a body received into page-locked memory) is not gathered.
-        stream, base, row = self._stream(buf), dev.data_ptr(), 0
-        runtime = self._cudart
+        offset = 0
         for p in parts:
-            rows = p.shape[0]
-            if runtime.is_page_locked(p):
-                src = p
-            else:
-                src = host[row : row + rows]
-                src[...] = p
-            runtime.copy_async(base + row * IMAGE_BYTES, src, src.nbytes, stream)
-            row += rows
+            host[offset : offset + p.shape[0]] = p
+            offset += p.shape[0]
         gathered = time.perf_counter_ns()
-        runtime.synchronize(stream)
+        if locked:
+            self._cudart.copy_to_device(dev.data_ptr(), host, n * IMAGE_BYTES, self._stream(buf))
+        else:
+            dev.update_inplace(host)
         return gathered
 
     def _run_cuda(self, buf: _Buffers, dev, out, n: int) -> np.ndarray:
@@ -351,9 +306,7 @@ class Engine:
         bucket = self.bucket_for(n)
         buf, entry, out = self._bucket_buffers(bucket)
         dev = entry[1]
-        if self.copy == "pinned" and self._cudart.is_page_locked(images):
-            self._upload(buf, entry, [images], n)  # one DMA, nothing gathered
-        elif self.copy != "direct" and n == bucket and images.flags.c_contiguous:
+        if self.copy != "direct" and n == bucket and images.flags.c_contiguous:
             # A whole bucket needs no gathering: one copy straight from the caller's array beats
             # a copy into page-locked staging plus DMA (measured on an H100, batch 256).
             dev.update_inplace(images)
@@ -424,7 +377,6 @@ class NullEngine:
     provider = "null"
     backend = "null"
     device_id = 0
-    page_locking = None
 
     def __init__(self, model: str | os.PathLike | None = None, *, max_batch_size: int = 256, **_ignored: object):
         self.max_batch_size = max_batch_size

@@ -229,34 +229,6 @@ def test_every_copy_mode_gives_the_same_answer_also_from_two_threads(model_dir):
     np.testing.assert_array_equal(gpu.encode(images[:5]), want_part)
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not _has_cuda_driver(), reason="needs an NVIDIA GPU")
-def test_bodies_in_page_locked_memory_go_to_the_gpu_ungathered_with_the_same_answer(model_dir):
-    from rayscale.serve.bodies import BodyPool
-
-    gpu = Engine(model_dir, provider="cuda", max_batch_size=MAX_BATCH)
-    assert gpu.cuda_wait == "block" and gpu.page_locking.waits_block(gpu.device_id)
-    pool = BodyPool(64 << 20, gpu.page_locking)
-    images = random_images(MAX_BATCH, seed=11)
-    want_full = gpu.encode(images)
-    want_parts, _, _ = gpu.encode_parts([images[:3], images[3:5]])
-
-    def received(array: np.ndarray, header: int = 37):  # as the HTTP server lands a body: JSON header, then the tensor
-        body = pool.acquire(header + array.nbytes, aligned_at=header)
-        body.view[header:] = array.tobytes()
-        return body, np.frombuffer(body.view, dtype=np.uint8, offset=header).reshape(array.shape)
-
-    whole, whole_images = received(images)
-    first, first_images = received(images[:3])
-    assert whole.page_locked and gpu.page_locking.is_page_locked(whole_images) and whole_images.ctypes.data % 4096 == 0
-    np.testing.assert_array_equal(gpu.encode_parts([whole_images])[0][0], want_full)  # one DMA, nothing gathered
-    np.testing.assert_array_equal(gpu.encode(whole_images), want_full)
-    got_parts, _, _ = gpu.encode_parts([first_images, images[3:5]])  # one part page-locked, one gathered
-    np.testing.assert_array_equal(np.concatenate(got_parts), np.concatenate(want_parts))
-    whole.release(), first.release()
-    assert not gpu.page_locking.is_page_locked(images)
-
-
 def test_release_buffers_frees_the_calling_threads_buffers_only(engine):
     """A replica warms up on one thread and runs batches on others: it frees the warm-up's set."""
     mine = engine._buffers()

@@ -14,11 +14,6 @@ A request larger than the remaining room starts the next batch; one larger than
 the queue: past it ``submit`` raises ``Overloaded`` at once (a quick 503, not a timeout).
 A cancelled request (client gone) is dropped from the queue before it costs compute.
 ``reconfigure`` changes the batch wait, the batches in flight and the queue bound while it runs.
-
-A request's images are read in place, not copied, until its batch has them on the device, so
-``submit`` never returns or raises while its batch may still read them: cancelled while its batch
-runs, it waits for the batch to end first. The caller may then reuse the memory (a request body
-goes back to its pool).
 """
 
 from __future__ import annotations
@@ -53,7 +48,6 @@ class _Pending:
     images: np.ndarray
     future: asyncio.Future
     enqueued_ns: int = field(default_factory=time.perf_counter_ns)
-    batch_done: asyncio.Future | None = None  # set when the request is taken into a batch
 
     @property
     def n(self) -> int:
@@ -112,15 +106,9 @@ class ImageBatcher:
         try:
             return await pending.future
         except asyncio.CancelledError:
-            # The caller went away: if still queued, never run it; if its batch is running, the
-            # images are the batch's until it ends.
+            # The caller went away: if still queued, never run it.
             if not pending.future.done():
                 pending.future.cancel()
-            while pending.batch_done is not None and not pending.batch_done.done():
-                try:
-                    await asyncio.shield(pending.batch_done)
-                except asyncio.CancelledError:
-                    continue
             raise
 
     def reconfigure(self, *, batch_wait_ms: float, batches_in_flight: int, max_queued_requests: int) -> None:
@@ -158,10 +146,7 @@ class ImageBatcher:
             if not batch:
                 continue
             self.running_batches += 1
-            done = asyncio.get_running_loop().create_future()
-            for p in batch:
-                p.batch_done = done
-            asyncio.get_running_loop().create_task(self._execute(batch, done))
+            asyncio.get_running_loop().create_task(self._execute(batch))
 
     async def _wait_for_slot(self) -> None:
         while self.running_batches >= self.batches_in_flight:
@@ -204,7 +189,7 @@ class ImageBatcher:
             total += head.n
         return batch
 
-    async def _execute(self, batch: list[_Pending], done: asyncio.Future) -> None:
+    async def _execute(self, batch: list[_Pending]) -> None:
         started_ns = time.perf_counter_ns()
         try:
             outputs, timing = await asyncio.get_running_loop().run_in_executor(
@@ -218,7 +203,6 @@ class ImageBatcher:
         finally:
             self.running_batches -= 1
             self._slot_freed.set()
-            done.set_result(None)
         for p, out in zip(batch, outputs):
             if not p.future.done():
                 p.future.set_result((out, started_ns - p.enqueued_ns, timing.input_ns + timing.infer_ns + timing.output_ns))

@@ -5,15 +5,9 @@ tritonclient's own generated modules, so the wire format is Triton's by construc
 
 The hot path, top to bottom:
 
-    ModelInferRequest, as received -> its small fields parsed, raw_input_contents left in place
-                      (``rayscale.serve.grpc_wire``) -> check model, input and outputs
-                      -> np.frombuffer view of raw_input_contents
-                      -> backend.infer (the replica's batcher and engine, on the replica's loop)
+    ModelInferRequest -> check model, input and outputs -> np.frombuffer view of raw_input_contents
+                      -> backend.infer (the replica's batcher and engine)
                       -> ModelInferResponse with the FP32 [N, 512] embeddings in raw_output_contents
-
-The server runs on an event loop of its own, in a thread of its own, so that gRPC's work does
-not queue behind the replica's HTTP server on one loop; it hands each call's coroutines on the
-backend (``infer``, readiness, configuration, statistics) to the loop that started it.
 
 Served: ServerLive, ServerReady, ModelReady, ServerMetadata, ModelMetadata, ModelInfer,
 ModelConfig, ModelStatistics. Everything else (repository, shared memory, trace, logging,
@@ -25,13 +19,11 @@ The bearer token travels as ``authorization: Bearer <token>`` metadata; the heal
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import hmac
 import logging
 import math
-import threading
-from typing import Any, Awaitable, Callable, Coroutine, Protocol, TypeVar
+from typing import Any, Awaitable, Callable, Protocol
 
 import grpc
 import numpy as np
@@ -52,13 +44,9 @@ from rayscale.errors import (
     Unauthorized,
 )
 from rayscale.protocol import check_image_shape
-from rayscale.serve.grpc_wire import RawInferRequest, encode_infer_response, split_infer_request
 from rayscale.serve.ingress import INGRESS_TOKEN_HEADER
 
-__all__ = ["GrpcServer", "InferenceBackend", "InferenceServicer", "grpc_status", "start_grpc_server"]
-
-_SERVICE = "inference.GRPCInferenceService"
-_T = TypeVar("_T")
+__all__ = ["InferenceBackend", "InferenceServicer", "grpc_status", "start_grpc_server"]
 
 log = logging.getLogger("rayscale.serve.grpc")
 
@@ -165,23 +153,12 @@ def _bearer_token(context: grpc.aio.ServicerContext) -> str | None:
 
 
 class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
-    """``inference.GRPCInferenceService`` for the one model a replica serves.
+    """``inference.GRPCInferenceService`` for the one model a replica serves."""
 
-    ``backend_loop``: the loop the backend's coroutines run on, when it is not the server's own.
-    """
-
-    def __init__(self, backend: InferenceBackend, backend_loop: asyncio.AbstractEventLoop | None = None):
+    def __init__(self, backend: InferenceBackend):
         self.backend = backend
-        self._backend_loop = backend_loop
         versions = [str(v) for v in backend.model_metadata().get("versions") or []]
         self._versions = tuple(versions) or ("1",)
-
-    async def _on_backend(self, coro: Coroutine[Any, Any, _T]) -> _T:
-        """Run one of the backend's coroutines on its loop; cancelling the caller cancels it there."""
-        loop = self._backend_loop
-        if loop is None or loop is asyncio.get_running_loop():
-            return await coro
-        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, loop))
 
     # ---- health ----------------------------------------------------------------------------------
 
@@ -191,12 +168,12 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     @_rpc(authenticated=False)
     async def ServerReady(self, request, context):
-        return service_pb2.ServerReadyResponse(ready=await self._on_backend(self.backend.is_ready()))
+        return service_pb2.ServerReadyResponse(ready=await self.backend.is_ready())
 
     @_rpc(authenticated=False)
     async def ModelReady(self, request, context):
         self._check_model(request.name, request.version)
-        return service_pb2.ModelReadyResponse(ready=await self._on_backend(self.backend.is_ready()))
+        return service_pb2.ModelReadyResponse(ready=await self.backend.is_ready())
 
     # ---- metadata, configuration, statistics ---------------------------------------------------
 
@@ -212,27 +189,24 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     @_rpc()
     async def ModelConfig(self, request, context):
         self._check_model(request.name, request.version)
-        config = await self._on_backend(self.backend.model_config())
+        config = await self.backend.model_config()
         return ParseDict({"config": config}, service_pb2.ModelConfigResponse(), ignore_unknown_fields=True)
 
     @_rpc()
     async def ModelStatistics(self, request, context):
         if request.name:  # no name: every model, as Triton does
             self._check_model(request.name, request.version)
-        stats = await self._on_backend(self.backend.model_statistics())
+        stats = await self.backend.model_statistics()
         return ParseDict(stats, service_pb2.ModelStatisticsResponse(), ignore_unknown_fields=True)
 
     # ---- inference -------------------------------------------------------------------------------
 
     @_rpc()
-    async def ModelInfer(self, raw: RawInferRequest, context):
-        """Takes the request as received (``RawInferRequest``) and answers serialized bytes (grpc_wire)."""
-        parts = split_infer_request(raw.data)
-        request = parts.request
+    async def ModelInfer(self, request, context):
         self._check_model(request.model_name, request.model_version)
-        images = self._images(request, parts.raw_input_contents)
+        images = self._images(request)
         _check_outputs(request.outputs)
-        embeddings = await self._on_backend(self.backend.infer(images))
+        embeddings = await self.backend.infer(images)
         if embeddings.shape != (images.shape[0], EMBED_DIM):
             raise ProtocolError(f"the engine returned embeddings of shape {embeddings.shape}, expected {(images.shape[0], EMBED_DIM)}")
         response = service_pb2.ModelInferResponse(
@@ -241,7 +215,8 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         output = response.outputs.add()
         output.name, output.datatype = OUTPUT_NAME, "FP32"
         output.shape.extend(embeddings.shape)
-        return encode_infer_response(response, memoryview(np.ascontiguousarray(embeddings, dtype="<f4")).cast("B"))
+        response.raw_output_contents.append(np.ascontiguousarray(embeddings, dtype="<f4").tobytes())
+        return response
 
     def _check_model(self, name: str, version: str) -> None:
         if name != MODEL_NAME:
@@ -249,7 +224,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         if version and version not in self._versions:
             raise NotFound(f"unknown version {version!r} of {MODEL_NAME}: the versions are {', '.join(self._versions)}")
 
-    def _images(self, request: service_pb2.ModelInferRequest, raw_input_contents: list[memoryview]) -> np.ndarray:
+    def _images(self, request: service_pb2.ModelInferRequest) -> np.ndarray:
         """The image batch: a read-only view of raw_input_contents (or a copy of uint_contents)."""
         if len(request.inputs) != 1:
             raise BadRequest(f"model takes exactly one input ({INPUT_NAME}), got {len(request.inputs)}")
@@ -263,12 +238,12 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         shape = check_image_shape(list(tensor.shape), self.backend.max_batch_size)
         expected = math.prod(shape)
         typed = [f.name for f, _ in tensor.contents.ListFields()]
-        if raw_input_contents:
-            if len(raw_input_contents) != 1:
-                raise BadRequest(f"raw_input_contents has {len(raw_input_contents)} entries for the model's one input")
+        if request.raw_input_contents:
+            if len(request.raw_input_contents) != 1:
+                raise BadRequest(f"raw_input_contents has {len(request.raw_input_contents)} entries for the model's one input")
             if typed:
                 raise BadRequest(f"input {INPUT_NAME} has both contents and raw_input_contents: send one of them")
-            raw = raw_input_contents[0]
+            raw = request.raw_input_contents[0]
             if len(raw) != expected:
                 raise BadRequest(f"raw_input_contents has {len(raw)} bytes but shape {list(shape)} of UINT8 needs {expected}")
             return np.frombuffer(raw, dtype=np.uint8).reshape(shape)
@@ -335,101 +310,38 @@ async def _refuse(request, context) -> None:
 _REFUSE = grpc.unary_unary_rpc_method_handler(_refuse)
 
 
-def _method_handlers(servicer: InferenceServicer) -> dict[str, grpc.RpcMethodHandler]:
-    """The service's methods, as the generated ``add_GRPCInferenceServiceServicer_to_server`` registers
-    them, except ModelInfer, which takes its request as received and answers serialized bytes."""
-    handlers: dict[str, grpc.RpcMethodHandler] = {}
-    for method in service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods:
-        request_type = getattr(service_pb2, method.input_type.name)
-        response_type = getattr(service_pb2, method.output_type.name)
-        deserialize, serialize = request_type.FromString, response_type.SerializeToString
-        if method.name == "ModelInfer":
-            deserialize, serialize = RawInferRequest, bytes
-        make = grpc.stream_stream_rpc_method_handler if method.client_streaming else grpc.unary_unary_rpc_method_handler
-        handlers[method.name] = make(getattr(servicer, method.name), request_deserializer=deserialize, response_serializer=serialize)
-    return handlers
-
-
-class GrpcServer:
-    """A running gRPC server: its port, and ``stop``. It runs on its own loop in its own thread."""
-
-    def __init__(self) -> None:
-        self.port = 0
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="rayscale-grpc", daemon=True)
-        self._server: grpc.aio.Server | None = None
-
-    async def _start(self, make: Callable[[], Awaitable[tuple[grpc.aio.Server, int]]]) -> None:
-        self._thread.start()
-        try:
-            self._server, self.port = await self._in_thread(make())
-        except BaseException:
-            self._end_thread()
-            raise
-
-    async def _in_thread(self, coro: Coroutine[Any, Any, _T]) -> _T:
-        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self._loop))
-
-    def _end_thread(self) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=10)
-        if not self._thread.is_alive():
-            self._loop.close()
-
-    async def stop(self, grace_s: float | None) -> None:
-        """Stop serving (calls in progress get ``grace_s`` seconds to finish) and end the thread."""
-        if self._server is not None:
-            server, self._server = self._server, None
-            try:
-                await self._in_thread(server.stop(grace_s))
-            finally:
-                await asyncio.get_running_loop().run_in_executor(None, self._end_thread)
-
-
 async def start_grpc_server(
     backend: InferenceBackend, *, host: str, port: int = 0, max_message_bytes: int, ingress_token: str | None = None
-) -> tuple[GrpcServer, int]:
-    """Serve ``backend`` over gRPC on host:port (port 0: an ephemeral one), on a loop and thread of its own.
+) -> tuple[grpc.aio.Server, int]:
+    """Serve ``backend`` over gRPC on host:port (port 0: an ephemeral one) on the running asyncio loop.
 
-    The backend's coroutines run on the loop that calls this. Returns the started server and the
-    port it bound. Messages up to ``max_message_bytes`` are accepted both ways (gRPC refuses larger
-    ones with RESOURCE_EXHAUSTED). With ``ingress_token``, only calls carrying it in
-    ``INGRESS_TOKEN_HEADER`` metadata are served (UNAUTHENTICATED otherwise). Stop it with
-    ``await server.stop(grace_s)``.
+    Returns the started server and the port it bound. Messages up to ``max_message_bytes`` are
+    accepted both ways (gRPC refuses larger ones with RESOURCE_EXHAUSTED). With ``ingress_token``,
+    only calls carrying it in ``INGRESS_TOKEN_HEADER`` metadata are served (UNAUTHENTICATED
+    otherwise). Stop it with ``await server.stop(grace_s)``.
     """
     if max_message_bytes < 1:
         raise ConfigError(f"max_message_bytes must be ≥ 1, got {max_message_bytes}")
     if not 0 <= port <= 65535:
         raise ConfigError(f"gRPC port must be in 0..65535 (0: any free port), got {port}")
-    servicer = InferenceServicer(backend, asyncio.get_running_loop())
-
-    async def serve() -> tuple[grpc.aio.Server, int]:
-        server = grpc.aio.server(
-            interceptors=[_IngressOnly(ingress_token)] if ingress_token else None,
-            options=[
-                ("grpc.max_receive_message_length", max_message_bytes),
-                ("grpc.max_send_message_length", max_message_bytes),
-                # gRPC shares a port with another process by default; a port in use must fail instead.
-                ("grpc.so_reuseport", 0),
-            ],
-        )
-        handlers = _method_handlers(servicer)
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(_SERVICE, handlers),))
-        server.add_registered_method_handlers(_SERVICE, handlers)  # as the generated code does: looked up by the core
-        address = _address(host, port)
-        try:
-            bound = server.add_insecure_port(address)
-        except RuntimeError as e:
-            bound, reason = 0, f" ({e})"
-        else:
-            reason = ""
-        if not bound:
-            raise ServerError(
-                f"cannot serve gRPC on {address}{reason}: the port is in use or the address is not this machine's; pick another"
-            )
-        await server.start()
-        return server, bound
-
-    running = GrpcServer()
-    await running._start(serve)
-    return running, running.port
+    server = grpc.aio.server(
+        interceptors=[_IngressOnly(ingress_token)] if ingress_token else None,
+        options=[
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+            # gRPC shares a port with another process by default; a port in use must fail instead.
+            ("grpc.so_reuseport", 0),
+        ]
+    )
+    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(backend), server)
+    address = _address(host, port)
+    try:
+        bound = server.add_insecure_port(address)
+    except RuntimeError as e:
+        bound, reason = 0, f" ({e})"
+    else:
+        reason = ""
+    if not bound:
+        raise ServerError(f"cannot serve gRPC on {address}{reason}: the port is in use or the address is not this machine's; pick another")
+    await server.start()
+    return server, bound

@@ -3,15 +3,12 @@
 The replica's own port behind the ingress load balancer. Every request body of a served model is
 one large uint8 tensor, so the server is built around that:
 
+- the kernel writes the body directly into a buffer of exactly Content-Length bytes
+  (``asyncio.BufferedProtocol``), which the protocol layer then views without copying;
 - ``admit(head)`` runs as soon as the headers are in, before any body byte is read, so an
   overloaded replica, an oversized or unauthorised request, or a wrong route is answered at once
   (the rest of a refused body is read into a scratch buffer and dropped, so the connection stays
   usable; one over the size limit closes the connection instead);
-- the kernel writes the body directly into its buffer (``asyncio.BufferedProtocol``), which the
-  protocol layer then views without copying: the ``Body`` that ``admit`` leased for it from the
-  replica's pool (``rayscale.serve.bodies``: reused, page-locked on a GPU), given back once the
-  request is answered or its connection is lost; a body ``admit`` leased nothing for gets a
-  buffer of its own;
 - requests on one connection are handled one after another (keep-alive; the load balancer
   never pipelines), and reading pauses while one is handled.
 
@@ -23,13 +20,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Awaitable, Callable
+from typing import Awaitable, Callable
 
 from rayscale import protocol
 from rayscale.errors import BadRequest, PayloadTooLarge, ProtocolError
-
-if TYPE_CHECKING:
-    from rayscale.serve.bodies import Body
 
 __all__ = ["HttpResponse", "RequestHead", "start_http_server"]
 
@@ -54,12 +48,6 @@ class RequestHead:
     headers: dict[str, str]
     content_length: int = 0
     admitted: bool = False  # the replica holds a place in its queue for this request's body
-    body: "Body | None" = None  # where admit has the body land; the server gives it back when done
-
-    def release_body(self) -> None:
-        if self.body is not None:
-            body, self.body = self.body, None
-            body.release()
 
 
 @dataclass
@@ -109,10 +97,8 @@ def _parse_head(raw: bytes, body_limit: int) -> RequestHead:
     length = 0
     declared = headers.get("content-length")
     if declared is not None:
-        if not (declared.isascii() and declared.isdigit()):
+        if not declared.isdigit():
             raise BadRequest(f"Content-Length must be an integer, got {declared[:32]!r}")
-        if len(declared) > 18:  # beyond any limit, and beyond what int() converts at its longest
-            raise PayloadTooLarge(f"request body of {declared[:18]}... bytes exceeds the limit of {body_limit} bytes")
         length = int(declared)
         if length > body_limit:
             raise PayloadTooLarge(f"request body of {length} bytes exceeds the limit of {body_limit} bytes")
@@ -127,7 +113,7 @@ class _Connection(asyncio.BufferedProtocol):
         self._head = bytearray(MAX_HEAD_BYTES)
         self._head_len = 0
         self._request: RequestHead | None = None
-        self._body: memoryview | None = None  # where the body being received lands
+        self._body: bytearray | None = None
         self._body_len = 0
         self._discard = 0  # bytes of a refused body still to drop
         self._scratch: bytearray | None = None
@@ -145,8 +131,6 @@ class _Connection(asyncio.BufferedProtocol):
         self.server.connections.discard(self)
         if self._request is not None:  # admitted, but the body never came in whole
             request, self._request = self._request, None
-            self._body = None
-            request.release_body()
             self.server.abandon(request)
         task = getattr(self, "_task", None)
         if task is not None and not task.done():
@@ -154,7 +138,7 @@ class _Connection(asyncio.BufferedProtocol):
 
     def get_buffer(self, sizehint: int) -> memoryview:
         if self._body is not None:
-            return self._body[self._body_len :]
+            return memoryview(self._body)[self._body_len :]
         if self._discard:
             if self._scratch is None:
                 self._scratch = bytearray(_SCRATCH_BYTES)
@@ -168,7 +152,7 @@ class _Connection(asyncio.BufferedProtocol):
             self._body_len += nbytes
             if self._body_len == len(self._body):
                 body, self._body = self._body, None
-                self._dispatch(body)
+                self._dispatch(memoryview(body))
             return
         if self._discard:
             self._discard -= nbytes
@@ -215,15 +199,14 @@ class _Connection(asyncio.BufferedProtocol):
         self._request = head
         if head.headers.get("expect", "").lower() == "100-continue" and head.content_length > len(leftover):
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        n = min(len(leftover), head.content_length)
-        body = head.body.view if head.body is not None else memoryview(bytearray(head.content_length))
-        body[:n] = leftover[:n]
-        if n == head.content_length:
-            self._keep_leftover(leftover[n:])
-            self._dispatch(body)
+        if len(leftover) >= head.content_length:
+            body = bytes(leftover[: head.content_length])
+            self._keep_leftover(leftover[head.content_length :])
+            self._dispatch(memoryview(body))
             return
-        self._body = body
-        self._body_len = n
+        self._body = bytearray(head.content_length)
+        self._body[: len(leftover)] = leftover
+        self._body_len = len(leftover)
         self._head_len = 0
 
     def _keep_leftover(self, rest) -> None:
@@ -249,8 +232,6 @@ class _Connection(asyncio.BufferedProtocol):
         except Exception as e:  # every answer is the protocol's JSON error form, never a bare 500
             log.exception("request %s failed", head.path)
             response = error_response(ProtocolError(f"internal error: {type(e).__name__}: {e}"))
-        finally:
-            head.release_body()  # the handler is done with it (the batcher returns only once its batch is)
         if head.headers.get("connection", "").lower() == "close":
             response.close = True
         self._respond(response)

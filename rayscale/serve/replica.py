@@ -2,11 +2,10 @@
 
 The hot path, top to bottom:
 
-    request -> admit (from the head alone: route, token, size, queue, bytes of bodies held)
-            -> body received straight into a pooled, page-locked buffer (rayscale.serve.bodies)
-            -> protocol.parse_infer_request (zero-copy view)
+    request -> admit (from the head alone: route, token, size, queue)
+            -> body received straight into one buffer -> protocol.parse_infer_request (zero-copy view)
             -> ImageBatcher.submit (batch by image count, across callers)
-            -> Engine.encode_parts on a worker thread (DMA from the body to the GPU, one run)
+            -> Engine.encode_parts on a worker thread (one copy into the batch buffer, one run)
             -> protocol.encode_infer_response -> response
 
 With the default ingress (``direct``) the replica serves HTTP (and gRPC) on its own ports and the
@@ -59,7 +58,6 @@ class OpenClipEncoder:
         from rayscale.engine_options import create_engine
         from rayscale.export import load_model_info
         from rayscale.serve.batcher import ImageBatcher
-        from rayscale.serve.bodies import BodyPool, keep_freed_memory
         from rayscale.serve.stats import ReplicaStats, get_or_create_collector
         import ray
 
@@ -77,8 +75,6 @@ class OpenClipEncoder:
         # Batches run on the batcher's worker threads, each with its own buffers: the set the
         # warm-up allocated on this thread would never be used again.
         self.engine.release_buffers()
-        self.bodies = BodyPool(cfg.body_bytes_in_flight_limit, self.engine.page_locking)
-        keep_freed_memory()  # gRPC bodies, which grpcio allocates, are not faulted in afresh per request
         self.batcher = ImageBatcher(
             self.engine.encode_parts,
             max_batch_size=cfg.max_batch_size,
@@ -263,25 +259,9 @@ class OpenClipEncoder:
             return error_response(Unauthorized("this port takes requests from rayscale's ingress only"), close=True)
         refused = routes.admit(self, head)
         if refused is None and _is_infer(head.path):
-            if head.content_length:
-                head.body = self._lease_body(head)
-                if head.body is None:
-                    self._fail(503, 0, time.perf_counter_ns())
-                    return error_response(Overloaded(
-                        f"server overloaded: {self.bodies.in_use_bytes} bytes of request bodies already held "
-                        f"(max_body_bytes_in_flight={self.bodies.limit_bytes}); retry later"
-                    ))  # fmt: skip
             self.admitted += 1  # a reservation in the queue until the body is in
             head.admitted = True
         return refused
-
-    def _lease_body(self, head: RequestHead):
-        """Where the body lands: a pooled buffer, its tensor (after the JSON header) page-aligned."""
-        from rayscale.protocol import HEADER_LENGTH
-
-        declared = head.headers.get(HEADER_LENGTH.lower(), "")
-        json_length = int(declared) if declared.isascii() and declared.isdigit() and len(declared) < 19 else 0
-        return self.bodies.acquire(head.content_length, aligned_at=json_length if json_length < head.content_length else 0)
 
     async def _handle_direct(self, head: RequestHead, body: memoryview) -> HttpResponse:
         return await self._answer(head, body, time.perf_counter_ns())
