@@ -151,9 +151,14 @@ phase_tune_rayscale() {
   if [ "$QUICK" = 1 ]; then tune rayscale processes_per_gpu=1 batches_in_flight=1,2 batch_wait_ms=2 max_batch_size=8
   else tune rayscale processes_per_gpu=2,4,8 batches_in_flight=2,4,8 batch_wait_ms=0,2 max_batch_size=256; fi
 }
-phase_tune_report() {  # every search side by side: best of each under its SLO, cost per 1000 images
-  step tune_report $RS report "$(TUNE_DIR)" --slo-p99-ms "$TUNE_SLO_MS" --gpu-hour-cost "$GPU_HOUR" \
-    --allow-mismatch --out "$(TUNE_DIR)/report"
+phase_tune_report() {  # a report per searched setting, each under its own SLO: both servers' best, cost per 1000 images
+  local dir slo
+  for dir in "$(TUNE_DIR)"/ipr*-slo*; do
+    [ -d "$dir" ] || continue
+    slo=${dir##*-slo}
+    step "tune_report_$(basename "$dir")" $RS report "$dir" --slo-p99-ms "$slo" --gpu-hour-cost "$GPU_HOUR" \
+      --allow-mismatch --out "$dir/report"
+  done
 }
 phase_report() {
   local engine=(); [ -f "$OUT/engine-gpu0.json" ] && engine=(--engine "$OUT/engine-gpu0.json")
