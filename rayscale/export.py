@@ -125,7 +125,7 @@ def parity_batch(n: int, seed: int = 0) -> np.ndarray:
 
 def _import_torch():
     try:
-        import open_clip  # noqa: F401
+        import open_clip
         import torch
     except ImportError as e:
         raise ExportError(f"model export needs torch and open_clip ({e.name} is missing): {_EXTRA_HINT}") from None
@@ -353,7 +353,7 @@ class _quiet_ort:
             lg.setLevel(logging.ERROR)
 
     def __exit__(self, *exc):
-        for lg, lvl in zip(self._loggers, self._levels):
+        for lg, lvl in zip(self._loggers, self._levels, strict=True):
             lg.setLevel(lvl)
 
 
@@ -410,8 +410,8 @@ def export_model(config: ExportConfig) -> ModelInfo:
         fused = _optimize(raw, final, config.precision) if config.optimize else {}
         if not config.optimize:
             if config.precision == "fp16":
-                from onnxruntime.transformers.onnx_model import OnnxModel
                 import onnx
+                from onnxruntime.transformers.onnx_model import OnnxModel
 
                 m = OnnxModel(onnx.load(str(raw)))
                 m.convert_float_to_float16(keep_io_types=True)

@@ -37,6 +37,7 @@ import contextlib
 import csv
 import ctypes
 import io
+import itertools
 import json
 import os
 import platform
@@ -47,9 +48,10 @@ import sys
 import tempfile
 import urllib.parse
 import zipfile
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -323,7 +325,7 @@ def _windows_from_export(export: dict[str, Any], images_per_request: int) -> tup
     ends = np.array([int(r["response_timestamps"][-1]) for r in exp["requests"] if r.get("response_timestamps")], dtype=np.int64)
     windows: list[WindowStats] = []
     latencies: list[np.ndarray] = []
-    for lo, hi in zip(bounds[:-1], bounds[1:]):
+    for lo, hi in itertools.pairwise(bounds):
         inside = (ends > lo) & (ends <= hi) if windows else (ends >= lo) & (ends <= hi)
         lat_s = np.sort((ends[inside] - starts[inside]) / 1e9)
         duration_s = (hi - lo) / 1e9

@@ -66,8 +66,8 @@ def spread(actors: int, targets: list[NodeTarget], *, room: dict[str, int] | Non
             counts[i] += 1
     if room is not None:
         limit = [max(room.get(t.node, 0), 0) for t in targets]
-        excess = sum(max(c - m, 0) for c, m in zip(counts, limit))
-        counts = [min(c, m) for c, m in zip(counts, limit)]
+        excess = sum(max(c - m, 0) for c, m in zip(counts, limit, strict=True))
+        counts = [min(c, m) for c, m in zip(counts, limit, strict=True)]
         while excess:
             spare = [i for i in range(len(targets)) if counts[i] < limit[i]]
             if not spare:

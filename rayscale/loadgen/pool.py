@@ -8,12 +8,11 @@ each node's ingress) the nodes that serve, change.
 from __future__ import annotations
 
 import logging
+import math
+from dataclasses import replace
 from typing import Any
 
 from rayscale.errors import ConfigError, ServerError
-import math
-from dataclasses import replace
-
 from rayscale.loadgen.client import LoadClient
 from rayscale.loadgen.config import BenchConfig
 from rayscale.loadgen.ingresses import NodeTarget, node_targets, spread
@@ -146,7 +145,7 @@ class ClientPool:
         if cfg.mode == "closed":
             shares = _split(int(load), self.size)
             active = self.actors[: len(shares)]
-            ray.get([c.start_closed.remote(s) for c, s in zip(active, shares)])
+            ray.get([c.start_closed.remote(s) for c, s in zip(active, shares, strict=True)])
             return active
         per_actor = float(load) / self.size
         ray.get([c.start_open.remote(per_actor, cfg.arrival, cfg.seed + i) for i, c in enumerate(self.actors)])

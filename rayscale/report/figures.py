@@ -14,6 +14,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from rayscale.report.config import DEFAULT_KNEE_FACTOR, DEFAULT_KNEE_MIN_P99_GROWTH
 from rayscale.report.types import Bottleneck, Knee, PointRow
 from rayscale.results import EngineBenchResult
@@ -30,7 +32,7 @@ def find_knee(
 ) -> Knee | None:
     """The first load step where p99 grows > factor × throughput's relative growth (and ≥ min_p99_growth)."""
     usable = sorted((r for r in rows if r.usable and r.load is not None), key=lambda r: r.load)
-    for prev, cur in zip(usable, usable[1:]):
+    for prev, cur in itertools.pairwise(usable):
         if not prev.latency_p99_ms or cur.latency_p99_ms is None or prev.images_per_s <= 0:
             continue
         p99_growth = (cur.latency_p99_ms - prev.latency_p99_ms) / prev.latency_p99_ms

@@ -58,7 +58,7 @@ def goodput_parameters(rows: list[PointRow], points: list[PointResult]) -> dict[
     """How goodput was computed: one method, or ``mixed`` (each row says which), and the widest histogram bucket used."""
     methods = sorted({r.goodput_method for r in rows if r.goodput_method})
     widths = [p.latency_histogram.bucket_width_pct
-              for r, p in zip(rows, points) if r.goodput_method == GOODPUT_HISTOGRAM]  # fmt: skip
+              for r, p in zip(rows, points, strict=True) if r.goodput_method == GOODPUT_HISTOGRAM]  # fmt: skip
     return {
         "goodput_method": methods[0] if len(methods) == 1 else (GOODPUT_MIXED if methods else None),
         "goodput_bucket_width_pct": round(max(widths), 2) if widths else None,

@@ -91,7 +91,7 @@ def plot_throughput_vs_load(report: Report, path: Path) -> Path:
     """Images/s against concurrency (or offered rate), one panel per series, one line per GPU count."""
     plt = _pyplot()
     fig, axes = _panels(plt, len(report.series))
-    for ax, series in zip(axes, report.series):
+    for ax, series in zip(axes, report.series, strict=True):
         for group in report.groups_of(series):
             rows = [r for r in report.points_of(series, group.units) if r.load is not None]
             usable = [r for r in rows if r.usable]
@@ -119,7 +119,7 @@ def plot_latency_vs_throughput(report: Report, path: Path) -> Path:
     plt = _pyplot()
     fig, axes = _panels(plt, len(report.series))
     slo = report.parameters.get("slo_p99_ms")
-    for ax, series in zip(axes, report.series):
+    for ax, series in zip(axes, report.series, strict=True):
         for group in report.groups_of(series):
             usable = [r for r in report.points_of(series, group.units) if r.usable]
             usable.sort(key=lambda r: r.images_per_s)
@@ -181,7 +181,7 @@ def _grouped_bars(ax, report: Report, value, ylabel: str, title: str) -> None:
         xs = [j + (i - (len(report.series) - 1) / 2) * width for j in range(len(gpus))]
         heights = [by_gpus.get(n) or 0.0 for n in gpus]
         bars = ax.bar(xs, heights, width=width, label=series)
-        for bar, h in zip(bars, heights):
+        for bar, h in zip(bars, heights, strict=True):
             if h:
                 ax.annotate(_bar_label(h), (bar.get_x() + bar.get_width() / 2, h), ha="center", va="bottom",
                             fontsize="x-small")

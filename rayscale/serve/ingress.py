@@ -539,7 +539,8 @@ class NodeIngress:
         if not lines or not lines[0].startswith("#"):
             return {}
         header = lines[0].lstrip("# ").split(",")
-        rows = (dict(zip(header, line.split(","))) for line in lines[1:] if line)
+        # strict=False: a row with more or fewer fields than the header still names the ones it has.
+        rows = (dict(zip(header, line.split(","), strict=False)) for line in lines[1:] if line)
         return {(r["pxname"], r["svname"]): r for r in rows if "pxname" in r}
 
     def pid(self) -> int | None:
