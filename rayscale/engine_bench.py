@@ -15,6 +15,7 @@ kernels by operator group beside each group's roofline, and onnxruntime's own pe
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 import time
@@ -63,7 +64,7 @@ class EngineBenchConfig:
 
 
 def _time_loop(fn: Callable[[int], Any], min_time_s: float, min_iterations: int) -> np.ndarray:
-    times = []
+    times: list[float] = []
     deadline = time.perf_counter() + min_time_s
     while len(times) < min_iterations or time.perf_counter() < deadline:
         t0 = time.perf_counter()
@@ -119,13 +120,13 @@ def ort_device_runner(session, device_id: int, batch: int, run_options=None):
     binding = session.io_binding()
     binding.bind_ortvalue_input(INPUT_NAME, dev)
     binding.bind_ortvalue_output(OUTPUT_NAME, out)
+    return functools.partial(_run_bound, session, binding, run_options, (dev, out))
 
-    def run(_i: int = 0) -> None:
-        session.run_with_iobinding(binding, run_options)
-        binding.synchronize_outputs()
 
-    run.keep = (dev, out)  # the bound buffers live as long as the runner
-    return run
+def _run_bound(session, binding, run_options, _buffers: tuple, _i: int = 0) -> None:
+    """One run through an IO binding; ``_buffers``, the bound device buffers, ride along so they live as long as the runner."""
+    session.run_with_iobinding(binding, run_options)
+    binding.synchronize_outputs()
 
 
 def torch_device_runner(engine, batch: int):

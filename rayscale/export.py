@@ -420,18 +420,19 @@ def export_model(config: ExportConfig) -> ModelInfo:
                 raw.replace(final)
         got, provider = _onnx_run(final, images)
         cos = cosine_rows(reference, got)
+        min_cosine, threshold = float(cos.min()), PARITY_MIN_COSINE[config.precision]
         parity = {
             "images": int(len(images)),
-            "min_cosine": float(cos.min()),
+            "min_cosine": min_cosine,
             "mean_cosine": float(cos.mean()),
             "max_abs_diff": float(np.abs(reference - got).max()),
-            "threshold": PARITY_MIN_COSINE[config.precision],
+            "threshold": threshold,
             "provider": provider,
             "reference": "open_clip fp32 (torch, CPU)",
         }
-        if parity["min_cosine"] < parity["threshold"]:
+        if min_cosine < threshold:
             raise ExportError(
-                f"parity check failed: min cosine {parity['min_cosine']:.5f} < {parity['threshold']} "
+                f"parity check failed: min cosine {min_cosine:.5f} < {threshold} "
                 f"({config.precision} on {provider}); try --precision fp32 or another --opset"
             )
         final.replace(out_dir / "model.onnx")

@@ -36,9 +36,11 @@ def node_targets(app_name: str, transport: str) -> list[NodeTarget]:
     for record in registry.ingress_records(app_name):
         if not processes[record.node]:
             continue  # an ingress with no replica beside it (the node `up` ran on) only forwards
-        if transport == "grpc" and not record.grpc_target:
-            raise ConfigError("the rayscale app serves no gRPC (it was started with --grpc-port 0): drop --grpc")
-        url = record.grpc_target if transport == "grpc" else record.url
+        url = record.url
+        if transport == "grpc":
+            if not record.grpc_target:
+                raise ConfigError("the rayscale app serves no gRPC (it was started with --grpc-port 0): drop --grpc")
+            url = record.grpc_target
         targets.append(NodeTarget(node=record.node, node_ip=record.node_ip, url=url, processes=processes[record.node]))
     if not targets:
         raise ServerError(

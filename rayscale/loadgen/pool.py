@@ -105,6 +105,8 @@ class ClientPool:
     def restart(self) -> None:
         """Fresh actors in place of the ones there (one died, or a point failed mid-way)."""
         ipr = self.images_per_request
+        if ipr is None:  # never made ready: no actors to replace
+            return
         placement = self._plan(self.size)
         self.close()
         self.actors = self._start(placement)
@@ -122,7 +124,7 @@ class ClientPool:
         targets = node_targets(self.cfg.app_name, self.cfg.transport)
         if not self.cfg.clients:
             n = max(n, len(targets))
-        return spread(n, targets, room=self._room(targets))
+        return list(spread(n, targets, room=self._room(targets)))
 
     def _room(self, targets: list[NodeTarget]) -> dict[str, int] | None:
         """Client actors each node can still schedule (None: no limit, actors reserve no CPU)."""

@@ -190,6 +190,7 @@ def _one_point(run_point: PointRunner | None, point: PointResult, load: int | fl
         result.points.append(file.finished[point.key])
         emit(PointSkipped(point))
         return
+    assert run_point is not None, "a setting is skipped only where every one of its points is finished"
     emit(PointStarted(point))
     try:
         point = run_point(point, load)

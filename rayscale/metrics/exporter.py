@@ -140,18 +140,18 @@ class _ServingCollector:
             ("rayscale_in_flight_requests", s["in_flight"], "Requests accepted by a replica and not yet answered"),
             ("rayscale_replicas", s["replicas"], "Replicas that have reported statistics"),
         ):
-            family = GaugeMetricFamily(metric, doc, labels=["app"])
-            family.add_metric(app, value)
-            yield family
+            gauge = GaugeMetricFamily(metric, doc, labels=["app"])
+            gauge.add_metric(app, value)
+            yield gauge
         for metric, key, doc in (
             ("rayscale_batch_images", "batch_images", "Images per executed batch"),
             ("rayscale_queue_seconds", "queue_seconds", "Time a request waited for its batch to start, seconds"),
             ("rayscale_compute_seconds", "compute_seconds", "Compute time of the batch each request ran in, seconds"),
         ):
             h = s[key]
-            family = HistogramMetricFamily(metric, doc, labels=["app"])
-            family.add_metric(app, histogram_buckets(h), sum_value=h["sum"])
-            yield family
+            histogram = HistogramMetricFamily(metric, doc, labels=["app"])
+            histogram.add_metric(app, histogram_buckets(h), sum_value=h["sum"])
+            yield histogram
 
 
 def build_registry(*, app_name: str | None, gpus: bool = True, node: str | None = None):

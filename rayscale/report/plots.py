@@ -144,14 +144,15 @@ def plot_scaling(report: Report, path: Path) -> Path:
     fig, (ax_thr, ax_eff) = plt.subplots(1, 2, figsize=(12, 4.2), layout="constrained")
     all_gpus = sorted({g.units for g in report.groups})
     for series in report.series:
-        groups = [g for g in report.groups_of(series) if g.peak_images_per_s]
-        if not groups:
+        peaked = [(g.peak_images_per_s, g) for g in report.groups_of(series) if g.peak_images_per_s]
+        if not peaked:
             continue
+        groups = [g for _, g in peaked]
         gpus = [g.units for g in groups]
-        line = ax_thr.plot(gpus, [g.peak_images_per_s for g in groups], marker="o", label=series)[0]
-        base = groups[0]
+        line = ax_thr.plot(gpus, [peak for peak, _ in peaked], marker="o", label=series)[0]
+        base_peak, base = peaked[0]
         ideal_x = [n for n in all_gpus if n >= base.units]
-        ax_thr.plot(ideal_x, [base.peak_images_per_s / base.units * n for n in ideal_x], linestyle=":",
+        ax_thr.plot(ideal_x, [base_peak / base.units * n for n in ideal_x], linestyle=":",
                     color=line.get_color())
         ax_eff.plot(gpus, [100.0 * (g.efficiency or 0.0) for g in groups], marker="o", label=series)
     ax_eff.axhline(100.0, color="black", linestyle=":")

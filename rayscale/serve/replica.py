@@ -304,6 +304,7 @@ class OpenClipEncoder:
         declared = head.headers.get("content-length", "0")
         head.content_length = int(declared) if declared.isdigit() else 0
         refused = routes.admit(self, head)
+        body = b""
         if refused is None:
             infer = _is_infer(head.path)
             self.admitted += infer
