@@ -56,7 +56,7 @@ def engine_bench(
     from rayscale.engine_options import EngineOptions
 
     try:
-        cfg = EngineBenchConfig(model_dir=str(model), batch_sizes=parse_int_list(batch_sizes, "--batch-sizes"), provider=provider, min_time_s=min_time_s,
+        cfg = EngineBenchConfig(model_dir=str(model), batch_sizes=parse_int_list(batch_sizes, "batch sizes"), provider=provider, min_time_s=min_time_s,
                                 torch_eager=torch_eager, engine_options=EngineOptions.parse(engine_options), profile=profile,
                                 out=str(out) if out else None, overwrite=overwrite, command=command_line())
         result = run_engine_bench(cfg)
