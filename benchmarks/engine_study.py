@@ -30,6 +30,7 @@ profiles and errors) and ``DIR/engine_study.txt`` (the table printed at the end)
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import itertools
 import json
@@ -40,8 +41,9 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -357,9 +359,9 @@ def _peaks(ctx: Context):
     path = ctx.work / "peaks.json"
     if path.is_file():
         return Peaks(**json.loads(path.read_text()))
-    from rayscale.engine_profile import datasheet_peaks
-
     import torch
+
+    from rayscale.engine_profile import datasheet_peaks
 
     return datasheet_peaks(torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")
 
@@ -777,10 +779,13 @@ def fp8_linears(module, calibration) -> dict[str, Any]:
     targets = [(blk, name) for blk in module.blocks for name in ("qkv", "out", "fc", "proj")]
     amax: dict[int, float] = {}
     hooks = []
+
+    def record_amax(key: int, _module: Any, inp: tuple) -> None:
+        amax[key] = max(amax.get(key, 0.0), float(inp[0].abs().max()))
+
     for blk, name in targets:
         lin = getattr(blk, name)
-        hooks.append(lin.register_forward_pre_hook(
-            lambda m, inp, key=id(lin): amax.__setitem__(key, max(amax.get(key, 0.0), float(inp[0].abs().max())))))
+        hooks.append(lin.register_forward_pre_hook(functools.partial(record_amax, id(lin))))
     with torch.inference_mode():
         module(calibration)
     for h in hooks:

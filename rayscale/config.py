@@ -185,7 +185,7 @@ class ServeConfig:
             return self.max_body_bytes
         return self.max_batch_size * IMAGE_BYTES * 5 + (1 << 20)
 
-    def resolved(self) -> "ServeConfig":
+    def resolved(self) -> ServeConfig:
         """This config with ``processes_per_replica`` decided (auto: PROCESSES_PER_GPU per GPU on GPUs)."""
         from dataclasses import replace
 

@@ -15,9 +15,11 @@ kernels by operator group beside each group's roofline, and onnxruntime's own pe
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,14 +63,19 @@ class EngineBenchConfig:
             raise ConfigError(f"torch eager must be auto, on or off, got {self.torch_eager!r}")
 
 
-def _time_loop(fn, min_time_s: float, min_iterations: int) -> np.ndarray:
-    times = []
+def _time_loop(fn: Callable[[int], Any], min_time_s: float, min_iterations: int) -> np.ndarray:
+    times: list[float] = []
     deadline = time.perf_counter() + min_time_s
     while len(times) < min_iterations or time.perf_counter() < deadline:
         t0 = time.perf_counter()
         fn(len(times))
         times.append(time.perf_counter() - t0)
     return np.asarray(times)
+
+
+def _rotating(run: Callable[[Any], Any], inputs: Sequence[Any]) -> Callable[[int], Any]:
+    """Iteration i runs on input i mod len(inputs): several inputs in turn keep caches from flattering the times."""
+    return lambda i: run(inputs[i % len(inputs)])
 
 
 def _point(batch: int, times: np.ndarray, *, backend: str, where: str, provider: str) -> EnginePoint:
@@ -113,13 +120,13 @@ def ort_device_runner(session, device_id: int, batch: int, run_options=None):
     binding = session.io_binding()
     binding.bind_ortvalue_input(INPUT_NAME, dev)
     binding.bind_ortvalue_output(OUTPUT_NAME, out)
+    return functools.partial(_run_bound, session, binding, run_options, (dev, out))
 
-    def run(_i: int = 0) -> None:
-        session.run_with_iobinding(binding, run_options)
-        binding.synchronize_outputs()
 
-    run.keep = (dev, out)  # the bound buffers live as long as the runner
-    return run
+def _run_bound(session, binding, run_options, _buffers: tuple, _i: int = 0) -> None:
+    """One run through an IO binding; ``_buffers``, the bound device buffers, ride along so they live as long as the runner."""
+    session.run_with_iobinding(binding, run_options)
+    binding.synchronize_outputs()
 
 
 def torch_device_runner(engine, batch: int):
@@ -193,18 +200,17 @@ def _torch_eager(batch_sizes: list[int], cfg: EngineBenchConfig, engine: Engine,
     std = torch.tensor(info.preprocessing["std"], device=device).view(1, 3, 1, 1)
     points = []
     half = copy.deepcopy(visual).half().to(device).eval()
+
+    def forward(x: torch.Tensor) -> None:
+        half(x)
+        torch.cuda.synchronize()
+
     for batch in batch_sizes:
         x = torch.from_numpy(random_images(batch, seed=batch)).to(device).permute(0, 3, 1, 2).float().div(255).sub(mean).div(std).half()
         with torch.inference_mode():
             for _ in range(3):
-                half(x)
-            torch.cuda.synchronize()
-
-            def run(_i: int) -> None:
-                half(x)
-                torch.cuda.synchronize()
-
-            times = _time_loop(run, cfg.min_time_s, cfg.min_iterations)
+                forward(x)
+            times = _time_loop(_rotating(forward, [x]), cfg.min_time_s, cfg.min_iterations)
         points.append(_point(batch, times, backend="torch-eager-fp16", where="device", provider="cuda"))
     parity = None
     if info.weights != "random" or info.extra.get("random_seed") is not None:  # the same weights rebuilt
@@ -250,7 +256,7 @@ def run_engine_bench(cfg: EngineBenchConfig) -> EngineBenchResult:
         inputs = [random_images(batch, seed=batch * 10 + k) for k in range(3)]  # rotate: no cache effects
         for _ in range(3):
             engine.encode(inputs[0])
-        times = _time_loop(lambda i: engine.encode(inputs[i % 3]), cfg.min_time_s, cfg.min_iterations)
+        times = _time_loop(_rotating(engine.encode, inputs), cfg.min_time_s, cfg.min_iterations)
         points.append(_point(batch, times, backend=backend, where="host", provider=engine.provider))
         if onnxruntime and engine.copy != "pageable" and batch > GATHER_PART:
             # What a replica does: several requests' images into one batch, in each copy mode.
@@ -261,7 +267,7 @@ def run_engine_bench(cfg: EngineBenchConfig) -> EngineBenchResult:
                 try:
                     for _ in range(3):
                         engine.encode_parts(parts[0])
-                    times = _time_loop(lambda i: engine.encode_parts(parts[i % 3]), cfg.min_time_s, cfg.min_iterations)
+                    times = _time_loop(_rotating(engine.encode_parts, parts), cfg.min_time_s, cfg.min_iterations)
                 except RuntimeError as e:  # a CUDA call of that mode failed: the other modes still count
                     warnings.append(f"copy mode {mode} failed at batch {batch}: {e}")
                     continue

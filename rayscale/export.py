@@ -125,7 +125,7 @@ def parity_batch(n: int, seed: int = 0) -> np.ndarray:
 
 def _import_torch():
     try:
-        import open_clip  # noqa: F401
+        import open_clip
         import torch
     except ImportError as e:
         raise ExportError(f"model export needs torch and open_clip ({e.name} is missing): {_EXTRA_HINT}") from None
@@ -353,7 +353,7 @@ class _quiet_ort:
             lg.setLevel(logging.ERROR)
 
     def __exit__(self, *exc):
-        for lg, lvl in zip(self._loggers, self._levels):
+        for lg, lvl in zip(self._loggers, self._levels, strict=True):
             lg.setLevel(lvl)
 
 
@@ -410,8 +410,8 @@ def export_model(config: ExportConfig) -> ModelInfo:
         fused = _optimize(raw, final, config.precision) if config.optimize else {}
         if not config.optimize:
             if config.precision == "fp16":
-                from onnxruntime.transformers.onnx_model import OnnxModel
                 import onnx
+                from onnxruntime.transformers.onnx_model import OnnxModel
 
                 m = OnnxModel(onnx.load(str(raw)))
                 m.convert_float_to_float16(keep_io_types=True)
@@ -420,18 +420,19 @@ def export_model(config: ExportConfig) -> ModelInfo:
                 raw.replace(final)
         got, provider = _onnx_run(final, images)
         cos = cosine_rows(reference, got)
+        min_cosine, threshold = float(cos.min()), PARITY_MIN_COSINE[config.precision]
         parity = {
             "images": int(len(images)),
-            "min_cosine": float(cos.min()),
+            "min_cosine": min_cosine,
             "mean_cosine": float(cos.mean()),
             "max_abs_diff": float(np.abs(reference - got).max()),
-            "threshold": PARITY_MIN_COSINE[config.precision],
+            "threshold": threshold,
             "provider": provider,
             "reference": "open_clip fp32 (torch, CPU)",
         }
-        if parity["min_cosine"] < parity["threshold"]:
+        if min_cosine < threshold:
             raise ExportError(
-                f"parity check failed: min cosine {parity['min_cosine']:.5f} < {parity['threshold']} "
+                f"parity check failed: min cosine {min_cosine:.5f} < {threshold} "
                 f"({config.precision} on {provider}); try --precision fp32 or another --opset"
             )
         final.replace(out_dir / "model.onnx")

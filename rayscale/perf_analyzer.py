@@ -37,6 +37,7 @@ import contextlib
 import csv
 import ctypes
 import io
+import itertools
 import json
 import os
 import platform
@@ -47,9 +48,10 @@ import sys
 import tempfile
 import urllib.parse
 import zipfile
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -258,15 +260,16 @@ def ensure_perf_analyzer(cache_dir: str | os.PathLike | None = None) -> PerfAnal
 # ---- one point ---------------------------------------------------------------------------------
 
 
-def _preflight(url: str, model: str, token: str | None, transport: str = "http") -> ServerInfo:
-    """The server answers, serves ``model`` and its configuration (perf_analyzer reads it first)."""
+def _preflight(url: str, model: str, token: str | None, transport: str = "http") -> tuple[ServerInfo, dict[str, Any]]:
+    """The server answers, serves ``model`` and its configuration (perf_analyzer reads it first): the
+    server and that configuration."""
     server = preflight(url, model, token, transport=transport)
     if server.config is None:
         raise ServerError(
             f"{url.rstrip('/')} does not answer GET /v2/models/{model}/config ({server.config_error}), which perf_analyzer reads "
             "before sending load: use `rayscale bench` (its own client) for this server"
         )
-    return server
+    return server, server.config
 
 
 def _host_port(url: str, transport: str = "http") -> str:
@@ -323,7 +326,7 @@ def _windows_from_export(export: dict[str, Any], images_per_request: int) -> tup
     ends = np.array([int(r["response_timestamps"][-1]) for r in exp["requests"] if r.get("response_timestamps")], dtype=np.int64)
     windows: list[WindowStats] = []
     latencies: list[np.ndarray] = []
-    for lo, hi in zip(bounds[:-1], bounds[1:]):
+    for lo, hi in itertools.pairwise(bounds):
         inside = (ends > lo) & (ends <= hi) if windows else (ends >= lo) & (ends <= hi)
         lat_s = np.sort((ends[inside] - starts[inside]) / 1e9)
         duration_s = (hi - lo) / 1e9
@@ -449,8 +452,8 @@ def run_perf_analyzer(
     if transport not in ("http", "grpc"):
         raise ConfigError(f"unknown transport {transport!r}: use http or grpc")
     host_port = _host_port(url, transport)
-    server = _preflight(url, model, api_token, transport)
-    max_batch = int(server.config.get("max_batch_size", 0) or 0)
+    server, model_config = _preflight(url, model, api_token, transport)
+    max_batch = int(model_config.get("max_batch_size", 0) or 0)
     if max_batch and batch_size > max_batch:
         raise ConfigError(f"{batch_size} images per request exceed the server's max_batch_size ({max_batch}): lower it")
     install = install or ensure_perf_analyzer()
@@ -458,7 +461,7 @@ def run_perf_analyzer(
         target=server.label if target == "auto" else target,
         transport="perf_analyzer",
         mode="closed" if concurrency is not None else "open",
-        replicas=replicas if replicas is not None else replicas_from_config(server.config),
+        replicas=replicas if replicas is not None else replicas_from_config(model_config),
         images_per_request=batch_size,
         concurrency=concurrency,
         rate_rps=float(rate_rps) if rate_rps is not None else None,
@@ -559,7 +562,8 @@ def interval_for_window(window_s: float) -> int:
     return max(100, round(window_s * 1000.0 / _WINDOW_FACTOR))
 
 
-def _check_bench_config(cfg: BenchConfig) -> None:
+def _check_bench_config(cfg: BenchConfig) -> str:
+    """The server's URL, where ``cfg`` is a sweep perf_analyzer can run; ConfigError otherwise."""
     if cfg.handle or not cfg.url:
         raise ConfigError("perf_analyzer measures a server over HTTP or gRPC: pass --url instead of --handle")
     if cfg.replicas is not None and len(cfg.replicas) != 1:
@@ -569,6 +573,7 @@ def _check_bench_config(cfg: BenchConfig) -> None:
         )
     if cfg.mode == "open" and cfg.arrival not in ("constant", "poisson"):
         raise ConfigError(f"perf_analyzer's request distribution is constant or poisson, got {cfg.arrival!r}")
+    return cfg.url
 
 
 def bench_with_perf_analyzer(
@@ -589,11 +594,11 @@ def bench_with_perf_analyzer(
     emit = on_event or ignore_events
     if not isinstance(cfg, BenchConfig):
         raise ConfigError(f"bench_with_perf_analyzer takes a BenchConfig, got {type(cfg).__name__}")
-    _check_bench_config(cfg)
-    _host_port(cfg.url, cfg.transport)
-    server = _preflight(cfg.url, cfg.model, cfg.api_token, cfg.transport)
+    url = _check_bench_config(cfg)
+    _host_port(url, cfg.transport)
+    server, model_config = _preflight(url, cfg.model, cfg.api_token, cfg.transport)
     target = server.label if cfg.target == "auto" else cfg.target
-    replicas = cfg.replicas[0] if cfg.replicas else replicas_from_config(server.config)
+    replicas = cfg.replicas[0] if cfg.replicas else replicas_from_config(model_config)
     file = ResultsFile.open(cfg, target, client="perf_analyzer")
     install = install or ensure_perf_analyzer()
     environment = collect_environment(cfg.command)
@@ -611,6 +616,7 @@ class PerfAnalyzerEngine:
 
     def __init__(self, cfg: BenchConfig, *, install: PerfAnalyzerInstall):
         self.cfg = cfg
+        self.url = _check_bench_config(cfg)
         self.install = install
 
     @contextlib.contextmanager
@@ -625,7 +631,7 @@ class PerfAnalyzerEngine:
         cfg = self.cfg
         try:
             return run_perf_analyzer(
-                cfg.url, model=cfg.model, batch_size=planned.images_per_request,
+                self.url, model=cfg.model, batch_size=planned.images_per_request,
                 concurrency=planned.concurrency, rate_rps=planned.rate_rps, arrival=cfg.arrival,
                 measurement_interval_ms=interval_for_window(cfg.window_s), stability_percentage=cfg.stability * 100,
                 max_trials=cfg.max_windows, binary=cfg.binary, transport=cfg.transport, replicas=planned.replicas, target=planned.target,

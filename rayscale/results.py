@@ -82,17 +82,17 @@ class LatencyHistogram:
     last_upper_ms: float = 100_000.0
 
     @classmethod
-    def from_latencies_s(cls, samples_s: np.ndarray | list[float]) -> "LatencyHistogram":
+    def from_latencies_s(cls, samples_s: np.ndarray | list[float]) -> LatencyHistogram:
         histogram = cls()
         ms = np.asarray(samples_s, dtype=np.float64) * 1000.0
         # side="left": the first edge ≥ the latency, so a latency equal to an edge counts within it
         index = np.searchsorted(histogram._finite_upper_ms(), ms, side="left")
         buckets, counts = np.unique(index, return_counts=True)
-        histogram.counts = {int(b): int(n) for b, n in zip(buckets, counts)}
+        histogram.counts = {int(b): int(n) for b, n in zip(buckets, counts, strict=True)}
         return histogram
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "LatencyHistogram":
+    def from_dict(cls, data: dict[str, Any]) -> LatencyHistogram:
         """As a results file holds it (JSON turns the bucket indexes into strings)."""
         histogram = dataclass_from_dict(cls, data)
         histogram.counts = {int(b): int(n) for b, n in (data.get("counts") or {}).items()}

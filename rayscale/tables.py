@@ -44,11 +44,11 @@ def is_numeric_column(table: Table, index: int) -> bool:
 def render_text(table: Table) -> str:
     """The table as plain aligned text, every header and cell whole, with a rule under the header."""
     right = [is_numeric_column(table, i) for i in range(len(table.header))]
-    widths = [max(cell_len(cell) for cell in column) for column in zip(table.header, *table.rows)]
+    widths = [max(cell_len(cell) for cell in column) for column in zip(table.header, *table.rows, strict=True)]
 
     def line(cells: list[str]) -> str:
         padded = []
-        for cell, width, numeric in zip(cells, widths, right):
+        for cell, width, numeric in zip(cells, widths, right, strict=True):
             pad = " " * (width - cell_len(cell))
             padded.append(pad + cell if numeric else cell + pad)
         return "  ".join(padded).rstrip()

@@ -101,6 +101,11 @@ def build_torch_encoder(visual):
             return x + self.proj(h)
 
     class TorchEncoder(nn.Module):
+        patch_w: torch.Tensor  # buffers (register_buffer), declared for the type checker
+        patch_b: torch.Tensor
+        pos: torch.Tensor
+        proj: torch.Tensor
+
         def __init__(self):
             super().__init__()
             self.register_buffer("patch_w", graph.patch_w.clone())

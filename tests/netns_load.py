@@ -37,7 +37,7 @@ async def main(url: str, duration_s: float, concurrency: int, out: str) -> None:
                     async with session.post(infer, data=body, headers=headers) as resp:
                         await resp.read()
                         record.update(status=resp.status, replica=resp.headers.get("X-Rayscale-Replica"))
-                except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
+                except (TimeoutError, aiohttp.ClientError, OSError) as e:
                     record["error"] = type(e).__name__
                     await asyncio.sleep(0.05)  # a refused connection returns at once: do not spin
                 record["end"] = time.time()

@@ -95,10 +95,10 @@ def test_cuda_graphs_and_attention_kernels_give_the_plain_engines_answers_also_f
     for spec in ("cuda_graph=1", "attention=flash", "attention=cudnn,cuda_graph=1"):
         engine = Engine(model_dir, provider="cuda", max_batch_size=8, options=EngineOptions.parse(spec))
         for _ in range(4):
-            for b, w in zip(batches, want):
+            for b, w in zip(batches, want, strict=True):
                 np.testing.assert_allclose(engine.encode(b), w, rtol=0, atol=2e-3, err_msg=spec)
         # Threads have their own buffers, so their own graphs: each still gets its own images' answer.
         with ThreadPoolExecutor(2) as pool:
             for _ in range(3):
-                for got, w in zip(pool.map(engine.encode, batches), want):
+                for got, w in zip(pool.map(engine.encode, batches), want, strict=True):
                     np.testing.assert_allclose(got, w, rtol=0, atol=2e-3, err_msg=spec)

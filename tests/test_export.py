@@ -10,11 +10,11 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import open_clip
 import pytest
 import torch
 from PIL import Image
 
-import open_clip
 from rayscale.config import EMBED_DIM, INPUT_NAME, OUTPUT_NAME
 from rayscale.engine import Engine
 from rayscale.errors import ConfigError, ExportError, ModelNotFoundError

@@ -26,12 +26,13 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from conftest import start_local_ray
 from rayscale import k8s
 from rayscale.cli.k8s import k8s_app
 from rayscale.config import ServeConfig
 from rayscale.errors import ConfigError
 from rayscale.serve.app import parse_app_args
+
+from conftest import start_local_ray
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "k8s"
@@ -71,7 +72,7 @@ def _strict(schema: Any) -> Any:
     return out
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def crd_validator(kind: str) -> jsonschema.Validator:
     plural = {"RayService": "rayservices", "RayJob": "rayjobs", "RayCluster": "rayclusters"}[kind]
     crd = yaml.load((CRDS / f"ray.io_{plural}.yaml").read_text(), Loader=_LOADER)
@@ -133,7 +134,7 @@ def _apply_json6902(obj: dict[str, Any], ops: list[dict[str, Any]]) -> None:
     for op in ops:
         parent, key = _pointer(obj, op["path"])
         if op["op"] == "replace":
-            parent[key]  # noqa: B018 - replace needs an existing target (KeyError/IndexError otherwise)
+            parent[key]  # replace needs an existing target (KeyError/IndexError otherwise)
             parent[key] = copy.deepcopy(op["value"])
         elif op["op"] == "add":
             if isinstance(parent, list):
@@ -274,7 +275,7 @@ def check_sizes(objs: list[dict[str, Any]], replicas: int, gpus_per_replica: flo
     bench = _find(objs, "RayJob", "rayscale-bench")["spec"]
     entry = bench["entrypoint"].split()
     assert entry[:2] == ["rayscale", "bench"]
-    opt = dict(zip(entry[2::2], entry[3::2]))
+    opt = dict(zip(entry[2::2], entry[3::2], strict=True))
     assert opt["--replicas"] == str(replicas)
     front = "rayscale-ingress" if args["ingress"] == "direct" else rs["spec"]["serveService"]["metadata"]["name"]
     assert opt["--url"] == f"http://{front}:8000"

@@ -91,7 +91,9 @@ def test_latency_histogram_round_trips_through_a_results_file_and_old_files_load
 
 
 def test_stability_rule_needs_three_agreeing_windows():
-    w = lambda ips, p95: WindowStats(start_s=0, duration_s=1, requests=1, images_per_s=ips, p95_ms=p95)
+    def w(ips: float, p95: float) -> WindowStats:
+        return WindowStats(start_s=0, duration_s=1, requests=1, images_per_s=ips, p95_ms=p95)
+
     assert not is_stable([w(100, 10), w(101, 10)], 0.1)
     assert is_stable([w(50, 30), w(100, 10), w(104, 10.5), w(98, 9.8)], 0.1)
     assert not is_stable([w(100, 10), w(130, 10), w(100, 10)], 0.1)

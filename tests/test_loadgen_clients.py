@@ -6,7 +6,6 @@ import io
 
 import pytest
 from rich.console import Console
-from conftest import start_local_ray
 
 from rayscale.loadgen import BenchConfig, run_bench
 from rayscale.loadgen.events import PointRetried
@@ -15,6 +14,8 @@ from rayscale.loadgen.progress import ProgressPrinter
 from rayscale.loadgen.sizing import plan_clients
 from rayscale.loadgen.trivial_server import TrivialServer
 from rayscale.results import load_results
+
+from conftest import start_local_ray
 
 pytestmark = pytest.mark.timeout(600)
 

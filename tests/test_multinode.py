@@ -16,9 +16,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from netns_cluster import NetnsCluster, Node, netns_cluster
 from rayscale.config import MODEL_NAME
 from rayscale.results import load_results
+
+from netns_cluster import NetnsCluster, Node, netns_cluster
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 

@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from conftest import free_port
 from rayscale.tables import Table, print_table, render_text
+
+from conftest import free_port
 
 ENTRY = "import sys; from rayscale.cli import main; sys.argv[0] = 'rayscale'; main()"
 # A label longer than rich gives a column in 80 columns: the kind of header and cell that got cut to "tar…".

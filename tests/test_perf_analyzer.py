@@ -199,7 +199,7 @@ def test_points_are_checked_before_perf_analyzer_starts(install):
 class _NoConfigHandler(http.server.BaseHTTPRequestHandler):
     """An Open Inference Protocol server that serves the model but not its configuration."""
 
-    def do_GET(self):  # noqa: N802 (http.server's name)
+    def do_GET(self):  # http.server's name for it
         body = {"/v2": {"name": "other-server"}, "/v2/models/openclip_vit_b32": {"name": "openclip_vit_b32"}}.get(self.path)
         data = json.dumps(body or {"error": "not found"}).encode()
         self.send_response(200 if body else 404)

@@ -8,6 +8,7 @@ report; every figure checked is recomputed in the test from the points themselve
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 from pathlib import Path
 
@@ -17,10 +18,10 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from rayscale.errors import ConfigError, ResultsError
-from rayscale.report import ReportConfig, build_report, find_knee, parse_costs, write_report
 from rayscale.cli.report import report_command
+from rayscale.errors import ConfigError, ResultsError
 from rayscale.loadgen.stats import latency_stats
+from rayscale.report import ReportConfig, build_report, find_knee, parse_costs, write_report
 from rayscale.report.sections import render_markdown
 from rayscale.results import (
     BenchResult,
@@ -162,7 +163,7 @@ def expected_peak(points: list[PointResult], target: str, gpus: int) -> float:
     return max(p.images_per_s for p in points if p.target == target and p.replicas == gpus and p.status == "ok")
 
 
-def run_cli(*args: str) -> "typer.testing.Result":
+def run_cli(*args: str) -> typer.testing.Result:
     app = typer.Typer()
     app.command()(report_command)
     return CliRunner().invoke(app, list(args))
@@ -260,7 +261,7 @@ def test_no_configuration_reaching_the_target_is_said_not_invented(results_files
 
 def knee_by_definition(points: list[PointResult], k: float = 2.0, min_growth: float = 0.10) -> float | None:
     points = sorted(points, key=lambda p: p.concurrency)
-    for a, b in zip(points, points[1:]):
+    for a, b in itertools.pairwise(points):
         dp99 = (b.latency.p99_ms - a.latency.p99_ms) / a.latency.p99_ms
         dthr = (b.images_per_s - a.images_per_s) / a.images_per_s
         if dp99 >= min_growth and dp99 > k * max(dthr, 0):
@@ -512,7 +513,7 @@ def test_a_point_without_latency_samples_shows_dashes_not_zero_milliseconds(resu
     write_report(report, tmp_path / "out")
     md = (tmp_path / "out" / "report.md").read_text()
     assert "| 512 | " in md
-    line = next(l for l in md.splitlines() if l.startswith("| 512 | ") and "161.0" in l)
+    line = next(row for row in md.splitlines() if row.startswith("| 512 | ") and "161.0" in row)
     assert line.count("| – |") >= 3 and "| 0.0 |" not in line
 
 
@@ -661,10 +662,10 @@ def test_goodput_from_a_latency_histogram_counts_the_requests_within_the_slo(tmp
 
     md = (out / "report.md").read_text()
     goodput_text = f"{at_95['goodput_images_per_s']:,.1f}"
-    rayscale_row = next(l for l in md.splitlines() if l.startswith("| 4 | ") and goodput_text in l)
+    rayscale_row = next(row for row in md.splitlines() if row.startswith("| 4 | ") and goodput_text in row)
     assert "≈" not in rayscale_row
-    assert any(l.startswith("| 64 | ") and "| ≈0.0 |" in l for l in md.splitlines())  # Triton's estimate is marked
-    definition = next(l for l in md.splitlines() if l.startswith("- **Goodput**"))
+    assert any(row.startswith("| 64 | ") and "| ≈0.0 |" in row for row in md.splitlines())  # Triton's estimate is marked
+    definition = next(row for row in md.splitlines() if row.startswith("- **Goodput**"))
     assert "histogram" in definition and "4.9% wide" in definition and "marked ≈" in definition
 
 

@@ -17,12 +17,13 @@ import numpy as np
 import pytest
 from test_report import COSTS, PNG_SIGNATURE, bench_result, sweep
 
-from browser import chromium_binary, load_page
 from rayscale.report import ReportConfig, parse_costs, run_report
 from rayscale.report.document import Heading, Table, plain_text
 from rayscale.report.sections import report_document
 from rayscale.results import write_json_atomic
 from rayscale.tune.results import CandidateSummary, TuneResult, write_tune_result
+
+from browser import chromium_binary, load_page
 
 SLO_MS = 50.0
 SCREEN_WIDTH_PX = 1280  # a laptop's window: every table fits without scrolling sideways
@@ -109,7 +110,7 @@ def test_the_page_carries_its_plots_and_fetches_nothing(written):
     assert page.fetching == []  # no script, style sheet or frame to load: it reads offline, JavaScript off
     plots = [p for p in written.files if p.suffix == ".png"]
     assert len(page.images) == len(plots) >= 4
-    for src, plot in zip(page.images, plots):
+    for src, plot in zip(page.images, plots, strict=True):
         prefix, _, data = src.partition(",")
         assert prefix == "data:image/png;base64"
         assert base64.b64decode(data) == plot.read_bytes() and plot.read_bytes()[:8] == PNG_SIGNATURE
@@ -140,7 +141,7 @@ def test_peaks_the_command_prints_are_the_reports_own(written):
 
     table = peaks_table(written.report)
     assert len(table.rows) == len(written.report.groups) == 6
-    for row, group in zip(table.rows, (g for s in written.report.series for g in written.report.groups_of(s))):
+    for row, group in zip(table.rows, (g for s in written.report.series for g in written.report.groups_of(s)), strict=True):
         assert row[0] == group.series and row[2] == f"{group.peak_images_per_s:,.1f}"
 
 

@@ -7,12 +7,12 @@ import pytest
 
 pytest.importorskip("open_clip")
 
-from rayscale.config import EMBED_DIM  # noqa: E402
-from rayscale.engine import Engine  # noqa: E402
-from rayscale.engine_options import EngineOptions, create_engine  # noqa: E402
-from rayscale.errors import InputError  # noqa: E402
-from rayscale.export import cosine_rows, parity_batch  # noqa: E402
-from rayscale.torch_engine import TorchEngine  # noqa: E402
+from rayscale.config import EMBED_DIM
+from rayscale.engine import Engine
+from rayscale.engine_options import EngineOptions, create_engine
+from rayscale.errors import InputError
+from rayscale.export import cosine_rows, parity_batch
+from rayscale.torch_engine import TorchEngine
 
 
 def test_torch_engine_matches_the_onnx_engine_on_the_same_weights(model_dir):
@@ -38,10 +38,11 @@ def test_a_replica_serves_the_torch_engine_through_the_same_code(model_dir):
     import ray
     from ray import serve
 
-    from conftest import free_port, start_local_ray
     from rayscale.config import ServeConfig
     from rayscale.serve.app import DEPLOYMENT_NAME
     from rayscale.serve.cluster import down, up
+
+    from conftest import free_port, start_local_ray
 
     start_local_ray(num_cpus=2, num_gpus=1, namespace="rayscale")
     cfg = ServeConfig(model_dir=str(model_dir), replicas=1, gpus_per_replica=1, cpus_per_replica=0.5, provider="cpu",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -15,17 +14,17 @@ __all__ = ["bench"]
 
 
 def bench(
-    url: Optional[str] = typer.Option(
+    url: str | None = typer.Option(
         None, help="One Open Inference Protocol server for every client (with --grpc host:port). Default: the rayscale app's ingress on each node, each client aiming at its own node's."
     ),
     handle: bool = typer.Option(False, "--handle", help="Call the rayscale app through a DeploymentHandle (in-cluster)."),
     grpc: bool = typer.Option(False, "--grpc", help="Send over gRPC (Triton's GRPCInferenceService) instead of HTTP."),
     model: str = typer.Option(MODEL_NAME, help="Model name on the server."),
-    replicas: Optional[str] = typer.Option(
+    replicas: str | None = typer.Option(
         None, help="Replica counts to sweep (rescales the running rayscale app); default: as it runs now."
     ),
-    concurrency: Optional[str] = typer.Option(None, help="Closed loop: in-flight requests, e.g. 1,4,16,64,128."),
-    rate: Optional[str] = typer.Option(None, help="Open loop: requests/s, e.g. 100,500,2000."),
+    concurrency: str | None = typer.Option(None, help="Closed loop: in-flight requests, e.g. 1,4,16,64,128."),
+    rate: str | None = typer.Option(None, help="Open loop: requests/s, e.g. 100,500,2000."),
     arrival: str = typer.Option("constant", help="Open-loop arrivals: constant | poisson."),
     images_per_request: str = typer.Option("1", help="Images per request (comma-separated to sweep)."),
     binary: bool = typer.Option(True, "--binary/--json", help="Binary tensor extension or JSON tensors."),
@@ -37,15 +36,15 @@ def bench(
     clients: int = typer.Option(0, help="Client actors (0: automatic)."),
     client_cpus: float = typer.Option(0.5, help="CPUs reserved per client actor."),
     target: str = typer.Option("auto", help="Label for the server in results (auto: its own name)."),
-    address: Optional[str] = typer.Option(None, help="Ray cluster address."),
-    model_dir: Optional[Path] = typer.Option(None, help="model.json to record when the server cannot tell."),
+    address: str | None = typer.Option(None, help="Ray cluster address."),
+    model_dir: Path | None = typer.Option(None, help="model.json to record when the server cannot tell."),
     timeout: float = typer.Option(60.0, help="Per-request timeout, seconds."),
-    api_token: Optional[str] = typer.Option(None, envvar="RAYSCALE_API_TOKEN", help="Bearer token for the server."),
-    out: Optional[Path] = typer.Option(None, help="Results JSON (default benchmarks/results/bench-<target>-<time>.json)."),
+    api_token: str | None = typer.Option(None, envvar="RAYSCALE_API_TOKEN", help="Bearer token for the server."),
+    out: Path | None = typer.Option(None, help="Results JSON (default benchmarks/results/bench-<target>-<time>.json)."),
     csv: bool = typer.Option(False, "--csv", help="Also write a CSV beside the JSON."),
     overwrite: bool = typer.Option(False, help="Replace an existing --out file."),
     resume: bool = typer.Option(False, help="Continue an existing --out file, skipping its finished points."),
-    metrics_port: Optional[int] = typer.Option(None, help="Serve live load metrics for Prometheus on this port (e.g. 9401)."),
+    metrics_port: int | None = typer.Option(None, help="Serve live load metrics for Prometheus on this port (e.g. 9401)."),
     client: str = typer.Option("rayscale", help="Load engine: rayscale (Ray actors) or perf_analyzer (Triton's client)."),
 ) -> None:
     """Drive load from Ray actors and measure throughput and honest latency percentiles."""

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Optional
 
 import typer
 
 from rayscale.cli.common import command_line, fail, warn
-from rayscale.config import DEFAULT_MODEL_DIR
+from rayscale.config import DEFAULT_MODEL_DIR, parse_int_list
 from rayscale.errors import RayscaleError
 
 __all__ = ["engine_bench", "export"]
@@ -18,7 +17,7 @@ __all__ = ["engine_bench", "export"]
 def export(
     out: Path = typer.Option(DEFAULT_MODEL_DIR, help="Directory for model.onnx and model.json."),
     precision: str = typer.Option("fp16", help="fp16 (GPU serving) or fp32."),
-    pretrained: Optional[str] = typer.Option(None, help="open_clip checkpoint file, or a pretrained tag where a hub is reachable. Without it: random weights."),
+    pretrained: str | None = typer.Option(None, help="open_clip checkpoint file, or a pretrained tag where a hub is reachable. Without it: random weights."),
     opset: int = typer.Option(17, help="ONNX opset."),
     optimize: bool = typer.Option(True, help="Fuse attention/LayerNorm/GELU with onnxruntime's transformer optimizer."),
 ) -> None:
@@ -49,7 +48,7 @@ def engine_bench(
     torch_eager: str = typer.Option("auto", help="Also time torch eager fp16 (auto: on a GPU)."),
     engine_options: str = typer.Option("", help="Engine settings, key=value,... e.g. cuda_graph=1,attention=flash or backend=torch (see README)."),
     profile: bool = typer.Option(False, "--profile", help="Also record where the largest batch's GPU time goes (kernels by operator, beside the roofline)."),
-    out: Optional[Path] = typer.Option(None, help="Results JSON (written atomically)."),
+    out: Path | None = typer.Option(None, help="Results JSON (written atomically)."),
     overwrite: bool = typer.Option(False, help="Replace an existing --out file."),
 ) -> None:
     """Measure the engine alone (images/s and latency per batch size): the ceiling for served numbers."""
@@ -57,7 +56,7 @@ def engine_bench(
     from rayscale.engine_options import EngineOptions
 
     try:
-        cfg = EngineBenchConfig(model_dir=str(model), batch_sizes=batch_sizes, provider=provider, min_time_s=min_time_s,
+        cfg = EngineBenchConfig(model_dir=str(model), batch_sizes=parse_int_list(batch_sizes, "batch sizes"), provider=provider, min_time_s=min_time_s,
                                 torch_eager=torch_eager, engine_options=EngineOptions.parse(engine_options), profile=profile,
                                 out=str(out) if out else None, overwrite=overwrite, command=command_line())
         result = run_engine_bench(cfg)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -29,17 +29,17 @@ _HELP = {
 
 def report_command(
     results: Annotated[list[Path], typer.Argument(help=_HELP["results"], metavar="RESULTS", show_default=False)],
-    engine: Annotated[Optional[Path], typer.Option("--engine", help=_HELP["engine"])] = None,
-    costs: Annotated[Optional[str], typer.Option("--costs", help=_HELP["costs"])] = None,
-    gpu_hour_cost: Annotated[Optional[float], typer.Option("--gpu-hour-cost", help=_HELP["gpu_hour_cost"])] = None,
-    cpu_hour_cost: Annotated[Optional[float], typer.Option("--cpu-hour-cost", help=_HELP["cpu_hour_cost"])] = None,
-    slo_p99_ms: Annotated[Optional[float], typer.Option("--slo-p99-ms", help=_HELP["slo_p99_ms"])] = None,
+    engine: Annotated[Path | None, typer.Option("--engine", help=_HELP["engine"])] = None,
+    costs: Annotated[str | None, typer.Option("--costs", help=_HELP["costs"])] = None,
+    gpu_hour_cost: Annotated[float | None, typer.Option("--gpu-hour-cost", help=_HELP["gpu_hour_cost"])] = None,
+    cpu_hour_cost: Annotated[float | None, typer.Option("--cpu-hour-cost", help=_HELP["cpu_hour_cost"])] = None,
+    slo_p99_ms: Annotated[float | None, typer.Option("--slo-p99-ms", help=_HELP["slo_p99_ms"])] = None,
     throughput_target: Annotated[
-        Optional[float], typer.Option("--throughput-target", help=_HELP["throughput_target"])
+        float | None, typer.Option("--throughput-target", help=_HELP["throughput_target"])
     ] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", help=_HELP["out"])] = None,
+    out: Annotated[Path | None, typer.Option("--out", help=_HELP["out"])] = None,
     allow_mismatch: Annotated[bool, typer.Option("--allow-mismatch", help=_HELP["allow_mismatch"])] = False,
-    title: Annotated[Optional[str], typer.Option("--title", help=_HELP["title"])] = None,
+    title: Annotated[str | None, typer.Option("--title", help=_HELP["title"])] = None,
 ) -> None:
     """Write report.html, report.md, report.json, summary.csv and PNG plots from benchmark results."""
     from rayscale.report import report_config, run_report

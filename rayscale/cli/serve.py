@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 import typer
 
@@ -29,17 +29,17 @@ def up(
     batches_in_flight: int = typer.Option(4, help="Batches a replica runs at once (copy/compute overlap)."),
     max_ongoing_requests: int = typer.Option(512, help="Requests a replica accepts at once."),
     max_queued_requests: int = typer.Option(256, help="Queued requests per replica before quick 503s."),
-    gpus_per_replica: Optional[float] = typer.Option(None, help="GPUs per replica (default: 1 when the cluster has GPUs, else 0)."),
+    gpus_per_replica: float | None = typer.Option(None, help="GPUs per replica (default: 1 when the cluster has GPUs, else 0)."),
     cpus_per_replica: float = typer.Option(1.0, help="CPUs per replica."),
     provider: str = typer.Option("auto", help="onnxruntime provider: auto | cuda | cpu, or null (zeros at once: measures the serving path alone)"),
-    address: Optional[str] = typer.Option(None, help="Join this Ray cluster instead of starting a local one."),
-    api_token: Optional[str] = typer.Option(None, envvar="RAYSCALE_API_TOKEN", help="Bearer token required on every request (needed with a public --host)."),
+    address: str | None = typer.Option(None, help="Join this Ray cluster instead of starting a local one."),
+    api_token: str | None = typer.Option(None, envvar="RAYSCALE_API_TOKEN", help="Bearer token required on every request (needed with a public --host)."),
     ingress: str = typer.Option("direct", help="direct: rayscale's load balancer straight to each replica process (default) | proxy: Serve's Python proxy | haproxy: Ray Serve's HAProxy mode (binds every interface; see README)."),
     processes_per_replica: int = typer.Option(0, help=f"Replica processes sharing each replica's GPU (0: auto, {PROCESSES_PER_GPU} per GPU on GPUs, 1 on the CPU)."),
     grpc_port: int = typer.Option(8001, help="gRPC port of the default ingress (0: no gRPC)."),
     exporter: bool = typer.Option(True, help="Start the Prometheus exporter on each node (port 9400)."),
     exporter_port: int = typer.Option(9400, help="Exporter port."),
-    num_gpus: Optional[int] = typer.Option(None, help="GPUs a locally started cluster advertises (default: detected)."),
+    num_gpus: int | None = typer.Option(None, help="GPUs a locally started cluster advertises (default: detected)."),
     engine_options: str = typer.Option("", help="Engine settings, key=value,... e.g. cuda_graph=1 or backend=torch (see README)."),
 ) -> None:
     """Start a Ray Serve app whose replicas each hold one GPU, speaking the Open Inference Protocol."""
@@ -90,7 +90,7 @@ def _replica_table(replicas: list[ReplicaRecord], columns: list[str]) -> Table:
     return table
 
 
-def _default_gpus_per_replica(address: Optional[str], num_gpus: Optional[int]) -> float:
+def _default_gpus_per_replica(address: str | None, num_gpus: int | None) -> float:
     if num_gpus is not None:
         return 1.0 if num_gpus > 0 else 0.0
     from rayscale.environment import gpu_inventory
@@ -102,7 +102,7 @@ def _default_gpus_per_replica(address: Optional[str], num_gpus: Optional[int]) -
 
 
 def down(
-    address: Optional[str] = typer.Option(None, help="Ray cluster the app runs in (default: the one `up` started)."),
+    address: str | None = typer.Option(None, help="Ray cluster the app runs in (default: the one `up` started)."),
     keep_cluster: bool = typer.Option(False, help="Remove the app but leave the Ray cluster running."),
 ) -> None:
     """Remove the app (draining in-flight requests) and stop the Ray cluster `up` started."""
@@ -116,7 +116,7 @@ def down(
 
 
 def status(
-    address: Optional[str] = typer.Option(None, help="Ray cluster address."),
+    address: str | None = typer.Option(None, help="Ray cluster address."),
     json_output: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Show replicas, their state and GPU, and the model served."""

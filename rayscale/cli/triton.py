@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -60,13 +59,13 @@ def up(
     batch_wait_ms: float = typer.Option(
         BATCH_WAIT_MS, help="How long a batch may wait to fill (ms), as rayscale's; Triton's max_queue_delay_microseconds."
     ),
-    max_queue_delay_us: Optional[int] = typer.Option(None, hidden=True, help="Old name of --batch-wait-ms, in µs."),
+    max_queue_delay_us: int | None = typer.Option(None, hidden=True, help="Old name of --batch-wait-ms, in µs."),
     preferred_batch_sizes: str = typer.Option("", help="Comma-separated preferred batch sizes (default: none, and Triton then prefers the max batch size)."),
     port: int = typer.Option(8100, help="HTTP port; gRPC uses port+1, metrics port+2."),
     host: str = typer.Option(LOCAL_HOST, help="Address to bind; 0.0.0.0 exposes the server to the network."),
     model: Path = typer.Option(DEFAULT_MODEL_DIR, help="Exported model directory (model.onnx + model.json)."),
     provider: str = typer.Option("auto", help="auto | cuda | cpu"),
-    state_dir: Optional[Path] = typer.Option(None, help="Where the state file, log and repository go."),
+    state_dir: Path | None = typer.Option(None, help="Where the state file, log and repository go."),
     ready_timeout_s: float = typer.Option(600.0, help="How long to wait for the model to be ready."),
     engine_options: str = typer.Option("", help="onnxruntime settings as rayscale's --engine-options (like for like), e.g. cuda_graph=1."),
 ) -> None:
@@ -98,7 +97,7 @@ def up(
 
 
 @triton_app.command()
-def down(state_dir: Optional[Path] = typer.Option(None, help="State dir given to `up`.")) -> None:
+def down(state_dir: Path | None = typer.Option(None, help="State dir given to `up`.")) -> None:
     """Stop the server started by `up` and every backend process it started."""
     from rayscale.triton.server import triton_down
 
@@ -111,7 +110,7 @@ def down(state_dir: Optional[Path] = typer.Option(None, help="State dir given to
 
 @triton_app.command()
 def status(
-    state_dir: Optional[Path] = typer.Option(None, help="State dir given to `up`."),
+    state_dir: Path | None = typer.Option(None, help="State dir given to `up`."),
     as_json: bool = typer.Option(False, "--json", help="Print the full state as JSON."),
 ) -> None:
     """Whether the server runs and its model is ready; exit status 1 when it is not."""
@@ -135,7 +134,7 @@ def repo(
     batch_wait_ms: float = typer.Option(
         BATCH_WAIT_MS, help="How long a batch may wait to fill (ms), as rayscale's; Triton's max_queue_delay_microseconds."
     ),
-    max_queue_delay_us: Optional[int] = typer.Option(None, hidden=True, help="Old name of --batch-wait-ms, in µs."),
+    max_queue_delay_us: int | None = typer.Option(None, hidden=True, help="Old name of --batch-wait-ms, in µs."),
     instances_per_gpu: int = typer.Option(DEFAULT_INSTANCES_PER_GPU, help="Model instances per GPU."),
     preferred_batch_sizes: str = typer.Option("", help="Comma-separated preferred batch sizes (default: none, and Triton then prefers the max batch size)."),
     accelerator: str = typer.Option("none", help="none | tensorrt (onnxruntime's TensorRT execution provider)."),

@@ -10,7 +10,8 @@ the actors, where the cluster has the CPUs, and stays flagged if it saturates ag
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from rayscale.errors import ConfigError, RayscaleError, ServerError
 from rayscale.loadgen.config import BenchConfig
@@ -78,7 +79,7 @@ class RayLoadEngine:
         self.server = ServerProbe(cfg, rayscale_app=running is not None, ingress_app=cfg.app_name if direct else None)
         self.metrics = _load_metrics(cfg)
 
-    def __enter__(self) -> "RayLoadEngine":
+    def __enter__(self) -> RayLoadEngine:
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -14,13 +14,18 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from rayscale.errors import ErrorReply
 from rayscale.loadgen.stats import ClientTake
 from rayscale.loadgen.target_spec import TargetSpec
+
+if TYPE_CHECKING:
+    import aiohttp
+
+    from rayscale.loadgen.grpc_client import GrpcSender
 
 __all__ = ["LoadClient"]
 
@@ -32,9 +37,9 @@ MAX_ERROR_EVENTS = 20000
 class LoadClient:
     def __init__(self, target: TargetSpec):
         self.target = target
-        self.session = None
-        self.handle = None
-        self.grpc = None  # a GrpcSender when kind is "grpc"
+        self.session: aiohttp.ClientSession | None = None  # kind "http", once prepared
+        self.handle: Any = None  # a DeploymentHandle when kind is "handle"
+        self.grpc: GrpcSender | None = None  # kind "grpc"
         self._tasks: list[asyncio.Task] = []
         self._stopping = False
         self._reset_counters()
@@ -85,7 +90,7 @@ class LoadClient:
         self.body, self.headers = protocol.build_infer_request(images, binary=self.target.binary)
         if self.target.token:
             self.headers["Authorization"] = f"Bearer {self.target.token}"
-        self.url = f"{self.target.url.rstrip('/')}/v2/models/{self.target.model}/infer"
+        self.url = f"{self.target.server_url().rstrip('/')}/v2/models/{self.target.model}/infer"
         if self.session is not None:
             await self.session.close()
         connector = aiohttp.TCPConnector(limit=0, force_close=False, enable_cleanup_closed=True)
@@ -124,7 +129,7 @@ class LoadClient:
             self._inflight -= 1
             self._incomplete += 1
             raise
-        except asyncio.TimeoutError:
+        except TimeoutError:
             kind = "timeout"
         except Exception as e:  # aiohttp connection errors and the like
             kind = _classify(e)
@@ -142,6 +147,7 @@ class LoadClient:
     async def _send_http(self) -> str | None:
         from rayscale.protocol import HEADER_LENGTH
 
+        assert self.session is not None, "prepare() opens the session"
         async with self.session.post(self.url, data=self.body, headers=self.headers) as resp:
             data = await resp.read()
             if resp.status != 200:

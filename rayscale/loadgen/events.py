@@ -7,9 +7,9 @@ Every load engine emits the same events through ``on_event``: the sweep emits ``
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Union
 
 from rayscale.results import PointResult, WindowStats
 
@@ -68,7 +68,7 @@ class PointFinished:
     point: PointResult
 
 
-Event = Union[SweepStarted, Rescaling, PointSkipped, PointStarted, WindowMeasured, PointRetried, PointFinished]
+Event = SweepStarted | Rescaling | PointSkipped | PointStarted | WindowMeasured | PointRetried | PointFinished
 EventCallback = Callable[[Event], None]
 
 

@@ -15,13 +15,16 @@ the statistics read around each window; they return the same JSON shapes as the 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from rayscale.config import EMBED_DIM, IMAGE_SHAPE, INPUT_NAME, OUTPUT_NAME
 from rayscale.errors import ConfigError, ErrorReply, ServerError
 from rayscale.loadgen.target_spec import TargetSpec
+
+if TYPE_CHECKING:
+    import grpc
 
 __all__ = ["GRPC_SCHEME", "GrpcSender", "fetch_statistics", "grpc_address", "preflight"]
 
@@ -59,8 +62,8 @@ class GrpcSender:
 
     def __init__(self, target: TargetSpec):
         self.target = target
-        self.address = grpc_address(target.url)
-        self.channel = None
+        self.address = grpc_address(target.server_url())
+        self.channel: grpc.aio.Channel | None = None
 
     async def prepare(self, images_per_request: int, seed: int = 0) -> dict[str, Any]:
         """Build the request once, open the channel and check one answer; raises ErrorReply if wrong."""
@@ -78,7 +81,7 @@ class GrpcSender:
         await self.close()
         self.channel = grpc.aio.insecure_channel(self.address, options=_CHANNEL_OPTIONS)
         # The request goes out as the bytes built above (no serialiser): nothing per request but the send.
-        self._infer = self.channel.unary_unary(
+        self._infer: grpc.aio.UnaryUnaryMultiCallable = self.channel.unary_unary(
             _method_path("ModelInfer"), request_serializer=None, response_deserializer=service_pb2.ModelInferResponse.FromString
         )
         try:

@@ -36,9 +36,11 @@ def node_targets(app_name: str, transport: str) -> list[NodeTarget]:
     for record in registry.ingress_records(app_name):
         if not processes[record.node]:
             continue  # an ingress with no replica beside it (the node `up` ran on) only forwards
-        if transport == "grpc" and not record.grpc_target:
-            raise ConfigError("the rayscale app serves no gRPC (it was started with --grpc-port 0): drop --grpc")
-        url = record.grpc_target if transport == "grpc" else record.url
+        url = record.url
+        if transport == "grpc":
+            if not record.grpc_target:
+                raise ConfigError("the rayscale app serves no gRPC (it was started with --grpc-port 0): drop --grpc")
+            url = record.grpc_target
         targets.append(NodeTarget(node=record.node, node_ip=record.node_ip, url=url, processes=processes[record.node]))
     if not targets:
         raise ServerError(
@@ -66,8 +68,8 @@ def spread(actors: int, targets: list[NodeTarget], *, room: dict[str, int] | Non
             counts[i] += 1
     if room is not None:
         limit = [max(room.get(t.node, 0), 0) for t in targets]
-        excess = sum(max(c - m, 0) for c, m in zip(counts, limit))
-        counts = [min(c, m) for c, m in zip(counts, limit)]
+        excess = sum(max(c - m, 0) for c, m in zip(counts, limit, strict=True))
+        counts = [min(c, m) for c, m in zip(counts, limit, strict=True)]
         while excess:
             spare = [i for i in range(len(targets)) if counts[i] < limit[i]]
             if not spare:

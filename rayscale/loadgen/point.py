@@ -20,7 +20,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-
 from rayscale.environment import now_iso
 from rayscale.loadgen.config import BenchConfig
 from rayscale.loadgen.events import EventCallback, WindowMeasured

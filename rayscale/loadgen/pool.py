@@ -8,12 +8,11 @@ each node's ingress) the nodes that serve, change.
 from __future__ import annotations
 
 import logging
+import math
+from dataclasses import replace
 from typing import Any
 
 from rayscale.errors import ConfigError, ServerError
-import math
-from dataclasses import replace
-
 from rayscale.loadgen.client import LoadClient
 from rayscale.loadgen.config import BenchConfig
 from rayscale.loadgen.ingresses import NodeTarget, node_targets, spread
@@ -106,6 +105,8 @@ class ClientPool:
     def restart(self) -> None:
         """Fresh actors in place of the ones there (one died, or a point failed mid-way)."""
         ipr = self.images_per_request
+        if ipr is None:  # never made ready: no actors to replace
+            return
         placement = self._plan(self.size)
         self.close()
         self.actors = self._start(placement)
@@ -123,7 +124,7 @@ class ClientPool:
         targets = node_targets(self.cfg.app_name, self.cfg.transport)
         if not self.cfg.clients:
             n = max(n, len(targets))
-        return spread(n, targets, room=self._room(targets))
+        return list(spread(n, targets, room=self._room(targets)))
 
     def _room(self, targets: list[NodeTarget]) -> dict[str, int] | None:
         """Client actors each node can still schedule (None: no limit, actors reserve no CPU)."""
@@ -146,7 +147,7 @@ class ClientPool:
         if cfg.mode == "closed":
             shares = _split(int(load), self.size)
             active = self.actors[: len(shares)]
-            ray.get([c.start_closed.remote(s) for c, s in zip(active, shares)])
+            ray.get([c.start_closed.remote(s) for c, s in zip(active, shares, strict=True)])
             return active
         per_actor = float(load) / self.size
         ray.get([c.start_open.remote(per_actor, cfg.arrival, cfg.seed + i) for i, c in enumerate(self.actors)])

@@ -7,7 +7,7 @@ hidden by the client slowing down (coordinated omission).
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 

@@ -8,8 +8,8 @@ round(p/100·(n−1)) instead: the two are at most one sample apart.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -39,7 +39,7 @@ class ClientTake:
     cpu_pct: float = 0.0
     cpu_s: float = 0.0
 
-    def merge(self, other: "ClientTake") -> "ClientTake":
+    def merge(self, other: ClientTake) -> ClientTake:
         errors = dict(self.errors)
         for kind, n in other.errors.items():
             errors[kind] = errors.get(kind, 0) + n
@@ -57,13 +57,13 @@ class ClientTake:
         )
 
     @classmethod
-    def pooled(cls, takes: Iterable["ClientTake"]) -> "ClientTake":
+    def pooled(cls, takes: Iterable[ClientTake]) -> ClientTake:
         total = cls()
         for take in takes:
             total = total.merge(take)
         return total
 
-    def counts_only(self) -> "ClientTake":
+    def counts_only(self) -> ClientTake:
         """The same counts without the latency samples (for totals kept over a whole point)."""
         return replace(self, latencies_s=np.empty(0))
 

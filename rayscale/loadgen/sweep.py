@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import io
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Protocol
+from typing import Any, Protocol
 
 from rayscale.config import DEFAULT_MODEL_DIR
 from rayscale.environment import collect_environment, now_iso
@@ -40,10 +42,10 @@ class LoadEngine(Protocol):
 
     transport: str  # PointResult.transport of its points
 
-    def deployment(self, replicas: int) -> ContextManager[None]:
+    def deployment(self, replicas: int) -> contextlib.AbstractContextManager[None]:
         """The server at ``replicas`` replicas for the points inside."""
 
-    def clients(self, images_per_request: int, *, replicas: int) -> ContextManager[PointRunner]:
+    def clients(self, images_per_request: int, *, replicas: int) -> contextlib.AbstractContextManager[PointRunner]:
         """Clients ready to send ``images_per_request`` images per request; yields the point runner.
 
         The runner measures a planned point at a load and returns it; a failure of the engine on
@@ -67,7 +69,7 @@ class ResultsFile:
     finished: dict[tuple, PointResult] = field(default_factory=dict)
 
     @classmethod
-    def open(cls, cfg: BenchConfig, target: str, *, client: str | None = None) -> "ResultsFile":
+    def open(cls, cfg: BenchConfig, target: str, *, client: str | None = None) -> ResultsFile:
         """``--out`` (or a fresh default name); an existing file is resumed or refused, never overwritten silently."""
         path = Path(cfg.out) if cfg.out else default_out(target, client)
         previous = previous_bench_result(path, resume=cfg.resume, overwrite=cfg.overwrite)
@@ -161,9 +163,9 @@ def run_sweep(cfg: BenchConfig, engine: LoadEngine, *, result: BenchResult, file
                                            images_per_request=ipr, load=load)) for load in cfg.loads]
                 for ipr in cfg.images_per_request
             }  # fmt: skip
-            with _unless_done(file, plan, lambda: engine.deployment(n_replicas)):
+            with _unless_done(file, plan, functools.partial(engine.deployment, n_replicas)):
                 for ipr, points in plan.items():
-                    with _unless_done(file, {ipr: points}, lambda: engine.clients(ipr, replicas=n_replicas)) as run_point:
+                    with _unless_done(file, {ipr: points}, functools.partial(engine.clients, ipr, replicas=n_replicas)) as run_point:
                         for load, point in points:
                             _one_point(run_point, point, load, result=result, file=file, emit=emit)
         result.status = "complete"
@@ -175,7 +177,7 @@ def run_sweep(cfg: BenchConfig, engine: LoadEngine, *, result: BenchResult, file
     return result
 
 
-def _unless_done(file: ResultsFile, plan: dict[int, list[tuple[Any, PointResult]]], setting: Callable[[], ContextManager]) -> ContextManager:
+def _unless_done(file: ResultsFile, plan: dict[int, list[tuple[Any, PointResult]]], setting: Callable[[], contextlib.AbstractContextManager]) -> contextlib.AbstractContextManager:
     """The setting's context, or nothing where the file already holds every point it would measure."""
     if all(point.key in file.finished for points in plan.values() for _, point in points):
         return contextlib.nullcontext()
@@ -188,6 +190,7 @@ def _one_point(run_point: PointRunner | None, point: PointResult, load: int | fl
         result.points.append(file.finished[point.key])
         emit(PointSkipped(point))
         return
+    assert run_point is not None, "a setting is skipped only where every one of its points is finished"
     emit(PointStarted(point))
     try:
         point = run_point(point, load)

@@ -104,6 +104,8 @@ def fetch_stats(*, model: str, url: str | None = None, app_name: str | None = No
 
             return fetch_statistics(url, model, token)
         if url is None:
+            if app_name is None:
+                return None
             from rayscale.serve.stats import get_stats_snapshot, statistics_body
 
             snap = get_stats_snapshot(app_name)

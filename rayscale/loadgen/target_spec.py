@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from rayscale.config import MODEL_NAME
+from rayscale.errors import ConfigError
 
 __all__ = ["TargetSpec"]
 
@@ -18,3 +19,9 @@ class TargetSpec:
     token: str | None = None
     app_name: str = "rayscale"
     timeout_s: float = 60.0
+
+    def server_url(self) -> str:
+        """The url of an http or grpc target; a ConfigError for one that has none."""
+        if not self.url:
+            raise ConfigError(f"a {self.kind} target needs a url")
+        return self.url

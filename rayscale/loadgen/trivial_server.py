@@ -63,7 +63,7 @@ class TrivialServer:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=5)
 
-    def __enter__(self) -> "TrivialServer":
+    def __enter__(self) -> TrivialServer:
         return self
 
     def __exit__(self, *exc) -> None:

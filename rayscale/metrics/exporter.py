@@ -74,7 +74,7 @@ def histogram_buckets(h: dict[str, Any]) -> list[tuple[str, float]]:
     from prometheus_client.utils import floatToGoString
 
     buckets, cumulative = [], 0
-    for bound, count in zip(list(h["bounds"]) + [float("inf")], h["counts"]):
+    for bound, count in zip(list(h["bounds"]) + [float("inf")], h["counts"], strict=True):
         cumulative += count
         buckets.append((floatToGoString(bound), cumulative))
     return buckets
@@ -140,18 +140,18 @@ class _ServingCollector:
             ("rayscale_in_flight_requests", s["in_flight"], "Requests accepted by a replica and not yet answered"),
             ("rayscale_replicas", s["replicas"], "Replicas that have reported statistics"),
         ):
-            family = GaugeMetricFamily(metric, doc, labels=["app"])
-            family.add_metric(app, value)
-            yield family
+            gauge = GaugeMetricFamily(metric, doc, labels=["app"])
+            gauge.add_metric(app, value)
+            yield gauge
         for metric, key, doc in (
             ("rayscale_batch_images", "batch_images", "Images per executed batch"),
             ("rayscale_queue_seconds", "queue_seconds", "Time a request waited for its batch to start, seconds"),
             ("rayscale_compute_seconds", "compute_seconds", "Compute time of the batch each request ran in, seconds"),
         ):
             h = s[key]
-            family = HistogramMetricFamily(metric, doc, labels=["app"])
-            family.add_metric(app, histogram_buckets(h), sum_value=h["sum"])
-            yield family
+            histogram = HistogramMetricFamily(metric, doc, labels=["app"])
+            histogram.add_metric(app, histogram_buckets(h), sum_value=h["sum"])
+            yield histogram
 
 
 def build_registry(*, app_name: str | None, gpus: bool = True, node: str | None = None):
@@ -198,7 +198,7 @@ class ExporterServer:
         self._server.server_close()
         self._thread.join(timeout=5)
 
-    def __enter__(self) -> "ExporterServer":
+    def __enter__(self) -> ExporterServer:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -286,7 +286,7 @@ def start_node_exporters(*, host: str = "127.0.0.1", port: int = 9400, app_name:
             ).remote(host, port, app_name if node_id == serving_node else None)
         )
         addresses.append(address)
-    for h, address in zip(handles, addresses):
+    for h, address in zip(handles, addresses, strict=True):
         try:
             info = ray.get(h.info.remote(), timeout=60)
         except RayActorError as e:

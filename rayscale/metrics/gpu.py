@@ -12,7 +12,8 @@ import logging
 import socket
 import threading
 import time
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from rayscale.metrics.nodes import alive_nodes, pinned_to
 from rayscale.results import GpuSummary
@@ -117,7 +118,7 @@ class GpuSampler:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def start(self) -> "GpuSampler":
+    def start(self) -> GpuSampler:
         if self._thread is not None:
             return self
         self.samples = []
@@ -147,7 +148,7 @@ class GpuSampler:
             self._thread = None
         return list(self.samples)
 
-    def __enter__(self) -> "GpuSampler":
+    def __enter__(self) -> GpuSampler:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import threading
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from rayscale.metrics.exporter import ExporterServer, histogram_buckets, serve_registry
 

@@ -110,7 +110,7 @@ def _collect_points(
     """Series keys in first-seen order, and each point by what it measured (a later file replaces an earlier one)."""
     series_keys: list[tuple] = []
     latest: dict[tuple, tuple[PointResult, BenchResult, str]] = {}
-    for result, source in zip(results, sources):
+    for result, source in zip(results, sources, strict=True):
         if result.status != "complete":
             notes.append(f"{source}: the run that wrote it is {result.status}: points it lacks were not measured")
         for point in result.points:

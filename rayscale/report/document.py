@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Union
 
 from rayscale.tables import Table
 
@@ -56,7 +55,7 @@ class Figure:
     caption: str
 
 
-Block = Union[Heading, Paragraph, BulletList, Table, CodeBlock, Figure]
+Block = Heading | Paragraph | BulletList | Table | CodeBlock | Figure
 
 
 @dataclass

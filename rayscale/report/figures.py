@@ -14,6 +14,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from rayscale.report.config import DEFAULT_KNEE_FACTOR, DEFAULT_KNEE_MIN_P99_GROWTH
 from rayscale.report.types import Bottleneck, Knee, PointRow
 from rayscale.results import EngineBenchResult
@@ -29,14 +31,14 @@ def find_knee(
     rows: list[PointRow], *, factor: float = DEFAULT_KNEE_FACTOR, min_p99_growth: float = DEFAULT_KNEE_MIN_P99_GROWTH
 ) -> Knee | None:
     """The first load step where p99 grows > factor × throughput's relative growth (and ≥ min_p99_growth)."""
-    usable = sorted((r for r in rows if r.usable and r.load is not None), key=lambda r: r.load)
-    for prev, cur in zip(usable, usable[1:]):
+    usable = sorted(((r.load, r) for r in rows if r.usable and r.load is not None), key=lambda pair: pair[0])
+    for (load, prev), (next_load, cur) in itertools.pairwise(usable):
         if not prev.latency_p99_ms or cur.latency_p99_ms is None or prev.images_per_s <= 0:
             continue
         p99_growth = (cur.latency_p99_ms - prev.latency_p99_ms) / prev.latency_p99_ms
         thr_growth = (cur.images_per_s - prev.images_per_s) / prev.images_per_s
         if p99_growth >= min_p99_growth and p99_growth > factor * max(thr_growth, 0.0):
-            return Knee(load=prev.load, next_load=cur.load, p99_growth=p99_growth, throughput_growth=thr_growth)
+            return Knee(load=load, next_load=next_load, p99_growth=p99_growth, throughput_growth=thr_growth)
     return None
 
 

@@ -42,7 +42,7 @@ def goodput_images_per_s(row: PointRow, slo_p99_ms: float | None,
     """
     if slo_p99_ms is None or not row.usable:
         return None
-    if goodput_method(histogram) == GOODPUT_HISTOGRAM:
+    if histogram is not None and goodput_method(histogram) == GOODPUT_HISTOGRAM:
         return row.images_per_s * histogram.fraction_within(slo_p99_ms)
     if row.latency_p99_ms is None:
         return None
@@ -58,7 +58,8 @@ def goodput_parameters(rows: list[PointRow], points: list[PointResult]) -> dict[
     """How goodput was computed: one method, or ``mixed`` (each row says which), and the widest histogram bucket used."""
     methods = sorted({r.goodput_method for r in rows if r.goodput_method})
     widths = [p.latency_histogram.bucket_width_pct
-              for r, p in zip(rows, points) if r.goodput_method == GOODPUT_HISTOGRAM]  # fmt: skip
+              for r, p in zip(rows, points, strict=True)
+              if r.goodput_method == GOODPUT_HISTOGRAM and p.latency_histogram is not None]  # fmt: skip
     return {
         "goodput_method": methods[0] if len(methods) == 1 else (GOODPUT_MIXED if methods else None),
         "goodput_bucket_width_pct": round(max(widths), 2) if widths else None,

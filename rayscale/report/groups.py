@@ -64,11 +64,10 @@ def summarise_group(
             best = max(meeting, key=lambda r: r.images_per_s)
             g.slo_images_per_s, g.slo_load, g.slo_latency_p99_ms = best.images_per_s, best.load, best.latency_p99_ms
         g.peak_goodput_images_per_s, g.peak_goodput_method = peak.goodput_images_per_s, peak.goodput_method
-        rated = [r for r in usable if r.goodput_images_per_s is not None]
+        rated = [(r.goodput_images_per_s, r) for r in usable if r.goodput_images_per_s is not None]
         if rated:
-            best_goodput = max(rated, key=lambda r: r.goodput_images_per_s)
-            g.goodput_images_per_s, g.goodput_load = best_goodput.goodput_images_per_s, best_goodput.load
-            g.goodput_method = best_goodput.goodput_method
+            g.goodput_images_per_s, best_goodput = max(rated, key=lambda pair: pair[0])
+            g.goodput_load, g.goodput_method = best_goodput.load, best_goodput.goodput_method
     g.knee = find_knee(rows, factor=config.knee_factor, min_p99_growth=config.knee_min_p99_growth)
     g.bottleneck = diagnose(peak)
     if engine is not None:
@@ -83,13 +82,14 @@ def summarise_group(
 def set_scaling_efficiency(groups: list[GroupSummary], series: list[str]) -> None:
     """Fill each group's efficiency against its series' smallest size (GPUs, or CPU replicas) with a peak."""
     for label in series:
-        peaked = sorted((g for g in groups if g.series == label and g.peak_images_per_s), key=lambda g: g.units)
+        peaked = sorted(((g.peak_images_per_s, g) for g in groups if g.series == label and g.peak_images_per_s),
+                        key=lambda pair: pair[1].units)  # fmt: skip
         if not peaked:
             continue
-        base = peaked[0]
-        per_unit_base = base.peak_images_per_s / base.units
-        for g in peaked:
-            g.efficiency = (g.peak_images_per_s / g.units) / per_unit_base
+        base_peak, base = peaked[0]
+        per_unit_base = base_peak / base.units
+        for peak, g in peaked:
+            g.efficiency = (peak / g.units) / per_unit_base
             g.efficiency_base_gpus = base.units
 
 

@@ -152,8 +152,8 @@ def _table(table: Table) -> str:
         classes = "num" if is_number else ("short" if tag == "td" and len(plain_text(text)) <= _SHORT_CELL_CHARS else "")
         return f'<{tag} class="{classes}">{_inline(text)}</{tag}>' if classes else f"<{tag}>{_inline(text)}</{tag}>"
 
-    head = "".join(cell("th", h, n) for h, n in zip(table.header, numeric))
-    body = "\n".join("<tr>" + "".join(cell("td", c, n) for c, n in zip(row, numeric)) + "</tr>" for row in table.rows)
+    head = "".join(cell("th", h, n) for h, n in zip(table.header, numeric, strict=True))
+    body = "\n".join("<tr>" + "".join(cell("td", c, n) for c, n in zip(row, numeric, strict=True)) + "</tr>" for row in table.rows)
     wide = ' class="compact"' if len(table.header) >= _MANY_COLUMNS else ""
     return f'<div class="table-wrap"><table{wide}>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table></div>'
 

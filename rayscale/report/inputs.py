@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from rayscale.errors import ResultsError
@@ -17,7 +18,7 @@ def _expand(path: Path) -> list[Path]:
     return [path]
 
 
-def load_bench_results(paths: list[str | os.PathLike]) -> tuple[list[BenchResult], list[str]]:
+def load_bench_results(paths: Sequence[str | os.PathLike]) -> tuple[list[BenchResult], list[str]]:
     """Bench results from files, or from every bench file under a directory; with their names.
 
     A file named explicitly must be a bench result; in a directory, other JSON files (engine

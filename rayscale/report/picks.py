@@ -42,17 +42,18 @@ def pick_cheapest(groups: list[GroupSummary], target_ips: float, slo_p99_ms: flo
             return g.slo_images_per_s, g.slo_load, g.slo_latency_p99_ms
         return g.peak_images_per_s, g.peak_load, g.peak_latency_p99_ms
 
-    candidates = [g for g in groups if (capacity(g)[0] or 0.0) >= target_ips]
+    # (capacity, group) for each group that reaches the target
+    candidates = [(cap, g) for g in groups if (cap := capacity(g)[0]) is not None and cap >= target_ips]
     if not candidates:
         return None
-    priced = all(g.hourly_cost_usd is not None for g in candidates)
+    priced = all(g.hourly_cost_usd is not None for _, g in candidates)
     if priced:
-        best = min(candidates, key=lambda g: (g.hourly_cost_usd, -capacity(g)[0]))
+        ips, best = min(candidates, key=lambda c: (c[1].hourly_cost_usd, -c[0]))
         basis = "lowest hourly cost"
     else:
-        best = min(candidates, key=lambda g: (g.gpus, g.units, -capacity(g)[0]))
+        ips, best = min(candidates, key=lambda c: (c[1].gpus, c[1].units, -c[0]))
         basis = "fewest GPUs (no price for every candidate)"
-    ips, load, p99 = capacity(best)
+    _, load, p99 = capacity(best)
     slo_text = f" with p99 ≤ {slo_p99_ms:g} ms" if slo_p99_ms is not None else ""
     return Pick(
         series=best.series,

@@ -91,7 +91,7 @@ def plot_throughput_vs_load(report: Report, path: Path) -> Path:
     """Images/s against concurrency (or offered rate), one panel per series, one line per GPU count."""
     plt = _pyplot()
     fig, axes = _panels(plt, len(report.series))
-    for ax, series in zip(axes, report.series):
+    for ax, series in zip(axes, report.series, strict=True):
         for group in report.groups_of(series):
             rows = [r for r in report.points_of(series, group.units) if r.load is not None]
             usable = [r for r in rows if r.usable]
@@ -119,7 +119,7 @@ def plot_latency_vs_throughput(report: Report, path: Path) -> Path:
     plt = _pyplot()
     fig, axes = _panels(plt, len(report.series))
     slo = report.parameters.get("slo_p99_ms")
-    for ax, series in zip(axes, report.series):
+    for ax, series in zip(axes, report.series, strict=True):
         for group in report.groups_of(series):
             usable = [r for r in report.points_of(series, group.units) if r.usable]
             usable.sort(key=lambda r: r.images_per_s)
@@ -144,14 +144,15 @@ def plot_scaling(report: Report, path: Path) -> Path:
     fig, (ax_thr, ax_eff) = plt.subplots(1, 2, figsize=(12, 4.2), layout="constrained")
     all_gpus = sorted({g.units for g in report.groups})
     for series in report.series:
-        groups = [g for g in report.groups_of(series) if g.peak_images_per_s]
-        if not groups:
+        peaked = [(g.peak_images_per_s, g) for g in report.groups_of(series) if g.peak_images_per_s]
+        if not peaked:
             continue
+        groups = [g for _, g in peaked]
         gpus = [g.units for g in groups]
-        line = ax_thr.plot(gpus, [g.peak_images_per_s for g in groups], marker="o", label=series)[0]
-        base = groups[0]
+        line = ax_thr.plot(gpus, [peak for peak, _ in peaked], marker="o", label=series)[0]
+        base_peak, base = peaked[0]
         ideal_x = [n for n in all_gpus if n >= base.units]
-        ax_thr.plot(ideal_x, [base.peak_images_per_s / base.units * n for n in ideal_x], linestyle=":",
+        ax_thr.plot(ideal_x, [base_peak / base.units * n for n in ideal_x], linestyle=":",
                     color=line.get_color())
         ax_eff.plot(gpus, [100.0 * (g.efficiency or 0.0) for g in groups], marker="o", label=series)
     ax_eff.axhline(100.0, color="black", linestyle=":")
@@ -181,7 +182,7 @@ def _grouped_bars(ax, report: Report, value, ylabel: str, title: str) -> None:
         xs = [j + (i - (len(report.series) - 1) / 2) * width for j in range(len(gpus))]
         heights = [by_gpus.get(n) or 0.0 for n in gpus]
         bars = ax.bar(xs, heights, width=width, label=series)
-        for bar, h in zip(bars, heights):
+        for bar, h in zip(bars, heights, strict=True):
             if h:
                 ax.annotate(_bar_label(h), (bar.get_x() + bar.get_width() / 2, h), ha="center", va="bottom",
                             fontsize="x-small")

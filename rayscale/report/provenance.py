@@ -69,7 +69,7 @@ def check_comparable(
     differs and where, unless ``allow_mismatch``; then they are returned for the report to state.
     """
     by_setting: dict[str, dict[str, list[str]]] = {}
-    for result, source in zip(results, sources):
+    for result, source in zip(results, sources, strict=True):
         for setting, value in _comparable_settings(result).items():
             if value is not None:
                 by_setting.setdefault(setting, {}).setdefault(str(value), []).append(source)
@@ -95,7 +95,7 @@ def describe_setup(
                 out.setdefault(str(value), []).append(source)
         return out
 
-    everything: list[tuple[str, BenchResult | EngineBenchResult]] = list(zip(sources, results))
+    everything: list[tuple[str, BenchResult | EngineBenchResult]] = list(zip(sources, results, strict=True))
     if engine is not None:
         everything.append((engine_name, engine))
     env = [(s, r.environment or {}) for s, r in everything]
@@ -106,11 +106,11 @@ def describe_setup(
             versions.setdefault(package, {}).setdefault(str(version), []).append(source)
     cpu = [(s, (e.get("cpu") or {})) for s, e in env]
     layouts: dict[str, dict[str, list[str]]] = {}
-    for source, r in zip(sources, results):
+    for source, r in zip(sources, results, strict=True):
         for target, layout in sorted({(p.target, layout_of(p, r)) for p in r.points}, key=str):
             layouts.setdefault(target, {}).setdefault(layout.describe(), []).append(source)
     serve_configs: dict[str, dict[str, list[str]]] = {}
-    for source, r in zip(sources, results):
+    for source, r in zip(sources, results, strict=True):
         targets = sorted({p.target for p in r.points}) or ["?"]
         if r.serve_config:
             key = " / ".join(targets)
@@ -136,7 +136,7 @@ def describe_setup(
         "serve_config": serve_configs,
         "bench_config": {
             s: ", ".join(f"{k}={v}" for k, v in sorted((r.config or {}).items()) if not isinstance(v, (dict, list)))
-            for s, r in zip(sources, results)
+            for s, r in zip(sources, results, strict=True)
         },
         "commands": {s: r.command for s, r in everything if r.command},
     }

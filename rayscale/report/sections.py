@@ -305,9 +305,9 @@ def _comparison(report: Report) -> list[Block]:
     header += ["ranking"]
     rows = []
     for c in report.comparisons:
-        for series in sorted(c.peak_images_per_s, key=c.peak_images_per_s.get, reverse=True):
+        for series, peak in sorted(c.peak_images_per_s.items(), key=lambda kv: kv[1], reverse=True):
             row = [size_label(c.hardware, c.units), c.like_for_like, series,
-                   _num(c.peak_images_per_s[series]), _num(c.peak_latency_p99_ms.get(series))]
+                   _num(peak), _num(c.peak_latency_p99_ms.get(series))]
             if slo is not None:
                 row += [_goodput(c.goodput_images_per_s.get(series), c.goodput_method.get(series))]
             if c.leader is None:

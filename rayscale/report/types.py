@@ -172,7 +172,7 @@ class Comparison:
 
     gpus: int
     peak_images_per_s: dict[str, float]
-    peak_latency_p99_ms: dict[str, float]
+    peak_latency_p99_ms: dict[str, float | None]
     slo_images_per_s: dict[str, float]
     leader: str | None
     lead_ratio: float | None  # leader's peak ÷ the runner-up's

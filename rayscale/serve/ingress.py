@@ -386,14 +386,14 @@ class NodeIngress:
     def _start(self, *, wait_for_ports_s: float) -> None:
         deadline = time.monotonic() + wait_for_ports_s
         while True:
-            self.proc = subprocess.Popen(
+            self.proc = proc = subprocess.Popen(
                 [_haproxy_binary(), "-db", "-f", str(self.conf)],
                 stdout=subprocess.DEVNULL,
                 stderr=open(self.workdir / "haproxy.log", "wb"),
                 preexec_fn=_die_with_parent,
             )
             try:
-                self._wait_started()
+                self._wait_started(proc)
                 break
             except ServerError:
                 if time.monotonic() >= deadline:
@@ -401,23 +401,23 @@ class NodeIngress:
                 time.sleep(0.25)
         registry.put_ingress(self.cfg.app_name, self.record())
 
-    def _wait_started(self) -> None:
+    def _wait_started(self, proc: subprocess.Popen) -> None:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
+            if proc.poll() is not None:
                 log_text = (self.workdir / "haproxy.log").read_text(errors="replace").strip().splitlines()
                 why = " | ".join(line for line in log_text if "ALERT" in line)[-600:] or " | ".join(log_text[-3:])
                 raise ServerError(
                     f"the ingress (HAProxy) did not start on {self.bind_host}:{self.cfg.http_port}"
                     + (f"/{self.cfg.grpc_port}" if self.cfg.grpc_port else "")
-                    + f": {why or 'exit code ' + str(self.proc.returncode)} — is the port in use? pass --port / --grpc-port"
+                    + f": {why or 'exit code ' + str(proc.returncode)} — is the port in use? pass --port / --grpc-port"
                 )
             try:
                 self.admin("show info")
                 return
             except OSError:
                 time.sleep(0.05)
-        self.proc.kill()
+        proc.kill()
         raise ServerError("the ingress (HAProxy) did not open its admin socket within 20 s")
 
     def _restart(self) -> None:
@@ -447,7 +447,7 @@ class NodeIngress:
         pruned = 0.0
         while not self._stop.is_set():
             try:
-                if self.proc.poll() is not None:
+                if self.proc is None or self.proc.poll() is not None:
                     self._restart()
                 now = time.monotonic()
                 records = registry.replica_records(self.cfg.app_name, live_only=now - pruned >= PRUNE_S)
@@ -539,7 +539,8 @@ class NodeIngress:
         if not lines or not lines[0].startswith("#"):
             return {}
         header = lines[0].lstrip("# ").split(",")
-        rows = (dict(zip(header, line.split(","))) for line in lines[1:] if line)
+        # strict=False: a row with more or fewer fields than the header still names the ones it has.
+        rows = (dict(zip(header, line.split(","), strict=False)) for line in lines[1:] if line)
         return {(r["pxname"], r["svname"]): r for r in rows if "pxname" in r}
 
     def pid(self) -> int | None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from rayscale.serve.registry import ReplicaRecord
 from rayscale.config import EMBED_DIM, IMAGE_SIZE, INPUT_NAME, MODEL_NAME, OUTPUT_NAME, ServeConfig, queue_delay_us
+from rayscale.serve.registry import ReplicaRecord
 
 __all__ = ["DEPLOYMENT_NAME", "MODEL_VERSION", "model_metadata", "triton_model_config"]
 

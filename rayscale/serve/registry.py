@@ -65,7 +65,7 @@ class ReplicaRecord:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ReplicaRecord":
+    def from_dict(cls, data: dict[str, Any]) -> ReplicaRecord:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
@@ -87,7 +87,7 @@ class IngressRecord:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "IngressRecord":
+    def from_dict(cls, data: dict[str, Any]) -> IngressRecord:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from rayscale.config import IMAGE_SIZE, LOOPBACK_HOSTS, LOCAL_HOST, ServeConfig
+from rayscale.config import IMAGE_SIZE, LOCAL_HOST, LOOPBACK_HOSTS, ServeConfig
 from rayscale.errors import BadRequest, Overloaded, PayloadTooLarge, ProtocolError, Unauthorized
 from rayscale.serve import registry, routes
 from rayscale.serve.http_server import HttpResponse, RequestHead, error_response, start_http_server
@@ -54,12 +54,13 @@ class OpenClipEncoder:
     """One replica: an engine, a batcher, the protocol's routes and (ingress ``direct``) its own servers."""
 
     def __init__(self, cfg: ServeConfig):
+        import ray
+
         from rayscale.engine import NullEngine
         from rayscale.engine_options import create_engine
         from rayscale.export import load_model_info
         from rayscale.serve.batcher import ImageBatcher
         from rayscale.serve.stats import ReplicaStats, get_or_create_collector
-        import ray
 
         self.cfg = cfg
         self.max_batch_size = cfg.max_batch_size
@@ -150,9 +151,10 @@ class OpenClipEncoder:
         """Keep this process's copy of the app's draining flag (readiness answers from it, so a probe
         never waits on another process), and put back what a crash took away: the statistics actor,
         killed for good, is made anew; so is this node's ingress actor."""
-        from rayscale.serve.stats import collector_name, get_or_create_collector
-        from rayscale.serve.stats import NAMESPACE as STATS_NAMESPACE
         import ray
+
+        from rayscale.serve.stats import NAMESPACE as STATS_NAMESPACE
+        from rayscale.serve.stats import collector_name, get_or_create_collector
 
         def lookups() -> None:
             try:
@@ -305,6 +307,7 @@ class OpenClipEncoder:
         declared = head.headers.get("content-length", "0")
         head.content_length = int(declared) if declared.isdigit() else 0
         refused = routes.admit(self, head)
+        body = b""
         if refused is None:
             infer = _is_infer(head.path)
             self.admitted += infer

@@ -25,10 +25,10 @@ from rayscale.errors import (
     ProtocolError,
 )
 from rayscale.serve.http_server import HttpResponse, RequestHead, error_response
+from rayscale.serve.model_config import MODEL_VERSION
 
 __all__ = ["MODEL_VERSION", "Backend", "admit", "handle"]
 
-from rayscale.serve.model_config import MODEL_VERSION
 _UNSUPPORTED_PREFIXES = ("/v2/repository", "/v2/systemsharedmemory", "/v2/cudasharedmemory", "/v2/trace", "/v2/logging")
 _JSON = {"Content-Type": "application/json"}
 

@@ -18,6 +18,7 @@ buffers and graph are its own).
 
 import json
 import os
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -88,7 +89,7 @@ class TritonPythonModel:
                 f"(available: {ort.get_available_providers()}): install onnxruntime-gpu with its CUDA 12 and cuDNN 9 "
                 "libraries in the Triton interpreter (`rayscale triton setup --gpu-libs`)"
             )
-        self.binding = self.session.io_binding() if on_gpu else None
+        self.binding: Any = self.session.io_binding() if on_gpu else None  # an onnxruntime IOBinding (untyped)
         self.buffers = {}  # bucket -> (host staging array, device input, device output)
         self.run_options = {}  # cuda_graph: bucket -> RunOptions naming that bucket's graph
         self._warmup()
