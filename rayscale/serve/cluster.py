@@ -565,7 +565,7 @@ def down(
     import ray
     from ray import serve
 
-    from rayscale.serve.ingress import stop_ingresses
+    from rayscale.serve.ingress import drain_ingresses, stop_ingresses
     from rayscale.serve.stats import kill_collector
 
     record = read_state()
@@ -576,7 +576,10 @@ def down(
         _state_file().unlink(missing_ok=True)
         return result
     if app_name in serve.status().applications:
-        registry.set_draining(app_name)  # every replica process turns its readiness off within 0.25 s
+        # Readiness off at every ingress at once (a client polling it never sees it turn back on),
+        # then in every replica process within 0.25 s (those the ingresses route to and direct clients).
+        drain_ingresses(app_name)
+        registry.set_draining(app_name)
         time.sleep(drain_s)
         serve.delete(app_name, _blocking=True)
         result.app_deleted = True

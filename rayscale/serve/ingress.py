@@ -27,7 +27,9 @@ Replicas come and go without a reload: the backends hold fixed sets of server sl
 node's ``NodeIngress`` actor follows the app's replica records (every ``POLL_S``) and fills or
 empties slots through HAProxy's admin socket, so established client connections are never cut.
 HAProxy health-checks every replica's readiness (answered by the replica from its own state) and
-stops routing to one that fails or drains. The actor watches its HAProxy too: one that dies is
+stops routing to one that fails or drains. When the app drains (``rayscale down``), each ingress
+answers readiness 503 itself, at once for every process behind it, so a client polling readiness
+never sees it turn back on while the processes learn of the draining one by one. The actor watches its HAProxy too: one that dies is
 started again on the same ports within a second, and the actor itself is restarted on its node
 by Ray if its process dies.
 """
@@ -61,6 +63,7 @@ __all__ = [
     "IngressCounters",
     "IngressState",
     "NodeIngress",
+    "drain_ingresses",
     "ensure_node_ingress",
     "get_node_ingress",
     "ingress_config",
@@ -87,6 +90,7 @@ LOG_ENV = "RAYSCALE_INGRESS_LOG"  # set (in the ingress actor's environment) to 
 _LOCAL, _REMOTE = "local", "remote"
 _BACKENDS = {(proto, side): f"replicas_{proto}_{side}" for proto in ("http", "grpc") for side in (_LOCAL, _REMOTE)}
 _FRONTENDS = {"http": "rayscale_http", "grpc": "rayscale_grpc"}
+_DRAINING_MAP = "draining.map"  # holds the key "app" once the app drains; HAProxy reads it per request
 
 _ERRORS = {
     400: (400, "Bad Request", "malformed HTTP request"),
@@ -238,15 +242,15 @@ def render_config(cfg: IngressConfig, *, token: str, workdir: Path, bind_host: s
           ["    http-reuse safe", "    retry-on conn-failure empty-response"]),
         *[f"    errorfile {code} {workdir / f'{code}.http'}" for code in sorted(_ERRORS)],
         "",
-        *_frontend("http", cfg, bind, token),
+        *_frontend("http", cfg, bind, token, workdir),
         *_pools("http", cfg, token),
     ]  # fmt: skip
     if cfg.grpc_port:
-        lines += ["", *_frontend("grpc", cfg, bind, token), *_pools("grpc", cfg, token)]
+        lines += ["", *_frontend("grpc", cfg, bind, token, workdir), *_pools("grpc", cfg, token)]
     return "\n".join(lines) + "\n"
 
 
-def _frontend(proto: str, cfg: IngressConfig, bind: str, token: str) -> list[str]:
+def _frontend(proto: str, cfg: IngressConfig, bind: str, token: str, workdir: Path) -> list[str]:
     local, remote = _BACKENDS[(proto, _LOCAL)], _BACKENDS[(proto, _REMOTE)]
     lines = [
         f"frontend {_FRONTENDS[proto]}",
@@ -254,9 +258,15 @@ def _frontend(proto: str, cfg: IngressConfig, bind: str, token: str) -> list[str
         f"    http-request del-header {INGRESS_TOKEN_HEADER}",
     ]
     if proto == "http":
-        # Serve's proxy health path, which KubeRay probes: healthy while a replica on this node is routed
+        # Draining: readiness and Serve's health path answer 503 here, for every process at once.
+        # Serve's proxy health path, which KubeRay probes: healthy while a replica on this node is routed.
+        draining = workdir / _DRAINING_MAP
         lines += [
+            "    acl readiness path /v2/health/ready",
+            "    acl readiness path_reg ^/v2/models/[^/]+(/versions/[^/]+)?/ready$",
             "    acl healthz path /-/healthz",
+            f"    acl draining str(app),map({draining}) -m found",
+            "    http-request return status 503 content-type application/json string '{\"error\": \"server is draining: send new requests elsewhere\"}' if readiness draining or healthz draining",
             f"    http-request return status 200 content-type application/json string '{{\"status\": \"success\"}}' if healthz {{ nbsrv({local}) gt 0 }}",
             "    http-request return status 503 content-type application/json string '{\"error\": \"no replica is ready on this node\"}' if healthz",
         ]  # fmt: skip
@@ -367,6 +377,7 @@ class NodeIngress:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._error: str | None = None
+        self.draining = registry.is_draining(cfg.app_name)  # a restarted actor keeps an app's draining
         self._reset_slots()
         # A failed start is kept and raised by state(), so callers get the ServerError itself
         # (an exception in an actor's constructor reaches them only as text).
@@ -385,6 +396,7 @@ class NodeIngress:
 
     def _start(self, *, wait_for_ports_s: float) -> None:
         deadline = time.monotonic() + wait_for_ports_s
+        (self.workdir / _DRAINING_MAP).write_text("app 1\n" if self.draining else "")
         while True:
             self.proc = proc = subprocess.Popen(
                 [_haproxy_binary(), "-db", "-f", str(self.conf)],
@@ -450,6 +462,8 @@ class NodeIngress:
                 if self.proc is None or self.proc.poll() is not None:
                     self._restart()
                 now = time.monotonic()
+                if not self.draining and registry.is_draining(self.cfg.app_name):
+                    self.drain()
                 records = registry.replica_records(self.cfg.app_name, live_only=now - pruned >= PRUNE_S)
                 pruned = pruned if now - pruned < PRUNE_S else now
                 self._sync(records)
@@ -485,6 +499,17 @@ class NodeIngress:
                 continue
             self.admin(f"set server {name} addr {record.host} port {port}")
             self.admin(f"set server {name} state ready")
+
+    def drain(self) -> None:
+        """Readiness answers 503 from now on, for every process behind this ingress (never turned back:
+        a drained app is deleted). Requests are still routed, so those already sent are served."""
+        with self._lock:
+            if self.draining:
+                return
+            self.draining = True
+            (self.workdir / _DRAINING_MAP).write_text("app 1\n")  # for a HAProxy started again
+            if self.proc is not None and self.proc.poll() is None:
+                self.admin(f"add map {self.workdir / _DRAINING_MAP} app 1")
 
     # ---- what callers ask ------------------------------------------------------------------------
 
@@ -643,6 +668,22 @@ def ingress_counters(app_name: str, timeout_s: float = 10.0) -> list[IngressCoun
         except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError):
             continue
     return sorted(counters, key=lambda c: c.node)
+
+
+def drain_ingresses(app_name: str, timeout_s: float = 10.0) -> int:
+    """Turn readiness off at every node's ingress at once; returns how many did. One that does not
+    answer (its node is gone, or it is restarting) reads the app's draining flag when it is back."""
+    import ray
+
+    refs = [actor.drain.remote() for actor in _ingress_actors(app_name)]
+    drained = 0
+    for ref in refs:
+        try:
+            ray.get(ref, timeout=timeout_s)
+            drained += 1
+        except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError):
+            continue
+    return drained
 
 
 def _stop_actor(actor: Any) -> None:
