@@ -116,7 +116,7 @@ def delta(before: dict, after: dict, label: str) -> dict:
         kinds[p["kind"]] = kinds.get(p["kind"], 0.0) + p["cpu_s"] - b["cpu_s"]
     images = after["images"] - before["images"]
     seconds = after["t"] - before["t"]
-    busy, user, system = (a - b for a, b in zip(after["host"], before["host"]))
+    busy, user, system = (a - b for a, b in zip(after["host"], before["host"], strict=True))
     per_k = (lambda s: round(s / images * 1000, 4)) if images > 0 else (lambda s: None)
     replica, haproxy = kinds.get("replica", 0.0), kinds.get("haproxy", 0.0)
     return {

@@ -25,13 +25,14 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from rayscale.config import EMBED_DIM, IMAGE_BYTES, IMAGE_SHAPE, INPUT_NAME, OUTPUT_NAME, check_max_batch_size
 from rayscale.cudart import CudaRuntime, page_locked_zeros
 from rayscale.engine_options import EngineOptions
-from rayscale.errors import ConfigError, InputError, ModelNotFoundError
+from rayscale.errors import ConfigError, InputError, ModelNotFoundError, ServerError
 
 __all__ = ["COPY_MODES", "Engine", "NullEngine", "batch_buckets", "random_images"]
 
@@ -94,7 +95,7 @@ def _check_signature(session, path: Path) -> None:
 
 @dataclass
 class _Buffers:
-    binding: object
+    binding: Any  # onnxruntime's IOBinding (onnxruntime ships no type hints)
     inputs: dict  # bucket -> (host staging array, device OrtValue, host array is page-locked)
     outputs: dict  # bucket -> device OrtValue
     stream: int = 0  # this thread's CUDA stream for host->device copies (0: not created yet)
@@ -259,10 +260,17 @@ class Engine:
             buf.outputs[bucket] = out
         return buf, entry, buf.outputs[bucket]
 
+    @property
+    def _cuda(self) -> CudaRuntime:
+        """The CUDA runtime, which the direct and pinned copy modes are chosen only with."""
+        if self._cudart is None:
+            raise ServerError(f"copy mode {self.copy!r} needs the CUDA runtime library, which was not loaded")
+        return self._cudart
+
     def _stream(self, buf: _Buffers) -> int:
         if not buf.stream:
-            self._cudart.set_device(self.device_id)
-            buf.stream = self._cudart.stream()
+            self._cuda.set_device(self.device_id)
+            buf.stream = self._cuda.stream()
         return buf.stream
 
     def _upload(self, buf: _Buffers, entry, parts: list[np.ndarray], n: int) -> int:
@@ -277,9 +285,9 @@ class Engine:
             stream, base, offset = self._stream(buf), dev.data_ptr(), 0
             parts = [np.ascontiguousarray(p) for p in parts]  # kept alive until the copies are done
             for p in parts:
-                self._cudart.copy_async(base + offset, p, p.nbytes, stream)
+                self._cuda.copy_async(base + offset, p, p.nbytes, stream)
                 offset += p.nbytes
-            self._cudart.synchronize(stream)
+            self._cuda.synchronize(stream)
             return gathered
         offset = 0
         for p in parts:
@@ -287,7 +295,7 @@ class Engine:
             offset += p.shape[0]
         gathered = time.perf_counter_ns()
         if locked:
-            self._cudart.copy_to_device(dev.data_ptr(), host, n * IMAGE_BYTES, self._stream(buf))
+            self._cuda.copy_to_device(dev.data_ptr(), host, n * IMAGE_BYTES, self._stream(buf))
         else:
             dev.update_inplace(host)
         return gathered

@@ -222,7 +222,7 @@ def test_every_copy_mode_gives_the_same_answer_also_from_two_threads(model_dir):
         # Two threads at once, each with its own stream and buffers, still answer their own images.
         with ThreadPoolExecutor(2) as pool:
             for _ in range(5):
-                for got, want in zip(pool.map(gpu.encode, batches), want_batches):
+                for got, want in zip(pool.map(gpu.encode, batches), want_batches, strict=True):
                     np.testing.assert_array_equal(got, want)
     gpu.release_buffers()  # as a replica does after warming up: this thread allocates afresh
     np.testing.assert_array_equal(gpu.encode(images), want_full)

@@ -14,7 +14,8 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import grpc
 import numpy as np
@@ -292,14 +293,15 @@ def test_batch_limits_through_tritonclient(client):
 
 
 def test_missing_or_wrong_token_is_unauthenticated(client):
+    calls = (
+        lambda headers: client.get_server_metadata(headers=headers),
+        lambda headers: client.get_model_config(MODEL_NAME, headers=headers),
+        lambda headers: client.infer(MODEL_NAME, [image_input(random_images(1))], headers=headers),
+    )
     for headers in (None, {"authorization": "Bearer nope"}, {"authorization": TOKEN}):
-        for call in (
-            lambda: client.get_server_metadata(headers=headers),
-            lambda: client.get_model_config(MODEL_NAME, headers=headers),
-            lambda: client.infer(MODEL_NAME, [image_input(random_images(1))], headers=headers),
-        ):
+        for call in calls:
             with pytest.raises(InferenceServerException) as e:
-                call()
+                call(headers)
             assert e.value.status() == "StatusCode.UNAUTHENTICATED" and "token" in e.value.message()
 
 

@@ -147,7 +147,7 @@ def test_a_burst_far_above_capacity_gets_answers_or_quick_json_503s(app):
     latencies = sorted(a[3] for a in ok)
     p99 = latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]
     assert p99 < REQUEST_TIMEOUT_S + 5  # accepted work is bounded by the queue limit
-    for status, data, h, _ in ok:
+    for _status, data, h, _ in ok:
         assert protocol.parse_infer_response(data, h.get(protocol.HEADER_LENGTH.lower())).shape == (IMAGES, 512)
     after = _wait_for(lambda: (s := _snapshot(app)["serving"])["in_flight"] == 0 and s, 30, "in_flight back to 0")
     assert after["rejected_total"] - before["rejected_total"] == len(rejected)

@@ -302,3 +302,25 @@ def test_model_config_counts_gpus_across_nodes_and_shared_gpus_once():
     config = triton_model_config(shared, one_gpu)
     assert replicas_from_config(config) == 1 and config["instance_group"][0]["count"] == 4
     assert config["parameters"]["gpus_per_replica"]["string_value"] == "0.25"
+
+
+def test_an_engine_that_answers_too_few_outputs_fails_every_request_of_the_batch():
+    """Each request gets an answer or an error: none waits forever for an output that never came."""
+    import asyncio
+
+    from rayscale.serve.batcher import ImageBatcher
+
+    def short_by_one(parts: list[np.ndarray]) -> tuple[list[np.ndarray], int, int]:
+        return [np.zeros((len(p), 4)) for p in parts[:-1]], 0, 0
+
+    async def main() -> list[BaseException | np.ndarray]:
+        batcher = ImageBatcher(short_by_one, max_batch_size=8, batch_wait_ms=50, batches_in_flight=1)
+        try:
+            return await asyncio.wait_for(
+                asyncio.gather(*(batcher.submit(np.zeros((1, 2))) for _ in range(3)), return_exceptions=True), timeout=10
+            )
+        finally:
+            batcher.close()
+
+    answers = asyncio.run(main())
+    assert len(answers) == 3 and all(isinstance(a, RuntimeError) and "2 outputs for a batch of 3" in str(a) for a in answers)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 import typer
 
@@ -20,14 +20,14 @@ __all__ = ["candidates_table", "print_progress", "progress_line", "summary_lines
 
 
 def tune(
-    target: Optional[str] = typer.Option(None, help="rayscale | triton (required)."),
-    gpus: Optional[int] = typer.Option(None, help="GPUs every candidate serves on (required)."),
-    slo_p99_ms: Optional[float] = typer.Option(None, help="Latency SLO (required): a load counts only with p99 at or under it."),
-    out: Optional[Path] = typer.Option(None, help="Directory for one bench results file per candidate and tune.json (required)."),
+    target: str | None = typer.Option(None, help="rayscale | triton (required)."),
+    gpus: int | None = typer.Option(None, help="GPUs every candidate serves on (required)."),
+    slo_p99_ms: float | None = typer.Option(None, help="Latency SLO (required): a load counts only with p99 at or under it."),
+    out: Path | None = typer.Option(None, help="Directory for one bench results file per candidate and tune.json (required)."),
     images_per_request: int = typer.Option(32, help="Images per request."),
     budget_minutes: float = typer.Option(20.0, help="This run's time, repeats included (a resumed run gets its own)."),
     strategy: str = typer.Option("hill", help="hill: seeds, then climbs with restarts | grid: every candidate."),
-    space: Optional[list[str]] = typer.Option(None, help="Replace one dimension's values, e.g. batch_wait_ms=0,2 (repeatable)."),
+    space: list[str] | None = typer.Option(None, help="Replace one dimension's values, e.g. batch_wait_ms=0,2 (repeatable)."),
     seeds: int = typer.Option(3, help="hill: first-dimension values measured before climbing."),
     restarts: int = typer.Option(1, help="hill: further climbs, from the next-best seeds."),
     repeats: int = typer.Option(0, help="Re-measure the top candidates this many times at their SLO load (standard windows)."),
@@ -35,7 +35,7 @@ def tune(
     resume: bool = typer.Option(False, help="Continue the search in --out, measuring only what is missing."),
     concurrency_start: int = typer.Option(8, help="Closed loop: the first candidate's first concurrency."),
     max_concurrency: int = typer.Option(1024, help="Highest concurrency a candidate's search may reach."),
-    rate_start: Optional[float] = typer.Option(
+    rate_start: float | None = typer.Option(
         None, "--rate-start", "--rate", help="Open loop instead: the first candidate's first rate, requests/s."
     ),
     max_rate: float = typer.Option(1_000_000.0, help="Open loop: the highest rate a candidate's search may reach."),
@@ -44,7 +44,7 @@ def tune(
     provider: str = typer.Option("auto", help="auto | cuda | cpu, or null for rayscale (serving path only)."),
     model: Path = typer.Option(DEFAULT_MODEL_DIR, help="Exported model directory."),
     port: int = typer.Option(0, help="HTTP port of the candidate servers (0: 8000 rayscale, 8100 Triton)."),
-    address: Optional[str] = typer.Option(None, help="Ray cluster to use instead of a local one."),
+    address: str | None = typer.Option(None, help="Ray cluster to use instead of a local one."),
     cpus_per_replica: float = typer.Option(1.0, help="CPUs per rayscale replica."),
     reload: bool = typer.Option(True, help="Triton: change settings by reloading the model (--no-reload: restart the server)."),
     warmup: float = typer.Option(1.0, help="Search: warm-up seconds per point."),
@@ -64,8 +64,8 @@ def tune(
     from rayscale.tune import TuneConfig, parse_space_overrides, run_tune
 
     try:
-        missing = [flag for flag, value in (("--target", target), ("--gpus", gpus), ("--slo-p99-ms", slo_p99_ms), ("--out", out)) if value is None]
-        if missing:
+        if target is None or gpus is None or slo_p99_ms is None or out is None:
+            missing = [flag for flag, value in (("--target", target), ("--gpus", gpus), ("--slo-p99-ms", slo_p99_ms), ("--out", out)) if value is None]
             raise RayscaleError(f"missing {', '.join(missing)}: e.g. rayscale tune --target rayscale --gpus 1 --slo-p99-ms 100 --out tune/")
         cfg = TuneConfig(
             target=target, gpus=gpus, slo_p99_ms=slo_p99_ms, out=str(out), images_per_request=images_per_request,

@@ -15,7 +15,7 @@ from rayscale.errors import ResultsError
 from rayscale.report.costs import cost_per_1000_images_usd
 from rayscale.report.document import Block, Heading, Paragraph, Table
 from rayscale.report.types import Report
-from rayscale.tune.results import TUNE_FILE, TuneResult, format_load, load_tune_result
+from rayscale.tune.results import TUNE_FILE, CandidateSummary, Spread, TuneResult, format_load, load_tune_result
 
 __all__ = ["FoundTune", "find_tune_results", "tune_pairs", "tune_section_blocks"]
 
@@ -75,13 +75,14 @@ def _cost(report: Report, found: FoundTune) -> str:
     result = found.result
     hourly = _hourly_cost(report, _hardware(report, found), result.gpus)
     spread = _winner_spread(result)
-    goodput = spread.goodput_median if spread is not None else result.best.goodput_images_per_s
+    goodput = spread.goodput_median if spread is not None else _winner(result).at_slo().goodput_images_per_s
     value = cost_per_1000_images_usd(hourly, goodput)
     return "–" if value is None else f"${value:#.3g}"
 
 
-def _winner_spread(result: TuneResult):
-    return next((s for s in result.repeats if s.label == result.best.label and s.goodput_images_per_s), None)
+def _winner_spread(result: TuneResult) -> Spread | None:
+    label = _winner(result).label
+    return next((s for s in result.repeats if s.label == label and s.goodput_images_per_s), None)
 
 
 def _spread(result: TuneResult) -> str:
@@ -101,7 +102,8 @@ def tune_section_blocks(report: Report) -> list[Block]:
     blocks: list[Block] = [Heading(2, "Best of each under the SLO")]
     for ray_found, triton_found in pairs:
         ray_result, triton_result = ray_found.result, triton_found.result
-        a, b = ray_result.best, triton_result.best
+        a, b = _winner(ray_result), _winner(triton_result)
+        at_a, at_b = a.at_slo(), b.at_slo()
         hardware = {_hardware(report, ray_found), _hardware(report, triton_found)}
         size = f"{ray_result.gpus} GPU(s)" if hardware == {"GPU"} else f"the CPU ({ray_result.gpus} replica(s))"
         blocks.append(Paragraph(
@@ -111,9 +113,9 @@ def tune_section_blocks(report: Report) -> list[Block]:
         ))
         blocks.append(Table(["", "rayscale", "triton"], [
             ["settings", a.label, b.label],
-            ["goodput, images/s", f"{a.goodput_images_per_s:,.1f}", f"{b.goodput_images_per_s:,.1f}"],
-            ["at", format_load(a.slo_load, a.closed_loop), format_load(b.slo_load, b.closed_loop)],
-            ["p99 ms", f"{a.p99_ms:.1f}", f"{b.p99_ms:.1f}"],
+            ["goodput, images/s", f"{at_a.goodput_images_per_s:,.1f}", f"{at_b.goodput_images_per_s:,.1f}"],
+            ["at", format_load(at_a.load, a.closed_loop), format_load(at_b.load, b.closed_loop)],
+            ["p99 ms", f"{at_a.p99_ms:.1f}", f"{at_b.p99_ms:.1f}"],
             ["repeats: goodput min / median / max", _spread(ray_result), _spread(triton_result)],
             ["cost per 1000 images (at the repeats' median)", _cost(report, ray_found), _cost(report, triton_found)],
             ["candidates measured, search minutes", f"{len(ray_result.candidates)}, {ray_result.total_used_s / 60:.1f}",
@@ -125,13 +127,19 @@ def tune_section_blocks(report: Report) -> list[Block]:
     return blocks
 
 
+def _winner(result: TuneResult) -> CandidateSummary:
+    if result.best is None:  # tune_pairs pairs only searches with a winner
+        raise ResultsError(f"the {result.target} search has no candidate that met the SLO")
+    return result.best
+
+
 def _lead(*results: TuneResult) -> str:
     """Who serves more under the SLO, and whether the repeats of both winners tell them apart."""
     (lead, lead_result), (other, other_result) = sorted(
-        ((r.best, r) for r in results), key=lambda pair: pair[0].goodput_images_per_s, reverse=True)
-    text = f"{lead.target} leads by {lead.goodput_images_per_s / other.goodput_images_per_s:.2f}× under the SLO."
-    spreads = [_winner_spread(r) for r in (lead_result, other_result)]
-    if None not in spreads and spreads[0].goodput_min <= spreads[1].goodput_max:
+        ((_winner(r).at_slo(), r) for r in results), key=lambda pair: pair[0].goodput_images_per_s, reverse=True)
+    text = f"{lead_result.target} leads by {lead.goodput_images_per_s / other.goodput_images_per_s:.2f}× under the SLO."
+    lead_spread, other_spread = _winner_spread(lead_result), _winner_spread(other_result)
+    if lead_spread is not None and other_spread is not None and lead_spread.goodput_min <= other_spread.goodput_max:
         text += " Their repeats overlap: the two are equal within noise."
     return text
 

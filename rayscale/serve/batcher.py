@@ -21,9 +21,9 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
@@ -60,7 +60,7 @@ BatchCallback = Callable[[BatchTiming, list[_Pending], int], None]
 class ImageBatcher:
     def __init__(
         self,
-        run_batch: Callable[[list[np.ndarray]], list[np.ndarray]],
+        run_batch: Callable[[list[np.ndarray]], tuple[list[np.ndarray], int, int]],  # (outputs, input_ns, infer_ns)
         *,
         max_batch_size: int,
         batch_wait_ms: float,
@@ -169,7 +169,7 @@ class ImageBatcher:
             self._wakeup.clear()
             try:
                 await asyncio.wait_for(self._wakeup.wait(), timeout=remaining)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 return
 
     def _take_batch(self) -> list[_Pending]:
@@ -203,7 +203,13 @@ class ImageBatcher:
         finally:
             self.running_batches -= 1
             self._slot_freed.set()
-        for p, out in zip(batch, outputs):
+        if len(outputs) != len(batch):  # every request must get an answer, never wait forever for one
+            error = RuntimeError(f"the engine returned {len(outputs)} outputs for a batch of {len(batch)} requests")
+            for p in batch:
+                if not p.future.done():
+                    p.future.set_exception(error)
+            return
+        for p, out in zip(batch, outputs, strict=True):
             if not p.future.done():
                 p.future.set_result((out, started_ns - p.enqueued_ns, timing.input_ns + timing.infer_ns + timing.output_ns))
         if self._on_batch is not None:

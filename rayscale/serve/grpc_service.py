@@ -23,7 +23,8 @@ import functools
 import hmac
 import logging
 import math
-from typing import Any, Awaitable, Callable, Protocol
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 
 import grpc
 import numpy as np
@@ -307,7 +308,7 @@ async def _refuse(request, context) -> None:
     await context.abort(grpc.StatusCode.UNAUTHENTICATED, "this port takes requests from rayscale's ingress only")
 
 
-_REFUSE = grpc.unary_unary_rpc_method_handler(_refuse)
+_REFUSE: grpc.RpcMethodHandler = grpc.unary_unary_rpc_method_handler(_refuse)
 
 
 async def start_grpc_server(

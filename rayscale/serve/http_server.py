@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable
 
 from rayscale import protocol
 from rayscale.errors import BadRequest, PayloadTooLarge, ProtocolError
@@ -107,9 +107,9 @@ def _parse_head(raw: bytes, body_limit: int) -> RequestHead:
 
 
 class _Connection(asyncio.BufferedProtocol):
-    def __init__(self, server: "_Server"):
+    def __init__(self, server: _Server):
         self.server = server
-        self.transport: asyncio.Transport | None = None
+        self.transport: asyncio.Transport  # set by connection_made, which asyncio calls before any other callback
         self._head = bytearray(MAX_HEAD_BYTES)
         self._head_len = 0
         self._request: RequestHead | None = None
@@ -217,6 +217,8 @@ class _Connection(asyncio.BufferedProtocol):
 
     def _dispatch(self, body: memoryview) -> None:
         head = self._request
+        if head is None:  # a body completes only after its head was admitted
+            raise RuntimeError("a request body arrived without its head")
         self._request = None
         self._busy = True
         self.transport.pause_reading()

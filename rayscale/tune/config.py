@@ -103,7 +103,7 @@ class TuneConfig:
 
     @property
     def first_load(self) -> float:
-        return float(self.concurrency_start) if self.closed_loop else float(self.rate_start_rps)
+        return float(self.concurrency_start) if self.rate_start_rps is None else float(self.rate_start_rps)
 
     @property
     def budget_s(self) -> float:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Union
 
 from rayscale.results import PointResult
 from rayscale.tune.results import CandidateSummary
@@ -65,6 +65,6 @@ class SearchStopped:
     reason: str  # why no further candidate or repeat starts in this run
 
 
-TuneEvent = Union[CandidateStarted, CandidateSkipped, PointMeasured, CandidateFailed, RepeatsStarted, CandidateFinished,
-                  SearchStopped]
+TuneEvent = (CandidateStarted | CandidateSkipped | PointMeasured | CandidateFailed | RepeatsStarted | CandidateFinished
+             | SearchStopped)
 TuneEventCallback = Callable[[TuneEvent], None]

@@ -18,6 +18,7 @@ from rayscale.results import PointResult, dataclass_from_dict, read_json_file, w
 from rayscale.tune.loads import MEASURED, goodput_images_per_s, load_of, meets_slo
 
 __all__ = [
+    "AtSlo",
     "EXIT_BUDGET",
     "EXIT_NONE_MET",
     "EXIT_OK",
@@ -56,11 +57,20 @@ class PointSummary:
     requests_failed: int = 0
 
     @classmethod
-    def of(cls, point: PointResult, slo_p99_ms: float) -> "PointSummary":
+    def of(cls, point: PointResult, slo_p99_ms: float) -> PointSummary:
         return cls(load=load_of(point), images_per_s=round(point.images_per_s, 2),
                    goodput_images_per_s=round(goodput_images_per_s(point, slo_p99_ms), 2),
                    p99_ms=round(point.latency.p99_ms, 3), status=str(point.status),
                    meets_slo=meets_slo(point, slo_p99_ms), requests_failed=point.requests_failed)
+
+
+@dataclass(frozen=True)
+class AtSlo:
+    """A candidate at the highest load that met the SLO."""
+
+    load: float
+    goodput_images_per_s: float
+    p99_ms: float
 
 
 @dataclass
@@ -87,6 +97,12 @@ class CandidateSummary:
     @property
     def meets_slo(self) -> bool:
         return self.goodput_images_per_s is not None
+
+    def at_slo(self) -> AtSlo:
+        """What it achieved at the highest load within the SLO (a winner's figures)."""
+        if self.slo_load is None or self.goodput_images_per_s is None or self.p99_ms is None:
+            raise ResultsError(f"{self.label} met the SLO at no load: it has no figures under the SLO")
+        return AtSlo(self.slo_load, self.goodput_images_per_s, self.p99_ms)
 
     @property
     def score(self) -> tuple[int, float]:

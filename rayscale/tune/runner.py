@@ -46,7 +46,7 @@ from rayscale.tune.results import (
     write_tune_result,
 )
 from rayscale.tune.servers import CandidateServer
-from rayscale.tune.space import Settings, settings_from_dict, space_to_dict
+from rayscale.tune.space import Settings, default_space, settings_from_dict, space_to_dict
 from rayscale.tune.strategy import propose
 
 __all__ = ["TuneConfig", "closest_answer", "run_tune", "summarize_candidate"]
@@ -149,7 +149,7 @@ def _run_candidate(settings: Settings, session: _Session, first_load: float) -> 
         return summarize_candidate(settings, points, cfg, results_file=name, status=status, stop_reason=reason, error=error)
 
     if step.load is None:
-        session.emit(CandidateSkipped(settings.label, step.reason))
+        session.emit(CandidateSkipped(settings.label, step.reason or "no load left to measure"))
         return summary("complete", step.reason)
     reserve = session.repeat_reserve_s()
     if not session.fits(session.server.expected_s(settings) + session.point_s() + reserve):
@@ -177,7 +177,7 @@ def _repeat(candidate: CandidateSummary, settings: Settings, session: _Session) 
     """Re-measure ``candidate`` at its SLO load ``repeats`` times with standard windows, one file per
     run; None when the budget does not cover the runs still missing."""
     cfg = session.cfg
-    load = candidate.slo_load
+    load = candidate.at_slo().load
     tag = f"c{int(load)}" if cfg.closed_loop else f"r{load:g}"
     paths = [session.out / "repeats" / f"{settings.file_stem}-{tag}-r{i + 1}.json" for i in range(cfg.repeats)]
 
@@ -192,7 +192,9 @@ def _repeat(candidate: CandidateSummary, settings: Settings, session: _Session) 
         session.emit(RepeatsStarted(candidate.label, format_load(load, cfg.closed_loop), len(missing)))
         for path in missing:
             _measure(session, url, path, settings.label, [load], repeat=True)
-    runs = [finished(p) for p in paths]
+    runs = [run for run in map(finished, paths) if run is not None]
+    if len(runs) < len(paths):  # a run was interrupted: no spread from fewer runs than asked
+        return None
     return Spread(label=candidate.label, load=load,
                   goodput_images_per_s=[round(goodput_images_per_s(p, cfg.slo_p99_ms), 2) for p in runs],
                   images_per_s=[round(p.images_per_s, 2) for p in runs],
@@ -219,7 +221,7 @@ def _verdict(result: TuneResult) -> str:
         if a.goodput_min <= b.goodput_max:
             return f"{head}; within the spread of the runner-up {second.label}: the two are equal within noise"
         return f"{head}; ahead of the runner-up {second.label} in every run (median {b.goodput_median:,.0f} img/s)"
-    ratio = best.goodput_images_per_s / second.goodput_images_per_s if second.goodput_images_per_s else float("inf")
+    ratio = best.at_slo().goodput_images_per_s / second.goodput_images_per_s if second.goodput_images_per_s else float("inf")
     return f"{head}; {ratio:.2f}× the runner-up {second.label} (one run each: --repeats K measures the noise)"
 
 
@@ -261,7 +263,7 @@ def _rank(candidates: list[CandidateSummary]) -> list[CandidateSummary]:
 def _first_load(cfg: TuneConfig, summaries: dict[Settings, CandidateSummary]) -> float:
     """Where a candidate's load search starts: the best candidate's SLO load so far, else the configured start."""
     ranked = [c for c in _rank(list(summaries.values())) if c.meets_slo]
-    return ranked[0].slo_load if ranked else cfg.first_load
+    return ranked[0].at_slo().load if ranked else cfg.first_load
 
 
 def run_tune(cfg: TuneConfig, *, on_event: TuneEventCallback | None = None) -> TuneResult:
@@ -272,8 +274,9 @@ def run_tune(cfg: TuneConfig, *, on_event: TuneEventCallback | None = None) -> T
     session = _Session(cfg=cfg, out=out, emit=on_event or (lambda e: None), server=CandidateServer(cfg),
                        started=time.monotonic())
     before_s = previous.total_used_s if previous else 0.0
+    space = cfg.space or default_space(cfg.target)  # TuneConfig fills it in; a default keeps the type exact
     result = TuneResult(target=cfg.target, gpus=cfg.gpus, images_per_request=cfg.images_per_request,
-                        slo_p99_ms=cfg.slo_p99_ms, strategy=cfg.strategy, space=space_to_dict(cfg.space),
+                        slo_p99_ms=cfg.slo_p99_ms, strategy=cfg.strategy, space=space_to_dict(space),
                         closed_loop=cfg.closed_loop, budget_s=cfg.budget_s, command=cfg.command,
                         started_at=previous.started_at if previous else now_iso())
     summaries: dict[Settings, CandidateSummary] = {}
@@ -292,7 +295,7 @@ def run_tune(cfg: TuneConfig, *, on_event: TuneEventCallback | None = None) -> T
         result.server_switches = dict(session.server.switches)
         result.ended_by, result.status, result.ended_at = ended_by, status, now_iso()
         if result.best is not None:
-            load = result.best.slo_load
+            load = result.best.at_slo().load
             shape = f"--concurrency {int(load)}" if cfg.closed_loop else f"--rate {load:g} --arrival {cfg.arrival}"
             result.bench_command = f"rayscale bench {shape} --images-per-request {cfg.images_per_request}"
         result.verdict = _verdict(result)
@@ -301,7 +304,7 @@ def run_tune(cfg: TuneConfig, *, on_event: TuneEventCallback | None = None) -> T
     ended_by = "interrupted"
     try:
         while True:
-            settings = propose(cfg.strategy, cfg.space, {s: c.score for s, c in summaries.items()},
+            settings = propose(cfg.strategy, space, {s: c.score for s, c in summaries.items()},
                                seed_count=cfg.seeds, restarts=cfg.restarts)
             if settings is None:
                 ended_by = "space" if cfg.strategy == "grid" else "local_optimum"

@@ -77,13 +77,18 @@ class CandidateServer:
         try:
             if kind == "started":
                 self._start(settings)
-            elif kind == "in place":
+            elif kind == "in place" and isinstance(settings, RayscaleSettings):
                 self._reconfigure(settings)
-            elif kind == "reloaded":
+            elif kind == "reloaded" and isinstance(settings, TritonSettings):
                 self._reload(settings)
             elif kind == "restarted":
                 self._stop()
                 self._start(settings)
+            else:
+                raise ServerError(f"{settings.label}: a {self.cfg.target} server cannot be {kind}")
+            if self.url is None:
+                raise ServerError(f"{settings.label}: the server started but named no URL")
+            url = self.url
         except BaseException:
             self._stop()
             raise
@@ -91,7 +96,7 @@ class CandidateServer:
         self.current = settings
         self.switches[kind] = self.switches.get(kind, 0) + 1
         self._timed.setdefault(kind, []).append(seconds)
-        return self.url, kind, seconds
+        return url, kind, seconds
 
     def close(self) -> None:
         """Stop what runs, and the Ray cluster if the search started it."""
@@ -129,12 +134,16 @@ class CandidateServer:
     def _reconfigure(self, settings: RayscaleSettings) -> None:
         from rayscale.serve.scaling import reconfigure
 
+        if self._version is None:
+            raise ServerError("no rayscale server runs here to change in place")
         changes = {name: getattr(settings, name) for name in RayscaleSettings.in_place}
         reconfigure("rayscale", changes, version=self._version)
 
     def _reload(self, settings: TritonSettings) -> None:
         from rayscale.triton.server import triton_reload
 
+        if self._state_dir is None:
+            raise ServerError("no Triton server runs here to reload")
         triton_reload(self._triton_config(settings).batching(), state_dir=self._state_dir.name)
 
     def _triton_config(self, settings: TritonSettings):

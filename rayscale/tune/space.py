@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any, ClassVar, Union
+from typing import Any, ClassVar
 
 from rayscale.config import BATCH_WAIT_MS, ServeConfig
 from rayscale.errors import ConfigError
@@ -172,7 +172,7 @@ class TritonSettings:
         return command + (f" --provider {provider}" if provider != "auto" else "")
 
 
-Settings = Union[RayscaleSettings, TritonSettings]
+Settings = RayscaleSettings | TritonSettings
 
 
 @dataclass
@@ -184,7 +184,7 @@ class RayscaleSpace:
     batch_wait_ms: list[float] = field(default_factory=lambda: [0.0, 1.0, 2.0, 5.0])
     max_batch_size: list[int] = field(default_factory=lambda: [128, 256, 512])
 
-    settings_type: ClassVar[type] = RayscaleSettings
+    settings_type: ClassVar[type[RayscaleSettings]] = RayscaleSettings
 
 
 @dataclass
@@ -194,10 +194,10 @@ class TritonSpace:
     preferred_batch_sizes: list[str] = field(default_factory=lambda: ["none", "pow2"])
     max_batch_size: list[int] = field(default_factory=lambda: [128, 256, 512])
 
-    settings_type: ClassVar[type] = TritonSettings
+    settings_type: ClassVar[type[TritonSettings]] = TritonSettings
 
 
-Space = Union[RayscaleSpace, TritonSpace]
+Space = RayscaleSpace | TritonSpace
 
 
 def dimensions(space: Space) -> list[str]:
@@ -242,11 +242,12 @@ def _parse_values(name: str, text: str, kind: type) -> list:
     parts = [p.strip() for p in text.split(",") if p.strip()]
     if not parts:
         raise ConfigError(f"--space {name}= is empty: give values, e.g. {name}=1,2,4")
+    values: list[str] | list[float] | list[int]
     if kind is str:
         values = [p if p in PREFERRED_POLICIES else "+".join(map(str, _explicit_sizes(p))) for p in parts]
     else:
         try:
-            values = [float(p) if kind is float else int(p) for p in parts]
+            values = [float(p) for p in parts] if kind is float else [int(p) for p in parts]
         except ValueError:
             what = "numbers" if kind is float else "integers"
             raise ConfigError(f"--space {name} must be comma-separated {what}, got {text!r}") from None

@@ -17,6 +17,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import replace
+from typing import Any
 
 from rayscale.errors import ConfigError
 from rayscale.tune.space import Settings, Space, dimensions, in_place_dimensions, values_of
@@ -42,11 +43,11 @@ def grid_candidates(space: Space) -> list[Settings]:
     names = dimensions(space)
     in_place = in_place_dimensions(space)
     order = [n for n in names if n not in in_place] + in_place
-    return [space.settings_type(**dict(zip(order, combo)))
+    return [space.settings_type(**dict(zip(order, combo, strict=True)))
             for combo in itertools.product(*(values_of(space, n) for n in order))]
 
 
-def _nearest(values: list, default) -> object:
+def _nearest(values: list, default: Any) -> Any:
     if isinstance(default, str):
         return default if default in values else values[0]
     return min(values, key=lambda v: (abs(v - default), v))
