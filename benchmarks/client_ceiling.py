@@ -33,13 +33,27 @@ def main() -> None:
     points = []
     with TrivialServer() as server:
         for binary, ipr in ((True, 1), (True, 32), (False, 1), (False, 8)):
-            cfg = BenchConfig(url=server.url, concurrency=[args.concurrency], images_per_request=[ipr], binary=binary,
-                              clients=1, client_cpus=0, warmup_s=1.0, window_s=args.window, duration_s=6 * args.window,
-                              max_windows=6, out=f"/tmp/client-ceiling-{binary}-{ipr}.json", overwrite=True)
+            cfg = BenchConfig(
+                url=server.url,
+                concurrency=[args.concurrency],
+                images_per_request=[ipr],
+                binary=binary,
+                clients=1,
+                client_cpus=0,
+                warmup_s=1.0,
+                window_s=args.window,
+                duration_s=6 * args.window,
+                max_windows=6,
+                out=f"/tmp/client-ceiling-{binary}-{ipr}.json",
+                overwrite=True,
+            )
             p = run_bench(cfg).points[0]
             points.append(p)
-            print(f"{p.transport:12s} {ipr:3d} img/req: {p.requests_per_s:8.0f} req/s {p.images_per_s:9.0f} img/s "
-                  f"client CPU {p.client_cpu_pct:5.1f}% p50 {p.latency.p50_ms:.2f} ms", file=sys.stderr)
+            print(
+                f"{p.transport:12s} {ipr:3d} img/req: {p.requests_per_s:8.0f} req/s {p.images_per_s:9.0f} img/s "
+                f"client CPU {p.client_cpu_pct:5.1f}% p50 {p.latency.p50_ms:.2f} ms",
+                file=sys.stderr,
+            )
     result = {
         "kind": "client-ceiling",
         "command": " ".join(sys.argv),
@@ -47,9 +61,17 @@ def main() -> None:
         "ended_at": now_iso(),
         "note": "one client actor, closed loop, trivial server on the same machine (lower bound)",
         "points": [
-            {"transport": p.transport, "images_per_request": p.images_per_request, "concurrency": p.concurrency,
-             "requests_per_s": p.requests_per_s, "images_per_s": p.images_per_s, "client_cpu_pct": p.client_cpu_pct,
-             "p50_ms": p.latency.p50_ms, "p99_ms": p.latency.p99_ms, "status": p.status}
+            {
+                "transport": p.transport,
+                "images_per_request": p.images_per_request,
+                "concurrency": p.concurrency,
+                "requests_per_s": p.requests_per_s,
+                "images_per_s": p.images_per_s,
+                "client_cpu_pct": p.client_cpu_pct,
+                "p50_ms": p.latency.p50_ms,
+                "p99_ms": p.latency.p99_ms,
+                "status": p.status,
+            }
             for p in points
         ],
     }

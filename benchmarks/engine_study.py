@@ -93,7 +93,15 @@ def plan_first_phase(quick: bool) -> list[dict[str, Any]]:
     if not quick:
         tasks += [
             task("export-mha", "export_mha", 120, 35),
-            task("torch-compile-max-autotune", "torch", 300, 200, sdpa=["default"], compile="max-autotune-no-cudagraphs", cuda_graph=True),
+            task(
+                "torch-compile-max-autotune",
+                "torch",
+                300,
+                200,
+                sdpa=["default"],
+                compile="max-autotune-no-cudagraphs",
+                cuda_graph=True,
+            ),
         ]
     return tasks
 
@@ -191,7 +199,10 @@ class Runner:
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(
                 [sys.executable, str(Path(__file__).resolve()), "--worker", str(spec_path)],
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=str(ROOT),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                cwd=str(ROOT),
             )
         current: str | None = None
         started = 0.0
@@ -223,14 +234,30 @@ class Runner:
                     break
             time.sleep(0.2)
         if killed_for is not None:
-            self._record(killed_for, {"status": "timeout", "error": f"killed after {time.time() - started:.0f} s "
-                                      f"(cap {by_name[killed_for]['cap_s']:.0f} s or the study's budget)", "log_tail": _tail(log_path)})
+            self._record(
+                killed_for,
+                {
+                    "status": "timeout",
+                    "error": f"killed after {time.time() - started:.0f} s "
+                    f"(cap {by_name[killed_for]['cap_s']:.0f} s or the study's budget)",
+                    "log_tail": _tail(log_path),
+                },
+            )
         elif current is not None:
-            self._record(current, {"status": "crashed", "error": f"worker exited with code {proc.returncode}", "log_tail": _tail(log_path)})
+            self._record(
+                current, {"status": "crashed", "error": f"worker exited with code {proc.returncode}", "log_tail": _tail(log_path)}
+            )
         elif not any(t["name"] in self.results for t in pending):
             # The worker ended without finishing any task (it could not start): a new one would not either.
             for t in pending:
-                self._record(t["name"], {"status": "crashed", "error": f"worker exited with code {proc.returncode} before the task", "log_tail": _tail(log_path)})
+                self._record(
+                    t["name"],
+                    {
+                        "status": "crashed",
+                        "error": f"worker exited with code {proc.returncode} before the task",
+                        "log_tail": _tail(log_path),
+                    },
+                )
         return [t for t in pending if t["name"] not in self.results]
 
     def _cap(self, t: dict[str, Any]) -> float:
@@ -318,8 +345,12 @@ class Context:
         if len(got) < len(ref):
             return {"error": f"{len(got)} embeddings for {len(ref)} reference images"}
         cos = cosine_rows(ref, got)
-        return {"min_cosine": float(cos.min()), "mean_cosine": float(cos.mean()), "images": int(len(ref)),
-                "reference": "open_clip fp32" + (" on the GPU, TF32 off" if self.cuda else " on the CPU")}
+        return {
+            "min_cosine": float(cos.min()),
+            "mean_cosine": float(cos.mean()),
+            "images": int(len(ref)),
+            "reference": "open_clip fp32" + (" on the GPU, TF32 off" if self.cuda else " on the CPU"),
+        }
 
     def inputs(self, batch: int, count: int = 3) -> list[np.ndarray]:
         """Random uint8 batches to rotate through (repeated runs over one buffer would time the cache)."""
@@ -328,8 +359,15 @@ class Context:
         return [random_images(batch, seed=batch * 10 + k) for k in range(count)]
 
 
-def timed(prepare: Callable[[int], Any], run: Callable[[], Any], batch: int, min_time_s: float, *,
-          warmup: int = 5, min_iterations: int = 10) -> dict[str, Any]:
+def timed(
+    prepare: Callable[[int], Any],
+    run: Callable[[], Any],
+    batch: int,
+    min_time_s: float,
+    *,
+    warmup: int = 5,
+    min_iterations: int = 10,
+) -> dict[str, Any]:
     """Images/s over many runs; ``prepare(i)`` (not timed) stages iteration i's input, ``run`` must
     return with its GPU work done. Warm-up runs are left out."""
     for i in range(warmup):
@@ -382,8 +420,14 @@ def attention_label(profile: dict[str, Any] | None) -> str | None:
     if not profile:
         return None
     names = " ".join(profile.get("attention_kernels") or [])
-    for label, needle in (("cudnn", "cudnn"), ("flash", "flash"), ("efficient", "fmha_cutlass"), ("trt-fused", "fmha_v2"),
-                          ("efficient", "cutlass"), ("unfused", "oft")):
+    for label, needle in (
+        ("cudnn", "cudnn"),
+        ("flash", "flash"),
+        ("efficient", "fmha_cutlass"),
+        ("trt-fused", "fmha_v2"),
+        ("efficient", "cutlass"),
+        ("unfused", "oft"),
+    ):
         if needle.lower() in names.lower():
             return label
     return "unknown" if names else "none seen"
@@ -437,18 +481,32 @@ def task_ort(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
     if params.get("model") == "mha":
         model = str(ctx.work / "model-mha")
     t0 = time.perf_counter()
-    engine = Engine(model, provider="cuda" if ctx.cuda else "cpu", max_batch_size=max(batch, PARITY_IMAGES), options=options, warmup=False)
+    engine = Engine(
+        model, provider="cuda" if ctx.cuda else "cpu", max_batch_size=max(batch, PARITY_IMAGES), options=options, warmup=False
+    )
     session_s = time.perf_counter() - t0
-    settings = {"engine_options": options.spec() or "(defaults)", "model": Path(model).name,
-                "provider_options": engine.session.get_provider_options().get("CUDAExecutionProvider")}
+    settings = {
+        "engine_options": options.spec() or "(defaults)",
+        "model": Path(model).name,
+        "provider_options": engine.session.get_provider_options().get("CUDAExecutionProvider"),
+    }
     rows = []
     prepare, run, keep = ort_runner(ctx, engine.session, options, batch)
     stats = timed(prepare, run, batch, ctx.spec["min_time_s"])
     profile = kernel_profile(ctx, run, batch) if params.get("profile", "light") else None
-    row = {"variant": "", "engine": "onnxruntime", "input": ctx.primary_input, "batch": batch,
-           **stats, "settings": settings, "parity": ctx.parity(runner_embeddings(ctx, engine.session, options, batch)),
-           "engine_parity": ctx.parity(engine_embeddings(ctx, engine)),
-           "attention_kernel": attention_label(profile), "profile": profile, "session_s": round(session_s, 2)}
+    row = {
+        "variant": "",
+        "engine": "onnxruntime",
+        "input": ctx.primary_input,
+        "batch": batch,
+        **stats,
+        "settings": settings,
+        "parity": ctx.parity(runner_embeddings(ctx, engine.session, options, batch)),
+        "engine_parity": ctx.parity(engine_embeddings(ctx, engine)),
+        "attention_kernel": attention_label(profile),
+        "profile": profile,
+        "session_s": round(session_s, 2),
+    }
     if params.get("profile") == "full":
         row["ort_nodes"] = ort_nodes(ctx, engine, batch)
     rows.append(row)
@@ -550,8 +608,15 @@ def host_rows(ctx: Context, engine, batch: int) -> list[dict[str, Any]]:
     stats = timed(lambda i: None, _rotating(lambda x: engine.encode(x), inputs), batch, ctx.spec["min_time_s"])
     rows.append({"variant": "host", "engine": "onnxruntime", "input": "host", "batch": batch, **stats})
     if engine.provider == "cuda":
-        rows.append({"variant": "host-4-in-flight", "engine": "onnxruntime", "input": "host-4-in-flight", "batch": batch,
-                     **in_flight(engine, inputs, batch, ctx.spec["min_time_s"], threads=4)})
+        rows.append(
+            {
+                "variant": "host-4-in-flight",
+                "engine": "onnxruntime",
+                "input": "host-4-in-flight",
+                "batch": batch,
+                **in_flight(engine, inputs, batch, ctx.spec["min_time_s"], threads=4),
+            }
+        )
     return rows
 
 
@@ -652,9 +717,17 @@ def task_torch_openclip(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
         stats = timed(prepare, run, batch, ctx.spec["min_time_s"])
         profile = kernel_profile(ctx, run, batch)
         emb = visual(normalise(ctx.parity_images)).float().cpu().numpy()
-    row = {"variant": "", "engine": "torch", "input": ctx.primary_input, "batch": batch, **stats,
-           "settings": {"module": "open_clip visual (nn.MultiheadAttention)", "dtype": str(dtype), "torch": torch.__version__},
-           "parity": ctx.parity(emb), "attention_kernel": attention_label(profile), "profile": profile}
+    row = {
+        "variant": "",
+        "engine": "torch",
+        "input": ctx.primary_input,
+        "batch": batch,
+        **stats,
+        "settings": {"module": "open_clip visual (nn.MultiheadAttention)", "dtype": str(dtype), "torch": torch.__version__},
+        "parity": ctx.parity(emb),
+        "attention_kernel": attention_label(profile),
+        "profile": profile,
+    }
     return {"status": "ok", "rows": [row]}
 
 
@@ -668,7 +741,11 @@ def task_torch(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
     dev = torch.device("cuda", 0) if ctx.cuda else torch.device("cpu")
     dtype = torch.float16 if ctx.cuda else torch.float32
     module = build_torch_encoder(load_visual_for(ctx.info)).to(dev, dtype)
-    settings: dict[str, Any] = {"module": "rayscale.torch_engine (fused qkv, SDPA)", "dtype": str(dtype), "torch": torch.__version__}
+    settings: dict[str, Any] = {
+        "module": "rayscale.torch_engine (fused qkv, SDPA)",
+        "dtype": str(dtype),
+        "torch": torch.__version__,
+    }
     if params.get("fp8"):
         from rayscale.export import parity_batch
 
@@ -703,6 +780,7 @@ def task_torch(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
             label = f"sdpa-{sdpa}"
             try:
                 with sdpa_backend(sdpa):
+
                     def run() -> None:
                         forward(x)
                         sync()
@@ -710,12 +788,30 @@ def task_torch(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
                     stats = timed(prepare, run, batch, ctx.spec["min_time_s"])
                     profile = kernel_profile(ctx, run, batch)
                     emb = forward(parity_input)[:PARITY_IMAGES].float().cpu().numpy()
-                    rows.append({"variant": label, "engine": "torch", "input": ctx.primary_input, "batch": batch,
-                                 **stats, "settings": {**settings, "sdpa": sdpa}, "parity": ctx.parity(emb),
-                                 "attention_kernel": attention_label(profile), "profile": profile})
+                    rows.append(
+                        {
+                            "variant": label,
+                            "engine": "torch",
+                            "input": ctx.primary_input,
+                            "batch": batch,
+                            **stats,
+                            "settings": {**settings, "sdpa": sdpa},
+                            "parity": ctx.parity(emb),
+                            "attention_kernel": attention_label(profile),
+                            "profile": profile,
+                        }
+                    )
             except Exception as e:  # one backend that cannot run this shape: the others still count
-                rows.append({"variant": label, "engine": "torch", "input": ctx.primary_input, "batch": batch, "status": "error",
-                             "error": f"{type(e).__name__}: {str(e)[:300]}"})
+                rows.append(
+                    {
+                        "variant": label,
+                        "engine": "torch",
+                        "input": ctx.primary_input,
+                        "batch": batch,
+                        "status": "error",
+                        "error": f"{type(e).__name__}: {str(e)[:300]}",
+                    }
+                )
         if params.get("cuda_graph") and ctx.cuda:
             rows.append(graph_row(ctx, forward, x, prepare, parity_input, batch, settings))
     return {"status": "ok", "rows": rows}
@@ -747,12 +843,26 @@ def graph_row(ctx: Context, forward, x, prepare, parity_input, batch: int, setti
             x.copy_(parity_input)
             run()
             emb = out[:PARITY_IMAGES].float().cpu().numpy()
-        return {"variant": "cuda-graph", "engine": "torch", "input": "device", "batch": batch, **stats,
-                "settings": {**settings, "sdpa": "default", "cuda_graph": True}, "parity": ctx.parity(emb) if emb is not None else None,
-                "attention_kernel": attention_label(profile), "profile": profile}
+        return {
+            "variant": "cuda-graph",
+            "engine": "torch",
+            "input": "device",
+            "batch": batch,
+            **stats,
+            "settings": {**settings, "sdpa": "default", "cuda_graph": True},
+            "parity": ctx.parity(emb) if emb is not None else None,
+            "attention_kernel": attention_label(profile),
+            "profile": profile,
+        }
     except Exception as e:
-        return {"variant": "cuda-graph", "engine": "torch", "input": ctx.primary_input, "batch": batch, "status": "error",
-                "error": f"{type(e).__name__}: {str(e)[:300]}"}
+        return {
+            "variant": "cuda-graph",
+            "engine": "torch",
+            "input": ctx.primary_input,
+            "batch": batch,
+            "status": "error",
+            "error": f"{type(e).__name__}: {str(e)[:300]}",
+        }
 
 
 def sdpa_backend(name: str):
@@ -762,8 +872,12 @@ def sdpa_backend(name: str):
         return contextlib.nullcontext()
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    backend = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
-               "cudnn": SDPBackend.CUDNN_ATTENTION, "math": SDPBackend.MATH}[name]
+    backend = {
+        "flash": SDPBackend.FLASH_ATTENTION,
+        "efficient": SDPBackend.EFFICIENT_ATTENTION,
+        "cudnn": SDPBackend.CUDNN_ATTENTION,
+        "math": SDPBackend.MATH,
+    }[name]
     return sdpa_kernel([backend])
 
 
@@ -807,15 +921,25 @@ def fp8_linears(module, calibration) -> dict[str, Any]:
         def forward(self, x):
             lead = x.shape[:-1]
             xq = (x.reshape(-1, x.shape[-1]) * self.x_inv).clamp(-fp8_max, fp8_max).to(torch.float8_e4m3fn)
-            y = torch._scaled_mm(xq, self.w, scale_a=self.x_scale, scale_b=self.w_scale, bias=self.bias,
-                                 out_dtype=torch.float16, use_fast_accum=True)
+            y = torch._scaled_mm(
+                xq,
+                self.w,
+                scale_a=self.x_scale,
+                scale_b=self.w_scale,
+                bias=self.bias,
+                out_dtype=torch.float16,
+                use_fast_accum=True,
+            )
             return y.reshape(*lead, -1)
 
     for blk, name in targets:
         lin = getattr(blk, name)
         setattr(blk, name, Fp8Linear(lin, amax[id(lin)]))
-    return {"layers": len(targets), "scales": "static per tensor (weights: their max; activations: calibration max)",
-            "calibration_images": int(calibration.shape[0])}
+    return {
+        "layers": len(targets),
+        "scales": "static per tensor (weights: their max; activations: calibration max)",
+        "calibration_images": int(calibration.shape[0]),
+    }
 
 
 _NCU_TARGET = """
@@ -852,8 +976,22 @@ def task_ncu(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
         return {"status": "error", "error": "ncu not found on PATH or under /opt/nvidia/nsight-compute"}
     batch = params.get("batch") or ctx.batch
     script = _NCU_TARGET.format(root=str(ROOT), model=ctx.model_dir, batch=batch, spec=params.get("spec", ""))
-    cmd = [ncu, "--clock-control", "none", "--nvtx", "--nvtx-include", "batch/", "--metrics", "gpu__time_duration.sum",
-           "--csv", "--page", "raw", sys.executable, "-c", script]
+    cmd = [
+        ncu,
+        "--clock-control",
+        "none",
+        "--nvtx",
+        "--nvtx-include",
+        "batch/",
+        "--metrics",
+        "gpu__time_duration.sum",
+        "--csv",
+        "--page",
+        "raw",
+        sys.executable,
+        "-c",
+        script,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=110)
     lines = [line for line in proc.stdout.splitlines() if line.startswith('"')]
     rows = list(csv.DictReader(lines))
@@ -868,13 +1006,23 @@ def task_ncu(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
         events.append((r.get("Kernel Name", "?"), t, t + dur))
         t += dur
     if not events:
-        return {"status": "error", "error": f"ncu reported no kernels (exit {proc.returncode})",
-                "log_tail": (proc.stdout + proc.stderr)[-2000:]}
+        return {
+            "status": "error",
+            "error": f"ncu reported no kernels (exit {proc.returncode})",
+            "log_tail": (proc.stdout + proc.stderr)[-2000:],
+        }
     profile = summarize_kernels(events, 1, float("nan"))
     groups = group_times(profile, vit_b32_work(batch), _peaks(ctx))
-    return {"status": "ok", "rows": [], "ncu": {"kernels_per_batch": profile.kernels_per_batch,
-            "kernel_ms_per_batch": profile.kernel_ms_per_batch, "groups": [g.__dict__ for g in groups],
-            "kernels": [k.__dict__ for k in profile.kernels[:25]]}}
+    return {
+        "status": "ok",
+        "rows": [],
+        "ncu": {
+            "kernels_per_batch": profile.kernels_per_batch,
+            "kernel_ms_per_batch": profile.kernel_ms_per_batch,
+            "groups": [g.__dict__ for g in groups],
+            "kernels": [k.__dict__ for k in profile.kernels[:25]],
+        },
+    }
 
 
 def task_selftest(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
@@ -913,14 +1061,25 @@ def worker_main(spec_path: Path) -> int:
     for t in spec["tasks"]:
         remaining = spec["deadline"] - spec["reserve_s"] - time.time()
         if t["expected_s"] > remaining:
-            emit("done", t["name"], result={"status": "skipped", "error": f"budget: {max(remaining, 0):.0f} s left, the task takes ~{t['expected_s']:.0f} s"})
+            emit(
+                "done",
+                t["name"],
+                result={
+                    "status": "skipped",
+                    "error": f"budget: {max(remaining, 0):.0f} s left, the task takes ~{t['expected_s']:.0f} s",
+                },
+            )
             continue
         emit("start", t["name"])
         t0 = time.perf_counter()
         try:
             result = KINDS[t["kind"]](ctx, t["params"])
         except Exception as e:  # a failing variant is a result, and the study goes on
-            result = {"status": "error", "error": f"{type(e).__name__}: {str(e)[:500]}", "traceback": traceback.format_exc()[-2000:]}
+            result = {
+                "status": "error",
+                "error": f"{type(e).__name__}: {str(e)[:500]}",
+                "traceback": traceback.format_exc()[-2000:],
+            }
         result["seconds"] = round(time.perf_counter() - t0, 1)
         emit("done", t["name"], result=result)
         _cleanup()
@@ -936,8 +1095,10 @@ def _load_onnxruntime_cuda() -> None:
 
         x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
         y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
-        model = helper.make_model(helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "probe", [x], [y]),
-                                  opset_imports=[helper.make_opsetid("", 17)])
+        model = helper.make_model(
+            helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "probe", [x], [y]),
+            opset_imports=[helper.make_opsetid("", 17)],
+        )
         model.ir_version = 8
         ort.InferenceSession(model.SerializeToString(), providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
     except Exception as e:  # the tasks that need it will say what is wrong
@@ -978,18 +1139,29 @@ def summarize(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
                 table.append(entry)
                 continue
             rate = row.get("images_per_s")
-            entry.update({
-                "images_per_s": rate,
-                "ms_per_batch_p50": row.get("ms_per_batch_p50"),
-                "over_baseline": rate / base if rate and base and row.get("input") in PRIMARY_INPUTS else None,
-                "over_torch_eager": rate / torch_eager if rate and torch_eager and row.get("input") in PRIMARY_INPUTS else None,
-                "min_cosine": (row.get("parity") or {}).get("min_cosine"),
-                "attention_kernel": row.get("attention_kernel"),
-                "fp8": bool((row.get("settings") or {}).get("fp8")),
-            })
+            entry.update(
+                {
+                    "images_per_s": rate,
+                    "ms_per_batch_p50": row.get("ms_per_batch_p50"),
+                    "over_baseline": rate / base if rate and base and row.get("input") in PRIMARY_INPUTS else None,
+                    "over_torch_eager": rate / torch_eager
+                    if rate and torch_eager and row.get("input") in PRIMARY_INPUTS
+                    else None,
+                    "min_cosine": (row.get("parity") or {}).get("min_cosine"),
+                    "attention_kernel": row.get("attention_kernel"),
+                    "fp8": bool((row.get("settings") or {}).get("fp8")),
+                }
+            )
             table.append(entry)
-    fp16 = [r for r in table if r.get("status") == "ok" and r.get("input") in PRIMARY_INPUTS and r.get("images_per_s") and not r.get("fp8")
-            and (r.get("min_cosine") is None or r["min_cosine"] >= PARITY_MIN_COSINE)]
+    fp16 = [
+        r
+        for r in table
+        if r.get("status") == "ok"
+        and r.get("input") in PRIMARY_INPUTS
+        and r.get("images_per_s")
+        and not r.get("fp8")
+        and (r.get("min_cosine") is None or r["min_cosine"] >= PARITY_MIN_COSINE)
+    ]
     best = max(fp16, key=lambda r: r["images_per_s"]) if fp16 else None
     again = _rate(results, "ort-baseline-again")
     targets = None
@@ -1025,16 +1197,20 @@ def render(summary: dict[str, Any], results: dict[str, dict[str, Any]], env: dic
     lines += [head, "-" * len(head)]
     for r in summary["table"]:
         if r.get("status") != "ok":
-            lines.append(f"{r['variant']:44s} {'':16s} {'':>9s} {'':>7s} {'':>6s} {'':>6s} {'':>8s}  {r.get('status')}: {str(r.get('error'))[:70]}")
+            lines.append(
+                f"{r['variant']:44s} {'':16s} {'':>9s} {'':>7s} {'':>6s} {'':>6s} {'':>8s}  {r.get('status')}: {str(r.get('error'))[:70]}"
+            )
             continue
 
         def f(v, fmt):
             return format(v, fmt) if isinstance(v, (int, float)) else "-"
 
-        lines.append(f"{r['variant']:44s} {str(r.get('input')):16s} {f(r.get('images_per_s'), ',.0f'):>9s} "
-                     f"{f(r.get('ms_per_batch_p50'), '.2f'):>7s} {f(r.get('over_baseline'), '.2f'):>6s} "
-                     f"{f(r.get('over_torch_eager'), '.2f'):>6s} {f(r.get('min_cosine'), '.5f'):>8s}  {r.get('attention_kernel') or ''}"
-                     + ("  (fp8, opt-in)" if r.get("fp8") else ""))
+        lines.append(
+            f"{r['variant']:44s} {str(r.get('input')):16s} {f(r.get('images_per_s'), ',.0f'):>9s} "
+            f"{f(r.get('ms_per_batch_p50'), '.2f'):>7s} {f(r.get('over_baseline'), '.2f'):>6s} "
+            f"{f(r.get('over_torch_eager'), '.2f'):>6s} {f(r.get('min_cosine'), '.5f'):>8s}  {r.get('attention_kernel') or ''}"
+            + ("  (fp8, opt-in)" if r.get("fp8") else "")
+        )
     for name in ("ort-baseline", "ort-combined"):
         row = _device_row(results, name)
         prof = (row or {}).get("profile")
@@ -1042,29 +1218,43 @@ def render(summary: dict[str, Any], results: dict[str, dict[str, Any]], env: dic
             continue
         k = prof["kernels"]
         lines.append("")
-        lines.append(f"{name}: batch {prof['batch_size']}, {k['wall_ms_per_batch']:.2f} ms per batch (GPU busy {k['busy_ms_per_batch']:.2f}, "
-                     f"{k['kernels_per_batch']:.0f} kernels); floor {prof['floor_ms']:.2f} ms at {prof['peaks']['matmul_flops_per_s'] / 1e12:.0f} TFLOP/s, "
-                     f"{prof['peaks']['memory_bytes_per_s'] / 1e12:.2f} TB/s ({prof['peaks']['source']})")
+        lines.append(
+            f"{name}: batch {prof['batch_size']}, {k['wall_ms_per_batch']:.2f} ms per batch (GPU busy {k['busy_ms_per_batch']:.2f}, "
+            f"{k['kernels_per_batch']:.0f} kernels); floor {prof['floor_ms']:.2f} ms at {prof['peaks']['matmul_flops_per_s'] / 1e12:.0f} TFLOP/s, "
+            f"{prof['peaks']['memory_bytes_per_s'] / 1e12:.2f} TB/s ({prof['peaks']['source']})"
+        )
         for g in prof["groups"]:
-            floor = f"{g['floor_ms']:.3f} ms floor, {g['over_floor']:.1f}× ({g['bound']})" if g.get("floor_ms") else "no floor (fusable overhead)"
-            lines.append(f"  {g['group']:12s} {g['ms_per_batch']:7.3f} ms {g['share']:5.0%}  {g['kernels_per_batch']:5.0f} kernels  {floor}")
+            floor = (
+                f"{g['floor_ms']:.3f} ms floor, {g['over_floor']:.1f}× ({g['bound']})"
+                if g.get("floor_ms")
+                else "no floor (fusable overhead)"
+            )
+            lines.append(
+                f"  {g['group']:12s} {g['ms_per_batch']:7.3f} ms {g['share']:5.0%}  {g['kernels_per_batch']:5.0f} kernels  {floor}"
+            )
     ncu = (results.get("ncu-baseline") or {}).get("ncu")
     if ncu:
         lines.append("")
-        lines.append(f"ncu-baseline (Nsight Compute, kernels one at a time): {ncu['kernel_ms_per_batch']:.2f} ms of kernels, "
-                     f"{ncu['kernels_per_batch']:.0f} kernels")
+        lines.append(
+            f"ncu-baseline (Nsight Compute, kernels one at a time): {ncu['kernel_ms_per_batch']:.2f} ms of kernels, "
+            f"{ncu['kernels_per_batch']:.0f} kernels"
+        )
         for g in ncu["groups"]:
             lines.append(f"  {g['group']:12s} {g['ms_per_batch']:7.3f} ms {g['share']:5.0%}")
     t = summary.get("targets")
     if t:
         met = t["met"]
         lines.append("")
-        lines.append(f"best fp16: {t['best_variant']} {t['images_per_s']:,.0f} img/s (target {t['images_per_s_target']:,}: {'met' if met['images_per_s'] else 'missed'}), "
-                     f"{(t['over_torch_eager'] or 0):.2f}× torch eager (target {t['over_torch_eager_target']}: {'met' if met['over_torch_eager'] else 'missed'}), "
-                     f"min cosine {t['min_cosine'] if t['min_cosine'] is not None else '-'} (target {t['min_cosine_target']}: {'met' if met['parity'] else 'missed'})")
+        lines.append(
+            f"best fp16: {t['best_variant']} {t['images_per_s']:,.0f} img/s (target {t['images_per_s_target']:,}: {'met' if met['images_per_s'] else 'missed'}), "
+            f"{(t['over_torch_eager'] or 0):.2f}× torch eager (target {t['over_torch_eager_target']}: {'met' if met['over_torch_eager'] else 'missed'}), "
+            f"min cosine {t['min_cosine'] if t['min_cosine'] is not None else '-'} (target {t['min_cosine_target']}: {'met' if met['parity'] else 'missed'})"
+        )
     if summary.get("baseline_spread") is not None:
-        lines.append(f"baseline timed twice: {summary['baseline_images_per_s']:,.0f} and {summary['baseline_again_images_per_s']:,.0f} img/s "
-                     f"({summary['baseline_spread']:.1%} apart: differences below that are noise)")
+        lines.append(
+            f"baseline timed twice: {summary['baseline_images_per_s']:,.0f} and {summary['baseline_again_images_per_s']:,.0f} img/s "
+            f"({summary['baseline_spread']:.1%} apart: differences below that are noise)"
+        )
     return "\n".join(lines)
 
 
@@ -1080,7 +1270,9 @@ def environment(args: argparse.Namespace) -> dict[str, Any]:
 def _nvidia_smi() -> str | None:
     query = "name,driver_version,clocks.sm,clocks.max.sm,clocks.mem,power.draw,power.limit,temperature.gpu,utilization.gpu"
     try:
-        return subprocess.run(["nvidia-smi", f"--query-gpu={query}", "--format=csv"], capture_output=True, text=True, timeout=20).stdout.strip()
+        return subprocess.run(
+            ["nvidia-smi", f"--query-gpu={query}", "--format=csv"], capture_output=True, text=True, timeout=20
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
 
@@ -1097,9 +1289,13 @@ def study_main(args: argparse.Namespace) -> int:
     started = time.time()
     deadline = started + args.budget_s
     env = environment(args)
-    _say(f"engine study: {args.device}, batch {args.batch}, budget {args.budget_s:.0f} s, model {info.precision} {info.sha256[:12]}")
+    _say(
+        f"engine study: {args.device}, batch {args.batch}, budget {args.budget_s:.0f} s, model {info.precision} {info.sha256[:12]}"
+    )
     runner = Runner(args, work, deadline)
-    first = plan_first_phase(args.quick) + [task(n, "selftest", 3, 1, **_selftest(n)) for n in args.only if n.startswith("selftest-")]
+    first = plan_first_phase(args.quick) + [
+        task(n, "selftest", 3, 1, **_selftest(n)) for n in args.only if n.startswith("selftest-")
+    ]
     runner.run(first, RESERVE_S)
     runner.run(plan_second_phase(runner.results, args.batch), 0.0)
     summary = summarize(runner.results)
@@ -1109,7 +1305,13 @@ def study_main(args: argparse.Namespace) -> int:
         "command": env["command"],
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "seconds": round(time.time() - started, 1),
-        "settings": {"device": args.device, "batch": args.batch, "budget_s": args.budget_s, "min_time_s": args.min_time_s, "quick": args.quick},
+        "settings": {
+            "device": args.device,
+            "batch": args.batch,
+            "budget_s": args.budget_s,
+            "min_time_s": args.min_time_s,
+            "quick": args.quick,
+        },
         "environment": env,
         "model": info.to_dict(),
         "summary": summary,

@@ -109,15 +109,17 @@ def row(label: str, point: PointResult, proc: dict[str, float], gpus: int) -> di
     cpu = point.host_cpu
     r = {"run": label, "load": point.concurrency, "images_per_s": point.images_per_s, "status": str(point.status)}
     if cpu is not None:
-        r |= {"server_cpu_parts": cpu.server_parts,
-              "server_cpu_s_per_1000_images": cpu.server_cpu_s_per_1000_images,
-              "client_cpu_s_per_1000_images": cpu.client_cpu_s_per_1000_images,
-              "server_cores": cpu.server_cores,
-              "server_cores_per_gpu": cpu.server_cores / gpus if cpu.server_cores is not None else None,
-              "client_cores": cpu.client_cpu_s / cpu.measured_s if cpu.client_cpu_s is not None else None}
+        r |= {
+            "server_cpu_parts": cpu.server_parts,
+            "server_cpu_s_per_1000_images": cpu.server_cpu_s_per_1000_images,
+            "client_cpu_s_per_1000_images": cpu.client_cpu_s_per_1000_images,
+            "server_cores": cpu.server_cores,
+            "server_cores_per_gpu": cpu.server_cores / gpus if cpu.server_cores is not None else None,
+            "client_cores": cpu.client_cpu_s / cpu.measured_s if cpu.client_cpu_s is not None else None,
+        }
     r |= {f"proc_{k.removesuffix('_s')}_cores": v for k, v in proc.items()}
     # /proc's figure for the same processes the results count (replicas, or Triton's tree)
-    r["proc_server_cores"] = (proc.get("replicas_s") if label.startswith("rayscale") else proc.get("triton_s"))
+    r["proc_server_cores"] = proc.get("replicas_s") if label.startswith("rayscale") else proc.get("triton_s")
     return r
 
 
@@ -156,7 +158,9 @@ def main() -> None:
     try:
         for transport in args.transports.split(","):
             url = f"127.0.0.1:{args.grpc_port}" if transport == "grpc" else f"http://127.0.0.1:{args.port}"
-            cfg = BenchConfig(url=url, transport=transport, out=str(out / f"rayscale-{transport}-{args.images_per_request}img.json"), **common)
+            cfg = BenchConfig(
+                url=url, transport=transport, out=str(out / f"rayscale-{transport}-{args.images_per_request}img.json"), **common
+            )
             rows += [row(f"rayscale {transport}", p, proc, gpus) for p, proc in bench_with_proc(cfg)]
     finally:
         subprocess.run([*RS, "down"], check=False)
@@ -170,15 +174,19 @@ def main() -> None:
     files = sorted(out.glob("*img.json"))
     write_report(build_report([load_results(f) for f in files], sources=[str(f) for f in files]), out / "report")
 
-    print(f"\n{'run':14s} {'conc':>5s} {'img/s':>9s} | {'srv CPU-s/1k':>12s} {'cli CPU-s/1k':>12s} {'srv cores/GPU':>13s} | "
-          f"{'srv cores':>9s} {'/proc':>6s} {'haproxy':>7s} {'clients':>7s} {'host busy':>9s} {'unaccounted':>11s}")
+    print(
+        f"\n{'run':14s} {'conc':>5s} {'img/s':>9s} | {'srv CPU-s/1k':>12s} {'cli CPU-s/1k':>12s} {'srv cores/GPU':>13s} | "
+        f"{'srv cores':>9s} {'/proc':>6s} {'haproxy':>7s} {'clients':>7s} {'host busy':>9s} {'unaccounted':>11s}"
+    )
     for r in rows:
         host = r.get("proc_host_busy_cores")
         accounted = sum(r.get(k) or 0.0 for k in ("proc_server_cores", "proc_haproxy_cores", "client_cores"))
-        print(f"{r['run']:14s} {r['load']:>5} {r['images_per_s']:>9.0f} | {fmt(r.get('server_cpu_s_per_1000_images'), 3):>12s} "
-              f"{fmt(r.get('client_cpu_s_per_1000_images'), 3):>12s} {fmt(r.get('server_cores_per_gpu')):>13s} | "
-              f"{fmt(r.get('server_cores')):>9s} {fmt(r.get('proc_server_cores')):>6s} {fmt(r.get('proc_haproxy_cores')):>7s} "
-              f"{fmt(r.get('client_cores')):>7s} {fmt(host):>9s} {fmt(host - accounted if host is not None else None):>11s}")
+        print(
+            f"{r['run']:14s} {r['load']:>5} {r['images_per_s']:>9.0f} | {fmt(r.get('server_cpu_s_per_1000_images'), 3):>12s} "
+            f"{fmt(r.get('client_cpu_s_per_1000_images'), 3):>12s} {fmt(r.get('server_cores_per_gpu')):>13s} | "
+            f"{fmt(r.get('server_cores')):>9s} {fmt(r.get('proc_server_cores')):>6s} {fmt(r.get('proc_haproxy_cores')):>7s} "
+            f"{fmt(r.get('client_cores')):>7s} {fmt(host):>9s} {fmt(host - accounted if host is not None else None):>11s}"
+        )
     print(f"\nfiles: {out}  (machine: {' / '.join(machine.split(chr(10))[:2])})")
 
 

@@ -149,7 +149,9 @@ def _engine_device(path: Path) -> float | None:
     if not path.is_file():
         return None
     points = json.loads(path.read_text()).get("points", [])
-    return max((p["images_per_s"] for p in points if p.get("where") == "device" and p.get("backend") == "onnxruntime"), default=None)
+    return max(
+        (p["images_per_s"] for p in points if p.get("where") == "device" and p.get("backend") == "onnxruntime"), default=None
+    )
 
 
 def table(root: Path) -> str:

@@ -32,22 +32,45 @@ def main() -> None:
     out = Path(args.out_dir)
     for ingress in args.ingress.split(","):
         ray.init(address="local", include_dashboard=False, log_to_driver=False, namespace="rayscale")
-        app = up(ServeConfig(model_dir=args.model, replicas=1, gpus_per_replica=0, cpus_per_replica=0.5,
-                             provider="null", port=8000, ingress=ingress), exporter=False)
+        app = up(
+            ServeConfig(
+                model_dir=args.model,
+                replicas=1,
+                gpus_per_replica=0,
+                cpus_per_replica=0.5,
+                provider="null",
+                port=8000,
+                ingress=ingress,
+            ),
+            exporter=False,
+        )
         try:
-            common = dict(concurrency=[int(c) for c in args.concurrency.split(",")], images_per_request=[1, 32],
-                          clients=1, client_cpus=0, warmup_s=1.0, window_s=args.window, duration_s=6 * args.window,
-                          max_windows=6, overwrite=True, model_dir=args.model)
+            common = dict(
+                concurrency=[int(c) for c in args.concurrency.split(",")],
+                images_per_request=[1, 32],
+                clients=1,
+                client_cpus=0,
+                warmup_s=1.0,
+                window_s=args.window,
+                duration_s=6 * args.window,
+                max_windows=6,
+                overwrite=True,
+                model_dir=args.model,
+            )
             targets = [("http", dict(url=app.url))] + ([("handle", dict(handle=True))] if ingress == "proxy" else [])
             for name, target in targets:
                 result = run_bench(BenchConfig(out=str(out / f"null-engine-{ingress}-{name}.json"), **target, **common))
                 for p in result.points:
-                    print(f"{ingress:8s} {p.transport:12s} {p.images_per_request:3d} img/req c={p.concurrency:3d}: "
-                          f"{p.requests_per_s:7.0f} req/s {p.images_per_s:8.0f} img/s p50 {p.latency.p50_ms:6.1f} ms "
-                          f"client CPU {p.client_cpu_pct:4.0f}%", file=sys.stderr)
+                    print(
+                        f"{ingress:8s} {p.transport:12s} {p.images_per_request:3d} img/req c={p.concurrency:3d}: "
+                        f"{p.requests_per_s:7.0f} req/s {p.images_per_s:8.0f} img/s p50 {p.latency.p50_ms:6.1f} ms "
+                        f"client CPU {p.client_cpu_pct:4.0f}%",
+                        file=sys.stderr,
+                    )
         finally:
             down(app.app_name)
             ray.shutdown()
+
 
 if __name__ == "__main__":
     main()

@@ -169,7 +169,10 @@ class ServeConfig:
         check(1 <= self.port <= 65535, f"port must be in 1..65535, got {self.port}")
         check(0 <= self.grpc_port <= 65535, f"grpc_port must be in 1..65535 (0: no gRPC), got {self.grpc_port}")
         check(self.grpc_port != self.port, f"grpc_port and port must differ, both are {self.port}")
-        check(0 <= self.processes_per_replica <= 64, f"processes_per_replica must be in 0..64 (0: auto), got {self.processes_per_replica}")
+        check(
+            0 <= self.processes_per_replica <= 64,
+            f"processes_per_replica must be in 0..64 (0: auto), got {self.processes_per_replica}",
+        )
         check(
             self.provider in ("auto", "cuda", "cpu", "null"),
             f"provider must be auto, cuda, cpu or null (serving path only), got {self.provider!r}",

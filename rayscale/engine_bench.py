@@ -102,13 +102,23 @@ def memcpy_report(model_path: Path, device_id: int = 0) -> dict[str, Any]:
         opts = ort.SessionOptions()
         opts.optimized_model_filepath = opt_path
         opts.log_severity_level = 3
-        ort.InferenceSession(str(model_path), sess_options=opts, providers=[("CUDAExecutionProvider", {"device_id": device_id}), "CPUExecutionProvider"])
+        ort.InferenceSession(
+            str(model_path),
+            sess_options=opts,
+            providers=[("CUDAExecutionProvider", {"device_id": device_id}), "CPUExecutionProvider"],
+        )
         graph = onnx.load(opt_path, load_external_data=False).graph
         ops: dict[str, int] = {}
         for node in graph.node:
             ops[node.op_type] = ops.get(node.op_type, 0) + 1
     memcpy = {k: v for k, v in ops.items() if k.startswith("Memcpy")}
-    return {"memcpy_nodes": sum(memcpy.values()), "memcpy_by_type": memcpy, "fused": {k: ops[k] for k in ("Attention", "MultiHeadAttention", "SkipLayerNormalization", "BiasGelu", "FastGelu") if k in ops}}
+    return {
+        "memcpy_nodes": sum(memcpy.values()),
+        "memcpy_by_type": memcpy,
+        "fused": {
+            k: ops[k] for k in ("Attention", "MultiHeadAttention", "SkipLayerNormalization", "BiasGelu", "FastGelu") if k in ops
+        },
+    }
 
 
 def ort_device_runner(session, device_id: int, batch: int, run_options=None):
@@ -173,7 +183,9 @@ def _profile(engine, batch: int, warnings: list[str]) -> dict[str, Any] | None:
     return result.to_dict()
 
 
-def _torch_eager(batch_sizes: list[int], cfg: EngineBenchConfig, engine: Engine, warnings: list[str]) -> tuple[list[EnginePoint], dict[str, Any] | None]:
+def _torch_eager(
+    batch_sizes: list[int], cfg: EngineBenchConfig, engine: Engine, warnings: list[str]
+) -> tuple[list[EnginePoint], dict[str, Any] | None]:
     try:
         import torch
 
@@ -206,7 +218,16 @@ def _torch_eager(batch_sizes: list[int], cfg: EngineBenchConfig, engine: Engine,
         torch.cuda.synchronize()
 
     for batch in batch_sizes:
-        x = torch.from_numpy(random_images(batch, seed=batch)).to(device).permute(0, 3, 1, 2).float().div(255).sub(mean).div(std).half()
+        x = (
+            torch.from_numpy(random_images(batch, seed=batch))
+            .to(device)
+            .permute(0, 3, 1, 2)
+            .float()
+            .div(255)
+            .sub(mean)
+            .div(std)
+            .half()
+        )
         with torch.inference_mode():
             for _ in range(3):
                 forward(x)
@@ -227,7 +248,11 @@ def _torch_eager(batch_sizes: list[int], cfg: EngineBenchConfig, engine: Engine,
         finally:
             torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
         cos = cosine_rows(ref, engine.encode(imgs))
-        parity = {"reference": "open_clip torch fp32 (GPU, no TF32)", "min_cosine": float(cos.min()), "mean_cosine": float(cos.mean())}
+        parity = {
+            "reference": "open_clip torch fp32 (GPU, no TF32)",
+            "min_cosine": float(cos.min()),
+            "mean_cosine": float(cos.mean()),
+        }
     return points, parity
 
 

@@ -205,7 +205,9 @@ class KernelProfile:
         return asdict(self)
 
 
-def profile_kernels(run: Callable[[], Any], *, iterations: int = 5, synchronize: Callable[[], Any] | None = None) -> KernelProfile:
+def profile_kernels(
+    run: Callable[[], Any], *, iterations: int = 5, synchronize: Callable[[], Any] | None = None
+) -> KernelProfile:
     """Run ``run`` ``iterations`` times under CUPTI and return its kernels, per batch.
 
     ``run`` must return only once its GPU work is done (or pass ``synchronize``). A profile with no
@@ -288,7 +290,11 @@ def group_times(profile: KernelProfile, work: dict[str, Work], peaks: Peaks) -> 
     for group, (ms, calls) in totals.items():
         w = work.get(group)
         floor = peaks.floor_s(w) * 1000 if w else None
-        bound = "" if w is None else ("compute" if w.flops / peaks.matmul_flops_per_s >= w.bytes / peaks.memory_bytes_per_s else "memory")
+        bound = (
+            ""
+            if w is None
+            else ("compute" if w.flops / peaks.matmul_flops_per_s >= w.bytes / peaks.memory_bytes_per_s else "memory")
+        )
         rows.append(GroupTime(group, ms, ms / all_ms, calls, floor, ms / floor if floor else None, bound))
     rows.sort(key=lambda r: -r.ms_per_batch)
     return rows
@@ -324,7 +330,9 @@ def ort_node_times(profile_path: str, iterations: int, *, skip_runs: int = 0) ->
     return dict(sorted(out.items(), key=lambda kv: -kv[1]["ms_per_batch"]))
 
 
-def ort_node_profile(session, make_run: Callable[[Any], Callable[[], Any]], *, iterations: int = 5) -> dict[str, dict[str, float]]:
+def ort_node_profile(
+    session, make_run: Callable[[Any], Callable[[], Any]], *, iterations: int = 5
+) -> dict[str, dict[str, float]]:
     """onnxruntime's per-operator host-side times for a copy of ``session`` with its profiler on.
 
     The copy loads the same file with the same session and provider options; ``make_run(copy)``
@@ -338,13 +346,22 @@ def ort_node_profile(session, make_run: Callable[[Any], Callable[[], Any]], *, i
     opts = session.get_session_options()
     providers = session.get_providers()
     # The options as the session reports them, less the ones that hand it outside resources.
-    external = {"user_compute_stream", "has_user_compute_stream", "gpu_external_alloc", "gpu_external_free", "gpu_external_empty_cache"}
+    external = {
+        "user_compute_stream",
+        "has_user_compute_stream",
+        "gpu_external_alloc",
+        "gpu_external_free",
+        "gpu_external_empty_cache",
+    }
     provider_options = {p: {k: v for k, v in o.items() if k not in external} for p, o in session.get_provider_options().items()}
     with tempfile.TemporaryDirectory() as tmp:
         opts.enable_profiling = True
         opts.profile_file_prefix = os.path.join(tmp, "ort")
         profiled = ort.InferenceSession(
-            session._model_path, sess_options=opts, providers=providers, provider_options=[provider_options.get(p, {}) for p in providers]
+            session._model_path,
+            sess_options=opts,
+            providers=providers,
+            provider_options=[provider_options.get(p, {}) for p in providers],
         )
         run = make_run(profiled)
         warm = 3

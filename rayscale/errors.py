@@ -1,21 +1,21 @@
 """The exceptions rayscale raises, all derived from ``RayscaleError``.
 
-    RayscaleError              anything the user can fix; the CLI prints its message, no traceback
-    ├── ConfigError            a setting is out of range or inconsistent
-    ├── InputError             images the engine cannot take (dtype, shape, batch size)
-    ├── ModelNotFoundError     no exported model where one was expected
-    ├── ExportError            export failed (missing extra, parity check, bad checkpoint)
-    ├── ServerError            a server could not be started, reached or stopped
-    │   └── ErrorReply         a server answered with an error document or a malformed response
-    ├── ResultsError           a results file is missing, invalid or would be overwritten
-    └── ProtocolError          a request violates the Open Inference Protocol; carries an HTTP status
-        ├── BadRequest         400
-        ├── Unauthorized       401
-        ├── NotFound           404
-        ├── MethodNotAllowed   405
-        ├── PayloadTooLarge    413
-        ├── Overloaded         503 (with Retry-After)
-        └── NotImplementedByServer  501
+RayscaleError              anything the user can fix; the CLI prints its message, no traceback
+├── ConfigError            a setting is out of range or inconsistent
+├── InputError             images the engine cannot take (dtype, shape, batch size)
+├── ModelNotFoundError     no exported model where one was expected
+├── ExportError            export failed (missing extra, parity check, bad checkpoint)
+├── ServerError            a server could not be started, reached or stopped
+│   └── ErrorReply         a server answered with an error document or a malformed response
+├── ResultsError           a results file is missing, invalid or would be overwritten
+└── ProtocolError          a request violates the Open Inference Protocol; carries an HTTP status
+    ├── BadRequest         400
+    ├── Unauthorized       401
+    ├── NotFound           404
+    ├── MethodNotAllowed   405
+    ├── PayloadTooLarge    413
+    ├── Overloaded         503 (with Retry-After)
+    └── NotImplementedByServer  501
 """
 
 from __future__ import annotations

@@ -150,7 +150,9 @@ def _ensure_libb64() -> None:
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     fix = f"check that the Debian mirrors are reachable, or run `{_APT_HINT}` yourself"
     _run_checked(["apt-get", "update"], "apt-get update", fix, 600, env)
-    _run_checked(["apt-get", "install", "-y", "--no-install-recommends", _APT_PACKAGE], f"apt-get install {_APT_PACKAGE}", fix, 600, env)
+    _run_checked(
+        ["apt-get", "install", "-y", "--no-install-recommends", _APT_PACKAGE], f"apt-get install {_APT_PACKAGE}", fix, 600, env
+    )
     if not _has_libb64():
         raise ServerError(f"{_APT_PACKAGE} is installed but libb64.so.0d does not load: run `ldconfig` and retry")
 
@@ -309,7 +311,9 @@ def parse_perf_analyzer_csv(text: str) -> dict[str, float]:
             continue
     for needed in ("Inferences/Second", "p50 latency", "p90 latency", "p95 latency", "p99 latency"):
         if needed not in out:
-            raise ServerError(f"perf_analyzer's CSV has no {needed!r} column (columns: {', '.join(out)}): is it version {PERF_ANALYZER_VERSION}?")
+            raise ServerError(
+                f"perf_analyzer's CSV has no {needed!r} column (columns: {', '.join(out)}): is it version {PERF_ANALYZER_VERSION}?"
+            )
     return out
 
 

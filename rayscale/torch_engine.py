@@ -80,7 +80,7 @@ def build_torch_encoder(visual):
     patch_dim = graph.patch_w.shape[0]
     patch = int(round((patch_dim // 3) ** 0.5))
     grid = IMAGE_SHAPE[0] // patch
-    heads = width // round(graph.blocks[0].scale**-2)  # the block's scale is head_dim ** -0.5
+    heads = width // round(graph.blocks[0].scale ** -2)  # the block's scale is head_dim ** -0.5
 
     class Block(nn.Module):
         def __init__(self, blk):
@@ -168,7 +168,9 @@ class TorchEngine:
         self.info = load_model_info(model_dir)
         on_cuda = provider in ("auto", "cuda") and torch.cuda.is_available()
         if provider == "cuda" and not on_cuda:
-            raise ConfigError("provider 'cuda' was asked for but torch sees no CUDA device: check the driver and torch's CUDA build")
+            raise ConfigError(
+                "provider 'cuda' was asked for but torch sees no CUDA device: check the driver and torch's CUDA build"
+            )
         self.provider = "cuda" if on_cuda else "cpu"
         self.device_id = device_id
         self.device = torch.device("cuda", device_id) if on_cuda else torch.device("cpu")

@@ -124,8 +124,16 @@ def _errors(events: list[dict]) -> list[str]:
     return errors
 
 
-def load_page(url: str, *, width: int = 1280, height: int = 2000, full_page: bool = False, media: str = "screen",
-              print_pdf: bool = False, binary: str | None = None) -> PageLoad:
+def load_page(
+    url: str,
+    *,
+    width: int = 1280,
+    height: int = 2000,
+    full_page: bool = False,
+    media: str = "screen",
+    print_pdf: bool = False,
+    binary: str | None = None,
+) -> PageLoad:
     """Open ``url`` in a fresh headless Chromium, wait for it to load, and return what it showed and said.
 
     ``media="print"`` lays the page out as it prints (its print style sheet); ``print_pdf`` also prints it
@@ -141,8 +149,11 @@ def load_page(url: str, *, width: int = 1280, height: int = 2000, full_page: boo
             session = pipe.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
             for domain in ("Page", "Runtime", "Log", "Network"):
                 pipe.call(f"{domain}.enable", session=session)
-            pipe.call("Emulation.setDeviceMetricsOverride",
-                      {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False}, session=session)
+            pipe.call(
+                "Emulation.setDeviceMetricsOverride",
+                {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False},
+                session=session,
+            )
             pipe.call("Emulation.setEmulatedMedia", {"media": media}, session=session)
             pipe.events.clear()
             pipe.call("Page.navigate", {"url": url}, session=session)

@@ -32,8 +32,12 @@ PREFIX = 24
 GCS_PORT = 6379
 # Agent ports given to `ray start`: the raylet then does not wait for the agents to report theirs
 # (a 15 s wait that a busy CI machine overruns). Each namespace has all its ports free.
-AGENT_PORTS = ("--metrics-export-port=20080", "--dashboard-agent-listen-port=20081",
-               "--dashboard-agent-grpc-port=20082", "--runtime-env-agent-port=20083")
+AGENT_PORTS = (
+    "--metrics-export-port=20080",
+    "--dashboard-agent-listen-port=20081",
+    "--dashboard-agent-grpc-port=20082",
+    "--runtime-env-agent-port=20083",
+)
 
 
 @dataclass(frozen=True)
@@ -183,7 +187,9 @@ def netns_cluster(state_dir: Path, nodes: int, *, cpus: list[float], gpus: int =
     token_file = state_dir / "ray_auth_token"
     token_file.write_text(secrets.token_hex(32))
     token_file.chmod(0o600)
-    env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_file), RAYSCALE_STATE_DIR=str(state_dir / "state"))
+    env = dict(
+        os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_file), RAYSCALE_STATE_DIR=str(state_dir / "state")
+    )
     members = [Node(ns=f"{tag}-n{i}", ip=f"{SUBNET}.{i + 1}") for i in range(nodes)]
     cluster = NetnsCluster(nodes=members, env=env)
     made: list[str] = []

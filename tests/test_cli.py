@@ -19,9 +19,7 @@ ENTRY = "import sys; from rayscale.cli import main; sys.argv[0] = 'rayscale'; ma
 
 def rayscale(*args: str, timeout_s: float = 120) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "RAYSCALE_API_TOKEN"}
-    return subprocess.run(
-        [sys.executable, "-c", ENTRY, *args], capture_output=True, text=True, timeout=timeout_s, env=env
-    )
+    return subprocess.run([sys.executable, "-c", ENTRY, *args], capture_output=True, text=True, timeout=timeout_s, env=env)
 
 
 def error_line(proc: subprocess.CompletedProcess) -> str:

@@ -68,7 +68,10 @@ def test_triton_model_config_carries_the_same_onnxruntime_settings():
     assert 'key: "cuda_graph" value: { string_value: "1" }' in text
     assert "sdpa_kernel=2" in text and "enable_cuda_graph=1" in text
     assert "device_id" not in text  # each instance adds its own device
-    assert engine_parameters(EngineOptions())["cuda_provider_options"] == "cudnn_conv_algo_search=HEURISTIC;do_copy_in_default_stream=1"
+    assert (
+        engine_parameters(EngineOptions())["cuda_provider_options"]
+        == "cudnn_conv_algo_search=HEURISTIC;do_copy_in_default_stream=1"
+    )
     with pytest.raises(ConfigError, match="runs onnxruntime"):
         engine_parameters(EngineOptions(backend="torch"))
 
@@ -76,8 +79,13 @@ def test_triton_model_config_carries_the_same_onnxruntime_settings():
 def test_engine_runs_with_options_and_gives_the_same_embeddings(model_dir):
     images = random_images(3, seed=5)
     baseline = Engine(model_dir, provider="cpu", max_batch_size=4, warmup=False)
-    tuned = create_engine(model_dir, options=EngineOptions.parse("graph_optimization=basic,cuda_graph=1"), provider="cpu",
-                          max_batch_size=4, warmup=False)
+    tuned = create_engine(
+        model_dir,
+        options=EngineOptions.parse("graph_optimization=basic,cuda_graph=1"),
+        provider="cpu",
+        max_batch_size=4,
+        warmup=False,
+    )
     assert isinstance(tuned, Engine) and tuned.options.graph_optimization == "basic"
     np.testing.assert_allclose(tuned.encode(images), baseline.encode(images), rtol=1e-4, atol=1e-5)
     with pytest.raises(ConfigError, match="use rayscale.engine_options.create_engine"):

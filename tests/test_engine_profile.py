@@ -77,7 +77,7 @@ def test_onnxruntimes_own_profile_is_read_per_operator_type(model_dir):
 
     engine = Engine(model_dir, provider="cpu", max_batch_size=2, warmup=False)
     images = random_images(1)
-    nodes = ort_node_profile(engine.session, lambda s: (lambda: s.run(None, {"IMAGE": images})), iterations=2)
+    nodes = ort_node_profile(engine.session, lambda s: lambda: s.run(None, {"IMAGE": images}), iterations=2)
     assert nodes["Attention"]["nodes_per_batch"] == pytest.approx(12)  # one fused attention per layer, warm-up left out
     assert nodes["MatMul"]["ms_per_batch"] > 0
     assert list(nodes) == sorted(nodes, key=lambda op: -nodes[op]["ms_per_batch"])

@@ -18,9 +18,29 @@ def test_study_records_each_variant_and_survives_a_hang_a_crash_and_an_error(mod
     out = tmp_path / "study"
     tasks = "setup,ort-baseline,selftest-sleep,selftest-crash,selftest-raise,ort-baseline-again"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "engine_study.py"), "--model-dir", str(model_dir), "--out", str(out),
-         "--device", "cpu", "--batch", "2", "--quick", "--min-time-s", "0.1", "--budget-s", "240", "--only", tasks],
-        capture_output=True, text=True, timeout=400, cwd=ROOT,
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "engine_study.py"),
+            "--model-dir",
+            str(model_dir),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--batch",
+            "2",
+            "--quick",
+            "--min-time-s",
+            "0.1",
+            "--budget-s",
+            "240",
+            "--only",
+            tasks,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=400,
+        cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     study = json.loads((out / "engine_study.json").read_text())

@@ -40,8 +40,18 @@ def server(model_dir, tmp_path_factory):
     saved = os.environ.get("RAYSCALE_STATE_DIR")
     os.environ["RAYSCALE_STATE_DIR"] = str(tmp_path_factory.mktemp("state"))
     start_local_ray(num_cpus=4, num_gpus=1, namespace="rayscale")
-    cfg = ServeConfig(model_dir=str(model_dir), replicas=1, gpus_per_replica=1, cpus_per_replica=0.5, provider="cpu",
-                      port=free_port(), grpc_port=free_port(), max_batch_size=4, batch_wait_ms=1, max_body_bytes=BODY_LIMIT)
+    cfg = ServeConfig(
+        model_dir=str(model_dir),
+        replicas=1,
+        gpus_per_replica=1,
+        cpus_per_replica=0.5,
+        provider="cpu",
+        port=free_port(),
+        grpc_port=free_port(),
+        max_batch_size=4,
+        batch_wait_ms=1,
+        max_body_bytes=BODY_LIMIT,
+    )
     app = up(cfg, exporter=False)
     host, port = app.url.removeprefix("http://").split(":")
     conn = http.client.HTTPConnection(host, int(port), timeout=120)
@@ -57,8 +67,9 @@ def server(model_dir, tmp_path_factory):
         os.environ["RAYSCALE_STATE_DIR"] = saved
 
 
-def _send(conn: http.client.HTTPConnection, method: str, path: str, body: bytes | None = None,
-          headers: dict[str, str] | None = None) -> tuple[int, bytes, dict[str, str]]:
+def _send(
+    conn: http.client.HTTPConnection, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
+) -> tuple[int, bytes, dict[str, str]]:
     for attempt in range(2):
         try:
             conn.request(method, path, body=body, headers=headers or {})
@@ -96,13 +107,14 @@ def _still_serves(server) -> None:
 
 def _binary(header: dict, raw: bytes, *, header_length: str | None = None) -> tuple[bytes, dict[str, str]]:
     head = json.dumps(header).encode()
-    return head + raw, {"Content-Type": "application/octet-stream",
-                        protocol.HEADER_LENGTH: header_length if header_length is not None else str(len(head))}
+    return head + raw, {
+        "Content-Type": "application/octet-stream",
+        protocol.HEADER_LENGTH: header_length if header_length is not None else str(len(head)),
+    }
 
 
 def _spec(**changes) -> dict:
-    spec = {"name": "IMAGE", "datatype": "UINT8", "shape": [2, 224, 224, 3],
-            "parameters": {"binary_data_size": GOOD.nbytes}}
+    spec = {"name": "IMAGE", "datatype": "UINT8", "shape": [2, 224, 224, 3], "parameters": {"binary_data_size": GOOD.nbytes}}
     spec.update(changes)
     return {"inputs": [spec], "outputs": [{"name": "EMBEDDING", "parameters": {"binary_data": True}}]}
 
@@ -137,10 +149,23 @@ def _cases() -> dict[str, tuple[str, str, bytes | None, dict[str, str], int]]:
         "top-level array": ("POST", INFER, b"[1, 2, 3]", {"Content-Type": "application/json"}, 400),
         "malformed JSON": ("POST", INFER, b'{"inputs": [', {"Content-Type": "application/json"}, 400),
         "deeply nested JSON": ("POST", INFER, deep, {"Content-Type": "application/json"}, 400),
-        "deeply nested data": ("POST", INFER, b'{"inputs":[{"name":"IMAGE","datatype":"UINT8","shape":[1,224,224,3],"data":'
-                               + b"[" * 50_000 + b"]" * 50_000 + b"}]}", {"Content-Type": "application/json"}, 400),
-        "5000-digit number": ("POST", INFER, b'{"inputs": [{"name": "IMAGE", "shape": [' + b"9" * 5000 + b"]}]}",
-                              {"Content-Type": "application/json"}, 400),
+        "deeply nested data": (
+            "POST",
+            INFER,
+            b'{"inputs":[{"name":"IMAGE","datatype":"UINT8","shape":[1,224,224,3],"data":'
+            + b"[" * 50_000
+            + b"]" * 50_000
+            + b"}]}",
+            {"Content-Type": "application/json"},
+            400,
+        ),
+        "5000-digit number": (
+            "POST",
+            INFER,
+            b'{"inputs": [{"name": "IMAGE", "shape": [' + b"9" * 5000 + b"]}]}",
+            {"Content-Type": "application/json"},
+            400,
+        ),
         "NaN in JSON data": ("POST", INFER, re.sub(rb'"data":\[\d+', b'"data":[NaN', json_body, count=1), json_headers, 400),
         "pixel out of range": ("POST", INFER, re.sub(rb'"data":\[\d+', b'"data":[300', json_body, count=1), json_headers, 400),
         "negative pixel": ("POST", INFER, re.sub(rb'"data":\[\d+', b'"data":[-1', json_body, count=1), json_headers, 400),
@@ -149,9 +174,14 @@ def _cases() -> dict[str, tuple[str, str, bytes | None, dict[str, str], int]]:
         "empty body": ("POST", INFER, b"", {"Content-Type": "application/json"}, 400),
         "truncated binary body": ("POST", INFER, good_body[:-1000], good_headers, 400),
         "over-long binary body": ("POST", INFER, good_body + b"\0" * 1000, good_headers, 400),
-        "binary body without header length": ("POST", INFER, good_body,
-                                              {"Content-Type": "application/octet-stream"}, 400),
-        "header length past the body": ("POST", INFER, good_body, {**good_headers, protocol.HEADER_LENGTH: str(len(good_body) + 1)}, 400),
+        "binary body without header length": ("POST", INFER, good_body, {"Content-Type": "application/octet-stream"}, 400),
+        "header length past the body": (
+            "POST",
+            INFER,
+            good_body,
+            {**good_headers, protocol.HEADER_LENGTH: str(len(good_body) + 1)},
+            400,
+        ),
         "header length too short": ("POST", INFER, good_body, {**good_headers, protocol.HEADER_LENGTH: str(hl - 7)}, 400),
         "header length zero": ("POST", INFER, good_body, {**good_headers, protocol.HEADER_LENGTH: "0"}, 400),
         "header length negative": ("POST", INFER, good_body, {**good_headers, protocol.HEADER_LENGTH: "-4"}, 400),
@@ -231,8 +261,10 @@ _headers = st.fixed_dictionaries(
     {},
     optional={
         "inputs": st.lists(_specs, max_size=3) | _json_values,
-        "outputs": st.lists(st.fixed_dictionaries({}, optional={"name": st.text(max_size=10), "parameters": _json_values}),
-                            max_size=2) | _json_values,
+        "outputs": st.lists(
+            st.fixed_dictionaries({}, optional={"name": st.text(max_size=10), "parameters": _json_values}), max_size=2
+        )
+        | _json_values,
         "parameters": _json_values,
         "id": _json_values,
     },
@@ -242,8 +274,11 @@ _fuzz = settings(max_examples=60, deadline=None, suppress_health_check=list(Heal
 
 
 @_fuzz
-@given(header=_headers, tail=st.binary(max_size=64), header_length=st.one_of(st.none(), st.integers(-5, 5000).map(str),
-                                                                               st.text(_ASCII, max_size=6)))
+@given(
+    header=_headers,
+    tail=st.binary(max_size=64),
+    header_length=st.one_of(st.none(), st.integers(-5, 5000).map(str), st.text(_ASCII, max_size=6)),
+)
 def test_generated_infer_requests_are_refused_with_json_4xx(server, header, tail, header_length):
     head = json.dumps(header).encode()
     headers = {"Content-Type": "application/octet-stream"}
@@ -261,14 +296,31 @@ def test_random_bytes_are_refused_with_json_4xx(server, body, content_type):
     _assert_client_error(status, data, h, body[:100])
 
 
-_segment = st.sampled_from(["v2", "models", MODEL_NAME, "versions", "1", "infer", "ready", "config", "stats", "health",
-                            "live", "..", "%2e%2e", "repository", "x" * 300]) | st.text(
-    st.characters(min_codepoint=33, max_codepoint=126, exclude_characters="/?#%"), min_size=1, max_size=12)
+_segment = st.sampled_from(
+    [
+        "v2",
+        "models",
+        MODEL_NAME,
+        "versions",
+        "1",
+        "infer",
+        "ready",
+        "config",
+        "stats",
+        "health",
+        "live",
+        "..",
+        "%2e%2e",
+        "repository",
+        "x" * 300,
+    ]
+) | st.text(st.characters(min_codepoint=33, max_codepoint=126, exclude_characters="/?#%"), min_size=1, max_size=12)
 
 
 @_fuzz
-@given(segments=st.lists(_segment, max_size=6), method=st.sampled_from(["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD",
-                                                                        "OPTIONS"]))
+@given(
+    segments=st.lists(_segment, max_size=6), method=st.sampled_from(["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"])
+)
 def test_every_path_and_method_gets_a_json_answer_and_never_a_5xx(server, segments, method):
     path = "/" + "/".join(segments)
     status, data, h = _send(server[0], method, path, b"{}" if method in ("POST", "PUT", "PATCH") else None)

@@ -155,7 +155,9 @@ def client(served):
 
 @pytest.fixture(scope="module")
 def stub(served):
-    channel = grpc.insecure_channel(served.url, options=[("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)])
+    channel = grpc.insecure_channel(
+        served.url, options=[("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
+    )
     yield service_pb2_grpc.GRPCInferenceServiceStub(channel)
     channel.close()
 
@@ -283,7 +285,10 @@ def test_bad_infer_requests_get_their_status_and_a_message(stub, mutate, code, n
 def test_batch_limits_through_tritonclient(client):
     with pytest.raises(InferenceServerException) as e:
         client.infer(MODEL_NAME, [image_input(random_images(MAX_BATCH + 1))], headers=AUTH)
-    assert e.value.status() == "StatusCode.INVALID_ARGUMENT" and f"exceeds the model's max_batch_size {MAX_BATCH}" in e.value.message()
+    assert (
+        e.value.status() == "StatusCode.INVALID_ARGUMENT"
+        and f"exceeds the model's max_batch_size {MAX_BATCH}" in e.value.message()
+    )
     with pytest.raises(InferenceServerException) as e:  # past max_message_bytes: gRPC itself refuses it
         client.infer(MODEL_NAME, [image_input(random_images(9))], headers=AUTH)
     assert e.value.status() == "StatusCode.RESOURCE_EXHAUSTED" and str(MAX_MESSAGE_BYTES) in e.value.message()
@@ -444,7 +449,9 @@ def test_cli_bench_grpc_flag_reaches_both_clients():
     def bench(*args: str) -> str:
         env = {k: v for k, v in os.environ.items() if k != "RAYSCALE_API_TOKEN"}
         entry = "import sys; from rayscale.cli import main; sys.argv[0] = 'rayscale'; main()"
-        proc = subprocess.run([sys.executable, "-c", entry, "bench", "--grpc", *args], capture_output=True, text=True, timeout=120, env=env)
+        proc = subprocess.run(
+            [sys.executable, "-c", entry, "bench", "--grpc", *args], capture_output=True, text=True, timeout=120, env=env
+        )
         assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
         (line,) = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
         return line

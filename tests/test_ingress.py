@@ -32,8 +32,9 @@ def ingress(tmp_path_factory):
     import ray
 
     start_local_ray(num_cpus=2, namespace="rayscale")
-    cfg = IngressConfig(app_name=f"ingress-{os.getpid()}", host="127.0.0.1", http_port=free_port(), grpc_port=free_port(),
-                        request_timeout_s=10)
+    cfg = IngressConfig(
+        app_name=f"ingress-{os.getpid()}", host="127.0.0.1", http_port=free_port(), grpc_port=free_port(), request_timeout_s=10
+    )
     actor = ensure_node_ingress(cfg)
     yield cfg, actor
     stop_ingresses(cfg.app_name)
@@ -88,8 +89,9 @@ def test_the_ingress_listens_only_on_its_two_ports_and_its_admin_socket_is_priva
 
 def test_a_port_in_use_is_a_clear_error(ingress):
     cfg, _ = ingress
-    clash = IngressConfig(app_name=f"clash-{os.getpid()}", host="127.0.0.1", http_port=cfg.http_port, grpc_port=0,
-                          request_timeout_s=10)
+    clash = IngressConfig(
+        app_name=f"clash-{os.getpid()}", host="127.0.0.1", http_port=cfg.http_port, grpc_port=0, request_timeout_s=10
+    )
     with pytest.raises(Exception, match="port"):
         ensure_node_ingress(clash)
     import ray
@@ -100,7 +102,9 @@ def test_a_port_in_use_is_a_clear_error(ingress):
 def test_the_config_adds_the_ingress_token_and_strips_a_client_copy(tmp_path):
     text = render_config(ingress_config(ServeConfig(port=8000, grpc_port=8001)), token="T0KEN", workdir=tmp_path)
     assert f"http-request del-header {INGRESS_TOKEN_HEADER}" in text
-    assert text.count(f"http-request set-header {INGRESS_TOKEN_HEADER} T0KEN") == 4  # every pool: HTTP and gRPC, here and elsewhere
+    assert (
+        text.count(f"http-request set-header {INGRESS_TOKEN_HEADER} T0KEN") == 4
+    )  # every pool: HTTP and gRPC, here and elsewhere
     assert "bind 127.0.0.1:8000" in text and "bind 127.0.0.1:8001 proto h2" in text
     assert "stats socket" in text and "mode 600" in text
     assert "stats enable" not in text and "prometheus" not in text  # no statistics page, no metrics port

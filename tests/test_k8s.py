@@ -155,7 +155,16 @@ def _matches(obj: dict[str, Any], target: dict[str, Any]) -> bool:
     )
 
 
-KUSTOMIZATION_KEYS = {"apiVersion", "kind", "namespace", "resources", "images", "patches", "generatorOptions", "configMapGenerator"}
+KUSTOMIZATION_KEYS = {
+    "apiVersion",
+    "kind",
+    "namespace",
+    "resources",
+    "images",
+    "patches",
+    "generatorOptions",
+    "configMapGenerator",
+}
 
 
 def kustomize_build(directory: Path) -> list[dict[str, Any]]:
@@ -173,7 +182,14 @@ def kustomize_build(directory: Path) -> list[dict[str, Any]]:
             data[key] = (directory / file).read_text()
         labels = gen.get("options", {}).get("labels")
         assert kust.get("generatorOptions", {}).get("disableNameSuffixHash"), "generated names must be stable"
-        objs.append({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": gen["name"], **({"labels": labels} if labels else {})}, "data": data})
+        objs.append(
+            {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {"name": gen["name"], **({"labels": labels} if labels else {})},
+                "data": data,
+            }
+        )
     for patch in kust.get("patches", []):
         ops = yaml.safe_load((directory / patch["path"]).read_text())
         targets = [o for o in objs if _matches(o, patch["target"])]
@@ -326,7 +342,9 @@ def check_volumes_and_exposure(objs: list[dict[str, Any]]) -> None:
                     if claim:
                         assert claim["claimName"] in claims, f"{_key(obj)} uses missing PVC {claim['claimName']}"
                         if m["mountPath"] == "/models" and obj["kind"] != "Job":
-                            assert m.get("readOnly") and claim.get("readOnly"), f"{_key(obj)} {c['name']} must mount the model read-only"
+                            assert m.get("readOnly") and claim.get("readOnly"), (
+                                f"{_key(obj)} {c['name']} must mount the model read-only"
+                            )
     for obj in objs:
         if obj["kind"] == "Service":
             assert obj["spec"].get("type", "ClusterIP") == "ClusterIP", f"{_key(obj)} is exposed outside the cluster"
@@ -393,14 +411,20 @@ def _head_and_workers(rs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any
 CLUSTER = "rayscale-x7k2p"  # a RayService's RayCluster: its name plus a random suffix
 
 
-def _kuberay_pod_labels(template: dict[str, Any], node_type: str, creator: str = "RayService",
-                        cluster: str = CLUSTER) -> dict[str, str]:
+def _kuberay_pod_labels(
+    template: dict[str, Any], node_type: str, creator: str = "RayService", cluster: str = CLUSTER
+) -> dict[str, str]:
     """The labels KubeRay 1.x gives a Ray pod (common/pod.go labelPod, BuildPod): its own, then the
     template's, then for a RayService's pods ray.io/serve: "true" on workers; on the head "false"
     until the RayService controller finds its /-/healthz answering, which it never asks with
     excludeHeadPodFromServeSvc (rayservice_controller.go updateHeadPodServeLabel)."""
-    own = {"ray.io/is-ray-node": "yes", "ray.io/cluster": cluster, "ray.io/node-type": node_type,
-           "app.kubernetes.io/name": "kuberay", "app.kubernetes.io/created-by": "kuberay-operator"}
+    own = {
+        "ray.io/is-ray-node": "yes",
+        "ray.io/cluster": cluster,
+        "ray.io/node-type": node_type,
+        "app.kubernetes.io/name": "kuberay",
+        "app.kubernetes.io/created-by": "kuberay-operator",
+    }
     pod = own | {k: v for k, v in template["metadata"]["labels"].items() if k not in ("ray.io/node-type", "ray.io/cluster")}
     if creator == "RayService":
         pod["ray.io/serve"] = "true" if node_type == "worker" else "false"
@@ -474,11 +498,20 @@ def check_ingress(objs: list[dict[str, Any]]) -> None:
         ("worker-ready", _kuberay_pod_labels(worker, "worker"), worker_ports, True),
         ("worker-not-ready", _kuberay_pod_labels(worker, "worker"), worker_ports, False),
         ("old-cluster-worker", _kuberay_pod_labels(worker, "worker", cluster="rayscale-old42"), worker_ports, True),
-        ("bench-head", _kuberay_pod_labels(job["headGroupSpec"]["template"], "head", "RayJob"), _container_ports(job["headGroupSpec"]["template"]), True),
+        (
+            "bench-head",
+            _kuberay_pod_labels(job["headGroupSpec"]["template"], "head", "RayJob"),
+            _container_ports(job["headGroupSpec"]["template"]),
+            True,
+        ),
         ("bench-loadgen", _kuberay_pod_labels(job["workerGroupSpecs"][0]["template"], "worker", "RayJob"), {}, True),
         ("triton", triton["metadata"]["labels"], _container_ports(triton), True),
-        ("another-rayservice-worker", _kuberay_pod_labels({"metadata": {"labels": {"app.kubernetes.io/name": "other"}}}, "worker", cluster="other-q9z4w"),
-         worker_ports, True),
+        (
+            "another-rayservice-worker",
+            _kuberay_pod_labels({"metadata": {"labels": {"app.kubernetes.io/name": "other"}}}, "worker", cluster="other-q9z4w"),
+            worker_ports,
+            True,
+        ),
     ]
     # KubeRay's Serve Service: its ports as we give them, its selector set by KubeRay to the active cluster.
     kuberay_svc = dict(rs["spec"]["serveService"]["spec"], selector={"ray.io/cluster": CLUSTER, "ray.io/serve": "true"})
@@ -492,7 +525,9 @@ def check_ingress(objs: list[dict[str, Any]]) -> None:
     svc = _find(objs, "Service", "rayscale-ingress")["spec"]
     assert svc["type"] == "ClusterIP"
     # Every ready serving pod of the RayService, old cluster included during an upgrade, and nothing else.
-    assert _endpoints(svc, pods) == {(pod, port, target) for pod in ("worker-ready", "old-cluster-worker") for port, target in http_grpc.items()}
+    assert _endpoints(svc, pods) == {
+        (pod, port, target) for pod in ("worker-ready", "old-cluster-worker") for port, target in http_grpc.items()
+    }
     (grpc,) = [p for p in svc["ports"] if p["port"] == 8001]
     assert grpc["appProtocol"] == "kubernetes.io/h2c"
 
@@ -537,7 +572,9 @@ def test_validation_rejects_what_the_api_server_rejects():
     with pytest.raises(kubernetes_validate.ValidationError):
         validate(deploy)
     quantity = copy.deepcopy(_find(objs, "RayService"))
-    quantity["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"] = 8
+    quantity["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]["resources"]["limits"][
+        "cpu"
+    ] = 8
     validate(quantity)  # int-or-string: 8 and "8" are both quantities
 
 

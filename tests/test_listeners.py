@@ -182,9 +182,26 @@ def test_local_cluster_opens_nothing_unauthenticated_beyond_loopback(model_dir, 
     port = free_port()
     cli = [sys.executable, "-m", "rayscale.cli"]
     up = subprocess.run(
-        [*cli, "up", "--provider", "cpu", "--gpus-per-replica", "0", "--replicas", "1", "--model", str(model_dir),
-         "--port", str(port), "--exporter-port", str(free_port())],
-        env=env, capture_output=True, text=True, timeout=240,
+        [
+            *cli,
+            "up",
+            "--provider",
+            "cpu",
+            "--gpus-per-replica",
+            "0",
+            "--replicas",
+            "1",
+            "--model",
+            str(model_dir),
+            "--port",
+            str(port),
+            "--exporter-port",
+            str(free_port()),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
     try:
         assert up.returncode == 0, up.stderr[-2000:]

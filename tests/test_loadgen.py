@@ -75,8 +75,16 @@ def test_latency_histogram_is_exact_at_bucket_edges_and_never_overstates_between
 
 def test_latency_histogram_round_trips_through_a_results_file_and_old_files_load_without_one(tmp_path):
     histogram = LatencyHistogram.from_latencies_s(np.random.default_rng(1).uniform(0.004, 0.2, size=5000))
-    point = PointResult(target="rayscale", transport="http-binary", mode="closed", replicas=1, images_per_request=8,
-                        concurrency=4, latency=latency_stats(np.array([0.004, 0.2])), latency_histogram=histogram)
+    point = PointResult(
+        target="rayscale",
+        transport="http-binary",
+        mode="closed",
+        replicas=1,
+        images_per_request=8,
+        concurrency=4,
+        latency=latency_stats(np.array([0.004, 0.2])),
+        latency_histogram=histogram,
+    )
     result = BenchResult(command="rayscale bench", config={}, environment={}, model={}, points=[point])
     path = write_json_atomic(tmp_path / "r.json", result.to_dict())
     loaded = load_results(path).points[0].latency_histogram
@@ -143,8 +151,18 @@ def test_open_loop_p99_shows_a_stall_that_closed_loop_cannot(ray_cluster, tmp_pa
     with TrivialServer() as server:
         results = {}
         for mode, shape in (("open", dict(concurrency=None, rates_rps=[40.0])), ("closed", dict(concurrency=[2]))):
-            cfg = BenchConfig(url=server.url, images_per_request=[1], out=str(tmp_path / f"{mode}.json"), clients=1,
-                              warmup_s=0.5, window_s=4.0, duration_s=12.0, max_windows=3, client_cpus=0, **shape)
+            cfg = BenchConfig(
+                url=server.url,
+                images_per_request=[1],
+                out=str(tmp_path / f"{mode}.json"),
+                clients=1,
+                warmup_s=0.5,
+                window_s=4.0,
+                duration_s=12.0,
+                max_windows=3,
+                client_cpus=0,
+                **shape,
+            )
 
             def stall_in_first_window(event, server=server):
                 if isinstance(event, WindowMeasured) and event.index == 1:
@@ -171,7 +189,9 @@ def test_open_loop_p99_shows_a_stall_that_closed_loop_cannot(ray_cluster, tmp_pa
 
 def test_closed_loop_counts_every_error(ray_cluster, tmp_path):
     with TrivialServer(fail_every=4) as server:
-        cfg = BenchConfig(url=server.url, concurrency=[4], images_per_request=[2], out=str(tmp_path / "e.json"), clients=2, **FAST)
+        cfg = BenchConfig(
+            url=server.url, concurrency=[4], images_per_request=[2], out=str(tmp_path / "e.json"), clients=2, **FAST
+        )
         point = run_bench(cfg).points[0]
     assert point.errors.get("http_500", 0) == point.requests_failed > 0
     assert point.requests_sent == point.requests_ok + point.requests_failed + point.requests_incomplete
@@ -206,13 +226,23 @@ def assert_host_cpu_measured(point: PointResult, *, through_ingress: bool) -> No
 def test_sweep_of_two_replica_counts_and_two_concurrencies_writes_a_valid_file(ray_cluster, model_dir, tmp_path):
     from rayscale.serve.cluster import down, up
 
-    cfg = ServeConfig(model_dir=str(model_dir), replicas=1, gpus_per_replica=1, cpus_per_replica=0.5, provider="cpu",
-                      port=free_port(), grpc_port=free_port(), max_batch_size=8, batch_wait_ms=5)
+    cfg = ServeConfig(
+        model_dir=str(model_dir),
+        replicas=1,
+        gpus_per_replica=1,
+        cpus_per_replica=0.5,
+        provider="cpu",
+        port=free_port(),
+        grpc_port=free_port(),
+        max_batch_size=8,
+        batch_wait_ms=5,
+    )
     app = up(cfg, exporter=False)
     try:
         out = tmp_path / "sweep.json"
-        bench = BenchConfig(url=app.url, replicas=[1, 2], concurrency=[1, 2], images_per_request=[2], out=str(out),
-                            csv=True, clients=1, **FAST)
+        bench = BenchConfig(
+            url=app.url, replicas=[1, 2], concurrency=[1, 2], images_per_request=[2], out=str(out), csv=True, clients=1, **FAST
+        )
         run_bench(bench)
         loaded = load_results(out)
         assert isinstance(loaded, BenchResult) and loaded.status == "complete"
@@ -236,18 +266,40 @@ def test_sweep_of_two_replica_counts_and_two_concurrencies_writes_a_valid_file(r
         with pytest.raises(ResultsError, match="--overwrite"):
             run_bench(bench)
         # --resume skips what is there
-        resumed = run_bench(BenchConfig(url=app.url, replicas=[2], concurrency=[1, 2], images_per_request=[2], out=str(out),
-                                        resume=True, clients=1, **FAST))
+        resumed = run_bench(
+            BenchConfig(
+                url=app.url,
+                replicas=[2],
+                concurrency=[1, 2],
+                images_per_request=[2],
+                out=str(out),
+                resume=True,
+                clients=1,
+                **FAST,
+            )
+        )
         assert [p.started_at for p in resumed.points] == [p.started_at for p in loaded.points[2:]]
         # handle mode through the same batcher; without --replicas the app is measured as it runs
-        handle_point = run_bench(BenchConfig(handle=True, concurrency=[2], images_per_request=[2],
-                                             out=str(tmp_path / "handle.json"), clients=1, **FAST)).points[0]
+        handle_point = run_bench(
+            BenchConfig(
+                handle=True, concurrency=[2], images_per_request=[2], out=str(tmp_path / "handle.json"), clients=1, **FAST
+            )
+        ).points[0]
         assert handle_point.transport == "handle" and handle_point.requests_ok > 0 and handle_point.requests_failed == 0
         assert handle_point.replicas == 2 and status(cfg.app_name).replica_states.get("RUNNING") == 2
         assert_host_cpu_measured(handle_point, through_ingress=False)
         # ... and so it is under a label of the user's choosing, which records what runs
-        labelled = run_bench(BenchConfig(url=app.url, target="rayscale-two", concurrency=[2], images_per_request=[2],
-                                         out=str(tmp_path / "labelled.json"), clients=1, **FAST))
+        labelled = run_bench(
+            BenchConfig(
+                url=app.url,
+                target="rayscale-two",
+                concurrency=[2],
+                images_per_request=[2],
+                out=str(tmp_path / "labelled.json"),
+                clients=1,
+                **FAST,
+            )
+        )
         assert [(p.target, p.replicas) for p in labelled.points] == [("rayscale-two", 2)]
         assert labelled.serve_config["replicas"] == 2 and labelled.serve_config["gpus_per_replica"] == 1
         assert status(cfg.app_name).replica_states.get("RUNNING") == 2
@@ -279,4 +331,3 @@ def test_client_asks_for_uncompressed_responses():
         headers = {k.lower(): v for k, v in server.behaviour.last_headers.items()}
     assert headers["content-type"] == "application/octet-stream"
     assert "accept-encoding" not in headers
-

@@ -58,7 +58,9 @@ def test_client_actors_grow_with_the_load_within_the_clusters_cpus(ray_cluster):
 def test_a_client_bound_point_is_measured_again_with_twice_the_actors(ray_cluster, tmp_path):
     """A point whose busiest actor reaches the saturation mark is measured again with twice the actors
     (here the mark is 1 % of a core, so any working actor reaches it, and it stays flagged)."""
-    shared = dict(concurrency=[2], images_per_request=[1], warmup_s=0.3, window_s=0.5, duration_s=1.5, max_windows=3, client_cpus=0)
+    shared = dict(
+        concurrency=[2], images_per_request=[1], warmup_s=0.3, window_s=0.5, duration_s=1.5, max_windows=3, client_cpus=0
+    )
     with TrivialServer(delay_s=0.005) as server:
         events = []
         printer = ProgressPrinter(Console(file=io.StringIO(), width=200))
@@ -68,7 +70,9 @@ def test_a_client_bound_point_is_measured_again_with_twice_the_actors(ray_cluste
             printer(event)
 
         out = tmp_path / "saturated.json"
-        point = run_bench(BenchConfig(url=server.url, out=str(out), client_cpu_saturated_pct=1.0, **shared), on_event=watch).points[0]
+        point = run_bench(
+            BenchConfig(url=server.url, out=str(out), client_cpu_saturated_pct=1.0, **shared), on_event=watch
+        ).points[0]
         retried = [e for e in events if isinstance(e, PointRetried)]
         assert len(retried) == 1 and retried[0].point.clients == 1 and retried[0].clients == 2
         assert point.clients == 2 and point.client_cpu_saturated and point.requests_ok > 0

@@ -131,7 +131,9 @@ def test_no_node_opens_anything_unauthenticated_beyond_loopback(cluster):
         haproxy = {(x.ip, x.port) for x in listeners if x.name == "haproxy"}
         assert haproxy == {("127.0.0.1", 8000), ("127.0.0.1", 8001)}, (node.ip, haproxy)
         # a wildcard bind is reached through the node's own address
-        beyond += [(node.ip if x.ip in ("0.0.0.0", "::") else x.ip, x.port, x.command) for x in listeners if not is_loopback(x.ip)]
+        beyond += [
+            (node.ip if x.ip in ("0.0.0.0", "::") else x.ip, x.port, x.command) for x in listeners if not is_loopback(x.ip)
+        ]
     assert {(ip, port) for ip, port, _ in beyond} >= replica_ports, "every replica listens on its node's address"
     probe = cluster.on_head(sys.executable, "-c", PROBE, json.dumps(sorted(set(beyond))), timeout_s=600)
     assert probe.returncode == 0, probe.stderr[-2000:]
@@ -145,8 +147,13 @@ def test_no_node_opens_anything_unauthenticated_beyond_loopback(cluster):
 RAY_OPEN = "/grpc.health.v1.Health/Check -> OK"  # Ray's servers answer the standard health check to anyone
 # Ray's own HTTP servers on each node: its agents, and the Prometheus endpoints of the metrics agent, the
 # dashboard and the autoscaler (the README's "What listens where" names them)
-RAY_AGENTS = ("ray::DashboardAgent", "ray::RuntimeEnvAgent", "/ray/dashboard/dashboard.py", "/ray/_private/monitor.py",
-              "/ray/autoscaler/")
+RAY_AGENTS = (
+    "ray::DashboardAgent",
+    "ray::RuntimeEnvAgent",
+    "/ray/dashboard/dashboard.py",
+    "/ray/_private/monitor.py",
+    "/ray/autoscaler/",
+)
 
 # Runs in the head's namespace, which reaches every node's address: what each listener answers to a
 # plain HTTP GET and to gRPC calls made without credentials.

@@ -130,7 +130,12 @@ def assert_same_story(pa: BenchResult, rs: BenchResult, problems: list[str], tar
     # Both clients count what the server counted in their windows (up to the requests in flight at the edges).
     for point in (p, r):
         assert abs(point.server.requests - point.latency.count) <= 2 * CONCURRENCY
-    assert (p.target, p.transport, p.images_per_request, p.concurrency) == (target, "perf_analyzer", IMAGES_PER_REQUEST, CONCURRENCY)
+    assert (p.target, p.transport, p.images_per_request, p.concurrency) == (
+        target,
+        "perf_analyzer",
+        IMAGES_PER_REQUEST,
+        CONCURRENCY,
+    )
     assert r.target == target
     # perf_analyzer's "Inferences/Second" counts images: requests × images per request.
     assert p.requests_per_s * IMAGES_PER_REQUEST == pytest.approx(p.images_per_s)
@@ -176,7 +181,9 @@ def test_install_script_sets_up_a_fresh_cache_unattended_then_only_checks_it(tmp
 def test_an_external_binary_without_its_libraries_names_the_fix(install, monkeypatch):
     monkeypatch.setenv("RAYSCALE_PERF_ANALYZER", install.binary)  # the CUDA runtime is not on LD_LIBRARY_PATH
     monkeypatch.delenv("LD_LIBRARY_PATH", raising=False)
-    with pytest.raises(ServerError, match="cannot load libcudart.so.12: put the folder holding libcudart.so.12 on LD_LIBRARY_PATH"):
+    with pytest.raises(
+        ServerError, match="cannot load libcudart.so.12: put the folder holding libcudart.so.12 on LD_LIBRARY_PATH"
+    ):
         ensure_perf_analyzer()
     monkeypatch.setenv("LD_LIBRARY_PATH", ":".join(install.library_dirs))
     assert ensure_perf_analyzer().source == "env"
@@ -224,7 +231,9 @@ def test_a_server_without_the_config_endpoint_is_refused_with_the_alternative(in
 
 
 def test_csv_import_needs_perf_analyzers_columns():
-    row = parse_perf_analyzer_csv("Concurrency,Inferences/Second,p50 latency,p90 latency,p95 latency,p99 latency\n2,10.5,1,2,3,4\n")
+    row = parse_perf_analyzer_csv(
+        "Concurrency,Inferences/Second,p50 latency,p90 latency,p95 latency,p99 latency\n2,10.5,1,2,3,4\n"
+    )
     assert row["Inferences/Second"] == 10.5 and row["p99 latency"] == 4
     with pytest.raises(ServerError, match="no 'p50 latency' column"):
         parse_perf_analyzer_csv("Concurrency,Inferences/Second\n2,10.5\n")
@@ -244,7 +253,15 @@ class TestRayscaleApp:
 
         start_local_ray(num_cpus=4, num_gpus=2, log_to_driver=False, namespace="rayscale")
         try:
-            cfg = ServeConfig(model_dir=str(model_dir), replicas=1, gpus_per_replica=1, provider="cpu", port=free_port(), grpc_port=free_port(), cpus_per_replica=0.5)
+            cfg = ServeConfig(
+                model_dir=str(model_dir),
+                replicas=1,
+                gpus_per_replica=1,
+                provider="cpu",
+                port=free_port(),
+                grpc_port=free_port(),
+                cpus_per_replica=0.5,
+            )
             up = cluster.up(cfg, exporter=False)
             yield up
         finally:

@@ -134,8 +134,17 @@ def test_a_servers_error_reply_is_the_servers_on_the_client():
     [
         (b"<html>bad gateway</html>", None, "malformed inference response"),
         (json.dumps({"outputs": [{"name": "OTHER", "shape": [1], "data": [0]}]}).encode(), None, "StopIteration"),
-        (json.dumps({"outputs": [{"name": OUTPUT_NAME, "shape": [2, 512], "datatype": "FP32",
-                                  "parameters": {"binary_data_size": 4096}}]}).encode(), None, "without the"),
+        (
+            json.dumps(
+                {
+                    "outputs": [
+                        {"name": OUTPUT_NAME, "shape": [2, 512], "datatype": "FP32", "parameters": {"binary_data_size": 4096}}
+                    ]
+                }
+            ).encode(),
+            None,
+            "without the",
+        ),
         (b'{"outputs": []}', "999", "malformed inference response"),
     ],
 )

@@ -54,9 +54,20 @@ def app(model_dir, health_file, tmp_path_factory):
     os.environ[FAIL_HEALTH_ENV] = str(health_file)  # inherited by the replicas of this local cluster
     os.environ["RAYSCALE_STATE_DIR"] = str(tmp_path_factory.mktemp("state"))
     start_local_ray(num_cpus=4, num_gpus=2, namespace="rayscale")
-    cfg = ServeConfig(model_dir=str(model_dir), replicas=2, gpus_per_replica=1, cpus_per_replica=0.5, provider="cpu",
-                      port=free_port(), grpc_port=free_port(), max_batch_size=8, batch_wait_ms=2, batches_in_flight=1, max_queued_requests=4,
-                      request_timeout_s=REQUEST_TIMEOUT_S)
+    cfg = ServeConfig(
+        model_dir=str(model_dir),
+        replicas=2,
+        gpus_per_replica=1,
+        cpus_per_replica=0.5,
+        provider="cpu",
+        port=free_port(),
+        grpc_port=free_port(),
+        max_batch_size=8,
+        batch_wait_ms=2,
+        batches_in_flight=1,
+        max_queued_requests=4,
+        request_timeout_s=REQUEST_TIMEOUT_S,
+    )
     result = up(cfg, exporter=False)
     yield result
     if ray.is_initialized():
@@ -74,8 +85,14 @@ def _infer_url(app) -> str:
     return f"{app.url}/v2/models/{MODEL_NAME}/infer"
 
 
-def _request(url: str, body: bytes | None = None, headers: dict[str, str] | None = None, *, method: str | None = None,
-             timeout_s: float = 120) -> tuple[int, bytes, dict[str, str], float]:
+def _request(
+    url: str,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+    *,
+    method: str | None = None,
+    timeout_s: float = 120,
+) -> tuple[int, bytes, dict[str, str], float]:
     """(status, body, headers, seconds); HTTP errors are answers too."""
     req = urllib.request.Request(url, data=body, headers=headers or {}, method=method or ("POST" if body else "GET"))
     t0 = time.perf_counter()
@@ -181,8 +198,14 @@ def test_the_replica_enforces_request_timeout_with_a_json_504(app, model_dir):  
 
     from rayscale.serve.app import OpenClipEncoder
 
-    cfg = ServeConfig(model_dir=str(model_dir), provider="cpu", max_batch_size=8, request_timeout_s=0.05,
-                      app_name=f"timeout-{os.getpid()}", ingress="proxy")
+    cfg = ServeConfig(
+        model_dir=str(model_dir),
+        provider="cpu",
+        max_batch_size=8,
+        request_timeout_s=0.05,
+        app_name=f"timeout-{os.getpid()}",
+        ingress="proxy",
+    )
     body, headers = _good_request(8, seed=4)
 
     def request() -> Request:
@@ -195,8 +218,13 @@ def test_the_replica_enforces_request_timeout_with_a_json_504(app, model_dir):  
             sent = True
             return {"type": "http.request", "body": body, "more_body": False}
 
-        scope = {"type": "http", "method": "POST", "path": f"/v2/models/{MODEL_NAME}/infer", "query_string": b"",
-                 "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()]}
+        scope = {
+            "type": "http",
+            "method": "POST",
+            "path": f"/v2/models/{MODEL_NAME}/infer",
+            "query_string": b"",
+            "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+        }
         return Request(scope, receive)
 
     async def main():
@@ -271,9 +299,21 @@ def _snapshot_replicas(app) -> list[ReplicaRecord]:
 def test_bench_counts_every_request_through_a_replica_failure(app, tmp_path):
     _wait_until_two_replicas(app)
     out = tmp_path / "kill.json"
-    cfg = BenchConfig(url=app.url, replicas=[2], concurrency=[4], images_per_request=[2], out=str(out), clients=1, warmup_s=0.5,
-                      window_s=3.0, duration_s=15.0, max_windows=5, stability=0.01, client_cpus=0,
-                      request_timeout_s=REQUEST_TIMEOUT_S)
+    cfg = BenchConfig(
+        url=app.url,
+        replicas=[2],
+        concurrency=[4],
+        images_per_request=[2],
+        out=str(out),
+        clients=1,
+        warmup_s=0.5,
+        window_s=3.0,
+        duration_s=15.0,
+        max_windows=5,
+        stability=0.01,
+        client_cpus=0,
+        request_timeout_s=REQUEST_TIMEOUT_S,
+    )
     on_event, killed = _replica_killer(app, when_window=1)
     point = run_bench(cfg, on_event=on_event).points[0]
     assert killed
@@ -284,8 +324,10 @@ def test_bench_counts_every_request_through_a_replica_failure(app, tmp_path):
     # replica, too large for it to retry) a closed connection: counted, never a hang or a lost request
     assert set(loaded.errors) <= {"http_503", "http_500", "connection"}, loaded.errors
     assert sum(e["count"] for e in loaded.error_timeline) == loaded.requests_failed
-    print(f"\nreplica kill: sent={point.requests_sent} ok={point.requests_ok} failed={point.requests_failed} "
-          f"({point.errors}) incomplete={point.requests_incomplete} lost=0 timeline={point.error_timeline}")
+    print(
+        f"\nreplica kill: sent={point.requests_sent} ok={point.requests_ok} failed={point.requests_failed} "
+        f"({point.errors}) incomplete={point.requests_incomplete} lost=0 timeline={point.error_timeline}"
+    )
     _wait_until_two_replicas(app)
     _wait_for(lambda: len(_replica_ids_answering(app)) == 2, 120, "traffic on both replicas")
 
@@ -377,8 +419,14 @@ def test_the_api_token_guards_every_route_but_health(app, model_dir, tmp_path_fa
     from rayscale.serve.app import OpenClipEncoder
     from rayscale.serve.stats import kill_collector
 
-    cfg = ServeConfig(model_dir=str(model_dir), provider="cpu", max_batch_size=8, api_token="s3cret",
-                      app_name=f"auth-{os.getpid()}", ingress="proxy")
+    cfg = ServeConfig(
+        model_dir=str(model_dir),
+        provider="cpu",
+        max_batch_size=8,
+        api_token="s3cret",
+        app_name=f"auth-{os.getpid()}",
+        ingress="proxy",
+    )
 
     def request(path: str, auth: str | None) -> Request:
         headers = [(b"authorization", auth.encode())] if auth else []
@@ -478,8 +526,9 @@ def test_a_server_that_dies_mid_bench_gives_counted_connection_errors(app, tmp_p
             server.close()
 
     try:
-        point = run_bench(BenchConfig(url=server.url, concurrency=[2], out=str(out), clients=1, **FAST),
-                          on_event=kill_server).points[0]
+        point = run_bench(
+            BenchConfig(url=server.url, concurrency=[2], out=str(out), clients=1, **FAST), on_event=kill_server
+        ).points[0]
     finally:
         server.close()
     loaded = load_results(out).points[0]

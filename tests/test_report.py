@@ -99,8 +99,15 @@ def closed_loop_point(target: str, gpu_count: int, concurrency: int, *, status: 
     return point
 
 
-def bench_result(points: list[PointResult], *, sha: str = SHA, precision: str = "fp16", gpu: str = H100,
-                 max_batch_size: int = 256, triton: bool = False) -> BenchResult:
+def bench_result(
+    points: list[PointResult],
+    *,
+    sha: str = SHA,
+    precision: str = "fp16",
+    gpu: str = H100,
+    max_batch_size: int = 256,
+    triton: bool = False,
+) -> BenchResult:
     serve_config = (
         {"max_batch_size": max_batch_size, "batch_wait_ms": 2.0, "instance_count": 1}
         if triton
@@ -143,8 +150,9 @@ def results_files(tmp_path: Path) -> list[Path]:
         if gpus == 1:
             # Past saturation the 1-GPU server broke down: these must never become its peak.
             points.append(closed_loop_point("rayscale", 1, 128, status="unstable", images_per_s=2400.0, stable=False))
-            points.append(closed_loop_point("rayscale", 1, 256, status="failed", images_per_s=3000.0,
-                                            error="503 Service Unavailable"))
+            points.append(
+                closed_loop_point("rayscale", 1, 256, status="failed", images_per_s=3000.0, error="503 Service Unavailable")
+            )
         files.append(write_json_atomic(tmp_path / f"rayscale-{gpus}gpu.json", bench_result(points).to_dict()))
     triton_points = [p for gpus in (1, 2, 4) for p in sweep("triton", gpus)]
     files.append(write_json_atomic(tmp_path / "triton.json", bench_result(triton_points, triton=True).to_dict()))
@@ -227,8 +235,17 @@ def test_unstable_and_failed_points_are_flagged_not_peaks(results_files, tmp_pat
 def test_slo_pick_and_cheapest_configuration_meeting_a_target(results_files, tmp_path):
     out = tmp_path / "r"
     slo_ms, target_ips = 40.0, 2500.0
-    result = run_cli(*map(str, results_files), "--gpu-hour-cost", "2.5", "--slo-p99-ms", str(slo_ms),
-                     "--throughput-target", str(target_ips), "--out", str(out))
+    result = run_cli(
+        *map(str, results_files),
+        "--gpu-hour-cost",
+        "2.5",
+        "--slo-p99-ms",
+        str(slo_ms),
+        "--throughput-target",
+        str(target_ips),
+        "--out",
+        str(out),
+    )
     assert result.exit_code == 0, result.output
     report = report_json(out)
     points = [p for p in all_points(results_files) if p.status == "ok"]
@@ -283,8 +300,10 @@ def test_knee_is_the_load_past_which_p99_outgrows_throughput(results_files):
 def test_knee_needs_p99_to_outgrow_throughput_by_the_factor():
     # 2 -> 4: p99 +30% while throughput +20% (not a knee at factor 2); 4 -> 8: p99 +50%, throughput +5%.
     curve = [(1, 100.0, 10.0), (2, 190.0, 10.5), (4, 228.0, 13.65), (8, 240.0, 20.5), (16, 242.0, 40.0)]
-    points = [closed_loop_point("rayscale", 1, c, images_per_s=ips, latency=LatencyStats(p50_ms=p99 / 2, p99_ms=p99))
-              for c, ips, p99 in curve]
+    points = [
+        closed_loop_point("rayscale", 1, c, images_per_s=ips, latency=LatencyStats(p50_ms=p99 / 2, p99_ms=p99))
+        for c, ips, p99 in curve
+    ]
     knee = build_report([bench_result(points)]).groups[0].knee
     assert knee.load == 4 and knee.next_load == 8
     assert knee.p99_growth == pytest.approx(20.5 / 13.65 - 1) and knee.throughput_growth == pytest.approx(240 / 228 - 1)
@@ -301,8 +320,10 @@ def test_engine_ceiling_fraction(results_files, tmp_path):
         command="rayscale engine-bench",
         environment=load_results(results_files[0]).environment,
         model=load_results(results_files[0]).model,
-        points=[EnginePoint(batch_size=b, images_per_s=ips, latency_mean_ms=1, latency_p50_ms=1, latency_p99_ms=1,
-                            iterations=100) for b, ips in ((64, 1700.0), (256, 2000.0), (512, 2100.0))],
+        points=[
+            EnginePoint(batch_size=b, images_per_s=ips, latency_mean_ms=1, latency_p50_ms=1, latency_p99_ms=1, iterations=100)
+            for b, ips in ((64, 1700.0), (256, 2000.0), (512, 2100.0))
+        ],
     )
     engine_file = write_json_atomic(tmp_path / "engine.json", engine.to_dict())
     out = tmp_path / "r"
@@ -317,8 +338,18 @@ def test_engine_ceiling_fraction(results_files, tmp_path):
     assert "of engine ceiling" in (out / "report.md").read_text()
 
     # where the engine file also measured input already on the GPU, that is the ceiling
-    engine.points += [EnginePoint(batch_size=b, images_per_s=ips, latency_mean_ms=1, latency_p50_ms=1, latency_p99_ms=1,
-                                  iterations=100, input_location="device") for b, ips in ((256, 3600.0), (512, 3900.0))]
+    engine.points += [
+        EnginePoint(
+            batch_size=b,
+            images_per_s=ips,
+            latency_mean_ms=1,
+            latency_p50_ms=1,
+            latency_p99_ms=1,
+            iterations=100,
+            input_location="device",
+        )
+        for b, ips in ((256, 3600.0), (512, 3900.0))
+    ]
     write_json_atomic(engine_file, engine.to_dict())
     result = run_cli(*map(str, results_files), "--engine", str(engine_file), "--out", str(tmp_path / "r2"))
     assert result.exit_code == 0, result.output
@@ -331,9 +362,15 @@ def test_open_loop_points_are_their_own_series_against_offered_rate(tmp_path):
     rates = (50.0, 100.0, 150.0, 250.0)
     opened = []
     for rate in rates:
-        p = closed_loop_point("rayscale", 1, 1, mode="open", rate_rps=rate,
-                              images_per_s=min(rate * IMAGES_PER_REQUEST, 1500.0),
-                              latency=LatencyStats(p50_ms=12.0, p99_ms=20.0 if rate * 8 < 1500 else 900.0))
+        p = closed_loop_point(
+            "rayscale",
+            1,
+            1,
+            mode="open",
+            rate_rps=rate,
+            images_per_s=min(rate * IMAGES_PER_REQUEST, 1500.0),
+            latency=LatencyStats(p50_ms=12.0, p99_ms=20.0 if rate * 8 < 1500 else 900.0),
+        )
         p.concurrency = None
         opened.append(p)
     report = build_report([bench_result(closed + opened)])
@@ -355,8 +392,11 @@ def test_plots_are_png_images_and_csv_has_one_row_per_point(results_files, tmp_p
     written = write_report(report, tmp_path / "out")
     pngs = [p for p in written if p.suffix == ".png"]
     assert {p.name for p in pngs} == {
-        "throughput_vs_load.png", "latency_vs_throughput.png", "scaling_efficiency.png",
-        "targets_side_by_side.png", "cost_per_1000_images.png",
+        "throughput_vs_load.png",
+        "latency_vs_throughput.png",
+        "scaling_efficiency.png",
+        "targets_side_by_side.png",
+        "cost_per_1000_images.png",
     }
     for png in pngs:
         assert png.read_bytes()[:8] == PNG_SIGNATURE
@@ -425,8 +465,9 @@ def test_mismatched_results_are_refused_unless_allowed(results_files, tmp_path, 
 def test_engine_from_another_gpu_is_refused(results_files, tmp_path):
     bench = load_results(results_files[0])
     env = dict(bench.environment, gpus=[{"index": 0, "name": "NVIDIA L4"}])
-    engine = EngineBenchResult(command="rayscale engine-bench", environment=env, model=bench.model,
-                               points=[EnginePoint(256, 900.0, 1, 1, 1, 10)])
+    engine = EngineBenchResult(
+        command="rayscale engine-bench", environment=env, model=bench.model, points=[EnginePoint(256, 900.0, 1, 1, 1, 10)]
+    )
     with pytest.raises(ResultsError, match="GPU type differs.*NVIDIA L4 in l4-engine"):
         build_report([bench], engine=engine, engine_source="l4-engine")
 
@@ -474,8 +515,9 @@ def test_missing_price_for_a_gpu_count_is_noted(results_files):
 
 
 def test_engine_file_given_as_results_says_to_use_engine_option(tmp_path):
-    engine = EngineBenchResult(command="rayscale engine-bench", environment={}, model={},
-                               points=[EnginePoint(256, 900.0, 1, 1, 1, 10)])
+    engine = EngineBenchResult(
+        command="rayscale engine-bench", environment={}, model={}, points=[EnginePoint(256, 900.0, 1, 1, 1, 10)]
+    )
     path = write_json_atomic(tmp_path / "engine.json", engine.to_dict())
     result = run_cli(str(path), "--out", str(tmp_path / "r"))
     assert result.exit_code == 1 and f"--engine {path}" in result.stderr
@@ -490,8 +532,13 @@ def test_engine_file_given_as_results_says_to_use_engine_option(tmp_path):
         ({"client_cpu_saturated": True, "client_cpu_pct": 99.0}, "client"),
         ({}, "gpu"),  # the saturated point's GPUs are 93% busy
         ({"gpus": [GpuSummary(index=0, name=H100, util_mean_pct=60.0, samples=10)]}, "queueing"),
-        ({"gpus": [GpuSummary(index=0, name=H100, util_mean_pct=20.0, samples=10)],
-          "server": ServerStats(requests=100, queue_ms_per_request=0.4, compute_ms_per_request=7.0)}, "serving-path"),
+        (
+            {
+                "gpus": [GpuSummary(index=0, name=H100, util_mean_pct=20.0, samples=10)],
+                "server": ServerStats(requests=100, queue_ms_per_request=0.4, compute_ms_per_request=7.0),
+            },
+            "serving-path",
+        ),
     ],
 )
 def test_bottleneck_rules_name_a_cause(overrides, cause):
@@ -520,8 +567,9 @@ def test_a_point_without_latency_samples_shows_dashes_not_zero_milliseconds(resu
 # ---- like for like, goodput, CPU runs, serving layout ------------------------------------------------
 
 
-def a_run(target: str, points: list[PointResult], *, config: dict | None = None, serve: dict | None = None,
-          gpus_on_host: int = 4) -> BenchResult:
+def a_run(
+    target: str, points: list[PointResult], *, config: dict | None = None, serve: dict | None = None, gpus_on_host: int = 4
+) -> BenchResult:
     """A results file as bench writes it, with the bench config and serve config given."""
     result = bench_result(points, triton=target == "triton")
     if config is not None:
@@ -534,12 +582,16 @@ def a_run(target: str, points: list[PointResult], *, config: dict | None = None,
 
 def test_leaders_and_ratios_compare_only_the_same_transport_and_request_size(tmp_path):
     """rayscale over the handle at 256 img/request never leads Triton over HTTP at 32; like pairs do get ratios."""
-    handle_256 = [closed_loop_point("rayscale", 1, c, transport="handle", images_per_request=256, images_per_s=ips)
-                  for c, ips in ((4, 30000.0), (16, 38000.0))]
-    rayscale_http_32 = [closed_loop_point("rayscale", 1, c, images_per_request=32, images_per_s=ips)
-                        for c, ips in ((16, 20000.0), (64, 24000.0))]
-    triton_http_32 = [closed_loop_point("triton", 1, c, images_per_request=32, images_per_s=ips)
-                      for c, ips in ((16, 15000.0), (64, 19200.0))]
+    handle_256 = [
+        closed_loop_point("rayscale", 1, c, transport="handle", images_per_request=256, images_per_s=ips)
+        for c, ips in ((4, 30000.0), (16, 38000.0))
+    ]
+    rayscale_http_32 = [
+        closed_loop_point("rayscale", 1, c, images_per_request=32, images_per_s=ips) for c, ips in ((16, 20000.0), (64, 24000.0))
+    ]
+    triton_http_32 = [
+        closed_loop_point("triton", 1, c, images_per_request=32, images_per_s=ips) for c, ips in ((16, 15000.0), (64, 19200.0))
+    ]
     results = [
         a_run("rayscale", handle_256, config={"handle": True}),
         a_run("rayscale", rayscale_http_32, config={"handle": False}),
@@ -573,7 +625,9 @@ def test_leaders_and_ratios_compare_only_the_same_transport_and_request_size(tmp
     assert "×" not in handle_row
     saved = report_json(tmp_path / "out")["comparisons"]
     assert [(c["transport_kind"], c["images_per_request"], c["leader"]) for c in saved] == [
-        ("handle", 256, None), ("http", 32, http_series)]
+        ("handle", 256, None),
+        ("http", 32, http_series),
+    ]
 
 
 def test_goodput_counts_a_point_only_where_its_p99_meets_the_slo(results_files, tmp_path):
@@ -594,8 +648,9 @@ def test_goodput_counts_a_point_only_where_its_p99_meets_the_slo(results_files, 
     assert report["parameters"]["goodput_method"] == "p99-estimate"
     assert {r["goodput_method"] for r in report["points"] if r["usable"]} == {"p99-estimate"}
     one_gpu = group(report, "rayscale", 1)
-    best = max(r["goodput_images_per_s"] for r in report["points"]
-               if r["target"] == "rayscale" and r["gpus"] == 1 and r["usable"])
+    best = max(
+        r["goodput_images_per_s"] for r in report["points"] if r["target"] == "rayscale" and r["gpus"] == 1 and r["usable"]
+    )
     assert one_gpu["goodput_images_per_s"] == pytest.approx(best) and best < one_gpu["peak_images_per_s"]
     assert one_gpu["peak_goodput_images_per_s"] == 0.0  # the peak is past the SLO
 
@@ -612,23 +667,31 @@ def test_goodput_counts_a_point_only_where_its_p99_meets_the_slo(results_files, 
     assert all(r.goodput_images_per_s is None for r in plain.points)
 
 
-def point_with_histogram(concurrency: int, *, within_ms: tuple[float, float], missing_ms: tuple[float, float],
-                         missing_share: float) -> PointResult:
+def point_with_histogram(
+    concurrency: int, *, within_ms: tuple[float, float], missing_ms: tuple[float, float], missing_share: float
+) -> PointResult:
     """A point as rayscale's load generator writes it: percentiles and a histogram of the same 2000 requests."""
     rng = np.random.default_rng(concurrency)
     missing = int(2000 * missing_share)
     latencies_ms = np.concatenate([rng.uniform(*within_ms, size=2000 - missing), rng.uniform(*missing_ms, size=missing)])
     latencies_s = latencies_ms / 1000
-    return closed_loop_point("rayscale", 1, concurrency, latency=latency_stats(latencies_s),
-                             latency_histogram=LatencyHistogram.from_latencies_s(latencies_s))
+    return closed_loop_point(
+        "rayscale",
+        1,
+        concurrency,
+        latency=latency_stats(latencies_s),
+        latency_histogram=LatencyHistogram.from_latencies_s(latencies_s),
+    )
 
 
 def test_goodput_from_a_latency_histogram_counts_the_requests_within_the_slo(tmp_path):
     """A point whose p99 misses the SLO but 95% of whose requests met it has 95% of its throughput as goodput."""
     slo_ms = 30.0
     shares = {1: 0.0, 4: 0.05, 16: 0.5}  # share of requests that took 40-80 ms; the rest took 5-25 ms
-    points = [point_with_histogram(c, within_ms=(5.0, 25.0), missing_ms=(40.0, 80.0), missing_share=share)
-              for c, share in shares.items()]
+    points = [
+        point_with_histogram(c, within_ms=(5.0, 25.0), missing_ms=(40.0, 80.0), missing_share=share)
+        for c, share in shares.items()
+    ]
     rayscale_file = write_json_atomic(tmp_path / "rayscale.json", bench_result(points).to_dict())
     # Triton's file comes from before histograms were kept: its goodput stays the p99 estimate
     old = bench_result(sweep("triton", 1), triton=True).to_dict()
@@ -674,16 +737,18 @@ CPU_ENVIRONMENT = {"gpus": [], "gpu_driver": None, "cpu": {"model": "Intel Xeon"
 
 def quickstart_on_cpu(**serve) -> BenchResult:
     """What scripts/quickstart.sh records on a machine without GPUs: no GPU inventory, no GPU samples."""
-    points = [closed_loop_point("rayscale", 1, c, gpus=[], images_per_request=4, images_per_s=ips)
-              for c, ips in ((1, 12.0), (4, 16.9))]
+    points = [
+        closed_loop_point("rayscale", 1, c, gpus=[], images_per_request=4, images_per_s=ips) for c, ips in ((1, 12.0), (4, 16.9))
+    ]
     result = bench_result(points)
     result.environment = dict(result.environment, **CPU_ENVIRONMENT)
     result.serve_config = {"max_batch_size": 256, "replicas": 1, "provider": "auto", "ingress": "proxy"} | serve
     return result
 
 
-@pytest.mark.parametrize("serve", [{"gpus_per_replica": 0.0}, {"gpus_per_replica": 1.0}],
-                         ids=["no-gpu-per-replica", "ray-logical-gpus"])
+@pytest.mark.parametrize(
+    "serve", [{"gpus_per_replica": 0.0}, {"gpus_per_replica": 1.0}], ids=["no-gpu-per-replica", "ray-logical-gpus"]
+)
 def test_a_run_without_gpus_is_labelled_cpu_and_never_priced_at_a_gpu_price(tmp_path, serve):
     bench = write_json_atomic(tmp_path / "bench.json", quickstart_on_cpu(**serve).to_dict())
     out = tmp_path / "r"
@@ -714,8 +779,9 @@ def test_triton_instances_on_cpu_are_a_cpu_run_even_on_a_gpu_host():
     report = build_report([a_run("triton", [point], serve=serve)], ReportConfig(gpu_hour_cost_usd=2.5))
     assert report.groups[0].hardware == "CPU" and report.groups[0].hourly_cost_usd is None
     gpu_serve = {"max_batch_size": 256, "instance_group": [{"kind": "KIND_GPU", "count": 4, "gpus": [0]}]}
-    report = build_report([a_run("triton", [closed_loop_point("triton", 1, 4)], serve=gpu_serve)],
-                          ReportConfig(gpu_hour_cost_usd=2.5))
+    report = build_report(
+        [a_run("triton", [closed_loop_point("triton", 1, 4)], serve=gpu_serve)], ReportConfig(gpu_hour_cost_usd=2.5)
+    )
     assert report.groups[0].hardware == "GPU" and report.groups[0].hourly_cost_usd == 2.5
     assert report.series == ["triton, http, 4 instances/GPU, 8 img/req"]
 
@@ -724,15 +790,25 @@ RAYSCALE_SERVE = {"max_batch_size": 256, "batch_wait_ms": 2.0, "gpus_per_replica
 
 
 def test_layout_is_in_labels_and_setup_and_older_files_read_as_http_through_the_proxy(tmp_path):
-    new = a_run("rayscale", [closed_loop_point("rayscale", 2, c) for c in (4, 16)],
-                config={"transport": "grpc", "handle": False},
-                serve=RAYSCALE_SERVE | {"processes_per_replica": 2, "ingress": "direct"})
-    older = a_run("rayscale", [closed_loop_point("rayscale", 2, c) for c in (4, 16)], config={"binary": True},
-                  serve=dict(RAYSCALE_SERVE))
-    handle = a_run("rayscale", [closed_loop_point("rayscale", 2, c, transport="handle") for c in (4, 16)],
-                   config={"handle": True}, serve=RAYSCALE_SERVE | {"ingress": "haproxy"})
-    files = [write_json_atomic(tmp_path / f"{name}.json", r.to_dict())
-             for name, r in (("new", new), ("older", older), ("handle", handle))]
+    new = a_run(
+        "rayscale",
+        [closed_loop_point("rayscale", 2, c) for c in (4, 16)],
+        config={"transport": "grpc", "handle": False},
+        serve=RAYSCALE_SERVE | {"processes_per_replica": 2, "ingress": "direct"},
+    )
+    older = a_run(
+        "rayscale", [closed_loop_point("rayscale", 2, c) for c in (4, 16)], config={"binary": True}, serve=dict(RAYSCALE_SERVE)
+    )
+    handle = a_run(
+        "rayscale",
+        [closed_loop_point("rayscale", 2, c, transport="handle") for c in (4, 16)],
+        config={"handle": True},
+        serve=RAYSCALE_SERVE | {"ingress": "haproxy"},
+    )
+    files = [
+        write_json_atomic(tmp_path / f"{name}.json", r.to_dict())
+        for name, r in (("new", new), ("older", older), ("handle", handle))
+    ]
     built = build_report(load_all(files), sources=[str(f) for f in files])
     report = json.loads(json.dumps(built.to_dict()))  # as report.json holds it
     assert report["series"] == [
@@ -801,8 +877,11 @@ def test_host_cpu_per_image_and_cores_per_gpu_at_each_rate(tmp_path):
 
 
 def test_shared_gpus_count_processes_per_gpu_from_the_replica_share():
-    shared = a_run("rayscale", [closed_loop_point("rayscale", 1, 4, replicas=4)],
-                   serve=RAYSCALE_SERVE | {"gpus_per_replica": 0.25, "replicas": 4, "ingress": "haproxy"})
+    shared = a_run(
+        "rayscale",
+        [closed_loop_point("rayscale", 1, 4, replicas=4)],
+        serve=RAYSCALE_SERVE | {"gpus_per_replica": 0.25, "replicas": 4, "ingress": "haproxy"},
+    )
     (g,) = build_report([shared]).groups
     assert (g.gpus, g.replicas, g.processes_per_gpu, g.ingress) == (1, 4, 4.0, "haproxy")
 

@@ -145,8 +145,9 @@ def test_peaks_the_command_prints_are_the_reports_own(written):
         assert row[0] == group.series and row[2] == f"{group.peak_images_per_s:,.1f}"
 
 
-chromium = pytest.mark.skipif(chromium_binary() is None,
-                              reason="no chromium to render report.html in: apt-get install -y chromium (scripts/test.sh does)")
+chromium = pytest.mark.skipif(
+    chromium_binary() is None, reason="no chromium to render report.html in: apt-get install -y chromium (scripts/test.sh does)"
+)
 
 
 def non_white_share(png: bytes) -> float:

@@ -35,8 +35,17 @@ def app(model_dir):
 
     start_local_ray(num_cpus=4, num_gpus=2, namespace="rayscale")
     port = free_port()
-    cfg = ServeConfig(model_dir=str(model_dir), replicas=2, gpus_per_replica=1, cpus_per_replica=0.5,
-                      provider="cpu", port=port, grpc_port=free_port(), batch_wait_ms=5, max_batch_size=16)
+    cfg = ServeConfig(
+        model_dir=str(model_dir),
+        replicas=2,
+        gpus_per_replica=1,
+        cpus_per_replica=0.5,
+        provider="cpu",
+        port=port,
+        grpc_port=free_port(),
+        batch_wait_ms=5,
+        max_batch_size=16,
+    )
     result = up(cfg, exporter=False)
     yield result
     down(cfg.app_name)
@@ -211,7 +220,9 @@ def test_bad_input_is_a_400_naming_the_problem_and_the_server_still_works(app, e
     good_body, good_headers = protocol.build_infer_request(images)
     status, data, h = _post(_infer_url(app), good_body, good_headers)
     assert status == 200
-    np.testing.assert_allclose(protocol.parse_infer_response(data, h.get(protocol.HEADER_LENGTH)), engine.encode(images), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        protocol.parse_infer_response(data, h.get(protocol.HEADER_LENGTH)), engine.encode(images), rtol=1e-4, atol=1e-4
+    )
 
 
 def test_unknown_model_is_404_and_unsupported_extensions_501(app):
@@ -238,9 +249,29 @@ def test_cli_up_status_down_leaves_no_ray_process(model_dir, tmp_path):
     env = dict(os.environ, RAYSCALE_STATE_DIR=str(tmp_path / "state"), RAYSCALE_RAY_TEMP_DIR=f"/tmp/rs-{os.getpid()}")
     port = free_port()
     cli = [sys.executable, "-m", "rayscale.cli"]
-    up = subprocess.run([*cli, "up", "--replicas", "1", "--model", str(model_dir), "--port", str(port),
-                         "--grpc-port", str(free_port()), "--cpus-per-replica", "0.5", "--no-exporter", "--num-gpus", "0"],
-                        env=env, capture_output=True, text=True, timeout=300)
+    up = subprocess.run(
+        [
+            *cli,
+            "up",
+            "--replicas",
+            "1",
+            "--model",
+            str(model_dir),
+            "--port",
+            str(port),
+            "--grpc-port",
+            str(free_port()),
+            "--cpus-per-replica",
+            "0.5",
+            "--no-exporter",
+            "--num-gpus",
+            "0",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert up.returncode == 0, up.stderr[-2000:]
     assert f"http://127.0.0.1:{port}" in up.stdout
     state = json.loads((tmp_path / "state" / "cluster.json").read_text())
@@ -274,9 +305,31 @@ def test_haproxy_ingress_serves_the_protocol_on_loopback(model_dir, tmp_path):
     env = dict(os.environ, RAYSCALE_STATE_DIR=str(tmp_path / "state"), RAYSCALE_RAY_TEMP_DIR=f"/tmp/rsh-{os.getpid()}")
     port = free_port()
     cli = [sys.executable, "-m", "rayscale.cli"]
-    up = subprocess.run([*cli, "up", "--replicas", "1", "--model", str(model_dir), "--port", str(port), "--ingress", "haproxy",
-                         "--provider", "null", "--cpus-per-replica", "0.5", "--no-exporter", "--num-gpus", "0"],
-                        env=env, capture_output=True, text=True, timeout=300)
+    up = subprocess.run(
+        [
+            *cli,
+            "up",
+            "--replicas",
+            "1",
+            "--model",
+            str(model_dir),
+            "--port",
+            str(port),
+            "--ingress",
+            "haproxy",
+            "--provider",
+            "null",
+            "--cpus-per-replica",
+            "0.5",
+            "--no-exporter",
+            "--num-gpus",
+            "0",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     try:
         assert up.returncode == 0, up.stderr[-2000:]
         assert _listening_addresses(port) == {"127.0.0.1"}
@@ -295,7 +348,10 @@ def test_haproxy_ingress_serves_the_protocol_on_loopback(model_dir, tmp_path):
 def test_model_config_counts_gpus_across_nodes_and_shared_gpus_once():
     """Every node has a GPU 0: the config's GPU count must not collapse them, nor count a shared one twice."""
     cfg = ServeConfig(gpus_per_replica=1.0)
-    two_nodes = [ReplicaRecord(replica="r1", node="a", pid=1, gpu_ids=["0"]), ReplicaRecord(replica="r2", node="b", pid=2, gpu_ids=["0"])]
+    two_nodes = [
+        ReplicaRecord(replica="r1", node="a", pid=1, gpu_ids=["0"]),
+        ReplicaRecord(replica="r2", node="b", pid=2, gpu_ids=["0"]),
+    ]
     assert replicas_from_config(triton_model_config(cfg, two_nodes)) == 2
     shared = ServeConfig(gpus_per_replica=0.25)
     one_gpu = [ReplicaRecord(replica=f"r{i}", node="a", pid=i, gpu_ids=["0"]) for i in range(4)]

@@ -45,8 +45,17 @@ def test_a_replica_serves_the_torch_engine_through_the_same_code(model_dir):
     from conftest import free_port, start_local_ray
 
     start_local_ray(num_cpus=2, num_gpus=1, namespace="rayscale")
-    cfg = ServeConfig(model_dir=str(model_dir), replicas=1, gpus_per_replica=1, cpus_per_replica=0.5, provider="cpu",
-                      port=free_port(), grpc_port=free_port(), max_batch_size=8, engine="backend=torch")
+    cfg = ServeConfig(
+        model_dir=str(model_dir),
+        replicas=1,
+        gpus_per_replica=1,
+        cpus_per_replica=0.5,
+        provider="cpu",
+        port=free_port(),
+        grpc_port=free_port(),
+        max_batch_size=8,
+        engine="backend=torch",
+    )
     try:
         result = up(cfg, exporter=False)
         assert [r.backend for r in result.replica_info] == ["torch"]

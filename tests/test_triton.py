@@ -44,9 +44,7 @@ def parse_config(path: Path) -> mc.ModelConfig:
 def assert_same_contract(cfg: mc.ModelConfig) -> None:
     assert cfg.name == MODEL_NAME
     assert cfg.max_batch_size == RAYSCALE.max_batch_size
-    assert [(i.name, i.data_type, list(i.dims)) for i in cfg.input] == [
-        (INPUT_NAME, mc.TYPE_UINT8, [IMAGE_SIZE, IMAGE_SIZE, 3])
-    ]
+    assert [(i.name, i.data_type, list(i.dims)) for i in cfg.input] == [(INPUT_NAME, mc.TYPE_UINT8, [IMAGE_SIZE, IMAGE_SIZE, 3])]
     assert [(o.name, o.data_type, list(o.dims)) for o in cfg.output] == [(OUTPUT_NAME, mc.TYPE_FP32, [EMBED_DIM])]
     assert cfg.dynamic_batching.max_queue_delay_microseconds == int(RAYSCALE.batch_wait_ms * 1000)
 
@@ -87,9 +85,7 @@ def test_python_backend_repo_on_cpu_uses_cpu_instances(model_dir, tmp_path):
 
 
 def test_onnxruntime_repos_one_per_gpu_count(model_dir, tmp_path):
-    repos = write_onnxruntime_repo(
-        model_dir, tmp_path / "out", gpus_list=[8, 1, 2, 4], accelerator="tensorrt", cuda_graphs=True
-    )
+    repos = write_onnxruntime_repo(model_dir, tmp_path / "out", gpus_list=[8, 1, 2, 4], accelerator="tensorrt", cuda_graphs=True)
     assert sorted(repos) == [1, 2, 4, 8]
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["repositories"] == {str(g): f"gpus-{g}" for g in (1, 2, 4, 8)}
@@ -110,7 +106,9 @@ def test_onnxruntime_repos_one_per_gpu_count(model_dir, tmp_path):
 
 
 def test_onnxruntime_repo_plain_cuda_provider_has_no_accelerator(model_dir, tmp_path):
-    repos = write_onnxruntime_repo(model_dir, tmp_path, ModelBatching(preferred_batch_sizes=(128, 256)), gpus_list=[2], warmup=False)
+    repos = write_onnxruntime_repo(
+        model_dir, tmp_path, ModelBatching(preferred_batch_sizes=(128, 256)), gpus_list=[2], warmup=False
+    )
     cfg = parse_config(repos[2] / MODEL_NAME / "config.pbtxt")
     assert not cfg.optimization.HasField("execution_accelerators")
     assert list(cfg.dynamic_batching.preferred_batch_size) == [128, 256]
@@ -137,8 +135,19 @@ def test_the_old_queue_delay_flag_still_sets_the_batch_wait(model_dir, tmp_path)
     done = cli("repo", "--gpus", "1", "--out", str(tmp_path), "--model", str(model_dir), "--max-queue-delay-us", "750")
     assert done.returncode == 0, done.stderr
     assert parse_config(tmp_path / "gpus-1" / MODEL_NAME / "config.pbtxt").dynamic_batching.max_queue_delay_microseconds == 750
-    both = cli("repo", "--gpus", "1", "--out", str(tmp_path), "--model", str(model_dir), "--max-queue-delay-us", "750",
-               "--batch-wait-ms", "5")
+    both = cli(
+        "repo",
+        "--gpus",
+        "1",
+        "--out",
+        str(tmp_path),
+        "--model",
+        str(model_dir),
+        "--max-queue-delay-us",
+        "750",
+        "--batch-wait-ms",
+        "5",
+    )
     assert both.returncode != 0 and "not both" in both.stderr
 
 
@@ -301,7 +310,9 @@ def test_busy_port_is_refused_before_starting(model_dir, tmp_path):
         s.bind(("127.0.0.1", 0))
         s.listen()
         busy = s.getsockname()[1]
-        config = TritonConfig(provider="cpu", http_port=busy, grpc_port=free_port(), metrics_port=free_port(), model_dir=str(model_dir))
+        config = TritonConfig(
+            provider="cpu", http_port=busy, grpc_port=free_port(), metrics_port=free_port(), model_dir=str(model_dir)
+        )
         with pytest.raises(ServerError, match=f"http port {busy} .* pass another --port"):
             triton_up(config, state_dir=tmp_path)
     assert not (tmp_path / "triton-state.json").exists()

@@ -45,21 +45,34 @@ from conftest import free_port
 pytestmark = pytest.mark.timeout(900)
 
 ENTRY = "import sys; from rayscale.cli import main; sys.argv[0] = 'rayscale'; main()"
-FAST = dict(warmup_s=0.2, window_s=0.3, max_windows=3, client_cpus=0.25,
-            repeat_warmup_s=0.2, repeat_window_s=0.3, repeat_max_windows=3)
+FAST = dict(
+    warmup_s=0.2, window_s=0.3, max_windows=3, client_cpus=0.25, repeat_warmup_s=0.2, repeat_window_s=0.3, repeat_max_windows=3
+)
 
 
 def rayscale(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", ENTRY, *args], capture_output=True, text=True, timeout=600,
-                          env=env or dict(os.environ))
+    return subprocess.run(
+        [sys.executable, "-c", ENTRY, *args], capture_output=True, text=True, timeout=600, env=env or dict(os.environ)
+    )
 
 
-def point(load: float, images_per_s: float, p99_ms: float, *, failed: int = 0, status: str = "ok",
-          closed: bool = True) -> PointResult:
-    return PointResult(target="rayscale", transport="http-binary", mode="closed" if closed else "open", replicas=1,
-                       images_per_request=1, concurrency=int(load) if closed else None,
-                       rate_rps=None if closed else load, status=status, requests_ok=100, requests_failed=failed,
-                       images_per_s=images_per_s, latency=LatencyStats(count=100, p99_ms=p99_ms))
+def point(
+    load: float, images_per_s: float, p99_ms: float, *, failed: int = 0, status: str = "ok", closed: bool = True
+) -> PointResult:
+    return PointResult(
+        target="rayscale",
+        transport="http-binary",
+        mode="closed" if closed else "open",
+        replicas=1,
+        images_per_request=1,
+        concurrency=int(load) if closed else None,
+        rate_rps=None if closed else load,
+        status=status,
+        requests_ok=100,
+        requests_failed=failed,
+        images_per_s=images_per_s,
+        latency=LatencyStats(count=100, p99_ms=p99_ms),
+    )
 
 
 def measured_order(points: list[PointResult]) -> list[PointResult]:
@@ -71,7 +84,9 @@ def replay(points: list[PointResult], rule: LoadRule) -> None:
     """Every point of a real search is the load the rule asked for after the points before it."""
     points = measured_order(points)
     for i, p in enumerate(points):
-        assert next_load(points[:i], rule).load == load_of(p), f"point {i} at {load_of(p)} after {[load_of(q) for q in points[:i]]}"
+        assert next_load(points[:i], rule).load == load_of(p), (
+            f"point {i} at {load_of(p)} after {[load_of(q) for q in points[:i]]}"
+        )
 
 
 # ---- the load rule, on points as a search records them ---------------------------------------------
@@ -98,8 +113,23 @@ RULE = LoadRule(slo_p99_ms=100, closed=True, first=8, maximum=64, resolution=0.2
         ([point(8, 100, 10), point(16, 180, 20, status="incomplete")], LoadStep(16)),  # an interrupted point is redone
         ([point(4, 100, 10), point(5, 100, 150)], LoadStep(None, "bracketed")),  # adjacent integers
     ],
-    ids=["start", "climb", "plateau", "max", "step-down", "infeasible", "bisect-down", "bisect-up", "bisect-clamped",
-         "bisect-again", "bracketed", "errors", "failed", "interrupted", "adjacent"],
+    ids=[
+        "start",
+        "climb",
+        "plateau",
+        "max",
+        "step-down",
+        "infeasible",
+        "bisect-down",
+        "bisect-up",
+        "bisect-clamped",
+        "bisect-again",
+        "bracketed",
+        "errors",
+        "failed",
+        "interrupted",
+        "adjacent",
+    ],
 )
 def test_each_candidate_climbs_steps_down_and_bisects_to_its_highest_load_under_the_slo(points, expected):
     assert next_load(points, RULE) == expected
@@ -123,13 +153,17 @@ def test_goodput_is_read_from_the_latency_histogram_at_the_highest_load_that_met
 
 
 def test_hill_seeds_the_first_dimension_then_climbs_and_restarts_from_the_next_best_seed():
-    space = parse_space_overrides("triton", ["instances_per_gpu=1,2,4,8,12", "batch_wait_ms=0,2", "max_batch_size=256",
-                                             "preferred_batch_sizes=none,pow2"])
+    space = parse_space_overrides(
+        "triton", ["instances_per_gpu=1,2,4,8,12", "batch_wait_ms=0,2", "max_batch_size=256", "preferred_batch_sizes=none,pow2"]
+    )
     assert [s.instances_per_gpu for s in seeds(space)] == [4, 8, 2]  # the default, about twice it, about half
 
     def goodput(c: TritonSettings) -> float:  # best at 12 instances, no wait, preferred doublings
-        return 1000 * c.instances_per_gpu ** 0.5 + (300 if c.batch_wait_ms == 0 else 0) + (
-            200 if c.preferred_batch_sizes == "pow2" else 0)
+        return (
+            1000 * c.instances_per_gpu**0.5
+            + (300 if c.batch_wait_ms == 0 else 0)
+            + (200 if c.preferred_batch_sizes == "pow2" else 0)
+        )
 
     scores, path = {}, []
     while (candidate := propose("hill", space, scores, seed_count=3, restarts=1)) is not None:
@@ -145,8 +179,9 @@ def test_hill_seeds_the_first_dimension_then_climbs_and_restarts_from_the_next_b
 
 
 def test_rayscale_neighbours_that_need_no_new_processes_come_first_and_the_grid_groups_restarts():
-    space = parse_space_overrides("rayscale", ["processes_per_gpu=2,4", "batches_in_flight=2,4", "batch_wait_ms=0,2",
-                                               "max_batch_size=256"])
+    space = parse_space_overrides(
+        "rayscale", ["processes_per_gpu=2,4", "batches_in_flight=2,4", "batch_wait_ms=0,2", "max_batch_size=256"]
+    )
     at = RayscaleSettings(processes_per_gpu=4, batches_in_flight=4, batch_wait_ms=2.0, max_batch_size=256)
     first, second, third = neighbours(space, at)
     assert first.restart_key == second.restart_key == at.restart_key and third.processes_per_gpu == 2
@@ -166,12 +201,15 @@ def test_replicas_per_gpu_share_each_gpu_within_ray_granularity():
 def test_triton_preferred_batch_sizes_are_a_policy_resolved_per_request_size():
     space = parse_space_overrides("triton", ["preferred_batch_sizes=none,max,pow2,32+96"])
     assert space.preferred_batch_sizes == ["none", "max", "pow2", "32+96"]
-    sizes = {p: TritonSettings(preferred_batch_sizes=p, max_batch_size=256).preferred_sizes(32)
-             for p in space.preferred_batch_sizes}
+    sizes = {
+        p: TritonSettings(preferred_batch_sizes=p, max_batch_size=256).preferred_sizes(32) for p in space.preferred_batch_sizes
+    }
     assert sizes == {"none": [], "max": [256], "pow2": [32, 64, 128, 256], "32+96": [32, 96]}
     command = TritonSettings(instances_per_gpu=8, batch_wait_ms=0, preferred_batch_sizes="pow2").up_command(1, "auto", 32)
-    assert command == ("rayscale triton up --gpus 1 --instances-per-gpu 8 --max-batch-size 256 --batch-wait-ms 0 "
-                       "--preferred-batch-sizes 32,64,128,256")
+    assert command == (
+        "rayscale triton up --gpus 1 --instances-per-gpu 8 --max-batch-size 256 --batch-wait-ms 0 "
+        "--preferred-batch-sizes 32,64,128,256"
+    )
     from rayscale.triton.repository import python_backend_config
 
     batching = TritonSettings(preferred_batch_sizes="pow2").triton_config(1, images_per_request=32, provider="cpu").batching()
@@ -181,8 +219,11 @@ def test_triton_preferred_batch_sizes_are_a_policy_resolved_per_request_size():
 
 
 def test_unknown_dimension_lists_the_valid_names_and_old_names_still_read():
-    with pytest.raises(ConfigError, match="unknown search dimension 'bif' for rayscale: use one of processes_per_gpu, "
-                                          "batches_in_flight, batch_wait_ms, max_batch_size"):
+    with pytest.raises(
+        ConfigError,
+        match="unknown search dimension 'bif' for rayscale: use one of processes_per_gpu, "
+        "batches_in_flight, batch_wait_ms, max_batch_size",
+    ):
         parse_space_overrides("rayscale", ["bif=2,4"])
     with pytest.raises(ConfigError, match="batches_in_flight must be in 1..8, got 16"):
         parse_space_overrides("rayscale", ["batches_in_flight=2,16"])
@@ -205,17 +246,40 @@ def test_each_progress_event_of_a_search_is_one_readable_line():
     )
     from rayscale.tune.results import CandidateSummary
 
-    p = PointResult(target="x", transport="http-binary", mode="closed", replicas=1, concurrency=8,
-                    images_per_request=32, images_per_s=1234.5, latency=LatencyStats(count=10, p99_ms=42.25))
-    summary = CandidateSummary(target="rayscale", label="rayscale 4/GPU", settings={}, results_file="a.json",
-                               reproduce="rayscale up", stop_reason="bracketed", slo_load=8, goodput_images_per_s=1230.5,
-                               p99_ms=42.25)
-    lines = [progress_line(e) for e in (
-        CandidateStarted("rayscale 4/GPU", "rayscale up --replicas 1", "started", 17.64),
-        CandidateStarted("rayscale 4/GPU bif2", "rayscale up ...", "in place", 1.04),
-        PointMeasured("rayscale 4/GPU", p, True), CandidateSkipped("triton 2/GPU", "plateau"),
-        CandidateFailed("triton 8/GPU", "out of memory\ntraceback"), RepeatsStarted("rayscale 4/GPU", "concurrency 8", 3),
-        SearchStopped("the budget left (12 s) does not cover x"), CandidateFinished(summary))]
+    p = PointResult(
+        target="x",
+        transport="http-binary",
+        mode="closed",
+        replicas=1,
+        concurrency=8,
+        images_per_request=32,
+        images_per_s=1234.5,
+        latency=LatencyStats(count=10, p99_ms=42.25),
+    )
+    summary = CandidateSummary(
+        target="rayscale",
+        label="rayscale 4/GPU",
+        settings={},
+        results_file="a.json",
+        reproduce="rayscale up",
+        stop_reason="bracketed",
+        slo_load=8,
+        goodput_images_per_s=1230.5,
+        p99_ms=42.25,
+    )
+    lines = [
+        progress_line(e)
+        for e in (
+            CandidateStarted("rayscale 4/GPU", "rayscale up --replicas 1", "started", 17.64),
+            CandidateStarted("rayscale 4/GPU bif2", "rayscale up ...", "in place", 1.04),
+            PointMeasured("rayscale 4/GPU", p, True),
+            CandidateSkipped("triton 2/GPU", "plateau"),
+            CandidateFailed("triton 8/GPU", "out of memory\ntraceback"),
+            RepeatsStarted("rayscale 4/GPU", "concurrency 8", 3),
+            SearchStopped("the budget left (12 s) does not cover x"),
+            CandidateFinished(summary),
+        )
+    ]
     assert lines == [
         "rayscale 4/GPU: started in 17.6 s (rayscale up --replicas 1)",
         "rayscale 4/GPU bif2: reconfigured in place in 1.0 s (rayscale up ...)",
@@ -232,11 +296,15 @@ def test_each_progress_event_of_a_search_is_one_readable_line():
     ("args", "message"),
     [
         (["--target", "vllm", "--gpus", "1", "--slo-p99-ms", "100"], "unknown target 'vllm': use one of rayscale, triton"),
-        (["--target", "triton", "--gpus", "1", "--slo-p99-ms", "100", "--space", "delay=1"],
-         "unknown search dimension 'delay' for triton: use one of instances_per_gpu, batch_wait_ms, preferred_batch_sizes, "
-         "max_batch_size"),
-        (["--target", "rayscale", "--gpus", "1", "--slo-p99-ms", "100", "--strategy", "random"],
-         "unknown strategy 'random': use one of grid, hill"),
+        (
+            ["--target", "triton", "--gpus", "1", "--slo-p99-ms", "100", "--space", "delay=1"],
+            "unknown search dimension 'delay' for triton: use one of instances_per_gpu, batch_wait_ms, preferred_batch_sizes, "
+            "max_batch_size",
+        ),
+        (
+            ["--target", "rayscale", "--gpus", "1", "--slo-p99-ms", "100", "--strategy", "random"],
+            "unknown strategy 'random': use one of grid, hill",
+        ),
         (["--target", "rayscale", "--gpus", "1", "--slo-p99-ms", "0"], "slo_p99_ms must be > 0"),
         (["--target", "rayscale", "--gpus", "1", "--slo-p99-ms", "100", "--resolution", "1.5"], "resolution must be in (0, 1)"),
         (["--target", "triton", "--gpus", "1", "--slo-p99-ms", "100", "--provider", "null"], "null engine is rayscale's alone"),
@@ -318,8 +386,9 @@ def cluster(tmp_path_factory):
 
 
 def _rayscale_space(bif: str = "1,2", wait: str = "2"):
-    return parse_space_overrides("rayscale", ["processes_per_gpu=1", f"batches_in_flight={bif}", f"batch_wait_ms={wait}",
-                                              "max_batch_size=8"], gpus=2)
+    return parse_space_overrides(
+        "rayscale", ["processes_per_gpu=1", f"batches_in_flight={bif}", f"batch_wait_ms={wait}", "max_batch_size=8"], gpus=2
+    )
 
 
 @pytest.fixture(scope="module")
@@ -327,9 +396,23 @@ def grid(cluster, model_dir, tmp_path_factory):
     """Two candidates that differ in batches in flight: the second is the first server reconfigured in place.
     From concurrency 2, climbing until a load misses 60 ms (on two cores, concurrency 256 cannot meet it)."""
     out = tmp_path_factory.mktemp("tune") / "rayscale"
-    cfg = TuneConfig(target="rayscale", gpus=2, slo_p99_ms=60, out=str(out), images_per_request=2, strategy="grid",
-                     provider="null", model_dir=str(model_dir), port=free_port(), cpus_per_replica=0.25,
-                     space=_rayscale_space(), concurrency_start=2, concurrency_max=256, min_gain=None, **FAST)
+    cfg = TuneConfig(
+        target="rayscale",
+        gpus=2,
+        slo_p99_ms=60,
+        out=str(out),
+        images_per_request=2,
+        strategy="grid",
+        provider="null",
+        model_dir=str(model_dir),
+        port=free_port(),
+        cpus_per_replica=0.25,
+        space=_rayscale_space(),
+        concurrency_start=2,
+        concurrency_max=256,
+        min_gain=None,
+        **FAST,
+    )
     return cfg, run_tune(cfg)
 
 
@@ -348,13 +431,14 @@ def test_each_candidate_climbs_until_a_load_misses_then_bisects(grid):
     assert climb == [2 * 2**i for i in range(len(climb))]  # doubling from the start up to the first miss
     passes = [load_of(p) for p in points if meets_slo(p, cfg.slo_p99_ms)]
     lowest_miss = min(load_of(points[i]) for i in misses if load_of(points[i]) > max(passes))
-    for later in loads[misses[0] + 1:]:  # every later load bisects the bracket it was chosen in
+    for later in loads[misses[0] + 1 :]:  # every later load bisects the bracket it was chosen in
         assert later < climb[-1]
     assert first.stop_reason == "bracketed" and lowest_miss - max(passes) <= max(1, cfg.resolution * max(passes))
     best = next(p for p in points if load_of(p) == max(passes))
     assert first.slo_load == max(passes) and first.p99_ms == pytest.approx(best.latency.p99_ms, abs=1e-3)
     assert first.goodput_images_per_s == pytest.approx(
-        best.images_per_s * best.latency_histogram.fraction_within(cfg.slo_p99_ms), abs=0.01)
+        best.images_per_s * best.latency_histogram.fraction_within(cfg.slo_p99_ms), abs=0.01
+    )
     second = result.candidates[1]  # warm start: at the first candidate's SLO load
     assert load_of(measured_order(load_results(Path(cfg.out) / second.results_file).points)[0]) == first.slo_load
     bench = load_results(Path(cfg.out) / second.results_file)
@@ -402,8 +486,14 @@ def test_resume_continues_an_interrupted_candidate_and_redoes_nothing_finished(g
 
 def test_budget_is_honoured_and_a_spent_budget_exits_4_until_resumed(grid, cluster, tmp_path):
     cfg, _ = grid
-    wide = replace(cfg, out=str(tmp_path / "wide"), space=_rayscale_space(bif="1,2,4,8", wait="0,1,2,5"),
-                   budget_minutes=0.8, min_gain=0.05, rate_start_rps=50.0)  # open loop: rates, requests/s
+    wide = replace(
+        cfg,
+        out=str(tmp_path / "wide"),
+        space=_rayscale_space(bif="1,2,4,8", wait="0,1,2,5"),
+        budget_minutes=0.8,
+        min_gain=0.05,
+        rate_start_rps=50.0,
+    )  # open loop: rates, requests/s
     result = run_tune(wide)
     assert result.ended_by == "budget" and result.status == "incomplete" and result.exit_status == EXIT_BUDGET
     # every switch and point started only where it fit at the most one had cost so far (a slower last one
@@ -414,12 +504,37 @@ def test_budget_is_honoured_and_a_spent_budget_exits_4_until_resumed(grid, clust
     assert {(p.mode, p.concurrency) for p in points} == {("open", None)}
     replay(points, wide.load_rule())  # the same climb and bisection, over rates from 50 requests/s
     # a budget too small for any server: nothing starts, one line says how to continue, exit status 4
-    proc = rayscale("tune", "--target", "rayscale", "--gpus", "2", "--images-per-request", "2", "--slo-p99-ms", "60",
-                    "--space", "processes_per_gpu=1", "--space", "batches_in_flight=1,2", "--space", "max_batch_size=8",
-                    "--space", "batch_wait_ms=0,1,2,5", "--provider", "null", "--budget-minutes", "0.05", "--resume",
-                    "--rate", "50",
-                    "--port", str(free_port()),
-                    "--out", wide.out, env=cluster)
+    proc = rayscale(
+        "tune",
+        "--target",
+        "rayscale",
+        "--gpus",
+        "2",
+        "--images-per-request",
+        "2",
+        "--slo-p99-ms",
+        "60",
+        "--space",
+        "processes_per_gpu=1",
+        "--space",
+        "batches_in_flight=1,2",
+        "--space",
+        "max_batch_size=8",
+        "--space",
+        "batch_wait_ms=0,1,2,5",
+        "--provider",
+        "null",
+        "--budget-minutes",
+        "0.05",
+        "--resume",
+        "--rate",
+        "50",
+        "--port",
+        str(free_port()),
+        "--out",
+        wide.out,
+        env=cluster,
+    )
     assert proc.returncode == EXIT_BUDGET, proc.stderr[-2000:]
     assert "started" not in proc.stderr and "continue with --resume" in proc.stdout
     saved = load_tune_result(Path(wide.out) / "tune.json")
@@ -428,11 +543,42 @@ def test_budget_is_honoured_and_a_spent_budget_exits_4_until_resumed(grid, clust
 
 def test_exit_status_0_when_the_best_meets_the_slo_and_3_when_none_does(grid, cluster):
     cfg, first = grid
-    common = ["tune", "--target", "rayscale", "--gpus", "2", "--images-per-request", "2", "--space", "processes_per_gpu=1",
-              "--space", "batches_in_flight=1,2", "--space", "max_batch_size=8", "--space", "batch_wait_ms=2",
-              "--provider", "null", "--concurrency-start", "2", "--max-concurrency", "256", "--strategy", "grid",
-              "--warmup", "0.2", "--window", "0.3", "--client-cpus", "0.25", "--port", str(free_port()),
-              "--out", cfg.out, "--resume"]
+    common = [
+        "tune",
+        "--target",
+        "rayscale",
+        "--gpus",
+        "2",
+        "--images-per-request",
+        "2",
+        "--space",
+        "processes_per_gpu=1",
+        "--space",
+        "batches_in_flight=1,2",
+        "--space",
+        "max_batch_size=8",
+        "--space",
+        "batch_wait_ms=2",
+        "--provider",
+        "null",
+        "--concurrency-start",
+        "2",
+        "--max-concurrency",
+        "256",
+        "--strategy",
+        "grid",
+        "--warmup",
+        "0.2",
+        "--window",
+        "0.3",
+        "--client-cpus",
+        "0.25",
+        "--port",
+        str(free_port()),
+        "--out",
+        cfg.out,
+        "--resume",
+    ]
     proc = rayscale(*common, "--slo-p99-ms", "60", env=cluster)  # every candidate's search is on disk
     assert proc.returncode == EXIT_OK, proc.stderr[-2000:]
     assert "started" not in proc.stderr and f"reproduce: {first.best.reproduce}" in proc.stdout
@@ -460,19 +606,35 @@ def _triton_environment_ready() -> bool:
     return (venv / MARKER_NAME).is_file()
 
 
-@pytest.mark.skipif(not _triton_environment_ready(), reason="Triton's managed environment is not installed (`rayscale triton setup`)")
+@pytest.mark.skipif(
+    not _triton_environment_ready(), reason="Triton's managed environment is not installed (`rayscale triton setup`)"
+)
 def test_triton_steps_down_from_a_missed_load_reloads_its_model_and_pairs_with_rayscale(grid, model_dir, tmp_path):
     """A CPU serves one 2-image request in 0.15-0.6 s: concurrency 8 cannot meet 1 s, concurrency 1 can."""
     from rayscale.report import run_report
 
     rayscale_cfg, rayscale_result = grid
     out = Path(rayscale_cfg.out).parent / "triton"
-    cfg = TuneConfig(target="triton", gpus=2, slo_p99_ms=1000, out=str(out), images_per_request=2, strategy="grid",
-                     provider="cpu", model_dir=str(model_dir), port=free_port(), repeats=2, repeat_top=1, clients=1,
-                     space=parse_space_overrides("triton", ["instances_per_gpu=1", "max_batch_size=8", "batch_wait_ms=2",
-                                                            "preferred_batch_sizes=none,pow2"], gpus=2),
-                     concurrency_start=8, concurrency_max=8,
-                     **dict(FAST, warmup_s=0.5, window_s=1.0, repeat_warmup_s=0.5, repeat_window_s=1.0))
+    cfg = TuneConfig(
+        target="triton",
+        gpus=2,
+        slo_p99_ms=1000,
+        out=str(out),
+        images_per_request=2,
+        strategy="grid",
+        provider="cpu",
+        model_dir=str(model_dir),
+        port=free_port(),
+        repeats=2,
+        repeat_top=1,
+        clients=1,
+        space=parse_space_overrides(
+            "triton", ["instances_per_gpu=1", "max_batch_size=8", "batch_wait_ms=2", "preferred_batch_sizes=none,pow2"], gpus=2
+        ),
+        concurrency_start=8,
+        concurrency_max=8,
+        **dict(FAST, warmup_s=0.5, window_s=1.0, repeat_warmup_s=0.5, repeat_window_s=1.0),
+    )
     result = run_tune(cfg)
     assert result.server_switches["started"] == 1 and result.server_switches["reloaded"] >= 1  # no restart
     first = result.candidates[0]
@@ -486,8 +648,9 @@ def test_triton_steps_down_from_a_missed_load_reloads_its_model_and_pairs_with_r
     pow2 = next(c for c in result.candidates if c.settings["preferred_batch_sizes"] == "pow2")
     bench = load_results(out / pow2.results_file)
     assert bench.serve_config["dynamic_batching"]["preferred_batch_size"] == [2, 4, 8]  # the reloaded model's config
-    assert result.best.reproduce.startswith("rayscale triton up --gpus 2 --instances-per-gpu 1 --max-batch-size 8 "
-                                            "--batch-wait-ms 2")
+    assert result.best.reproduce.startswith(
+        "rayscale triton up --gpus 2 --instances-per-gpu 1 --max-batch-size 8 --batch-wait-ms 2"
+    )
     (spread,) = result.repeats
     assert spread.label == result.best.label and len(spread.goodput_images_per_s) == 2
     assert spread.goodput_min <= spread.goodput_median <= spread.goodput_max

@@ -15,7 +15,8 @@ __all__ = ["bench"]
 
 def bench(
     url: str | None = typer.Option(
-        None, help="One Open Inference Protocol server for every client (with --grpc host:port). Default: the rayscale app's ingress on each node, each client aiming at its own node's."
+        None,
+        help="One Open Inference Protocol server for every client (with --grpc host:port). Default: the rayscale app's ingress on each node, each client aiming at its own node's.",
     ),
     handle: bool = typer.Option(False, "--handle", help="Call the rayscale app through a DeploymentHandle (in-cluster)."),
     grpc: bool = typer.Option(False, "--grpc", help="Send over gRPC (Triton's GRPCInferenceService) instead of HTTP."),
@@ -56,14 +57,33 @@ def bench(
         if url is None and not handle and client == "perf_analyzer":  # one process here: this node's ingress
             url = "127.0.0.1:8001" if grpc else "http://127.0.0.1:8000"
         cfg = BenchConfig(
-            url=url, handle=handle, transport="grpc" if grpc else "http", model=model, replicas=parse_int_list(replicas, "--replicas") if replicas is not None else None,
+            url=url,
+            handle=handle,
+            transport="grpc" if grpc else "http",
+            model=model,
+            replicas=parse_int_list(replicas, "--replicas") if replicas is not None else None,
             concurrency=parse_int_list(concurrency, "--concurrency") if concurrency is not None else None,
             rates_rps=parse_float_list(rate, "--rate") if rate is not None else None,
-            arrival=arrival, images_per_request=parse_int_list(images_per_request, "--images-per-request"),
-            binary=binary, duration_s=duration, warmup_s=warmup, window_s=window, stability=stability,
-            max_windows=max_windows, clients=clients, client_cpus=client_cpus, target=target, address=address,
-            model_dir=str(model_dir) if model_dir else None, request_timeout_s=timeout, api_token=api_token,
-            out=str(out) if out else None, csv=csv, overwrite=overwrite, resume=resume, metrics_port=metrics_port,
+            arrival=arrival,
+            images_per_request=parse_int_list(images_per_request, "--images-per-request"),
+            binary=binary,
+            duration_s=duration,
+            warmup_s=warmup,
+            window_s=window,
+            stability=stability,
+            max_windows=max_windows,
+            clients=clients,
+            client_cpus=client_cpus,
+            target=target,
+            address=address,
+            model_dir=str(model_dir) if model_dir else None,
+            request_timeout_s=timeout,
+            api_token=api_token,
+            out=str(out) if out else None,
+            csv=csv,
+            overwrite=overwrite,
+            resume=resume,
+            metrics_port=metrics_port,
             command=command_line(),
         )
     except RayscaleError as e:
@@ -81,7 +101,9 @@ def bench(
         else:
             result = run_bench(cfg, on_event=printer)
     except KeyboardInterrupt:
-        typer.echo(f"\ninterrupted: finished points kept in {printer.out or cfg.out or 'the results file'} (marked incomplete)", err=True)
+        typer.echo(
+            f"\ninterrupted: finished points kept in {printer.out or cfg.out or 'the results file'} (marked incomplete)", err=True
+        )
         raise typer.Exit(130) from None
     except RayscaleError as e:
         raise fail(e) from None

@@ -39,7 +39,9 @@ def render_command(
     image: str = typer.Option(DEFAULT_IMAGE, "--image", help="The rayscale image built from k8s/Dockerfile."),
     namespace: str = typer.Option(DEFAULT_NAMESPACE, "--namespace", help="Namespace for every object."),
     ingress: str = typer.Option(
-        "direct", "--ingress", help="direct: rayscale's HAProxy on every GPU worker pod (Service rayscale-ingress); proxy: Serve's proxies."
+        "direct",
+        "--ingress",
+        help="direct: rayscale's HAProxy on every GPU worker pod (Service rayscale-ingress); proxy: Serve's proxies.",
     ),
     processes_per_replica: int = typer.Option(
         0, "--processes-per-replica", help="Serve replica processes per replica, sharing its GPU; 0: auto (4 per GPU)."
@@ -55,5 +57,8 @@ def render_command(
     )
     workers = gpu_workers_for(replicas, gpus_per_replica)
     typer.echo(f"wrote {len(paths)} files to {out}: {replicas} Serve replicas on {workers} GPU workers, Triton on {workers} GPUs")
-    typer.echo(f"clients in the cluster: {serve_url(serve)}" + (f" (gRPC {INGRESS_SERVICE_NAME}:{GRPC_PORT})" if ingress == "direct" else ""))
+    typer.echo(
+        f"clients in the cluster: {serve_url(serve)}"
+        + (f" (gRPC {INGRESS_SERVICE_NAME}:{GRPC_PORT})" if ingress == "direct" else "")
+    )
     typer.echo(f"apply: kubectl apply -k {out}   (monitoring: kubectl apply -k {out / 'monitoring'})")

@@ -34,9 +34,7 @@ def report_command(
     gpu_hour_cost: Annotated[float | None, typer.Option("--gpu-hour-cost", help=_HELP["gpu_hour_cost"])] = None,
     cpu_hour_cost: Annotated[float | None, typer.Option("--cpu-hour-cost", help=_HELP["cpu_hour_cost"])] = None,
     slo_p99_ms: Annotated[float | None, typer.Option("--slo-p99-ms", help=_HELP["slo_p99_ms"])] = None,
-    throughput_target: Annotated[
-        float | None, typer.Option("--throughput-target", help=_HELP["throughput_target"])
-    ] = None,
+    throughput_target: Annotated[float | None, typer.Option("--throughput-target", help=_HELP["throughput_target"])] = None,
     out: Annotated[Path | None, typer.Option("--out", help=_HELP["out"])] = None,
     allow_mismatch: Annotated[bool, typer.Option("--allow-mismatch", help=_HELP["allow_mismatch"])] = False,
     title: Annotated[str | None, typer.Option("--title", help=_HELP["title"])] = None,

@@ -60,14 +60,18 @@ def up(
         BATCH_WAIT_MS, help="How long a batch may wait to fill (ms), as rayscale's; Triton's max_queue_delay_microseconds."
     ),
     max_queue_delay_us: int | None = typer.Option(None, hidden=True, help="Old name of --batch-wait-ms, in µs."),
-    preferred_batch_sizes: str = typer.Option("", help="Comma-separated preferred batch sizes (default: none, and Triton then prefers the max batch size)."),
+    preferred_batch_sizes: str = typer.Option(
+        "", help="Comma-separated preferred batch sizes (default: none, and Triton then prefers the max batch size)."
+    ),
     port: int = typer.Option(8100, help="HTTP port; gRPC uses port+1, metrics port+2."),
     host: str = typer.Option(LOCAL_HOST, help="Address to bind; 0.0.0.0 exposes the server to the network."),
     model: Path = typer.Option(DEFAULT_MODEL_DIR, help="Exported model directory (model.onnx + model.json)."),
     provider: str = typer.Option("auto", help="auto | cuda | cpu"),
     state_dir: Path | None = typer.Option(None, help="Where the state file, log and repository go."),
     ready_timeout_s: float = typer.Option(600.0, help="How long to wait for the model to be ready."),
-    engine_options: str = typer.Option("", help="onnxruntime settings as rayscale's --engine-options (like for like), e.g. cuda_graph=1."),
+    engine_options: str = typer.Option(
+        "", help="onnxruntime settings as rayscale's --engine-options (like for like), e.g. cuda_graph=1."
+    ),
 ) -> None:
     """Start tritonserver with the Python-backend model and wait until it is ready."""
     from rayscale.engine_options import EngineOptions
@@ -136,7 +140,9 @@ def repo(
     ),
     max_queue_delay_us: int | None = typer.Option(None, hidden=True, help="Old name of --batch-wait-ms, in µs."),
     instances_per_gpu: int = typer.Option(DEFAULT_INSTANCES_PER_GPU, help="Model instances per GPU."),
-    preferred_batch_sizes: str = typer.Option("", help="Comma-separated preferred batch sizes (default: none, and Triton then prefers the max batch size)."),
+    preferred_batch_sizes: str = typer.Option(
+        "", help="Comma-separated preferred batch sizes (default: none, and Triton then prefers the max batch size)."
+    ),
     accelerator: str = typer.Option("none", help="none | tensorrt (onnxruntime's TensorRT execution provider)."),
     cuda_graphs: bool = typer.Option(False, "--cuda-graphs", help="CUDA graphs (needs --accelerator tensorrt)."),
     trt_precision: str = typer.Option("fp16", help="TensorRT precision: fp16 | fp32."),

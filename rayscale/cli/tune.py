@@ -40,7 +40,9 @@ def tune(
     ),
     max_rate: float = typer.Option(1_000_000.0, help="Open loop: the highest rate a candidate's search may reach."),
     arrival: str = typer.Option("constant", help="Open-loop arrivals: constant | poisson."),
-    resolution: float = typer.Option(0.25, help="A candidate's search ends when its highest pass is within this fraction of its lowest miss."),
+    resolution: float = typer.Option(
+        0.25, help="A candidate's search ends when its highest pass is within this fraction of its lowest miss."
+    ),
     provider: str = typer.Option("auto", help="auto | cuda | cpu, or null for rayscale (serving path only)."),
     model: Path = typer.Option(DEFAULT_MODEL_DIR, help="Exported model directory."),
     port: int = typer.Option(0, help="HTTP port of the candidate servers (0: 8000 rayscale, 8100 Triton)."),
@@ -65,17 +67,49 @@ def tune(
 
     try:
         if target is None or gpus is None or slo_p99_ms is None or out is None:
-            missing = [flag for flag, value in (("--target", target), ("--gpus", gpus), ("--slo-p99-ms", slo_p99_ms), ("--out", out)) if value is None]
-            raise RayscaleError(f"missing {', '.join(missing)}: e.g. rayscale tune --target rayscale --gpus 1 --slo-p99-ms 100 --out tune/")
+            missing = [
+                flag
+                for flag, value in (("--target", target), ("--gpus", gpus), ("--slo-p99-ms", slo_p99_ms), ("--out", out))
+                if value is None
+            ]
+            raise RayscaleError(
+                f"missing {', '.join(missing)}: e.g. rayscale tune --target rayscale --gpus 1 --slo-p99-ms 100 --out tune/"
+            )
         cfg = TuneConfig(
-            target=target, gpus=gpus, slo_p99_ms=slo_p99_ms, out=str(out), images_per_request=images_per_request,
-            budget_minutes=budget_minutes, strategy=strategy, space=parse_space_overrides(target, space or [], gpus=gpus),
-            seeds=seeds, restarts=restarts, repeats=repeats, repeat_top=repeat_top, resume=resume,
-            concurrency_start=concurrency_start, concurrency_max=max_concurrency, rate_start_rps=rate_start,
-            rate_max_rps=max_rate, arrival=arrival, resolution=resolution, provider=provider, model_dir=str(model),
-            port=port, address=address, cpus_per_replica=cpus_per_replica, triton_reload=reload, warmup_s=warmup,
-            window_s=window, max_windows=max_windows, repeat_warmup_s=repeat_warmup, repeat_window_s=repeat_window,
-            repeat_max_windows=repeat_max_windows, clients=clients, client_cpus=client_cpus, command=command_line(),
+            target=target,
+            gpus=gpus,
+            slo_p99_ms=slo_p99_ms,
+            out=str(out),
+            images_per_request=images_per_request,
+            budget_minutes=budget_minutes,
+            strategy=strategy,
+            space=parse_space_overrides(target, space or [], gpus=gpus),
+            seeds=seeds,
+            restarts=restarts,
+            repeats=repeats,
+            repeat_top=repeat_top,
+            resume=resume,
+            concurrency_start=concurrency_start,
+            concurrency_max=max_concurrency,
+            rate_start_rps=rate_start,
+            rate_max_rps=max_rate,
+            arrival=arrival,
+            resolution=resolution,
+            provider=provider,
+            model_dir=str(model),
+            port=port,
+            address=address,
+            cpus_per_replica=cpus_per_replica,
+            triton_reload=reload,
+            warmup_s=warmup,
+            window_s=window,
+            max_windows=max_windows,
+            repeat_warmup_s=repeat_warmup,
+            repeat_window_s=repeat_window,
+            repeat_max_windows=repeat_max_windows,
+            clients=clients,
+            client_cpus=client_cpus,
+            command=command_line(),
         )
         result = run_tune(cfg, on_event=print_progress)
     except KeyboardInterrupt:
@@ -93,8 +127,10 @@ def summary_lines(result: TuneResult, out: Path | str) -> list[str]:
     """What the search found, for stdout after the candidates' table: the answer and what to do next."""
     from rayscale.tune import closest_answer
 
-    lines = [f"{len(result.candidates)} candidate(s), {result.budget_used_s / 60:.1f} of {result.budget_s / 60:g} min "
-             f"({result.total_used_s / 60:.1f} in all), ended by {result.ended_by}; wrote {out}/tune.json"]
+    lines = [
+        f"{len(result.candidates)} candidate(s), {result.budget_used_s / 60:.1f} of {result.budget_s / 60:g} min "
+        f"({result.total_used_s / 60:.1f} in all), ended by {result.ended_by}; wrote {out}/tune.json"
+    ]
     if result.status != "complete":
         best = f"best so far: {result.best.describe()}" if result.best else "no candidate meets the SLO so far"
         lines.append(f"the budget ran out before the search finished ({best}): continue with --resume")
@@ -110,9 +146,10 @@ def candidates_table(result: TuneResult) -> Table:
     """Every candidate measured, best first: its goodput under the SLO and why its sweep stopped."""
     from rayscale.tune.results import format_load
 
-    table = Table(["candidate", "goodput img/s", "at load", "p99 ms", "peak img/s", "lowest p99 ms", "status",
-                   "stopped by"],
-                  title=f"rayscale tune: {result.target}, p99 ≤ {result.slo_p99_ms:g} ms ({result.status})")
+    table = Table(
+        ["candidate", "goodput img/s", "at load", "p99 ms", "peak img/s", "lowest p99 ms", "status", "stopped by"],
+        title=f"rayscale tune: {result.target}, p99 ≤ {result.slo_p99_ms:g} ms ({result.status})",
+    )
     for c in sorted(result.candidates, key=lambda c: c.score, reverse=True):
         met = c.goodput_images_per_s is not None
         table.add_row(c.label, f"{c.goodput_images_per_s:,.1f}" if met else "–",

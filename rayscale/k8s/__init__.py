@@ -60,4 +60,3 @@ __all__ = [
     "worker_cpus_for",
     "write_manifests",
 ]
-

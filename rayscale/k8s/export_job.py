@@ -45,4 +45,3 @@ def export_job(image: str, namespace: str) -> dict[str, Any]:
             },
         },
     }
-

@@ -15,8 +15,7 @@ log = logging.getLogger(__name__)
 EXPORTER_PORT = 9400  # rayscale.metrics exporter actors: GPU metrics per node, serving statistics on the head
 
 EXPORTER_KEEPER_COMMAND = (
-    "nohup python -c 'from rayscale.k8s import keep_node_exporters; keep_node_exporters()' "
-    ">/tmp/rayscale-exporters.log 2>&1 &"
+    "nohup python -c 'from rayscale.k8s import keep_node_exporters; keep_node_exporters()' >/tmp/rayscale-exporters.log 2>&1 &"
 )
 
 

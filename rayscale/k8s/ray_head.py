@@ -11,8 +11,15 @@ from rayscale.k8s.sizing import HEAD_CPUS
 __all__ = ["ray_head"]
 
 
-def ray_head(image: str, *, namespace_labels: dict[str, str], mounts: list[dict[str, Any]],
-             volumes: list[dict[str, Any]], exporters: bool = False, cpus: int = HEAD_CPUS) -> dict[str, Any]:
+def ray_head(
+    image: str,
+    *,
+    namespace_labels: dict[str, str],
+    mounts: list[dict[str, Any]],
+    volumes: list[dict[str, Any]],
+    exporters: bool = False,
+    cpus: int = HEAD_CPUS,
+) -> dict[str, Any]:
     """A ``headGroupSpec`` without GPUs; ``exporters`` adds the node-exporter keeper and its port.
 
     A head without GPUs holds no replica, so no ingress listens there and it declares no serving port.

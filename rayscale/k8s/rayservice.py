@@ -90,14 +90,23 @@ def _serve_service(serve: ServeConfig) -> dict[str, Any]:
     """
     metadata = {"name": SERVE_SERVICE_NAME, "labels": labels("rayscale", "serve")}
     if serve.ingress != "direct":
-        return {"metadata": metadata, "spec": {"type": "ClusterIP", "ports": [{"name": "serve", "port": SERVE_PORT, "targetPort": SERVE_PORT}]}}
+        return {
+            "metadata": metadata,
+            "spec": {"type": "ClusterIP", "ports": [{"name": "serve", "port": SERVE_PORT, "targetPort": SERVE_PORT}]},
+        }
     return {"metadata": metadata, "spec": {"type": "ClusterIP", "ports": _ingress_ports(SERVE_PORT_NAME, GRPC_PORT_NAME)}}
 
 
 def _ingress_ports(http_name: str = "http", grpc_name: str = "grpc") -> list[dict[str, Any]]:
     return [
         {"name": http_name, "port": SERVE_PORT, "targetPort": SERVE_PORT_NAME, "protocol": "TCP"},
-        {"name": grpc_name, "port": GRPC_PORT, "targetPort": GRPC_PORT_NAME, "protocol": "TCP", "appProtocol": "kubernetes.io/h2c"},
+        {
+            "name": grpc_name,
+            "port": GRPC_PORT,
+            "targetPort": GRPC_PORT_NAME,
+            "protocol": "TCP",
+            "appProtocol": "kubernetes.io/h2c",
+        },
     ]
 
 
@@ -178,4 +187,3 @@ def rayservice(image: str, namespace: str, serve: ServeConfig, workers: int) -> 
             },
         },
     }
-

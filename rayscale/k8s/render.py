@@ -55,7 +55,4 @@ def _check_dns_label(namespace: str) -> None:
     import re
 
     if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", namespace or ""):
-        raise ConfigError(
-            f"namespace must be a DNS label (lower-case letters, digits and '-', at most 63), got {namespace!r}"
-        )
-
+        raise ConfigError(f"namespace must be a DNS label (lower-case letters, digits and '-', at most 63), got {namespace!r}")

@@ -43,4 +43,3 @@ def worker_cpus_for(serve: ServeConfig) -> int:
     replicas_per_gpu = math.floor(1 / serve.gpus_per_replica + 1e-9)
     processes = replicas_per_gpu * serve.resolved().processes_per_replica
     return math.ceil(processes * serve.cpus_per_replica - 1e-9) + WORKER_HEADROOM_CPUS
-

@@ -36,9 +36,7 @@ def write_manifests(
     ``out_dir/monitoring`` gets the Prometheus Operator objects and a fresh copy of the
     packaged Grafana dashboard, applied separately because they need the Prometheus Operator.
     """
-    objs = render_manifests(
-        replicas=replicas, gpus_per_replica=gpus_per_replica, image=image, namespace=namespace, serve=serve
-    )
+    objs = render_manifests(replicas=replicas, gpus_per_replica=gpus_per_replica, image=image, namespace=namespace, serve=serve)
     out = Path(out_dir)
     monitoring_dir = out / "monitoring"
     try:

@@ -57,7 +57,9 @@ class BenchConfig:
 
     def __post_init__(self) -> None:
         if self.handle and self.url is not None:
-            raise ConfigError("give one target: --url URL of a server, or --handle for the rayscale app in Ray (neither: its ingress on each node)")
+            raise ConfigError(
+                "give one target: --url URL of a server, or --handle for the rayscale app in Ray (neither: its ingress on each node)"
+            )
         if self.transport not in TRANSPORTS:
             raise ConfigError(f"unknown transport {self.transport!r}: use one of {', '.join(TRANSPORTS)}")
         if self.transport == "grpc":
@@ -73,7 +75,11 @@ class BenchConfig:
             raise ConfigError(f"--url must start with http:// or https://, got {self.url!r}")
         if (self.concurrency is None) == (self.rates_rps is None):
             raise ConfigError("give exactly one load shape: --concurrency (closed loop) or --rate (open loop)")
-        for name, values in (("replicas", self.replicas), ("concurrency", self.concurrency), ("images per request", self.images_per_request)):
+        for name, values in (
+            ("replicas", self.replicas),
+            ("concurrency", self.concurrency),
+            ("images per request", self.images_per_request),
+        ):
             if values is not None and (not values or any(v < 1 for v in values)):
                 raise ConfigError(f"{name} must be a non-empty list of integers ≥ 1, got {values}")
         if self.rates_rps is not None and (not self.rates_rps or any(r <= 0 for r in self.rates_rps)):

@@ -36,7 +36,6 @@ _CHANNEL_OPTIONS = [
 ]
 
 
-
 def grpc_address(url: str) -> str:
     """'host:port' or 'grpc://host:port' -> 'host:port' (an IPv6 host in brackets); ConfigError otherwise."""
     address = url[len(GRPC_SCHEME) :] if url.startswith(GRPC_SCHEME) else url
@@ -144,13 +143,21 @@ def preflight(url: str, model: str, token: str | None, *, timeout_s: float = 10.
                     f"cannot reach {address} over gRPC ({code.name}): is the server up, and is this its gRPC port? "
                     "(`rayscale up` / `rayscale triton up`)"
                 ) from None
-            raise ServerError(f"{address} is not an Open Inference Protocol gRPC server (ServerMetadata answered {code.name}: {e.details()})") from None
+            raise ServerError(
+                f"{address} is not an Open Inference Protocol gRPC server (ServerMetadata answered {code.name}: {e.details()})"
+            ) from None
         try:
-            model_metadata = stub.ModelMetadata(service_pb2.ModelMetadataRequest(name=model), metadata=metadata, timeout=timeout_s)
+            model_metadata = stub.ModelMetadata(
+                service_pb2.ModelMetadataRequest(name=model), metadata=metadata, timeout=timeout_s
+            )
         except grpc.RpcError as e:
-            raise ConfigError(f"{address} does not serve model {model!r} ({e.code().name}: {e.details()}): check --model") from None
+            raise ConfigError(
+                f"{address} does not serve model {model!r} ({e.code().name}: {e.details()}): check --model"
+            ) from None
         try:
-            config = _as_dict(stub.ModelConfig(service_pb2.ModelConfigRequest(name=model), metadata=metadata, timeout=timeout_s).config)
+            config = _as_dict(
+                stub.ModelConfig(service_pb2.ModelConfigRequest(name=model), metadata=metadata, timeout=timeout_s).config
+            )
         except grpc.RpcError:
             config = None
     return {"server": _as_dict(server), "metadata": _as_dict(model_metadata), "config": config}

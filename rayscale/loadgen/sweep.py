@@ -165,7 +165,9 @@ def run_sweep(cfg: BenchConfig, engine: LoadEngine, *, result: BenchResult, file
             }  # fmt: skip
             with _unless_done(file, plan, functools.partial(engine.deployment, n_replicas)):
                 for ipr, points in plan.items():
-                    with _unless_done(file, {ipr: points}, functools.partial(engine.clients, ipr, replicas=n_replicas)) as run_point:
+                    with _unless_done(
+                        file, {ipr: points}, functools.partial(engine.clients, ipr, replicas=n_replicas)
+                    ) as run_point:
                         for load, point in points:
                             _one_point(run_point, point, load, result=result, file=file, emit=emit)
         result.status = "complete"
@@ -177,7 +179,9 @@ def run_sweep(cfg: BenchConfig, engine: LoadEngine, *, result: BenchResult, file
     return result
 
 
-def _unless_done(file: ResultsFile, plan: dict[int, list[tuple[Any, PointResult]]], setting: Callable[[], contextlib.AbstractContextManager]) -> contextlib.AbstractContextManager:
+def _unless_done(
+    file: ResultsFile, plan: dict[int, list[tuple[Any, PointResult]]], setting: Callable[[], contextlib.AbstractContextManager]
+) -> contextlib.AbstractContextManager:
     """The setting's context, or nothing where the file already holds every point it would measure."""
     if all(point.key in file.finished for points in plan.values() for _, point in points):
         return contextlib.nullcontext()

@@ -69,7 +69,9 @@ def preflight_http(url: str, model: str, token: str | None = None) -> ServerInfo
             raise ConfigError(f"{base} wants an API token: pass --api-token or set RAYSCALE_API_TOKEN") from None
         raise ServerError(f"{base} is not an Open Inference Protocol server (GET /v2 answered {e.code})") from None
     except (urllib.error.URLError, OSError, ValueError) as e:
-        raise ServerError(f"cannot reach {base} ({getattr(e, 'reason', e)}): is the server up? (`rayscale up` / `rayscale triton up`)") from None
+        raise ServerError(
+            f"cannot reach {base} ({getattr(e, 'reason', e)}): is the server up? (`rayscale up` / `rayscale triton up`)"
+        ) from None
     try:
         metadata = get_json(f"{base}/v2/models/{model}", token=token)
     except (urllib.error.URLError, OSError, ValueError) as e:
@@ -90,12 +92,17 @@ def preflight(url: str, model: str, token: str | None = None, *, transport: str 
 
     found = preflight_grpc(url, model, token)
     server = found.get("server") or {}
-    return ServerInfo(name=str(server.get("name", "server")), metadata=found.get("metadata") or {}, config=found.get("config"),
-                      config_error=None if found.get("config") is not None else "no config over gRPC")
+    return ServerInfo(
+        name=str(server.get("name", "server")),
+        metadata=found.get("metadata") or {},
+        config=found.get("config"),
+        config_error=None if found.get("config") is not None else "no config over gRPC",
+    )
 
 
-def fetch_stats(*, model: str, url: str | None = None, app_name: str | None = None, token: str | None = None,
-                transport: str = "http") -> dict[str, Any] | None:
+def fetch_stats(
+    *, model: str, url: str | None = None, app_name: str | None = None, token: str | None = None, transport: str = "http"
+) -> dict[str, Any] | None:
     """A statistics snapshot (Triton's extension) of ``url``, or of the rayscale app ``app_name`` in Ray;
     None where the server keeps none."""
     try:
@@ -124,7 +131,9 @@ def _model_stats(snap: dict[str, Any] | None, model: str) -> dict[str, Any] | No
     return None
 
 
-def server_stats_delta(before: dict[str, Any] | None, after: dict[str, Any] | None, model: str = MODEL_NAME) -> ServerStats | None:
+def server_stats_delta(
+    before: dict[str, Any] | None, after: dict[str, Any] | None, model: str = MODEL_NAME
+) -> ServerStats | None:
     """Queue/compute split over a span from two statistics snapshots (same form for rayscale and Triton)."""
     a, b = _model_stats(before, model), _model_stats(after, model)
     if a is None or b is None:

@@ -56,9 +56,7 @@ class _GpuCollector:
         from prometheus_client.core import GaugeMetricFamily
 
         gpus = read_gpus()
-        count = GaugeMetricFamily(
-            "rayscale_gpus", "NVIDIA GPUs visible on this node (0 without a driver)", labels=["node"]
-        )
+        count = GaugeMetricFamily("rayscale_gpus", "NVIDIA GPUs visible on this node (0 without a driver)", labels=["node"])
         count.add_metric([self.node], len(gpus))
         yield count
         for metric, key, scale, doc in _GPU_GAUGES:
@@ -292,8 +290,7 @@ def start_node_exporters(*, host: str = "127.0.0.1", port: int = 9400, app_name:
         except RayActorError as e:
             cause = str(e.__cause__ or e).strip().splitlines()[-1]
             raise ServerError(
-                f"the metrics exporter on {address} could not start ({cause}): choose another port, "
-                "or run without the exporter"
+                f"the metrics exporter on {address} could not start ({cause}): choose another port, or run without the exporter"
             ) from None
         serving = " (with serving metrics)" if info["serving"] else ""
         log.info("metrics exporter on %s: %s%s", info["node"], info["url"], serving)

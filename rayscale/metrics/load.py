@@ -153,9 +153,7 @@ class LoadMetrics:
             windows = CounterMetricFamily("rayscale_bench_windows", "Measurement windows recorded")
             windows.add_metric([], self._windows)
             yield windows
-            latency = HistogramMetricFamily(
-                "rayscale_bench_latency_seconds", "Client-side latency of answered requests, seconds"
-            )
+            latency = HistogramMetricFamily("rayscale_bench_latency_seconds", "Client-side latency of answered requests, seconds")
             h = {"bounds": BENCH_LATENCY_BOUNDS, "counts": self._bucket_counts, "sum": self._latency_sum_s}
             latency.add_metric([], histogram_buckets(h), sum_value=self._latency_sum_s)
             yield latency

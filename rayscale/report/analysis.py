@@ -53,9 +53,7 @@ def build_report(
     series_keys, latest = _collect_points(results, sources, notes)
     labels = series_labels(series_keys)
     series = [labels[k] for k in series_keys]
-    rows = [
-        point_row(point, result, source, labels[pkey[0]], config) for pkey, (point, result, source) in latest.items()
-    ]
+    rows = [point_row(point, result, source, labels[pkey[0]], config) for pkey, (point, result, source) in latest.items()]
     max_batch = {(labels[pkey[0]], pkey[1]): max_batch_size(result) for pkey, (_, result, _) in latest.items()}
     groups = _summarise_groups(rows, series, config, engine, max_batch)
     notes += _exclusion_notes(groups, rows, config)
@@ -174,9 +172,7 @@ def _summarise_groups(
     return groups
 
 
-def _best_under_slo(
-    rows: list[PointRow], series: list[str], slo_p99_ms: float | None
-) -> tuple[Pick | None, dict[str, Pick]]:
+def _best_under_slo(rows: list[PointRow], series: list[str], slo_p99_ms: float | None) -> tuple[Pick | None, dict[str, Pick]]:
     """The best point under the SLO overall and in each series (none without an SLO)."""
     if slo_p99_ms is None:
         return None, {}
@@ -201,14 +197,14 @@ def _pick_notes(best: Pick | None, cheapest: Pick | None, config: ReportConfig) 
     if slo_p99_ms is not None and best is None:
         notes.append(f"no usable point meets p99 ≤ {slo_p99_ms:g} ms")
     if target_ips is not None and cheapest is None:
-        notes.append(f"no measured configuration reaches {target_ips:g} img/s"
-                     + (f" with p99 ≤ {slo_p99_ms:g} ms" if slo_p99_ms is not None else ""))
+        notes.append(
+            f"no measured configuration reaches {target_ips:g} img/s"
+            + (f" with p99 ≤ {slo_p99_ms:g} ms" if slo_p99_ms is not None else "")
+        )
     return notes
 
 
-def _parameters(
-    config: ReportConfig, rows: list[PointRow], points: list[PointResult], engine_name: str | None
-) -> dict[str, Any]:
+def _parameters(config: ReportConfig, rows: list[PointRow], points: list[PointResult], engine_name: str | None) -> dict[str, Any]:
     """The settings the figures were computed under (the report's ``parameters``)."""
     costs = config.costs_usd_per_hour
     return {

@@ -44,9 +44,7 @@ class ReportConfig:
 
     def __post_init__(self) -> None:
         if self.costs_usd_per_hour is not None and self.gpu_hour_cost_usd is not None:
-            raise ConfigError(
-                "give either --costs (a price per GPU count) or --gpu-hour-cost (a price per GPU), not both"
-            )
+            raise ConfigError("give either --costs (a price per GPU count) or --gpu-hour-cost (a price per GPU), not both")
         for gpus, price in (self.costs_usd_per_hour or {}).items():
             if not (isinstance(gpus, int) and gpus >= 1):
                 raise ConfigError(f"--costs GPU counts must be integers ≥ 1, got {gpus!r}")

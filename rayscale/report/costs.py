@@ -36,9 +36,7 @@ def parse_costs(text: str) -> dict[int, float]:
         try:
             price = float(price_text.strip().lstrip("$"))
         except ValueError:
-            raise ConfigError(
-                f"--costs entry {part!r}: price must be a number of dollars per hour, {_COSTS_EXAMPLE}"
-            ) from None
+            raise ConfigError(f"--costs entry {part!r}: price must be a number of dollars per hour, {_COSTS_EXAMPLE}") from None
         if gpus < 1:
             raise ConfigError(f"--costs entry {part!r}: GPU count must be ≥ 1, got {gpus}")
         if not math.isfinite(price) or price <= 0:

@@ -72,7 +72,7 @@ def inline_spans(text: str) -> list[tuple[str, str]]:
     spans, last = [], 0
     for m in _MARKS.finditer(text):
         if m.start() > last:
-            spans.append(("text", text[last:m.start()]))
+            spans.append(("text", text[last : m.start()]))
         spans.append(("code", m.group(1)) if m.group(1) is not None else ("strong", m.group(2)))
         last = m.end()
     if last < len(text):

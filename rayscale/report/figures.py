@@ -62,9 +62,7 @@ def diagnose(row: PointRow) -> Bottleneck:
             "add client actors or client machines before reading this as a server limit",
         )
     if util is not None and util >= GPU_BUSY_PCT:
-        return Bottleneck(
-            "gpu", f"GPU-bound ({seen}): more GPUs, or a faster engine (fp16, TensorRT), raise this ceiling"
-        )
+        return Bottleneck("gpu", f"GPU-bound ({seen}): more GPUs, or a faster engine (fp16, TensorRT), raise this ceiling")
     if share is not None and share >= QUEUE_DOMINANT_SHARE:
         return Bottleneck(
             "queueing",

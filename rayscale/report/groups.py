@@ -55,7 +55,10 @@ def summarise_group(
     g.peak_images_per_s, g.peak_load = peak.images_per_s, peak.load
     g.peak_latency_p50_ms, g.peak_latency_p99_ms = peak.latency_p50_ms, peak.latency_p99_ms
     g.mean_batch_images_at_peak = peak.mean_batch_images
-    g.peak_server_cpu_s_per_1000_images, g.peak_server_cores_per_gpu = peak.server_cpu_s_per_1000_images, peak.server_cores_per_gpu
+    g.peak_server_cpu_s_per_1000_images, g.peak_server_cores_per_gpu = (
+        peak.server_cpu_s_per_1000_images,
+        peak.server_cores_per_gpu,
+    )
     g.cost_per_1000_images_usd = cost_per_1000_images_usd(g.hourly_cost_usd, peak.images_per_s)
     slo_p99_ms = config.slo_p99_ms
     if slo_p99_ms is not None:
@@ -103,8 +106,11 @@ def compare_like_for_like(groups: list[GroupSummary], series: list[str]) -> list
     out = []
     for hardware, units, transport, ipr in classes:
         at = sorted(
-            (g for g in groups
-             if (g.hardware, g.units, g.transport_kind, g.images_per_request) == (hardware, units, transport, ipr)),
+            (
+                g
+                for g in groups
+                if (g.hardware, g.units, g.transport_kind, g.images_per_request) == (hardware, units, transport, ipr)
+            ),
             key=lambda g: order[g.series],
         )
         peaks = {g.series: g.peak_images_per_s for g in at if g.peak_images_per_s}
@@ -123,9 +129,7 @@ def compare_like_for_like(groups: list[GroupSummary], series: list[str]) -> list
                 units=units,
                 transport_kind=transport,
                 images_per_request=ipr,
-                goodput_images_per_s={
-                    g.series: g.goodput_images_per_s for g in at if g.goodput_images_per_s is not None
-                },
+                goodput_images_per_s={g.series: g.goodput_images_per_s for g in at if g.goodput_images_per_s is not None},
                 goodput_method={g.series: g.goodput_method for g in at if g.goodput_method is not None},
             )
         )

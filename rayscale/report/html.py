@@ -153,7 +153,9 @@ def _table(table: Table) -> str:
         return f'<{tag} class="{classes}">{_inline(text)}</{tag}>' if classes else f"<{tag}>{_inline(text)}</{tag}>"
 
     head = "".join(cell("th", h, n) for h, n in zip(table.header, numeric, strict=True))
-    body = "\n".join("<tr>" + "".join(cell("td", c, n) for c, n in zip(row, numeric, strict=True)) + "</tr>" for row in table.rows)
+    body = "\n".join(
+        "<tr>" + "".join(cell("td", c, n) for c, n in zip(row, numeric, strict=True)) + "</tr>" for row in table.rows
+    )
     wide = ' class="compact"' if len(table.header) >= _MANY_COLUMNS else ""
     return f'<div class="table-wrap"><table{wide}>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table></div>'
 
@@ -230,31 +232,33 @@ def render_html(document: Document, figures: Mapping[str, bytes]) -> str:
     unique = _Anchors()
     anchors = {id(b): unique(b.text) for b in document.blocks if isinstance(b, Heading)}
     title = html.escape(plain_text(document.title))
-    return "\n".join([
-        "<!doctype html>",
-        '<html lang="en">',
-        "<head>",
-        '<meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f'<meta name="generator" content="rayscale {__version__}">',
-        f"<title>{title}</title>",
-        f"<style>{_STYLE}</style>",
-        "</head>",
-        "<body>",
-        '<div class="page">',
-        '<header class="masthead">',
-        '<p class="kicker">rayscale report</p>',
-        f"<h1>{_inline(document.title)}</h1>",
-        *(f'<div class="intro">{_block(b, figures, anchors)}</div>' for b in intro),
-        "</header>",
-        _contents(sections, anchors),
-        "<main>",
-        *(_section(s, figures, anchors) for s in sections),
-        "</main>",
-        f"<footer>Written by rayscale {__version__} (<code>rayscale report</code>); the same figures are in "
-        "report.md, report.json and summary.csv beside this file.</footer>",
-        "</div>",
-        "</body>",
-        "</html>",
-        "",
-    ])
+    return "\n".join(
+        [
+            "<!doctype html>",
+            '<html lang="en">',
+            "<head>",
+            '<meta charset="utf-8">',
+            '<meta name="viewport" content="width=device-width, initial-scale=1">',
+            f'<meta name="generator" content="rayscale {__version__}">',
+            f"<title>{title}</title>",
+            f"<style>{_STYLE}</style>",
+            "</head>",
+            "<body>",
+            '<div class="page">',
+            '<header class="masthead">',
+            '<p class="kicker">rayscale report</p>',
+            f"<h1>{_inline(document.title)}</h1>",
+            *(f'<div class="intro">{_block(b, figures, anchors)}</div>' for b in intro),
+            "</header>",
+            _contents(sections, anchors),
+            "<main>",
+            *(_section(s, figures, anchors) for s in sections),
+            "</main>",
+            f"<footer>Written by rayscale {__version__} (<code>rayscale report</code>); the same figures are in "
+            "report.md, report.json and summary.csv beside this file.</footer>",
+            "</div>",
+            "</body>",
+            "</html>",
+            "",
+        ]
+    )

@@ -54,7 +54,5 @@ def load_bench_results(paths: Sequence[str | os.PathLike]) -> tuple[list[BenchRe
 def load_engine_result(path: str | os.PathLike) -> EngineBenchResult:
     result = load_results(path)
     if not isinstance(result, EngineBenchResult):
-        raise ResultsError(
-            f"{path} is a bench result, not an engine bench: --engine takes a `rayscale engine-bench` file"
-        )
+        raise ResultsError(f"{path} is a bench result, not an engine bench: --engine takes a `rayscale engine-bench` file")
     return result

@@ -37,6 +37,7 @@ def pick_best_under_slo(rows: list[PointRow], slo_p99_ms: float) -> Pick | None:
 
 def pick_cheapest(groups: list[GroupSummary], target_ips: float, slo_p99_ms: float | None) -> Pick | None:
     """The cheapest group whose capacity reaches ``target_ips`` (under the SLO when one is given); None if none does."""
+
     def capacity(g: GroupSummary) -> tuple[float | None, float | None, float | None]:
         if slo_p99_ms is not None:
             return g.slo_images_per_s, g.slo_load, g.slo_latency_p99_ms

@@ -95,16 +95,22 @@ def plot_throughput_vs_load(report: Report, path: Path) -> Path:
         for group in report.groups_of(series):
             rows = [r for r in report.points_of(series, group.units) if r.load is not None]
             usable = [r for r in rows if r.usable]
-            line = ax.plot([r.load for r in usable], [r.images_per_s for r in usable], marker="o",
-                           label=_size(group))[0]
+            line = ax.plot([r.load for r in usable], [r.images_per_s for r in usable], marker="o", label=_size(group))[0]
             bad = [r for r in rows if not r.usable]
             if bad:
                 ax.scatter([r.load for r in bad], [r.images_per_s for r in bad], marker="x", color="red", zorder=3)
             if group.knee is not None:
                 knee_ips = next((r.images_per_s for r in usable if r.load == group.knee.load), None)
                 if knee_ips is not None:
-                    ax.scatter([group.knee.load], [knee_ips], s=140, facecolors="none",
-                               edgecolors=line.get_color(), linewidths=1.5, zorder=4)
+                    ax.scatter(
+                        [group.knee.load],
+                        [knee_ips],
+                        s=140,
+                        facecolors="none",
+                        edgecolors=line.get_color(),
+                        linewidths=1.5,
+                        zorder=4,
+                    )
         ax.set_xscale("log", base=2)
         ax.set_xlabel(_LOAD_LABEL[report.load_axis[series]])
         ax.set_ylabel("throughput (images/s)")
@@ -125,8 +131,14 @@ def plot_latency_vs_throughput(report: Report, path: Path) -> Path:
             usable.sort(key=lambda r: r.images_per_s)
             xs = [r.images_per_s for r in usable]
             line = ax.plot(xs, [r.latency_p99_ms for r in usable], marker="o", label=f"p99, {_size(group)}")[0]
-            ax.plot(xs, [r.latency_p50_ms for r in usable], marker=".", linestyle="--", color=line.get_color(),
-                    label=f"p50, {_size(group)}")
+            ax.plot(
+                xs,
+                [r.latency_p50_ms for r in usable],
+                marker=".",
+                linestyle="--",
+                color=line.get_color(),
+                label=f"p50, {_size(group)}",
+            )
         if slo:
             ax.axhline(slo, color="black", linestyle=":", label=f"SLO p99 {slo:g} ms")
         ax.set_yscale("log")
@@ -152,8 +164,7 @@ def plot_scaling(report: Report, path: Path) -> Path:
         line = ax_thr.plot(gpus, [peak for peak, _ in peaked], marker="o", label=series)[0]
         base_peak, base = peaked[0]
         ideal_x = [n for n in all_gpus if n >= base.units]
-        ax_thr.plot(ideal_x, [base_peak / base.units * n for n in ideal_x], linestyle=":",
-                    color=line.get_color())
+        ax_thr.plot(ideal_x, [base_peak / base.units * n for n in ideal_x], linestyle=":", color=line.get_color())
         ax_eff.plot(gpus, [100.0 * (g.efficiency or 0.0) for g in groups], marker="o", label=series)
     ax_eff.axhline(100.0, color="black", linestyle=":")
     for ax in (ax_thr, ax_eff):
@@ -184,8 +195,7 @@ def _grouped_bars(ax, report: Report, value, ylabel: str, title: str) -> None:
         bars = ax.bar(xs, heights, width=width, label=series)
         for bar, h in zip(bars, heights, strict=True):
             if h:
-                ax.annotate(_bar_label(h), (bar.get_x() + bar.get_width() / 2, h), ha="center", va="bottom",
-                            fontsize="x-small")
+                ax.annotate(_bar_label(h), (bar.get_x() + bar.get_width() / 2, h), ha="center", va="bottom", fontsize="x-small")
         tallest = max([tallest, *heights])
     if tallest > 0:
         ax.set_ylim(0, tallest * 1.12)  # room for the labels above the bars

@@ -93,8 +93,10 @@ def _summary(report: Report) -> list[Block]:
             cost = ", no cost (CPU run: pass --cpu-hour-cost)"
         host = ""
         if top.peak_server_cores_per_gpu is not None:
-            host = (f", server host CPU {_num(top.peak_server_cores_per_gpu, 2)} cores per GPU "
-                    f"({_cpu_s(top.peak_server_cpu_s_per_1000_images)} CPU-s per 1000 images)")
+            host = (
+                f", server host CPU {_num(top.peak_server_cores_per_gpu, 2)} cores per GPU "
+                f"({_cpu_s(top.peak_server_cpu_s_per_1000_images)} CPU-s per 1000 images)"
+            )
         items.append(
             f"**{series}**: peak {_num(top.peak_images_per_s)} img/s on {size_label(top.hardware, top.units)} "
             f"(p99 {_num(top.peak_latency_p99_ms)} ms){eff}{cost}{host}."
@@ -141,17 +143,25 @@ def _setup(report: Report) -> list[Block]:
         rows.append([f"version: {package}", _values(versions, True)])
     blocks += _table(["setting", "value"], rows)
     if s.get("layout"):
-        blocks += [Heading(3, "Serving layout"),
-                   Paragraph("Transport (http, grpc or a DeploymentHandle call), the ingress in front of a rayscale app, "
-                             "and server processes (Triton: model instances) per GPU; files from before these were "
-                             "recorded read as HTTP through Serve's proxy with one process per replica.")]
-        rows = [[target, layout, ", ".join(files)] for target, layouts in s["layout"].items()
-                for layout, files in layouts.items()]
+        blocks += [
+            Heading(3, "Serving layout"),
+            Paragraph(
+                "Transport (http, grpc or a DeploymentHandle call), the ingress in front of a rayscale app, "
+                "and server processes (Triton: model instances) per GPU; files from before these were "
+                "recorded read as HTTP through Serve's proxy with one process per replica."
+            ),
+        ]
+        rows = [
+            [target, layout, ", ".join(files)] for target, layouts in s["layout"].items() for layout, files in layouts.items()
+        ]
         blocks += _table(["target", "transport, ingress, processes", "files"], rows)
     if s["serve_config"]:
         blocks += [Heading(3, "Serving and batching")]
-        rows = [[targets, config, ", ".join(files)] for targets, configs in s["serve_config"].items()
-                for config, files in configs.items()]
+        rows = [
+            [targets, config, ", ".join(files)]
+            for targets, configs in s["serve_config"].items()
+            for config, files in configs.items()
+        ]
         blocks += _table(["target", "settings", "files"], rows)
     if any(s["bench_config"].values()):
         blocks += [Heading(3, "Load settings")]
@@ -214,9 +224,17 @@ def _scaling(report: Report) -> list[Block]:
             unit = "replica(s)" if on_cpu else "GPU(s)"
             blocks += [Paragraph(f"Efficiency is relative to {base} {unit}: no usable peak at 1 in this series.")]
         if on_cpu:
-            blocks += [Paragraph("Ran on CPU (no GPU in the hardware record): sizes are replicas"
-                                 + ("" if report.parameters.get("cpu_hour_cost_usd") else
-                                    "; no cost without --cpu-hour-cost, GPU prices never apply") + ".")]
+            blocks += [
+                Paragraph(
+                    "Ran on CPU (no GPU in the hardware record): sizes are replicas"
+                    + (
+                        ""
+                        if report.parameters.get("cpu_hour_cost_usd")
+                        else "; no cost without --cpu-hour-cost, GPU prices never apply"
+                    )
+                    + "."
+                )
+            ]
     return blocks
 
 
@@ -233,15 +251,40 @@ def _latency(report: Report) -> list[Block]:
                 if r.flags and r.usable:
                     status += " (" + "; ".join(r.flags) + ")"
                 goodput = [_goodput(r.goodput_images_per_s, r.goodput_method)] if has_slo else []
-                rows.append([
-                    format_load(r.load), _num(r.images_per_s), *goodput, _num(r.requests_per_s),
-                    _num(r.latency_mean_ms),
-                    _num(r.latency_p50_ms), _num(r.latency_p90_ms), _num(r.latency_p95_ms), _num(r.latency_p99_ms),
-                    _num(r.latency_p999_ms), _num(r.latency_max_ms), _num(r.mean_batch_images),
-                    _num(r.gpu_util_mean_pct, 0), status,
-                ])
-            header = [load, "img/s", *(["goodput img/s"] if has_slo else []), "req/s", "mean ms", "p50", "p90",
-                      "p95", "p99", "p99.9", "max", "batch", "GPU %", "status"]
+                rows.append(
+                    [
+                        format_load(r.load),
+                        _num(r.images_per_s),
+                        *goodput,
+                        _num(r.requests_per_s),
+                        _num(r.latency_mean_ms),
+                        _num(r.latency_p50_ms),
+                        _num(r.latency_p90_ms),
+                        _num(r.latency_p95_ms),
+                        _num(r.latency_p99_ms),
+                        _num(r.latency_p999_ms),
+                        _num(r.latency_max_ms),
+                        _num(r.mean_batch_images),
+                        _num(r.gpu_util_mean_pct, 0),
+                        status,
+                    ]
+                )
+            header = [
+                load,
+                "img/s",
+                *(["goodput img/s"] if has_slo else []),
+                "req/s",
+                "mean ms",
+                "p50",
+                "p90",
+                "p95",
+                "p99",
+                "p99.9",
+                "max",
+                "batch",
+                "GPU %",
+                "status",
+            ]
             blocks += _table(header, rows)
     return blocks
 
@@ -258,8 +301,7 @@ HOST_CPU = (
 def _host_cpu(report: Report) -> list[Block]:
     """Per series and size, each point's CPU per 1000 images and the server's cores per GPU; nothing
     when no point measured host CPU."""
-    if not any(r.server_cpu_s_per_1000_images is not None or r.client_cpu_s_per_1000_images is not None
-               for r in report.points):
+    if not any(r.server_cpu_s_per_1000_images is not None or r.client_cpu_s_per_1000_images is not None for r in report.points):
         return []
     blocks: list[Block] = [Heading(2, "Host CPU per image"), Paragraph(HOST_CPU)]
     for series in report.series:
@@ -269,19 +311,42 @@ def _host_cpu(report: Report) -> list[Block]:
             if all(r.server_cpu_parts is None and r.client_cpu_s_per_1000_images is None for r in points):
                 continue
             rows = [
-                [format_load(r.load), _num(r.images_per_s), _cpu_s(r.server_cpu_s_per_1000_images),
-                 r.server_cpu_parts or "not measured", _cpu_s(r.client_cpu_s_per_1000_images), _num(r.server_cores, 2),
-                 _num(r.server_cores_per_gpu, 2), r.status if r.usable else f"**{r.status}** (not used)"]
+                [
+                    format_load(r.load),
+                    _num(r.images_per_s),
+                    _cpu_s(r.server_cpu_s_per_1000_images),
+                    r.server_cpu_parts or "not measured",
+                    _cpu_s(r.client_cpu_s_per_1000_images),
+                    _num(r.server_cores, 2),
+                    _num(r.server_cores_per_gpu, 2),
+                    r.status if r.usable else f"**{r.status}** (not used)",
+                ]
                 for r in points
             ]
             blocks += [Heading(3, f"{series}, {size_label(g.hardware, g.units)}")]
-            blocks += _table([load, "img/s", "server CPU-s/1000 img", "counts", "client CPU-s/1000 img",
-                              "server cores", "server cores/GPU", "status"], rows)
-    if any(r.ingress is not None and r.server_cpu_parts is not None and "ingress" not in r.server_cpu_parts
-           for r in report.points):
-        blocks.append(Paragraph("Rows whose counts name no ingress leave out the processes in front of the replicas "
-                                "(HAProxy, or Serve's HTTP proxy), whose CPU was not measured: their server figures "
-                                "are lower bounds."))
+            blocks += _table(
+                [
+                    load,
+                    "img/s",
+                    "server CPU-s/1000 img",
+                    "counts",
+                    "client CPU-s/1000 img",
+                    "server cores",
+                    "server cores/GPU",
+                    "status",
+                ],
+                rows,
+            )
+    if any(
+        r.ingress is not None and r.server_cpu_parts is not None and "ingress" not in r.server_cpu_parts for r in report.points
+    ):
+        blocks.append(
+            Paragraph(
+                "Rows whose counts name no ingress leave out the processes in front of the replicas "
+                "(HAProxy, or Serve's HTTP proxy), whose CPU was not measured: their server figures "
+                "are lower bounds."
+            )
+        )
     return blocks
 
 
@@ -306,8 +371,7 @@ def _comparison(report: Report) -> list[Block]:
     rows = []
     for c in report.comparisons:
         for series, peak in sorted(c.peak_images_per_s.items(), key=lambda kv: kv[1], reverse=True):
-            row = [size_label(c.hardware, c.units), c.like_for_like, series,
-                   _num(peak), _num(c.peak_latency_p99_ms.get(series))]
+            row = [size_label(c.hardware, c.units), c.like_for_like, series, _num(peak), _num(c.peak_latency_p99_ms.get(series))]
             if slo is not None:
                 row += [_goodput(c.goodput_images_per_s.get(series), c.goodput_method.get(series))]
             if c.leader is None:
@@ -321,18 +385,25 @@ def _comparison(report: Report) -> list[Block]:
 
 
 def _bottlenecks(report: Report) -> list[Block]:
-    items = [f"**{g.series}, {size_label(g.hardware, g.units)}** — {g.bottleneck.cause}: {g.bottleneck.detail}."
-             for g in report.groups if g.bottleneck]
+    items = [
+        f"**{g.series}, {size_label(g.hardware, g.units)}** — {g.bottleneck.cause}: {g.bottleneck.detail}."
+        for g in report.groups
+        if g.bottleneck
+    ]
     return [Heading(2, "Bottlenecks at peak"), BulletList(items)] if items else []
 
 
 def _flags(report: Report) -> list[Block]:
     blocks: list[Block] = []
     if report.mismatches:
-        blocks += [Heading(2, "Not like for like"),
-                   Paragraph("These results differ in settings that affect the numbers; "
-                             "they are compared only because `--allow-mismatch` was given."),
-                   BulletList([m.describe() for m in report.mismatches])]
+        blocks += [
+            Heading(2, "Not like for like"),
+            Paragraph(
+                "These results differ in settings that affect the numbers; "
+                "they are compared only because `--allow-mismatch` was given."
+            ),
+            BulletList([m.describe() for m in report.mismatches]),
+        ]
     if report.notes:
         blocks += [Heading(2, "Flagged points and notes"), BulletList(list(report.notes))]
     return blocks
@@ -343,13 +414,17 @@ def _goodput_definition(p: dict[str, Any]) -> str:
     method = p.get("goodput_method")
     text = f"**Goodput**: images/s from requests that took at most {p['slo_p99_ms']:g} ms (the SLO)."
     if method in (GOODPUT_HISTOGRAM, GOODPUT_MIXED):
-        text += (" Where a point kept a latency histogram: its throughput × the share of its requests in "
-                 f"buckets within the SLO (buckets {p['goodput_bucket_width_pct']:.1f}% wide; a bucket straddling the "
-                 "SLO counts as missing it, so the figure is exact at a bucket edge and never overstated).")
+        text += (
+            " Where a point kept a latency histogram: its throughput × the share of its requests in "
+            f"buckets within the SLO (buckets {p['goodput_bucket_width_pct']:.1f}% wide; a bucket straddling the "
+            "SLO counts as missing it, so the figure is exact at a bucket edge and never overstated)."
+        )
     if method in (GOODPUT_P99_ESTIMATE, GOODPUT_MIXED, None):
-        text += (" Figures marked ≈ are estimated from results that keep percentiles only (perf_analyzer imports, "
-                 "older files): a point's throughput when its p99 meets the SLO (at least 99% of its requests did), "
-                 "0 when it does not.")
+        text += (
+            " Figures marked ≈ are estimated from results that keep percentiles only (perf_analyzer imports, "
+            "older files): a point's throughput when its p99 meets the SLO (at least 99% of its requests did), "
+            "0 when it does not."
+        )
     return text
 
 
@@ -360,8 +435,9 @@ def _definitions(report: Report) -> list[Block]:
         price = "prices per GPU count: " + ", ".join(f"{k} GPU(s) ${v:g}/h" for k, v in p["costs_usd_per_hour"].items())
     elif p.get("gpu_hour_cost_usd"):
         price = f"${p['gpu_hour_cost_usd']:g} per GPU-hour"
-    cpu_price = (f"${p['cpu_hour_cost_usd']:g} per CPU replica-hour" if p.get("cpu_hour_cost_usd")
-                 else "no cost without --cpu-hour-cost")
+    cpu_price = (
+        f"${p['cpu_hour_cost_usd']:g} per CPU replica-hour" if p.get("cpu_hour_cost_usd") else "no cost without --cpu-hour-cost"
+    )
     items = [
         "**Usable point**: status `ok`, stable measurement windows, images served. Unstable, incomplete and "
         "failed points are shown but never used as peaks or picks.",
@@ -405,9 +481,16 @@ def peaks_table(report: Report) -> Table:
     table = Table(header, title="peak of each configuration")
     for series in report.series:
         for g in report.groups_of(series):
-            row = [series, size_label(g.hardware, g.units), _num(g.peak_images_per_s), format_load(g.peak_load),
-                   _num(g.peak_latency_p50_ms), _num(g.peak_latency_p99_ms), _pct(g.efficiency),
-                   _usd(g.cost_per_1000_images_usd)]
+            row = [
+                series,
+                size_label(g.hardware, g.units),
+                _num(g.peak_images_per_s),
+                format_load(g.peak_load),
+                _num(g.peak_latency_p50_ms),
+                _num(g.peak_latency_p99_ms),
+                _pct(g.efficiency),
+                _usd(g.cost_per_1000_images_usd),
+            ]
             if slo is not None:
                 row.append(_goodput(g.goodput_images_per_s, g.goodput_method))
             table.add_row(*row)

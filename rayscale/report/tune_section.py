@@ -45,6 +45,7 @@ def find_tune_results(sources: list[str]) -> list[FoundTune]:
 
 def tune_pairs(found: list[FoundTune]) -> list[tuple[FoundTune, FoundTune]]:
     """(rayscale, triton) winners searched under the same GPU count, images per request and SLO."""
+
     def key(f: FoundTune) -> tuple:
         return (f.result.gpus, f.result.images_per_request, f.result.slo_p99_ms, f.result.closed_loop)
 
@@ -90,8 +91,10 @@ def _spread(result: TuneResult) -> str:
     if spread is None:
         return "one run"
     runs = len(spread.goodput_images_per_s)
-    return (f"{spread.goodput_min:,.0f} / {spread.goodput_median:,.0f} / {spread.goodput_max:,.0f} "
-            f"({runs} runs, spread {spread.spread_pct:.1f} %, p99 within the SLO in {sum(spread.met_slo)} of {runs})")
+    return (
+        f"{spread.goodput_min:,.0f} / {spread.goodput_median:,.0f} / {spread.goodput_max:,.0f} "
+        f"({runs} runs, spread {spread.spread_pct:.1f} %, p99 within the SLO in {sum(spread.met_slo)} of {runs})"
+    )
 
 
 def tune_section_blocks(report: Report) -> list[Block]:
@@ -106,24 +109,39 @@ def tune_section_blocks(report: Report) -> list[Block]:
         at_a, at_b = a.at_slo(), b.at_slo()
         hardware = {_hardware(report, ray_found), _hardware(report, triton_found)}
         size = f"{ray_result.gpus} GPU(s)" if hardware == {"GPU"} else f"the CPU ({ray_result.gpus} replica(s))"
-        blocks.append(Paragraph(
-            f"Found by `rayscale tune` on {size} at {ray_result.images_per_request} images/request, "
-            f"p99 ≤ {ray_result.slo_p99_ms:g} ms: each candidate at the highest load that met the SLO, its goodput "
-            "(images/s of the requests within the SLO)."
-        ))
-        blocks.append(Table(["", "rayscale", "triton"], [
-            ["settings", a.label, b.label],
-            ["goodput, images/s", f"{at_a.goodput_images_per_s:,.1f}", f"{at_b.goodput_images_per_s:,.1f}"],
-            ["at", format_load(at_a.load, a.closed_loop), format_load(at_b.load, b.closed_loop)],
-            ["p99 ms", f"{at_a.p99_ms:.1f}", f"{at_b.p99_ms:.1f}"],
-            ["repeats: goodput min / median / max", _spread(ray_result), _spread(triton_result)],
-            ["cost per 1000 images (at the repeats' median)", _cost(report, ray_found), _cost(report, triton_found)],
-            ["candidates measured, search minutes", f"{len(ray_result.candidates)}, {ray_result.total_used_s / 60:.1f}",
-             f"{len(triton_result.candidates)}, {triton_result.total_used_s / 60:.1f}"],
-            ["reproduce", f"`{a.reproduce} && {ray_result.bench_command}`", f"`{b.reproduce} && {triton_result.bench_command}`"],
-        ]))
-        blocks.append(Paragraph(_lead(ray_result, triton_result)
-                                + ("" if _cost(report, ray_found) != "–" else _price_hint(hardware))))
+        blocks.append(
+            Paragraph(
+                f"Found by `rayscale tune` on {size} at {ray_result.images_per_request} images/request, "
+                f"p99 ≤ {ray_result.slo_p99_ms:g} ms: each candidate at the highest load that met the SLO, its goodput "
+                "(images/s of the requests within the SLO)."
+            )
+        )
+        blocks.append(
+            Table(
+                ["", "rayscale", "triton"],
+                [
+                    ["settings", a.label, b.label],
+                    ["goodput, images/s", f"{at_a.goodput_images_per_s:,.1f}", f"{at_b.goodput_images_per_s:,.1f}"],
+                    ["at", format_load(at_a.load, a.closed_loop), format_load(at_b.load, b.closed_loop)],
+                    ["p99 ms", f"{at_a.p99_ms:.1f}", f"{at_b.p99_ms:.1f}"],
+                    ["repeats: goodput min / median / max", _spread(ray_result), _spread(triton_result)],
+                    ["cost per 1000 images (at the repeats' median)", _cost(report, ray_found), _cost(report, triton_found)],
+                    [
+                        "candidates measured, search minutes",
+                        f"{len(ray_result.candidates)}, {ray_result.total_used_s / 60:.1f}",
+                        f"{len(triton_result.candidates)}, {triton_result.total_used_s / 60:.1f}",
+                    ],
+                    [
+                        "reproduce",
+                        f"`{a.reproduce} && {ray_result.bench_command}`",
+                        f"`{b.reproduce} && {triton_result.bench_command}`",
+                    ],
+                ],
+            )
+        )
+        blocks.append(
+            Paragraph(_lead(ray_result, triton_result) + ("" if _cost(report, ray_found) != "–" else _price_hint(hardware)))
+        )
     return blocks
 
 
@@ -136,7 +154,8 @@ def _winner(result: TuneResult) -> CandidateSummary:
 def _lead(*results: TuneResult) -> str:
     """Who serves more under the SLO, and whether the repeats of both winners tell them apart."""
     (lead, lead_result), (other, other_result) = sorted(
-        ((_winner(r).at_slo(), r) for r in results), key=lambda pair: pair[0].goodput_images_per_s, reverse=True)
+        ((_winner(r).at_slo(), r) for r in results), key=lambda pair: pair[0].goodput_images_per_s, reverse=True
+    )
     text = f"{lead_result.target} leads by {lead.goodput_images_per_s / other.goodput_images_per_s:.2f}× under the SLO."
     lead_spread, other_spread = _winner_spread(lead_result), _winner_spread(other_result)
     if lead_spread is not None and other_spread is not None and lead_spread.goodput_min <= other_spread.goodput_max:

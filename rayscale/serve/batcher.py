@@ -116,8 +116,9 @@ class ImageBatcher:
         self.batch_wait_ms = batch_wait_ms
         self.max_queued_requests = max_queued_requests
         if batches_in_flight != self.batches_in_flight:
-            old, self._executor = self._executor, ThreadPoolExecutor(
-                max_workers=batches_in_flight, thread_name_prefix="rayscale-infer"
+            old, self._executor = (
+                self._executor,
+                ThreadPoolExecutor(max_workers=batches_in_flight, thread_name_prefix="rayscale-infer"),
             )
             old.shutdown(wait=False)  # its running batches finish on their threads
             self.batches_in_flight = batches_in_flight

@@ -26,7 +26,18 @@ from rayscale.serve import registry
 from rayscale.serve.ingress import IngressState
 from rayscale.serve.registry import IngressRecord, ReplicaRecord
 
-__all__ = ["ClusterRecord", "DownResult", "StatusResult", "UpResult", "connect", "down", "read_state", "status", "up", "wait_for_replicas"]
+__all__ = [
+    "ClusterRecord",
+    "DownResult",
+    "StatusResult",
+    "UpResult",
+    "connect",
+    "down",
+    "read_state",
+    "status",
+    "up",
+    "wait_for_replicas",
+]
 
 log = logging.getLogger(__name__)
 
@@ -270,7 +281,9 @@ def _stop_local_cluster(record: ClusterRecord) -> None:
         stop_processes(lambda: _cluster_pids(session_dir), term_grace_s=15.0, kill_grace_s=15.0)
 
 
-def connect(address: str | None = None, *, start: bool = False, num_gpus: int | None = None, num_cpus: int | None = None) -> tuple[str, bool]:
+def connect(
+    address: str | None = None, *, start: bool = False, num_gpus: int | None = None, num_cpus: int | None = None
+) -> tuple[str, bool]:
     """Connect this process to Ray. Returns (address, whether a cluster was started here)."""
     import ray
 

@@ -209,7 +209,9 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         _check_outputs(request.outputs)
         embeddings = await self.backend.infer(images)
         if embeddings.shape != (images.shape[0], EMBED_DIM):
-            raise ProtocolError(f"the engine returned embeddings of shape {embeddings.shape}, expected {(images.shape[0], EMBED_DIM)}")
+            raise ProtocolError(
+                f"the engine returned embeddings of shape {embeddings.shape}, expected {(images.shape[0], EMBED_DIM)}"
+            )
         response = service_pb2.ModelInferResponse(
             model_name=MODEL_NAME, model_version=request.model_version or self._versions[-1], id=request.id
         )
@@ -235,7 +237,9 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         if tensor.datatype != "UINT8":
             raise BadRequest(f"input {INPUT_NAME} must have datatype UINT8, got {tensor.datatype!r}")
         if _SHARED_MEMORY_PARAMETER in tensor.parameters:
-            raise NotImplementedByServer(f"shared memory inputs are not supported by rayscale: send {INPUT_NAME} in raw_input_contents")
+            raise NotImplementedByServer(
+                f"shared memory inputs are not supported by rayscale: send {INPUT_NAME} in raw_input_contents"
+            )
         shape = check_image_shape(list(tensor.shape), self.backend.max_batch_size)
         expected = math.prod(shape)
         typed = [f.name for f, _ in tensor.contents.ListFields()]
@@ -249,7 +253,9 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                 raise BadRequest(f"raw_input_contents has {len(raw)} bytes but shape {list(shape)} of UINT8 needs {expected}")
             return np.frombuffer(raw, dtype=np.uint8).reshape(shape)
         if not typed:
-            raise BadRequest(f"input {INPUT_NAME} carries no data: send its bytes in raw_input_contents (or contents.uint_contents)")
+            raise BadRequest(
+                f"input {INPUT_NAME} carries no data: send its bytes in raw_input_contents (or contents.uint_contents)"
+            )
         if typed != ["uint_contents"]:
             raise BadRequest(f"input {INPUT_NAME} of UINT8 takes its values in contents.uint_contents, got {', '.join(typed)}")
         values = np.asarray(tensor.contents.uint_contents, dtype=np.uint32)
@@ -282,13 +288,13 @@ def _check_outputs(outputs) -> None:
         if output.name != OUTPUT_NAME:
             raise BadRequest(f"unknown output {output.name!r}: the model's output is {OUTPUT_NAME!r}")
         if _SHARED_MEMORY_PARAMETER in output.parameters:
-            raise NotImplementedByServer(f"shared memory outputs are not supported by rayscale: {OUTPUT_NAME} comes back in raw_output_contents")
+            raise NotImplementedByServer(
+                f"shared memory outputs are not supported by rayscale: {OUTPUT_NAME} comes back in raw_output_contents"
+            )
 
 
 def _address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
-
-
 
 
 class _IngressOnly(grpc.aio.ServerInterceptor):
@@ -332,7 +338,7 @@ async def start_grpc_server(
             ("grpc.max_send_message_length", max_message_bytes),
             # gRPC shares a port with another process by default; a port in use must fail instead.
             ("grpc.so_reuseport", 0),
-        ]
+        ],
     )
     service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(backend), server)
     address = _address(host, port)
@@ -343,6 +349,8 @@ async def start_grpc_server(
     else:
         reason = ""
     if not bound:
-        raise ServerError(f"cannot serve gRPC on {address}{reason}: the port is in use or the address is not this machine's; pick another")
+        raise ServerError(
+            f"cannot serve gRPC on {address}{reason}: the port is in use or the address is not this machine's; pick another"
+        )
     await server.start()
     return server, bound

@@ -32,10 +32,22 @@ log = logging.getLogger("rayscale.serve")
 MAX_HEAD_BYTES = 64 * 1024
 _SCRATCH_BYTES = 256 * 1024
 _REASONS = {
-    100: "Continue", 200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
-    405: "Method Not Allowed", 408: "Request Timeout", 411: "Length Required", 413: "Payload Too Large",
-    431: "Request Header Fields Too Large", 499: "Client Closed Request", 500: "Internal Server Error",
-    501: "Not Implemented", 503: "Service Unavailable", 504: "Gateway Timeout", 505: "HTTP Version Not Supported",
+    100: "Continue",
+    200: "OK",
+    400: "Bad Request",
+    401: "Unauthorized",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    408: "Request Timeout",
+    411: "Length Required",
+    413: "Payload Too Large",
+    431: "Request Header Fields Too Large",
+    499: "Client Closed Request",
+    500: "Internal Server Error",
+    501: "Not Implemented",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+    505: "HTTP Version Not Supported",
 }
 
 
@@ -173,8 +185,11 @@ class _Connection(asyncio.BufferedProtocol):
         end = self._head.find(b"\r\n\r\n", 0, self._head_len)
         if end < 0:
             if self._head_len >= MAX_HEAD_BYTES:
-                self._respond(HttpResponse(431, protocol.encode_error("request head over 64 KiB"),
-                                           {"Content-Type": "application/json"}, close=True))
+                self._respond(
+                    HttpResponse(
+                        431, protocol.encode_error("request head over 64 KiB"), {"Content-Type": "application/json"}, close=True
+                    )
+                )
             return
         raw = bytes(self._head[:end])
         try:

@@ -283,7 +283,12 @@ def _pools(proto: str, cfg: IngressConfig, token: str) -> list[str]:
     lines: list[str] = []
     for side in (_LOCAL, _REMOTE):
         backend = _BACKENDS[(proto, side)]
-        lines += ["", f"backend {backend}", "    balance leastconn", f"    http-request set-header {INGRESS_TOKEN_HEADER} {token}"]
+        lines += [
+            "",
+            f"backend {backend}",
+            "    balance leastconn",
+            f"    http-request set-header {INGRESS_TOKEN_HEADER} {token}",
+        ]
         if proto == "http":
             lines += [
                 "    option httpchk",

@@ -9,13 +9,21 @@ from __future__ import annotations
 
 import logging
 
-__all__ = ["PROXY_CALLBACK", "PROXY_CALLBACK_ENV", "ProtocolErrorMiddleware", "proxy_env_vars", "proxy_middlewares", "serve_env_vars"]
+__all__ = [
+    "PROXY_CALLBACK",
+    "PROXY_CALLBACK_ENV",
+    "ProtocolErrorMiddleware",
+    "proxy_env_vars",
+    "proxy_middlewares",
+    "serve_env_vars",
+]
 
 log = logging.getLogger("rayscale.serve")
 
 # Ray Serve imports this in its HTTP proxy when the variable is set in the proxy's environment.
 PROXY_CALLBACK_ENV = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
 PROXY_CALLBACK = "rayscale.serve.proxy:proxy_middlewares"
+
 
 class ProtocolErrorMiddleware:
     """Gives the errors Ray Serve's HTTP proxy writes itself the protocol's JSON form.

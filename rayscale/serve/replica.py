@@ -70,7 +70,10 @@ class OpenClipEncoder:
             self.engine = NullEngine(cfg.model_dir, max_batch_size=cfg.max_batch_size)
         else:
             self.engine = create_engine(
-                cfg.model_dir, options=cfg.engine, provider=cfg.provider, max_batch_size=cfg.max_batch_size,
+                cfg.model_dir,
+                options=cfg.engine,
+                provider=cfg.provider,
+                max_batch_size=cfg.max_batch_size,
                 intra_op_threads=cfg.intra_op_threads,
             )
         # Batches run on the batcher's worker threads, each with its own buffers: the set the
@@ -117,7 +120,12 @@ class OpenClipEncoder:
         self._ingress_token = secret.encode()
         self.host = _bind_host()
         server, self.http_port = await start_http_server(
-            self._admit_direct, self._handle_direct, self._abandon_direct, host=self.host, port=0, body_limit=self.body_limit_bytes
+            self._admit_direct,
+            self._handle_direct,
+            self._abandon_direct,
+            host=self.host,
+            port=0,
+            body_limit=self.body_limit_bytes,
         )
         self._servers.append(server)
         if not self.cfg.grpc_port:  # the ingress serves no gRPC
@@ -303,7 +311,9 @@ class OpenClipEncoder:
         from starlette.responses import Response
 
         t0 = time.perf_counter_ns()
-        head = RequestHead(method=request.method, path=request.url.path, headers={k.lower(): v for k, v in request.headers.items()})
+        head = RequestHead(
+            method=request.method, path=request.url.path, headers={k.lower(): v for k, v in request.headers.items()}
+        )
         declared = head.headers.get("content-length", "0")
         head.content_length = int(declared) if declared.isdigit() else 0
         refused = routes.admit(self, head)
@@ -356,8 +366,11 @@ class OpenClipEncoder:
         if not changed:
             return
         self.cfg = replace(self.cfg, **changed)  # checked as any ServeConfig is
-        self.batcher.reconfigure(batch_wait_ms=self.cfg.batch_wait_ms, batches_in_flight=self.cfg.batches_in_flight,
-                                 max_queued_requests=self.cfg.max_queued_requests)
+        self.batcher.reconfigure(
+            batch_wait_ms=self.cfg.batch_wait_ms,
+            batches_in_flight=self.cfg.batches_in_flight,
+            max_queued_requests=self.cfg.max_queued_requests,
+        )
         if self.http_port is not None or self.cfg.ingress != "direct":  # registered: what it reports changes too
             await asyncio.to_thread(registry.put_replica, self.cfg.app_name, self.describe())
 

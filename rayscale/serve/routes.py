@@ -131,7 +131,9 @@ async def handle(replica: Backend, head: RequestHead, body: memoryview | bytes, 
     encoding = head.headers.get("content-encoding")
     if encoding:
         body = decompress(bytes(body), encoding, replica.body_limit_bytes)
-    req = protocol.parse_infer_request(body, head.headers.get(protocol.HEADER_LENGTH.lower()), max_batch_size=replica.max_batch_size)
+    req = protocol.parse_infer_request(
+        body, head.headers.get(protocol.HEADER_LENGTH.lower()), max_batch_size=replica.max_batch_size
+    )
     out = await replica.infer_request(req.images, started_ns=started_ns)
     payload, headers = protocol.encode_infer_response(MODEL_NAME, out, binary=req.binary_output, request_id=req.request_id)
     return HttpResponse(200, payload, headers)

@@ -32,7 +32,9 @@ def running_app_config(app_name: str) -> dict[str, Any] | None:
     return dict(config, replicas=len(records) // max(int(config.get("processes_per_replica") or 1), 1))
 
 
-def rescale(app_name: str, replicas: int, *, current: dict[str, Any] | None = None, api_token: str | None = None) -> dict[str, Any]:
+def rescale(
+    app_name: str, replicas: int, *, current: dict[str, Any] | None = None, api_token: str | None = None
+) -> dict[str, Any]:
     """Redeploy the running app with ``replicas`` replicas and wait until all are ready; returns its config
     (the token aside).
 
@@ -65,8 +67,9 @@ def rescale(app_name: str, replicas: int, *, current: dict[str, Any] | None = No
     return scaled  # without the token: the config goes into results files
 
 
-def reconfigure(app_name: str, changes: dict[str, Any], *, version: str, api_token: str | None = None,
-                timeout_s: float = 120.0) -> dict[str, Any]:
+def reconfigure(
+    app_name: str, changes: dict[str, Any], *, version: str, api_token: str | None = None, timeout_s: float = 120.0
+) -> dict[str, Any]:
     """Change the running app's ``RECONFIGURABLE`` settings (e.g. ``{"batch_wait_ms": 0}``) without new
     processes: Serve's lightweight update through user_config. The app must have been deployed with
     ``up(..., version=version)``. Returns its config once every process reports the new settings."""

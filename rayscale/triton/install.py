@@ -199,9 +199,13 @@ def _install_from_probe(info: dict[str, Any], *, mode: str, cache_dir: Path, ven
     libs = Path(info["pytriton"]).parent / "nvidia_pytriton.libs"
     stub = root / "python_backend_stubs" / info["version"] / "triton_python_backend_stub"
     if not binary.is_file() or not libs.is_dir():
-        raise ServerError(f"nvidia-pytriton at {info['pytriton']} has no bundled tritonserver: reinstall nvidia-pytriton=={PYTRITON_VERSION}")
+        raise ServerError(
+            f"nvidia-pytriton at {info['pytriton']} has no bundled tritonserver: reinstall nvidia-pytriton=={PYTRITON_VERSION}"
+        )
     if not stub.is_file():
-        have = sorted(p.name for p in (root / "python_backend_stubs").iterdir()) if (root / "python_backend_stubs").is_dir() else []
+        have = (
+            sorted(p.name for p in (root / "python_backend_stubs").iterdir()) if (root / "python_backend_stubs").is_dir() else []
+        )
         raise ServerError(
             f"nvidia-pytriton ships no Python-backend stub for Python {info['version']} (it has {', '.join(have) or 'none'}): "
             "use an interpreter of one of those versions"

@@ -148,9 +148,7 @@ def _warmup(batch_sizes: list[int]) -> str:
     return "model_warmup [\n" + ",\n".join(entries) + "\n]\n"
 
 
-def _tensorrt_accelerator(
-    max_batch_size: int, precision: str, cache_dir: str, workspace_bytes: int, cuda_graphs: bool
-) -> str:
+def _tensorrt_accelerator(max_batch_size: int, precision: str, cache_dir: str, workspace_bytes: int, cuda_graphs: bool) -> str:
     shape = f"{IMAGE_SIZE}x{IMAGE_SIZE}x3"
     params = {
         "precision_mode": precision.upper(),

@@ -94,7 +94,10 @@ class TritonConfig:
         check(self.gpus >= 1, f"gpus must be ≥ 1, got {self.gpus} (to serve on the CPU keep gpus 1 and pass provider 'cpu')")
         self.batching()  # its own checks: instances, batch size, batch wait, preferred sizes
         self.engine = EngineOptions.from_value(self.engine)
-        check(self.engine.backend == "onnxruntime", f"Triton's model runs onnxruntime: backend={self.engine.backend} is rayscale's alone")
+        check(
+            self.engine.backend == "onnxruntime",
+            f"Triton's model runs onnxruntime: backend={self.engine.backend} is rayscale's alone",
+        )
         check(self.provider in ("auto", "cuda", "cpu"), f"provider must be auto, cuda or cpu, got {self.provider!r}")
         check(self.model_control in ("none", "explicit"), f"model_control must be none or explicit, got {self.model_control!r}")
         check(
@@ -102,7 +105,10 @@ class TritonConfig:
             f"model_control 'explicit' opens Triton's repository API (load and unload models): keep host on loopback, "
             f"not {self.host}",
         )
-        check(1 <= self.http_port <= 65533, f"http_port must be in 1..65533 (gRPC and metrics use the next two), got {self.http_port}")
+        check(
+            1 <= self.http_port <= 65533,
+            f"http_port must be in 1..65533 (gRPC and metrics use the next two), got {self.http_port}",
+        )
         for name in ("grpc_port", "metrics_port"):
             value = getattr(self, name)
             check(0 <= value <= 65535, f"{name} must be in 0..65535 (0: derived from http_port), got {value}")
@@ -176,8 +182,12 @@ class TritonStatus:
     message: str
 
     def to_dict(self) -> dict[str, Any]:
-        return {"running": self.running, "ready": self.ready, "message": self.message,
-                "server": self.server.to_dict() if self.server else None}
+        return {
+            "running": self.running,
+            "ready": self.ready,
+            "message": self.message,
+            "server": self.server.to_dict() if self.server else None,
+        }
 
 
 # ---- processes -----------------------------------------------------------------------------------
@@ -323,7 +333,9 @@ def _resolve_provider(config: TritonConfig) -> str:
     visible = _visible_gpus()
     if visible == 0:
         if config.provider == "cuda":
-            raise ConfigError("provider 'cuda' was asked for but no NVIDIA GPU is visible: check the driver, or pass --provider cpu")
+            raise ConfigError(
+                "provider 'cuda' was asked for but no NVIDIA GPU is visible: check the driver, or pass --provider cpu"
+            )
         log.warning("no NVIDIA GPU visible: Triton serves on the CPU (KIND_CPU instances)")
         return "cpu"
     check(config.gpus <= visible, f"gpus ({config.gpus}) must be ≤ the GPUs visible here ({visible})")
@@ -403,9 +415,7 @@ def triton_up(
     state_root = Path(state_dir or default_state_dir())
     existing = _read_state(state_root)
     if existing is not None and _alive(existing.pid) and _is_tritonserver(existing.pid):
-        raise ServerError(
-            f"Triton is already running (pid {existing.pid}, {existing.url}): run `rayscale triton down` first"
-        )
+        raise ServerError(f"Triton is already running (pid {existing.pid}, {existing.url}): run `rayscale triton down` first")
     load_model_info(config.model_dir)
     provider = _resolve_provider(config)
     if not is_loopback(config.host):
@@ -498,15 +508,18 @@ def triton_up(
 def _description(config: TritonConfig, provider: str) -> str:
     per = "per GPU" if provider == "cuda" else "on the CPU"
     where = f" on {config.gpus} GPU{'s' if config.gpus > 1 else ''}" if provider == "cuda" else ""
-    return (f"python backend + onnxruntime in the stub, {config.instances_per_gpu} "
-            f"instance{'s' if config.instances_per_gpu > 1 else ''} {per}{where}")
+    return (
+        f"python backend + onnxruntime in the stub, {config.instances_per_gpu} "
+        f"instance{'s' if config.instances_per_gpu > 1 else ''} {per}{where}"
+    )
 
 
 def _post(url: str, body: dict[str, Any], timeout_s: float) -> tuple[int, bytes]:
     import json
 
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), method="POST", headers={"Content-Type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(request, timeout=timeout_s) as r:
             return r.status, r.read()
@@ -552,17 +565,30 @@ def triton_reload(
     config = TritonConfig(**server.config)
     if config.model_control != "explicit":
         raise ConfigError("this Triton server was started without explicit model control: restart it to change its batching")
-    config = replace(config, instances_per_gpu=batching.instances_per_gpu, max_batch_size=batching.max_batch_size,
-                     batch_wait_ms=batching.batch_wait_ms, preferred_batch_sizes=list(batching.preferred_batch_sizes))
+    config = replace(
+        config,
+        instances_per_gpu=batching.instances_per_gpu,
+        max_batch_size=batching.max_batch_size,
+        batch_wait_ms=batching.batch_wait_ms,
+        preferred_batch_sizes=list(batching.preferred_batch_sizes),
+    )
     instances = config.instances_per_gpu * (config.gpus if server.provider == "cuda" else 1)
     _check_shm(instances, config.shm_default_mb)
-    write_python_backend_repo(config.model_dir, server.repo_dir, config.batching(), gpus=config.gpus,
-                              provider=server.provider, intra_op_threads=config.intra_op_threads)
+    write_python_backend_repo(
+        config.model_dir,
+        server.repo_dir,
+        config.batching(),
+        gpus=config.gpus,
+        provider=server.provider,
+        intra_op_threads=config.intra_op_threads,
+    )
     t0 = time.perf_counter()
     status, body = _post(f"{server.url}/v2/repository/models/{MODEL_NAME}/load", {}, timeout_s)
     if status != 200:
-        raise ServerError(f"Triton could not reload the model with {batching}: HTTP {status} "
-                          f"{body.decode(errors='replace')[:300]}; full log: {server.log_path}")
+        raise ServerError(
+            f"Triton could not reload the model with {batching}: HTTP {status} "
+            f"{body.decode(errors='replace')[:300]}; full log: {server.log_path}"
+        )
     expected = {
         "instances": instances,
         "max_batch_size": config.max_batch_size,
@@ -573,8 +599,13 @@ def triton_reload(
     loaded = _loaded_batching(server.url)
     if loaded != expected or not _model_ready(server.url):
         raise ServerError(f"Triton reloaded the model but serves {loaded}, not {expected}: full log: {server.log_path}")
-    server = replace(server, instances=instances, description=_description(config, server.provider),
-                     config=config.to_dict(), startup_s=round(time.perf_counter() - t0, 2))
+    server = replace(
+        server,
+        instances=instances,
+        description=_description(config, server.provider),
+        config=config.to_dict(),
+        startup_s=round(time.perf_counter() - t0, 2),
+    )
     write_json_atomic(_state_path(server.state_dir), server.to_dict())
     return server
 

@@ -65,8 +65,10 @@ class TuneConfig:
         if self.strategy not in STRATEGIES:
             raise ConfigError(f"unknown strategy {self.strategy!r}: use one of {', '.join(STRATEGIES)}")
         if self.provider not in PROVIDERS[self.target]:
-            raise ConfigError(f"provider for {self.target} must be one of {', '.join(PROVIDERS[self.target])}, "
-                              f"got {self.provider!r}" + (" (the null engine is rayscale's alone)" if self.provider == "null" else ""))
+            raise ConfigError(
+                f"provider for {self.target} must be one of {', '.join(PROVIDERS[self.target])}, "
+                f"got {self.provider!r}" + (" (the null engine is rayscale's alone)" if self.provider == "null" else "")
+            )
         checks = [
             (self.gpus >= 1, f"gpus must be ≥ 1, got {self.gpus}"),
             (self.images_per_request >= 1, f"images per request must be ≥ 1, got {self.images_per_request}"),
@@ -77,11 +79,15 @@ class TuneConfig:
             (self.repeats >= 0, f"repeats must be ≥ 0, got {self.repeats}"),
             (self.repeat_top >= 1, f"repeat_top must be ≥ 1, got {self.repeat_top}"),
             (self.concurrency_start >= 1, f"concurrency_start must be ≥ 1, got {self.concurrency_start}"),
-            (self.concurrency_max >= self.concurrency_start,
-             f"concurrency_max ({self.concurrency_max}) must be ≥ concurrency_start ({self.concurrency_start})"),
+            (
+                self.concurrency_max >= self.concurrency_start,
+                f"concurrency_max ({self.concurrency_max}) must be ≥ concurrency_start ({self.concurrency_start})",
+            ),
             (self.rate_start_rps is None or self.rate_start_rps > 0, f"rate_start_rps must be > 0, got {self.rate_start_rps}"),
-            (self.rate_start_rps is None or self.rate_max_rps >= self.rate_start_rps,
-             f"rate_max_rps ({self.rate_max_rps:g}) must be ≥ rate_start_rps ({self.rate_start_rps})"),
+            (
+                self.rate_start_rps is None or self.rate_max_rps >= self.rate_start_rps,
+                f"rate_max_rps ({self.rate_max_rps:g}) must be ≥ rate_start_rps ({self.rate_start_rps})",
+            ),
             (0 < self.resolution < 1, f"resolution must be in (0, 1), got {self.resolution:g}"),
             (self.min_gain is None or 0 <= self.min_gain < 1, f"min_gain must be in [0, 1), got {self.min_gain}"),
             (0 <= self.port <= 65533, f"port must be in 1..65533 (0: the target's default), got {self.port}"),
@@ -112,8 +118,14 @@ class TuneConfig:
     def load_rule(self, first: float | None = None) -> LoadRule:
         """The load search of one candidate, from ``first`` (default: the configured start)."""
         maximum = float(self.concurrency_max) if self.closed_loop else self.rate_max_rps
-        return LoadRule(slo_p99_ms=self.slo_p99_ms, closed=self.closed_loop, first=first or self.first_load,
-                        maximum=maximum, resolution=self.resolution, min_gain=self.min_gain)
+        return LoadRule(
+            slo_p99_ms=self.slo_p99_ms,
+            closed=self.closed_loop,
+            first=first or self.first_load,
+            maximum=maximum,
+            resolution=self.resolution,
+            min_gain=self.min_gain,
+        )
 
     @property
     def drain_s(self) -> float:
@@ -129,14 +141,33 @@ class TuneConfig:
     def bench_config(self, *, url: str, levels: list[float], out: str, target: str = "auto", repeat: bool = False):
         from rayscale.loadgen import BenchConfig
 
-        warmup, window, windows = ((self.repeat_warmup_s, self.repeat_window_s, self.repeat_max_windows) if repeat
-                                   else (self.warmup_s, self.window_s, self.max_windows))
-        loads = {"concurrency": [int(v) for v in levels]} if self.closed_loop else {"rates_rps": [float(v) for v in levels],
-                                                                                      "concurrency": None}
+        warmup, window, windows = (
+            (self.repeat_warmup_s, self.repeat_window_s, self.repeat_max_windows)
+            if repeat
+            else (self.warmup_s, self.window_s, self.max_windows)
+        )
+        loads = (
+            {"concurrency": [int(v) for v in levels]}
+            if self.closed_loop
+            else {"rates_rps": [float(v) for v in levels], "concurrency": None}
+        )
         return BenchConfig(
-            url=url, target=target, images_per_request=[self.images_per_request], arrival=self.arrival,
-            warmup_s=warmup, window_s=window, duration_s=(windows + 0.5) * window, stability=self.stability,
-            max_windows=windows, clients=self.clients, client_cpus=self.client_cpus, drain_timeout_s=self.drain_s,
-            address=self.address, model_dir=self.model_dir, out=out, resume=True, command=self.command or None,
+            url=url,
+            target=target,
+            images_per_request=[self.images_per_request],
+            arrival=self.arrival,
+            warmup_s=warmup,
+            window_s=window,
+            duration_s=(windows + 0.5) * window,
+            stability=self.stability,
+            max_windows=windows,
+            clients=self.clients,
+            client_cpus=self.client_cpus,
+            drain_timeout_s=self.drain_s,
+            address=self.address,
+            model_dir=self.model_dir,
+            out=out,
+            resume=True,
+            command=self.command or None,
             **loads,
         )

@@ -65,6 +65,7 @@ class SearchStopped:
     reason: str  # why no further candidate or repeat starts in this run
 
 
-TuneEvent = (CandidateStarted | CandidateSkipped | PointMeasured | CandidateFailed | RepeatsStarted | CandidateFinished
-             | SearchStopped)
+TuneEvent = (
+    CandidateStarted | CandidateSkipped | PointMeasured | CandidateFailed | RepeatsStarted | CandidateFinished | SearchStopped
+)
 TuneEventCallback = Callable[[TuneEvent], None]

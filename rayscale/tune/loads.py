@@ -39,8 +39,13 @@ def load_of(point: PointResult) -> float:
 
 def meets_slo(point: PointResult, slo_p99_ms: float) -> bool:
     """Measured, no request lost, p99 within the SLO."""
-    return (point.status in MEASURED and point.requests_ok > 0 and point.requests_failed == 0
-            and point.latency.count > 0 and point.latency.p99_ms <= slo_p99_ms)
+    return (
+        point.status in MEASURED
+        and point.requests_ok > 0
+        and point.requests_failed == 0
+        and point.latency.count > 0
+        and point.latency.p99_ms <= slo_p99_ms
+    )
 
 
 def goodput_images_per_s(point: PointResult, slo_p99_ms: float) -> float:

@@ -58,10 +58,15 @@ class PointSummary:
 
     @classmethod
     def of(cls, point: PointResult, slo_p99_ms: float) -> PointSummary:
-        return cls(load=load_of(point), images_per_s=round(point.images_per_s, 2),
-                   goodput_images_per_s=round(goodput_images_per_s(point, slo_p99_ms), 2),
-                   p99_ms=round(point.latency.p99_ms, 3), status=str(point.status),
-                   meets_slo=meets_slo(point, slo_p99_ms), requests_failed=point.requests_failed)
+        return cls(
+            load=load_of(point),
+            images_per_s=round(point.images_per_s, 2),
+            goodput_images_per_s=round(goodput_images_per_s(point, slo_p99_ms), 2),
+            p99_ms=round(point.latency.p99_ms, 3),
+            status=str(point.status),
+            meets_slo=meets_slo(point, slo_p99_ms),
+            requests_failed=point.requests_failed,
+        )
 
 
 @dataclass(frozen=True)
@@ -115,12 +120,16 @@ class CandidateSummary:
 
     def describe(self) -> str:
         if self.goodput_images_per_s is not None:
-            return (f"{self.label}: {self.goodput_images_per_s:,.1f} img/s goodput at "
-                    f"{format_load(self.slo_load, self.closed_loop)}, p99 {self.p99_ms:.1f} ms")
+            return (
+                f"{self.label}: {self.goodput_images_per_s:,.1f} img/s goodput at "
+                f"{format_load(self.slo_load, self.closed_loop)}, p99 {self.p99_ms:.1f} ms"
+            )
         if self.lowest_p99_ms is not None:
             best = min((p for p in self.points if p.status in MEASURED), key=lambda p: p.p99_ms)
-            return (f"{self.label}: lowest p99 {best.p99_ms:.1f} ms at {format_load(best.load, self.closed_loop)} "
-                    f"({best.images_per_s:,.1f} img/s)")
+            return (
+                f"{self.label}: lowest p99 {best.p99_ms:.1f} ms at {format_load(best.load, self.closed_loop)} "
+                f"({best.images_per_s:,.1f} img/s)"
+            )
         return f"{self.label}: {self.error or 'not measured'}"
 
 
@@ -156,10 +165,15 @@ class Spread:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         if self.goodput_images_per_s:
-            d |= {"goodput_min": self.goodput_min, "goodput_median": self.goodput_median,
-                  "goodput_max": self.goodput_max, "spread_pct": round(self.spread_pct, 2),
-                  "p99_ms_min": min(self.p99_ms), "p99_ms_median": statistics.median(self.p99_ms),
-                  "p99_ms_max": max(self.p99_ms)}
+            d |= {
+                "goodput_min": self.goodput_min,
+                "goodput_median": self.goodput_median,
+                "goodput_max": self.goodput_max,
+                "spread_pct": round(self.spread_pct, 2),
+                "p99_ms_min": min(self.p99_ms),
+                "p99_ms_median": statistics.median(self.p99_ms),
+                "p99_ms_max": max(self.p99_ms),
+            }
         return d
 
 
@@ -217,8 +231,10 @@ def load_tune_result(path: str | Path) -> TuneResult:
     if not isinstance(data, dict) or data.get("kind") != "tune":
         raise ResultsError(f"{p} is not a `rayscale tune` result (kind={data.get('kind') if isinstance(data, dict) else None!r})")
     if data.get("schema_version") != SCHEMA_VERSION:
-        raise ResultsError(f"{p} was written by another version of `rayscale tune` (schema {data.get('schema_version')}, "
-                           f"this one reads {SCHEMA_VERSION}): search again into another --out")
+        raise ResultsError(
+            f"{p} was written by another version of `rayscale tune` (schema {data.get('schema_version')}, "
+            f"this one reads {SCHEMA_VERSION}): search again into another --out"
+        )
     data = dict(data)
     data["best"] = _candidate(data.get("best"))
     data["closest"] = _candidate(data.get("closest"))

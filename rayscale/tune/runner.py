@@ -52,8 +52,16 @@ from rayscale.tune.strategy import propose
 __all__ = ["TuneConfig", "closest_answer", "run_tune", "summarize_candidate"]
 
 
-def summarize_candidate(settings: Settings, points: list[PointResult], cfg: TuneConfig, *, results_file: str,
-                        status: str = "complete", stop_reason: str | None = None, error: str | None = None) -> CandidateSummary:
+def summarize_candidate(
+    settings: Settings,
+    points: list[PointResult],
+    cfg: TuneConfig,
+    *,
+    results_file: str,
+    status: str = "complete",
+    stop_reason: str | None = None,
+    error: str | None = None,
+) -> CandidateSummary:
     finished = sorted((p for p in points if p.status != "incomplete"), key=load_of)
     measured = [p for p in finished if p.status in ("ok", "unstable") and p.latency.count > 0]
     best = slo_point(finished, cfg.slo_p99_ms)
@@ -121,7 +129,9 @@ def _points_in(path: Path) -> list[PointResult]:
     return loaded.points
 
 
-def _measure(session: _Session, url: str, path: Path, label: str, levels: list[float], *, repeat: bool = False) -> list[PointResult]:
+def _measure(
+    session: _Session, url: str, path: Path, label: str, levels: list[float], *, repeat: bool = False
+) -> list[PointResult]:
     from rayscale.loadgen import run_bench
     from rayscale.loadgen.events import Event, PointFinished
 
@@ -156,8 +166,9 @@ def _run_candidate(settings: Settings, session: _Session, first_load: float) -> 
         return summary("incomplete", "budget")
     try:
         url, switch, seconds = session.server.serve(settings)
-        session.emit(CandidateStarted(settings.label, settings.up_command(cfg.gpus, cfg.provider, cfg.images_per_request),
-                                      switch, seconds))
+        session.emit(
+            CandidateStarted(settings.label, settings.up_command(cfg.gpus, cfg.provider, cfg.images_per_request), switch, seconds)
+        )
         while step.load is not None:
             if not session.fits(session.point_s() + reserve):
                 return summary("incomplete", "budget")
@@ -195,11 +206,14 @@ def _repeat(candidate: CandidateSummary, settings: Settings, session: _Session) 
     runs = [run for run in map(finished, paths) if run is not None]
     if len(runs) < len(paths):  # a run was interrupted: no spread from fewer runs than asked
         return None
-    return Spread(label=candidate.label, load=load,
-                  goodput_images_per_s=[round(goodput_images_per_s(p, cfg.slo_p99_ms), 2) for p in runs],
-                  images_per_s=[round(p.images_per_s, 2) for p in runs],
-                  p99_ms=[round(p.latency.p99_ms, 3) for p in runs],
-                  met_slo=[meets_slo(p, cfg.slo_p99_ms) for p in runs])
+    return Spread(
+        label=candidate.label,
+        load=load,
+        goodput_images_per_s=[round(goodput_images_per_s(p, cfg.slo_p99_ms), 2) for p in runs],
+        images_per_s=[round(p.images_per_s, 2) for p in runs],
+        p99_ms=[round(p.latency.p99_ms, 3) for p in runs],
+        met_slo=[meets_slo(p, cfg.slo_p99_ms) for p in runs],
+    )
 
 
 def _verdict(result: TuneResult) -> str:
@@ -211,8 +225,10 @@ def _verdict(result: TuneResult) -> str:
     a = spreads.get(best.label)
     if a is not None:
         met = sum(a.met_slo)
-        head += (f"; {len(a.goodput_images_per_s)} repeats {a.goodput_min:,.0f}–{a.goodput_max:,.0f} img/s goodput "
-                 f"(spread {a.spread_pct:.1f} %, p99 within the SLO in {met} of {len(a.met_slo)})")
+        head += (
+            f"; {len(a.goodput_images_per_s)} repeats {a.goodput_min:,.0f}–{a.goodput_max:,.0f} img/s goodput "
+            f"(spread {a.spread_pct:.1f} %, p99 within the SLO in {met} of {len(a.met_slo)})"
+        )
     if not ups:
         return head
     second = ups[0]
@@ -231,8 +247,10 @@ def closest_answer(result: TuneResult) -> str:
         return f"no candidate was measured under p99 ≤ {result.slo_p99_ms:g} ms: raise --budget-minutes or check the server"
     c = result.closest
     lowest = "concurrency 1" if c.closed_loop else "the lowest rate tried"
-    return (f"no candidate meets p99 ≤ {result.slo_p99_ms:g} ms, even at {lowest}; closest: {c.describe()} "
-            f"(run `{c.reproduce}`): raise the SLO or use fewer images per request")
+    return (
+        f"no candidate meets p99 ≤ {result.slo_p99_ms:g} ms, even at {lowest}; closest: {c.describe()} "
+        f"(run `{c.reproduce}`): raise the SLO or use fewer images per request"
+    )
 
 
 # ---- the search ------------------------------------------------------------------------------------
@@ -251,8 +269,10 @@ def _previous(cfg: TuneConfig, out: Path) -> TuneResult | None:
     theirs = (previous.target, previous.gpus, previous.images_per_request, previous.closed_loop)
     if mine != theirs:
         loop = {True: "closed loop", False: "open loop"}
-        raise ConfigError(f"{out} holds a tune of {theirs[0]} on {theirs[1]} GPU(s) at {theirs[2]} images/request "
-                          f"({loop[theirs[3]]}), not {mine[0]} on {mine[1]} at {mine[2]} ({loop[mine[3]]}): choose another --out")
+        raise ConfigError(
+            f"{out} holds a tune of {theirs[0]} on {theirs[1]} GPU(s) at {theirs[2]} images/request "
+            f"({loop[theirs[3]]}), not {mine[0]} on {mine[1]} at {mine[2]} ({loop[mine[3]]}): choose another --out"
+        )
     return previous
 
 
@@ -271,14 +291,21 @@ def run_tune(cfg: TuneConfig, *, on_event: TuneEventCallback | None = None) -> T
     out = Path(cfg.out)
     previous = _previous(cfg, out)
     out.mkdir(parents=True, exist_ok=True)
-    session = _Session(cfg=cfg, out=out, emit=on_event or (lambda e: None), server=CandidateServer(cfg),
-                       started=time.monotonic())
+    session = _Session(cfg=cfg, out=out, emit=on_event or (lambda e: None), server=CandidateServer(cfg), started=time.monotonic())
     before_s = previous.total_used_s if previous else 0.0
     space = cfg.space or default_space(cfg.target)  # TuneConfig fills it in; a default keeps the type exact
-    result = TuneResult(target=cfg.target, gpus=cfg.gpus, images_per_request=cfg.images_per_request,
-                        slo_p99_ms=cfg.slo_p99_ms, strategy=cfg.strategy, space=space_to_dict(space),
-                        closed_loop=cfg.closed_loop, budget_s=cfg.budget_s, command=cfg.command,
-                        started_at=previous.started_at if previous else now_iso())
+    result = TuneResult(
+        target=cfg.target,
+        gpus=cfg.gpus,
+        images_per_request=cfg.images_per_request,
+        slo_p99_ms=cfg.slo_p99_ms,
+        strategy=cfg.strategy,
+        space=space_to_dict(space),
+        closed_loop=cfg.closed_loop,
+        budget_s=cfg.budget_s,
+        command=cfg.command,
+        started_at=previous.started_at if previous else now_iso(),
+    )
     summaries: dict[Settings, CandidateSummary] = {}
 
     def record(ended_by: str, status: str) -> None:
@@ -304,8 +331,9 @@ def run_tune(cfg: TuneConfig, *, on_event: TuneEventCallback | None = None) -> T
     ended_by = "interrupted"
     try:
         while True:
-            settings = propose(cfg.strategy, space, {s: c.score for s, c in summaries.items()},
-                               seed_count=cfg.seeds, restarts=cfg.restarts)
+            settings = propose(
+                cfg.strategy, space, {s: c.score for s, c in summaries.items()}, seed_count=cfg.seeds, restarts=cfg.restarts
+            )
             if settings is None:
                 ended_by = "space" if cfg.strategy == "grid" else "local_optimum"
                 break
@@ -314,8 +342,11 @@ def run_tune(cfg: TuneConfig, *, on_event: TuneEventCallback | None = None) -> T
             session.emit(CandidateFinished(summary))
             if summary.stop_reason == "budget":
                 ended_by = "budget"
-                session.emit(SearchStopped(f"the budget left ({cfg.budget_s - session.used_s:.0f} s) does not cover "
-                                           f"{settings.label} and the repeats"))
+                session.emit(
+                    SearchStopped(
+                        f"the budget left ({cfg.budget_s - session.used_s:.0f} s) does not cover {settings.label} and the repeats"
+                    )
+                )
                 break
             record("running", "incomplete")
         repeats_done = _run_repeats(cfg, session, summaries, result)
@@ -330,8 +361,7 @@ def run_tune(cfg: TuneConfig, *, on_event: TuneEventCallback | None = None) -> T
     return result
 
 
-def _run_repeats(cfg: TuneConfig, session: _Session, summaries: dict[Settings, CandidateSummary],
-                 result: TuneResult) -> bool:
+def _run_repeats(cfg: TuneConfig, session: _Session, summaries: dict[Settings, CandidateSummary], result: TuneResult) -> bool:
     """Repeats of the top candidates (whatever the search found so far); False when the budget cut them short."""
     if not cfg.repeats:
         return True
@@ -346,8 +376,12 @@ def _run_repeats(cfg: TuneConfig, session: _Session, summaries: dict[Settings, C
             session.emit(CandidateFailed(candidate.label, f"repeats: {e}"))
             continue
         if spread is None:
-            session.emit(SearchStopped(f"the budget left ({cfg.budget_s - session.used_s:.0f} s) does not cover the "
-                                       f"repeats of {candidate.label}: --resume runs them"))
+            session.emit(
+                SearchStopped(
+                    f"the budget left ({cfg.budget_s - session.used_s:.0f} s) does not cover the "
+                    f"repeats of {candidate.label}: --resume runs them"
+                )
+            )
             return False
         result.repeats.append(spread)
     return True

@@ -26,8 +26,10 @@ __all__ = ["SWITCHES", "CandidateServer"]
 SWITCHES = ("started", "in place", "reloaded", "restarted", "reused")
 # Seconds each switch is planned at before one has been timed (an H200 host: `rayscale up` 24-33 s
 # with its cluster, `rayscale triton up` ~7 s).
-_PLANNED_S = {"rayscale": {"started": 40.0, "restarted": 30.0, "in place": 3.0, "reused": 0.0},
-              "triton": {"started": 15.0, "restarted": 15.0, "reloaded": 12.0, "reused": 0.0}}
+_PLANNED_S = {
+    "rayscale": {"started": 40.0, "restarted": 30.0, "in place": 3.0, "reused": 0.0},
+    "triton": {"started": 15.0, "restarted": 15.0, "reloaded": 12.0, "reused": 0.0},
+}
 
 
 class CandidateServer:
@@ -118,10 +120,21 @@ class CandidateServer:
             if self._had_cluster is None:
                 self._had_cluster = read_state() is not None
             self._version = uuid.uuid4().hex
-            serve_cfg = settings.serve_config(cfg.gpus, model_dir=cfg.model_dir, provider=cfg.provider, port=cfg.port,
-                                              host=LOCAL_HOST, cpus_per_replica=cfg.cpus_per_replica)
-            result = up(serve_cfg, address=cfg.address, exporter=False,
-                        num_gpus=cfg.gpus if cfg.address is None else None, version=self._version)
+            serve_cfg = settings.serve_config(
+                cfg.gpus,
+                model_dir=cfg.model_dir,
+                provider=cfg.provider,
+                port=cfg.port,
+                host=LOCAL_HOST,
+                cpus_per_replica=cfg.cpus_per_replica,
+            )
+            result = up(
+                serve_cfg,
+                address=cfg.address,
+                exporter=False,
+                num_gpus=cfg.gpus if cfg.address is None else None,
+                version=self._version,
+            )
             self.started_cluster |= result.started_cluster
             self.url = result.url
         else:
@@ -148,9 +161,14 @@ class CandidateServer:
 
     def _triton_config(self, settings: TritonSettings):
         cfg = self.cfg
-        return settings.triton_config(cfg.gpus, images_per_request=cfg.images_per_request, http_port=cfg.port,
-                                      model_dir=cfg.model_dir, provider=cfg.provider,
-                                      model_control="explicit" if cfg.triton_reload else "none")
+        return settings.triton_config(
+            cfg.gpus,
+            images_per_request=cfg.images_per_request,
+            http_port=cfg.port,
+            model_dir=cfg.model_dir,
+            provider=cfg.provider,
+            model_control="explicit" if cfg.triton_reload else "none",
+        )
 
     def _stop(self) -> None:
         if self.current is None and self._state_dir is None:

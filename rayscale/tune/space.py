@@ -66,27 +66,39 @@ class RayscaleSettings:
 
     @property
     def label(self) -> str:
-        return (f"rayscale {self.processes_per_gpu}/GPU bif{self.batches_in_flight} mbs{self.max_batch_size} "
-                f"wait{self.batch_wait_ms:g}ms")
+        return (
+            f"rayscale {self.processes_per_gpu}/GPU bif{self.batches_in_flight} mbs{self.max_batch_size} "
+            f"wait{self.batch_wait_ms:g}ms"
+        )
 
     @property
     def file_stem(self) -> str:
-        return (f"rayscale-ppg{self.processes_per_gpu}-bif{self.batches_in_flight}-mbs{self.max_batch_size}"
-                f"-wait{self.batch_wait_ms:g}ms")
+        return (
+            f"rayscale-ppg{self.processes_per_gpu}-bif{self.batches_in_flight}-mbs{self.max_batch_size}"
+            f"-wait{self.batch_wait_ms:g}ms"
+        )
 
     @property
     def restart_key(self) -> tuple:
         return (self.processes_per_gpu, self.max_batch_size)
 
     def serve_config(self, gpus: int, **base: Any) -> ServeConfig:
-        return ServeConfig(replicas=gpus, gpus_per_replica=1.0, processes_per_replica=self.processes_per_gpu,
-                           batches_in_flight=self.batches_in_flight, max_batch_size=self.max_batch_size,
-                           batch_wait_ms=self.batch_wait_ms, **base)
+        return ServeConfig(
+            replicas=gpus,
+            gpus_per_replica=1.0,
+            processes_per_replica=self.processes_per_gpu,
+            batches_in_flight=self.batches_in_flight,
+            max_batch_size=self.max_batch_size,
+            batch_wait_ms=self.batch_wait_ms,
+            **base,
+        )
 
     def up_command(self, gpus: int, provider: str = "auto", images_per_request: int = 1) -> str:
-        command = (f"rayscale up --replicas {gpus} --processes-per-replica {self.processes_per_gpu} "
-                   f"--batches-in-flight {self.batches_in_flight} --max-batch-size {self.max_batch_size} "
-                   f"--batch-wait-ms {self.batch_wait_ms:g}")
+        command = (
+            f"rayscale up --replicas {gpus} --processes-per-replica {self.processes_per_gpu} "
+            f"--batches-in-flight {self.batches_in_flight} --max-batch-size {self.max_batch_size} "
+            f"--batch-wait-ms {self.batch_wait_ms:g}"
+        )
         return command + (f" --provider {provider}" if provider != "auto" else "")
 
 
@@ -119,8 +131,10 @@ def _explicit_sizes(policy: str) -> list[int]:
     try:
         sizes = sorted({int(p) for p in policy.split("+")})
     except ValueError:
-        raise ConfigError(f"preferred batch sizes {policy!r} must be one of {', '.join(PREFERRED_POLICIES)} or sizes "
-                          "joined by '+', e.g. 32+64+128") from None
+        raise ConfigError(
+            f"preferred batch sizes {policy!r} must be one of {', '.join(PREFERRED_POLICIES)} or sizes "
+            "joined by '+', e.g. 32+64+128"
+        ) from None
     if not sizes or sizes[0] < 1:
         raise ConfigError(f"preferred batch sizes must be ≥ 1, got {policy!r}")
     return sizes
@@ -140,32 +154,44 @@ class TritonSettings:
 
     @property
     def label(self) -> str:
-        return (f"triton {self.instances_per_gpu}/GPU mbs{self.max_batch_size} wait{self.batch_wait_ms:g}ms "
-                f"pref-{self.preferred_batch_sizes}")
+        return (
+            f"triton {self.instances_per_gpu}/GPU mbs{self.max_batch_size} wait{self.batch_wait_ms:g}ms "
+            f"pref-{self.preferred_batch_sizes}"
+        )
 
     @property
     def file_stem(self) -> str:
-        return (f"triton-ipg{self.instances_per_gpu}-mbs{self.max_batch_size}-wait{self.batch_wait_ms:g}ms"
-                f"-pref-{self.preferred_batch_sizes}")
+        return (
+            f"triton-ipg{self.instances_per_gpu}-mbs{self.max_batch_size}-wait{self.batch_wait_ms:g}ms"
+            f"-pref-{self.preferred_batch_sizes}"
+        )
 
     @property
     def restart_key(self) -> tuple:
         return ()
 
     def preferred_sizes(self, images_per_request: int) -> list[int]:
-        return preferred_batch_sizes(self.preferred_batch_sizes, max_batch_size=self.max_batch_size,
-                                     images_per_request=images_per_request)
+        return preferred_batch_sizes(
+            self.preferred_batch_sizes, max_batch_size=self.max_batch_size, images_per_request=images_per_request
+        )
 
     def triton_config(self, gpus: int, *, images_per_request: int = 1, **base: Any):
         from rayscale.triton.server import TritonConfig
 
-        return TritonConfig(gpus=gpus, instances_per_gpu=self.instances_per_gpu, max_batch_size=self.max_batch_size,
-                            batch_wait_ms=self.batch_wait_ms,
-                            preferred_batch_sizes=self.preferred_sizes(images_per_request), **base)
+        return TritonConfig(
+            gpus=gpus,
+            instances_per_gpu=self.instances_per_gpu,
+            max_batch_size=self.max_batch_size,
+            batch_wait_ms=self.batch_wait_ms,
+            preferred_batch_sizes=self.preferred_sizes(images_per_request),
+            **base,
+        )
 
     def up_command(self, gpus: int, provider: str = "auto", images_per_request: int = 1) -> str:
-        command = (f"rayscale triton up --gpus {gpus} --instances-per-gpu {self.instances_per_gpu} "
-                   f"--max-batch-size {self.max_batch_size} --batch-wait-ms {self.batch_wait_ms:g}")
+        command = (
+            f"rayscale triton up --gpus {gpus} --instances-per-gpu {self.instances_per_gpu} "
+            f"--max-batch-size {self.max_batch_size} --batch-wait-ms {self.batch_wait_ms:g}"
+        )
         sizes = self.preferred_sizes(images_per_request)
         if sizes:
             command += f" --preferred-batch-sizes {','.join(map(str, sizes))}"

@@ -43,8 +43,10 @@ def grid_candidates(space: Space) -> list[Settings]:
     names = dimensions(space)
     in_place = in_place_dimensions(space)
     order = [n for n in names if n not in in_place] + in_place
-    return [space.settings_type(**dict(zip(order, combo, strict=True)))
-            for combo in itertools.product(*(values_of(space, n) for n in order))]
+    return [
+        space.settings_type(**dict(zip(order, combo, strict=True)))
+        for combo in itertools.product(*(values_of(space, n) for n in order))
+    ]
 
 
 def _nearest(values: list, default: Any) -> Any:
@@ -117,8 +119,9 @@ def _hill(space: Space, scores: dict[Settings, Score], *, seed_count: int, resta
     return None
 
 
-def propose(strategy: str, space: Space, scores: dict[Settings, Score], *, seed_count: int = 3,
-            restarts: int = 1) -> Settings | None:
+def propose(
+    strategy: str, space: Space, scores: dict[Settings, Score], *, seed_count: int = 3, restarts: int = 1
+) -> Settings | None:
     """The next candidate to measure, or None when the strategy has nothing left to try."""
     if strategy == "grid":
         return _grid(space, scores)
