@@ -16,7 +16,7 @@
 #   down      rayscale down
 #   triton    Triton (Python backend, TRITON_INSTANCES per GPU) with N GPUs for N in GPUS, same bench as http32
 #   twonode   two Ray nodes on this host (one GPU each, CUDA_VISIBLE_DEVICES per `ray start`, node addresses
-#             127.0.0.1 and 127.0.0.2 so each node's ingress has its own): up, http32 with each client
+#             127.0.0.2 and 127.0.0.3 so each node's ingress has its own): up, http32 with each client
 #             actor aimed at its own node's ingress, down
 #   report    rayscale report over everything, with per-GPU-count costs
 # and, when named (not run by default), the searches for each server's best under a p99 SLO
@@ -115,17 +115,18 @@ phase_twonode() {  # the same app over two Ray nodes on one host: a head with GP
   [ "$MAXG" -ge 2 ] || { echo "twonode needs 2 GPUs"; return 0; }
   complete "$OUT/rayscale-2node-http-${IPR}img.json" && { echo "=== twonode is complete"; return 0; }
   local port=6390 gpus=(--num-gpus 1)
-  # Ray keeps a 127.0.0.1 node address only with this switch (otherwise it takes the machine's address)
-  export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 RAY_AUTH_MODE=token
+  # Two loopback addresses other than 127.0.0.1 (which Ray replaces with the machine's address, and which
+  # its one-machine switch RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 keeps only by refusing a second node)
+  unset RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER; export RAY_AUTH_MODE=token
   [ "$QUICK" = 1 ] && gpus=(--num-gpus 1 --num-cpus 2)
   $RS down > /dev/null 2>&1
   local tmp=/tmp/rayscale-2node  # both nodes' files: this phase stops the processes that name it, and only those
-  CUDA_VISIBLE_DEVICES=0 step ray_head ray start --head --temp-dir=$tmp --port=$port --node-ip-address=127.0.0.1 --dashboard-host=127.0.0.1 --disable-usage-stats "${gpus[@]}"
-  CUDA_VISIBLE_DEVICES=1 step ray_worker ray start --temp-dir=$tmp --address=127.0.0.1:$port --node-ip-address=127.0.0.2 "${gpus[@]}"
-  step up_2node $RS up --address 127.0.0.1:$port --replicas 2 --model "$MODEL" $(echo $UP | sed 's/--num-gpus [0-9]*//')
-  bench http32_2node "$OUT/rayscale-2node-http-${IPR}img.json" --address 127.0.0.1:$port --target rayscale-2node \
+  CUDA_VISIBLE_DEVICES=0 step ray_head ray start --head --temp-dir=$tmp --port=$port --node-ip-address=127.0.0.2 --dashboard-host=127.0.0.2 --disable-usage-stats "${gpus[@]}"
+  CUDA_VISIBLE_DEVICES=1 step ray_worker ray start --temp-dir=$tmp --address=127.0.0.2:$port --node-ip-address=127.0.0.3 "${gpus[@]}"
+  step up_2node $RS up --address 127.0.0.2:$port --replicas 2 --model "$MODEL" $(echo $UP | sed 's/--num-gpus [0-9]*//')
+  bench http32_2node "$OUT/rayscale-2node-http-${IPR}img.json" --address 127.0.0.2:$port --target rayscale-2node \
     --replicas "$REPLICAS" --concurrency "$CONC32" --images-per-request $IPR
-  step down_2node $RS down --address 127.0.0.1:$port
+  step down_2node $RS down --address 127.0.0.2:$port
   pkill -TERM -f "$tmp" ; sleep 3; pkill -KILL -f "$tmp"
 }
 TUNE_DIR() { echo "$OUT/tune-${TUNE_GPUS:-1}gpu"; }

@@ -26,6 +26,7 @@ __all__ = [
     "check_max_batch_size",
     "client_host",
     "is_loopback",
+    "node_bind_host",
     "parse_int_list",
     "queue_delay_us",
     "parse_float_list",
@@ -60,6 +61,21 @@ PROCESSES_PER_GPU = 4
 
 def is_loopback(host: str) -> bool:
     return host in LOOPBACK_HOSTS or host.startswith("127.")
+
+
+def node_bind_host(host: str, node_ip: str) -> str:
+    """Where a server that runs on every node (the ingress, the metrics exporter) binds for the user's ``host``.
+
+    Loopback: the node's loopback, which is the node's own Ray address where that is a loopback one
+    (several nodes on one machine, 127.0.0.1 and 127.0.0.2, each get their own). Every interface: as
+    given. Any other address means "this node's own address" (each node has its own), except on a
+    one-machine cluster, whose node address is loopback and the user's address is the machine's.
+    """
+    if is_loopback(host):
+        return node_ip if is_loopback(node_ip) and ":" not in node_ip else host
+    if host in ANY_ADDRESS_HOSTS or is_loopback(node_ip):
+        return host
+    return node_ip
 
 
 def client_host(host: str) -> str:

@@ -111,7 +111,7 @@ def test_the_config_adds_the_ingress_token_and_strips_a_client_copy(tmp_path):
 
 
 def test_each_node_binds_its_own_address_for_the_users_host():
-    from rayscale.serve.ingress import node_bind_host
+    from rayscale.config import node_bind_host
 
     assert node_bind_host("127.0.0.1", "10.0.0.5") == "127.0.0.1"  # a node of a real cluster: its loopback
     assert node_bind_host("127.0.0.1", "127.0.0.2") == "127.0.0.2"  # nodes sharing a machine: one loopback address each

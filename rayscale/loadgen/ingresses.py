@@ -90,7 +90,7 @@ def traffic_delta(before: dict[str, Any], after: dict[str, Any], node_ips: dict[
         restarted = b.restarts != a.restarts
         base = (0, 0, 0, 0) if restarted else (a.requests, a.requests_remote, a.bytes_in, a.bytes_out)
         out.append(IngressTraffic(
-            node=node, node_ip=(node_ips or {}).get(node, ""), requests=b.requests - base[0],
+            node=node, node_ip=b.node_ip or (node_ips or {}).get(node, ""), requests=b.requests - base[0],
             requests_remote=b.requests_remote - base[1], bytes_in=b.bytes_in - base[2], bytes_out=b.bytes_out - base[3],
             restarted=restarted,
         ))  # fmt: skip

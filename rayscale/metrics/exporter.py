@@ -13,7 +13,7 @@ import socket
 from dataclasses import dataclass
 from typing import Any
 
-from rayscale.config import is_loopback
+from rayscale.config import is_loopback, node_bind_host
 from rayscale.metrics.gpu import read_gpus
 from rayscale.metrics.nodes import alive_nodes, pinned_to
 
@@ -250,8 +250,10 @@ def start_node_exporters(*, host: str = "127.0.0.1", port: int = 9400, app_name:
     """One exporter actor per machine of the connected Ray cluster; returns their handles.
 
     The exporter on the driver's node (the head node if the driver runs elsewhere) also exports
-    the app's serving metrics. Ray nodes that share an address (several on one machine) share one
-    exporter, so a single machine uses a single port. Calling it again reuses running exporters.
+    the app's serving metrics. Ray nodes on one machine (one host name, whatever their addresses)
+    share one exporter, so a machine's GPUs are exported once. Each binds where the node's ingress
+    does for ``host`` (``node_bind_host``): with loopback, the node's own loopback address where it has
+    one (127.0.0.2 for a second node on a machine). Calling it again reuses running exporters.
     """
     import ray
     from ray.exceptions import RayActorError
@@ -268,12 +270,12 @@ def start_node_exporters(*, host: str = "127.0.0.1", port: int = 9400, app_name:
         serving_node = heads[0] if heads else (nodes[0]["NodeID"] if nodes else "")
     one_per_machine: dict[str, dict[str, Any]] = {}
     for n in sorted(nodes, key=lambda n: n["NodeID"] != serving_node):  # the serving node claims its machine
-        one_per_machine.setdefault(n["NodeManagerAddress"], n)
+        one_per_machine.setdefault(n.get("NodeManagerHostname") or n["NodeManagerAddress"], n)
 
     actor_cls = ray.remote(num_cpus=0)(_ExporterActor)
     handles, addresses = [], []
-    for address, n in one_per_machine.items():
-        node_id = n["NodeID"]
+    for n in one_per_machine.values():
+        node_id, address = n["NodeID"], n["NodeManagerAddress"]
         handles.append(
             actor_cls.options(
                 name=exporter_name(node_id),
@@ -281,7 +283,7 @@ def start_node_exporters(*, host: str = "127.0.0.1", port: int = 9400, app_name:
                 lifetime="detached",
                 get_if_exists=True,
                 scheduling_strategy=pinned_to(node_id),
-            ).remote(host, port, app_name if node_id == serving_node else None)
+            ).remote(node_bind_host(host, address), port, app_name if node_id == serving_node else None)
         )
         addresses.append(address)
     for h, address in zip(handles, addresses, strict=True):

@@ -497,9 +497,13 @@ def up(
         except Exception as e:  # metrics must never block serving
             warnings.append(f"metrics exporter not started: {e}")
     host = client_host(cfg.host)
+    url, grpc_target = f"http://{host}:{cfg.port}", f"{host}:{cfg.grpc_port}" if cfg.grpc_port else None
+    here = _ingress_here(ingresses)
+    if here is not None:  # where this node's ingress listens (127.0.0.2 for a second node on one machine)
+        url, grpc_target = here.url, here.grpc_target
     return UpResult(
         app_name=cfg.app_name,
-        url=f"http://{host}:{cfg.port}",
+        url=url,
         replicas=cfg.replicas,
         gpus_per_replica=cfg.gpus_per_replica,
         model_dir=cfg.model_dir,
@@ -512,9 +516,24 @@ def up(
         warnings=warnings,
         ingress=cfg.ingress,
         processes_per_replica=cfg.processes_per_replica,
-        grpc_target=f"{host}:{cfg.grpc_port}" if cfg.ingress == "direct" and cfg.grpc_port else None,
+        grpc_target=grpc_target if cfg.ingress == "direct" else None,
         ingresses=ingresses,
     )
+
+
+def _ingress_here(ingresses: list[IngressRecord]) -> IngressRecord | None:
+    """The ingress a client on this machine aims at: its own node's, else the head's (a driver that is
+    not on a Ray node of its own, as with several nodes on one machine)."""
+    import ray
+
+    if not ingresses:
+        return None
+    by_node = {r.node: r for r in ingresses}
+    here = by_node.get(ray.get_runtime_context().get_node_id())
+    if here is not None:
+        return here
+    heads = [n["NodeID"] for n in ray.nodes() if n.get("Alive") and "node:__internal_head__" in n.get("Resources", {})]
+    return next((by_node[h] for h in heads if h in by_node), None)
 
 
 def status(app_name: str = "rayscale", *, address: str | None = None) -> StatusResult:
@@ -550,6 +569,9 @@ def status(app_name: str = "rayscale", *, address: str | None = None) -> StatusR
         if ingress == "direct":
             from rayscale.serve.ingress import ingress_states
 
+            here = _ingress_here(registry.ingress_records(app_name))
+            if here is not None:
+                endpoints["url"], endpoints["grpc_target"] = here.url, here.grpc_target
             try:
                 endpoints["ingresses"] = ingress_states(app_name)
             except ServerError as e:  # an ingress that cannot start: say so

@@ -51,7 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rayscale.config import ANY_ADDRESS_HOSTS, client_host, is_loopback
+from rayscale.config import client_host, node_bind_host
 from rayscale.errors import ServerError
 from rayscale.metrics.cpu import process_tree_cpu_s
 from rayscale.serve import registry
@@ -69,7 +69,6 @@ __all__ = [
     "ingress_config",
     "ingress_name",
     "ingress_states",
-    "node_bind_host",
     "render_config",
     "stop_ingresses",
 ]
@@ -130,6 +129,7 @@ class IngressCounters:
     bytes_out: int  # bytes sent to clients
     restarts: int  # HAProxy restarts so far: counters start again from zero at each
     cpu_s: float | None = None  # HAProxy's CPU seconds (user + system, every thread) since it started
+    node_ip: str = ""  # the node's Ray address
 
 
 @dataclass
@@ -156,21 +156,6 @@ def ingress_config(cfg) -> IngressConfig:
         app_name=cfg.app_name, host=cfg.host, http_port=cfg.port, grpc_port=cfg.grpc_port,
         request_timeout_s=cfg.request_timeout_s, max_ongoing_requests=cfg.max_ongoing_requests,
     )  # fmt: skip
-
-
-def node_bind_host(host: str, node_ip: str) -> str:
-    """Where one node's ingress binds for the user's ``host``.
-
-    Loopback: the node's loopback, which is the node's own Ray address where that is a loopback one
-    (several nodes on one machine, 127.0.0.1 and 127.0.0.2, each get their own). Every interface: as
-    given. Any other address means "this node's own address" (each node has its own), except on a
-    one-machine cluster, whose node address is loopback and the user's address is the machine's.
-    """
-    if is_loopback(host):
-        return node_ip if is_loopback(node_ip) and ":" not in node_ip else host
-    if host in ANY_ADDRESS_HOSTS or is_loopback(node_ip):
-        return host
-    return node_ip
 
 
 def _threads(cfg: IngressConfig) -> int:
@@ -562,6 +547,7 @@ class NodeIngress:
             bytes_out=sum(int(f.get("bout") or 0) for f in front),
             restarts=self.restarts,
             cpu_s=process_tree_cpu_s(self.proc.pid) if self.proc is not None and self.proc.poll() is None else None,
+            node_ip=self.node_ip,
         )
 
     def _show_stat(self) -> dict[tuple[str, str], dict[str, str]]:
