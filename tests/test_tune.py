@@ -635,7 +635,8 @@ def test_triton_steps_down_from_a_missed_load_reloads_its_model_and_pairs_with_r
         concurrency_max=8,
         **dict(FAST, warmup_s=0.5, window_s=1.0, repeat_warmup_s=0.5, repeat_window_s=1.0),
     )
-    result = run_tune(cfg)
+    events: list = []
+    result = run_tune(cfg, on_event=events.append)
     assert result.server_switches["started"] == 1 and result.server_switches["reloaded"] >= 1  # no restart
     first = result.candidates[0]
     points = measured_order(load_results(out / first.results_file).points)
@@ -651,6 +652,7 @@ def test_triton_steps_down_from_a_missed_load_reloads_its_model_and_pairs_with_r
     assert result.best.reproduce.startswith(
         "rayscale triton up --gpus 2 --instances-per-gpu 1 --max-batch-size 8 --batch-wait-ms 2"
     )
+    assert len(result.repeats) == 1, [e for e in events if type(e).__name__ in ("CandidateFailed", "SearchStopped")]
     (spread,) = result.repeats
     assert spread.label == result.best.label and len(spread.goodput_images_per_s) == 2
     assert spread.goodput_min <= spread.goodput_median <= spread.goodput_max

@@ -204,8 +204,9 @@ def _repeat(candidate: CandidateSummary, settings: Settings, session: _Session) 
         for path in missing:
             _measure(session, url, path, settings.label, [load], repeat=True)
     runs = [run for run in map(finished, paths) if run is not None]
-    if len(runs) < len(paths):  # a run was interrupted: no spread from fewer runs than asked
-        return None
+    if len(runs) < len(paths):  # no spread from fewer runs than asked
+        unfinished = ", ".join(p.name for p in paths if finished(p) is None)
+        raise ServerError(f"{unfinished}: no finished point at {format_load(load, cfg.closed_loop)} (--resume runs it again)")
     return Spread(
         label=candidate.label,
         load=load,
