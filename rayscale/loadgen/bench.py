@@ -21,13 +21,15 @@ from rayscale.loadgen.pool import ClientPool, connect_ray, root_cause
 from rayscale.loadgen.sizing import client_cap, plan_clients
 from rayscale.loadgen.sweep import PointRunner, ResultsFile, bench_result, model_record, run_sweep
 from rayscale.loadgen.target import ServerInfo, ServerProbe, preflight, replicas_from_config
+from rayscale.metrics.gpu import GpuSamplers
 from rayscale.results import BenchResult, PointResult, PointStatus
 
 __all__ = ["RayLoadEngine", "run_bench"]
 
 
-def run_bench(cfg: BenchConfig, *, on_event: EventCallback | None = None) -> BenchResult:
-    """Run the whole sweep; returns the result (also written to ``cfg.out``)."""
+def run_bench(cfg: BenchConfig, *, on_event: EventCallback | None = None, pool: ClientPool | None = None) -> BenchResult:
+    """Run the whole sweep; returns the result (also written to ``cfg.out``). ``pool``: client actors
+    a caller keeps across sweeps of the same server and client settings (left open); None: the sweep's own."""
     from rayscale.serve.scaling import running_app_config
 
     emit = on_event or ignore_events
@@ -47,7 +49,7 @@ def run_bench(cfg: BenchConfig, *, on_event: EventCallback | None = None) -> Ben
         model=model_record(cfg, server, running_model_dir=(running or {}).get("model_dir")),
         serve_config=running if running is not None else (server.config if server else None),
     )  # fmt: skip
-    with RayLoadEngine(cfg, running=running, result=result, emit=emit) as engine:
+    with RayLoadEngine(cfg, running=running, result=result, emit=emit, pool=pool) as engine:
         return run_sweep(cfg, engine, result=result, file=file, target=target, replicas=replicas, emit=emit)
 
 
@@ -67,23 +69,30 @@ def _replica_sweep(cfg: BenchConfig, server: ServerInfo | None, running: dict[st
 class RayLoadEngine:
     """rayscale's load engine: the app rescaled per replica count, a pool of client actors, ``run_point``."""
 
-    def __init__(self, cfg: BenchConfig, *, running: dict[str, Any] | None, result: BenchResult, emit: EventCallback):
+    def __init__(
+        self, cfg: BenchConfig, *, running: dict[str, Any] | None, result: BenchResult, emit: EventCallback,
+        pool: ClientPool | None = None,
+    ):  # fmt: skip
         self.cfg = cfg
         self.transport = cfg.transport_label
         self.running = running  # the rayscale app's config, None for another server
         self.result = result
         self.emit = emit
-        self.pool = ClientPool(cfg)
+        self.own_pool = pool is None
+        self.pool = ClientPool(cfg) if pool is None else pool
         # rayscale's own ingress counts what each node carried (over HTTP or gRPC; a handle call skips it)
         direct = running is not None and running.get("ingress") == "direct" and not cfg.handle
         self.server = ServerProbe(cfg, rayscale_app=running is not None, ingress_app=cfg.app_name if direct else None)
         self.metrics = _load_metrics(cfg)
+        self.gpus = GpuSamplers(cfg.gpu_sample_interval_s)  # the sweep's: made at its first point, kept to its end
 
     def __enter__(self) -> RayLoadEngine:
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self.pool.close()
+        if self.own_pool:
+            self.pool.close()
+        self.gpus.close()
         if self.metrics is not None:
             self.metrics.close()
 
@@ -129,7 +138,9 @@ class RayLoadEngine:
                                    concurrency=point.concurrency, rate_rps=point.rate_rps,
                                    images_per_request=point.images_per_request)  # fmt: skip
         try:
-            return run_point(cfg, self.pool, point, load, server=self.server, emit=self.emit, metrics=self.metrics)
+            return run_point(
+                cfg, self.pool, point, load, server=self.server, emit=self.emit, metrics=self.metrics, gpus=self.gpus
+            )
         except RayscaleError:
             raise
         except Exception as e:  # a dead client actor or similar: record it, and the sweep goes on

@@ -27,6 +27,7 @@ from rayscale.loadgen.ingresses import traffic_delta
 from rayscale.loadgen.pool import ClientPool
 from rayscale.loadgen.stats import ClientTake, is_stable, latency_stats
 from rayscale.loadgen.target import ServerProbe, ServerReading, host_cpu_over, server_stats_delta
+from rayscale.metrics.gpu import GpuSamplers, summarize_gpu_samples
 from rayscale.results import LatencyHistogram, PointResult, PointStatus, WindowStats
 
 __all__ = ["run_point"]
@@ -48,25 +49,30 @@ class _Measurement:
 
 
 def run_point(cfg: BenchConfig, pool: ClientPool, point: PointResult, load: int | float, *, server: ServerProbe,
-              emit: EventCallback, metrics: Any = None) -> PointResult:  # fmt: skip
+              emit: EventCallback, metrics: Any = None, gpus: GpuSamplers | None = None) -> PointResult:  # fmt: skip
     """Measure ``point`` at ``load`` (a concurrency, or a rate in requests/s) with the pool's actors,
-    reading ``server`` at each window edge."""
+    reading ``server`` at each window edge and sampling the GPUs with ``gpus`` (the sweep's; None:
+    samplers of this point's own)."""
     import ray
 
     point.started_at = now_iso()
     active = pool.start_load(load)
     point.clients = len(active)
     measured = _Measurement(started=time.perf_counter())
-    samplers: list[Any] = []
+    own = gpus is None
+    samplers = GpuSamplers(cfg.gpu_sample_interval_s) if gpus is None else gpus
+    sampling = False
     try:
         time.sleep(cfg.warmup_s)
-        # Start the GPU samplers (an actor start: ~0.5-1 s) before the warm-up's last take, so the
-        # first window's requests and its duration both start at that take.
-        samplers = _gpu_samplers(cfg)
+        # Start the GPU samplers (the first start makes the actors: ~0.5-1 s) before the warm-up's
+        # last take, so the first window's requests and its duration both start at that take.
+        sampling = _start_sampling(samplers)
         _measure_windows(cfg, active, point, measured, server, emit, metrics)
     finally:
         finals = ray.get([c.stop.remote(cfg.drain_timeout_s) for c in active])
-        point.gpus, point.gpu_samples = _gpu_results(samplers)
+        point.gpus, point.gpu_samples = _gpu_results(samplers) if sampling else ([], [])
+        if own:
+            samplers.close()
     totals = ClientTake.pooled([measured.warmup, *(t.counts_only() for t in measured.takes), *finals])
     return _finish(cfg, point, load, measured, totals, pool.nodes)
 
@@ -155,22 +161,18 @@ def _timeline(events: list[tuple[float, str]]) -> list[dict[str, Any]]:
     return [{"t": t, "kind": k, "count": n} for (t, k), n in sorted(buckets.items())]
 
 
-def _gpu_samplers(cfg: BenchConfig) -> list[Any]:
+def _start_sampling(samplers: GpuSamplers) -> bool:
     try:
-        from rayscale.metrics import start_gpu_samplers
-    except ImportError:
-        return []
-    try:
-        return start_gpu_samplers(cfg.gpu_sample_interval_s)
-    except Exception as e:
+        samplers.start()
+        return True
+    except Exception as e:  # GPU figures are extra: a point is measured without them
         log.warning("GPU sampling unavailable: %s", e)
-        return []
+        samplers.close()
+        return False
 
 
-def _gpu_results(samplers: list[Any]) -> tuple[list[Any], list[dict[str, Any]]]:
-    if not samplers:
+def _gpu_results(samplers: GpuSamplers) -> tuple[list[Any], list[dict[str, Any]]]:
+    if not samplers.handles:
         return [], []
-    from rayscale.metrics import collect_gpu_samples, summarize_gpu_samples
-
-    samples = collect_gpu_samples(samplers)
+    samples = samplers.collect()
     return summarize_gpu_samples(samples), samples

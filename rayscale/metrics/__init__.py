@@ -28,7 +28,14 @@ from rayscale.metrics.exporter import (
     start_node_exporters,
     stop_node_exporters,
 )
-from rayscale.metrics.gpu import GpuSampler, collect_gpu_samples, read_gpus, start_gpu_samplers, summarize_gpu_samples
+from rayscale.metrics.gpu import (
+    GpuSampler,
+    GpuSamplers,
+    collect_gpu_samples,
+    read_gpus,
+    start_gpu_samplers,
+    summarize_gpu_samples,
+)
 from rayscale.metrics.load import BENCH_LATENCY_BOUNDS, LoadMetrics
 
 __all__ = [
@@ -38,6 +45,7 @@ __all__ = [
     "GpuSampler",
     "LoadMetrics",
     "build_registry",
+    "GpuSamplers",
     "collect_gpu_samples",
     "connect_ray",
     "exporter_name",

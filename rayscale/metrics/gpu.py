@@ -18,7 +18,7 @@ from typing import Any
 from rayscale.metrics.nodes import alive_nodes, pinned_to
 from rayscale.results import GpuSummary
 
-__all__ = ["GpuSampler", "collect_gpu_samples", "read_gpus", "start_gpu_samplers", "summarize_gpu_samples"]
+__all__ = ["GpuSampler", "GpuSamplers", "collect_gpu_samples", "read_gpus", "start_gpu_samplers", "summarize_gpu_samples"]
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +167,40 @@ class _GpuSamplerActor:
 
     def stop(self) -> list[dict[str, Any]]:
         return self.sampler.stop()
+
+
+class GpuSamplers:
+    """One sampling actor per GPU node, made once and sampling again for each measurement: a
+    sweep's points each cost two actor calls, not an actor start (0.5-1 s).
+
+        samplers = GpuSamplers(0.5)
+        samplers.start(); run_load(); samples = samplers.collect()   # per point
+        samplers.close()                                            # once
+    """
+
+    def __init__(self, interval_s: float = 0.5):
+        self.interval_s = interval_s
+        self.handles: list[Any] | None = None  # made at the first start()
+
+    def start(self) -> None:
+        """Sample from now on (samples of an earlier measurement are dropped)."""
+        import ray
+
+        if self.handles is None:
+            self.handles = start_gpu_samplers(self.interval_s)
+            return
+        ray.get([h.start.remote() for h in self.handles])
+
+    def collect(self, timeout_s: float = 30.0) -> list[dict[str, Any]]:
+        """Stop sampling; every sample since start(), ordered by time. The actors stay for the next start()."""
+        return collect_gpu_samples(self.handles or [], kill=False, timeout_s=timeout_s)
+
+    def close(self) -> None:
+        import ray
+
+        for h in self.handles or []:
+            ray.kill(h)
+        self.handles = None
 
 
 def start_gpu_samplers(interval_s: float = 0.5) -> list[Any]:
