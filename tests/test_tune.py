@@ -322,6 +322,18 @@ def test_bad_flags_are_one_line_errors_with_exit_status_1(args, message, tmp_pat
     assert not (tmp_path / "t").exists()
 
 
+def test_serving_the_settings_a_server_already_serves_reuses_it_and_counts_the_switch():
+    """The repeats of the candidate that is being served start nothing (a switch the code once refused)."""
+    from rayscale.tune.servers import CandidateServer
+    from rayscale.tune.space import TritonSettings
+
+    server = CandidateServer(TuneConfig(target="triton", gpus=1, slo_p99_ms=100, out="unused", provider="cpu"))
+    settings = TritonSettings()
+    server.current, server.url = settings, "http://127.0.0.1:8100"
+    url, switch, _ = server.serve(settings)
+    assert (url, switch) == ("http://127.0.0.1:8100", "reused") and server.switches == {"reused": 1}
+
+
 def test_a_running_batcher_takes_new_batches_in_flight_and_batch_wait_without_dropping_a_request():
     """What Serve's reconfigure hands a replica's batcher while requests are queued (rayscale's in-place switch)."""
     import asyncio

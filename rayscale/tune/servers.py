@@ -86,7 +86,7 @@ class CandidateServer:
             elif kind == "restarted":
                 self._stop()
                 self._start(settings)
-            else:
+            elif kind != "reused":  # reused: it serves these settings already
                 raise ServerError(f"{settings.label}: a {self.cfg.target} server cannot be {kind}")
             if self.url is None:
                 raise ServerError(f"{settings.label}: the server started but named no URL")
