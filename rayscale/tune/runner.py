@@ -101,15 +101,14 @@ class _Session:
     started: float
     measured_points: int = 0
     point_walls_s: dict[bool, list[float]] = field(default_factory=lambda: {False: [], True: []})  # by repeat or not
-    # The client actors, kept from point to point while the same server runs (an actor start per point
-    # cost ~1.7 s on two cores); new ones after a start or restart, whose connections would be stale
-    # (a change in place or a Triton model reload keeps the server's listeners).
+    # The client actors, kept from point to point while the same server processes run (an actor start
+    # per point cost ~1.7 s on two cores); new ones after any other switch, with fresh connections.
     pool: ClientPool | None = None
 
     def serve(self, settings: Settings) -> tuple[str, str, float]:
         """The server switched to ``settings``; returns (URL, how, seconds) as CandidateServer.serve."""
         url, switch, seconds = self.server.serve(settings)
-        if switch in ("started", "restarted"):
+        if switch not in ("in place", "reused"):
             self.close_pool()
         return url, switch, seconds
 
