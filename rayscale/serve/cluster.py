@@ -7,6 +7,7 @@ A cluster that ``up`` starts itself is local-only: its head binds 127.0.0.1 and 
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -172,49 +173,69 @@ def _free_loopback_ports(count: int) -> list[int]:
             sock.close()
 
 
+# Ray's own words when its raylet misses the fixed window it is given to register (a busy machine).
+_RAY_STARTUP_TIMEOUT = "timed out during startup"
+_START_ATTEMPTS = 2
+
+
 def _start_local_cluster(num_gpus: int | None, num_cpus: int | None) -> str:
     """Start a one-machine Ray cluster whose every server listens on 127.0.0.1 alone.
 
     Ray's gRPC servers refuse callers without the cluster token, but its Prometheus endpoints and
-    agents speak plain HTTP: on loopback, only this machine reaches them.
+    agents speak plain HTTP: on loopback, only this machine reaches them. A start that fails leaves
+    none of its processes behind; one that missed Ray's startup window is tried once more.
     """
     ray_bin = shutil.which("ray")
     if ray_bin is None:
         raise ServerError("the `ray` command is not on PATH: install rayscale's dependencies (pip install rayscale)")
-    gcs_port, metrics_export_port, agent_http_port, agent_grpc_port, runtime_env_port = _free_loopback_ports(5)
-    cmd = [
-        ray_bin,
-        "start",
-        "--head",
-        f"--port={gcs_port}",
-        f"--node-ip-address={LOCAL_HOST}",
-        f"--dashboard-host={LOCAL_HOST}",
-        # Agent ports chosen here: the raylet then does not wait for the agents to report theirs,
-        # a wait of 15 s that a busy machine overruns (the raylet aborts), and two clusters on one
-        # machine never contend for Ray's fixed defaults.
-        f"--metrics-export-port={metrics_export_port}",
-        f"--dashboard-agent-listen-port={agent_http_port}",
-        f"--dashboard-agent-grpc-port={agent_grpc_port}",
-        f"--runtime-env-agent-port={runtime_env_port}",
-        "--disable-usage-stats",
-    ]
-    if num_gpus is not None:
-        cmd.append(f"--num-gpus={num_gpus}")
-    if num_cpus is not None:
-        cmd.append(f"--num-cpus={num_cpus}")
-    temp_dir = os.environ.get("RAYSCALE_RAY_TEMP_DIR")
-    if temp_dir:
-        cmd.append(f"--temp-dir={temp_dir}")
+    from rayscale.processes import stop_processes
     from rayscale.serve.proxy import proxy_env_vars
 
     # Serve's proxy answers its own errors in the protocol's JSON form; every process of the
     # cluster inherits the loopback switch from here.
     env = dict(os.environ, **proxy_env_vars(), **_LOOPBACK_NODE_ENV)
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env)
-    if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
-        raise ServerError("could not start a local Ray cluster: " + " | ".join(tail))
-    return f"{LOCAL_HOST}:{gcs_port}"
+    output = ""
+    for attempt in range(1, _START_ATTEMPTS + 1):
+        gcs_port, metrics_export_port, agent_http_port, agent_grpc_port, runtime_env_port = _free_loopback_ports(5)
+        cmd = [
+            ray_bin,
+            "start",
+            "--head",
+            f"--port={gcs_port}",
+            f"--node-ip-address={LOCAL_HOST}",
+            f"--dashboard-host={LOCAL_HOST}",
+            # Agent ports chosen here: the raylet then does not wait for the agents to report theirs,
+            # a wait of 15 s that a busy machine overruns (the raylet aborts), and two clusters on one
+            # machine never contend for Ray's fixed defaults.
+            f"--metrics-export-port={metrics_export_port}",
+            f"--dashboard-agent-listen-port={agent_http_port}",
+            f"--dashboard-agent-grpc-port={agent_grpc_port}",
+            f"--runtime-env-agent-port={runtime_env_port}",
+            "--disable-usage-stats",
+        ]
+        if num_gpus is not None:
+            cmd.append(f"--num-gpus={num_gpus}")
+        if num_cpus is not None:
+            cmd.append(f"--num-cpus={num_cpus}")
+        temp_dir = os.environ.get("RAYSCALE_RAY_TEMP_DIR")
+        if temp_dir:
+            cmd.append(f"--temp-dir={temp_dir}")
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env)
+        if proc.returncode == 0:
+            return f"{LOCAL_HOST}:{gcs_port}"
+        # What the failed start left running (its GCS, dashboard, agents) would load the machine further.
+        marks = (f"{LOCAL_HOST}:{gcs_port}", f"--gcs_server_port={gcs_port}")
+        stop_processes(functools.partial(_pids_naming, marks), term_grace_s=5.0, kill_grace_s=5.0)
+        output = (proc.stderr or "") + (proc.stdout or "")
+        if attempt == _START_ATTEMPTS or _RAY_STARTUP_TIMEOUT not in output:
+            break
+        log.warning("the local Ray cluster missed Ray's startup window (a busy machine): starting it again")
+    tail = output.strip().splitlines()[-5:]
+    raise ServerError("could not start a local Ray cluster: " + " | ".join(tail))
+
+
+def _pids_naming(marks: tuple[str, ...]) -> list[int]:
+    return sorted({pid for mark in marks for pid in _cluster_pids(mark)})
 
 
 def _gcs_reachable(address: str, timeout_s: float = 2.0) -> bool:
