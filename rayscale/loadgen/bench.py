@@ -27,9 +27,8 @@ from rayscale.results import BenchResult, PointResult, PointStatus
 __all__ = ["RayLoadEngine", "run_bench"]
 
 
-def run_bench(cfg: BenchConfig, *, on_event: EventCallback | None = None, pool: ClientPool | None = None) -> BenchResult:
-    """Run the whole sweep; returns the result (also written to ``cfg.out``). ``pool``: client actors
-    a caller keeps across sweeps of the same server and client settings (left open); None: the sweep's own."""
+def run_bench(cfg: BenchConfig, *, on_event: EventCallback | None = None) -> BenchResult:
+    """Run the whole sweep; returns the result (also written to ``cfg.out``)."""
     from rayscale.serve.scaling import running_app_config
 
     emit = on_event or ignore_events
@@ -49,7 +48,7 @@ def run_bench(cfg: BenchConfig, *, on_event: EventCallback | None = None, pool: 
         model=model_record(cfg, server, running_model_dir=(running or {}).get("model_dir")),
         serve_config=running if running is not None else (server.config if server else None),
     )  # fmt: skip
-    with RayLoadEngine(cfg, running=running, result=result, emit=emit, pool=pool) as engine:
+    with RayLoadEngine(cfg, running=running, result=result, emit=emit) as engine:
         return run_sweep(cfg, engine, result=result, file=file, target=target, replicas=replicas, emit=emit)
 
 
@@ -69,17 +68,13 @@ def _replica_sweep(cfg: BenchConfig, server: ServerInfo | None, running: dict[st
 class RayLoadEngine:
     """rayscale's load engine: the app rescaled per replica count, a pool of client actors, ``run_point``."""
 
-    def __init__(
-        self, cfg: BenchConfig, *, running: dict[str, Any] | None, result: BenchResult, emit: EventCallback,
-        pool: ClientPool | None = None,
-    ):  # fmt: skip
+    def __init__(self, cfg: BenchConfig, *, running: dict[str, Any] | None, result: BenchResult, emit: EventCallback):
         self.cfg = cfg
         self.transport = cfg.transport_label
         self.running = running  # the rayscale app's config, None for another server
         self.result = result
         self.emit = emit
-        self.own_pool = pool is None
-        self.pool = ClientPool(cfg) if pool is None else pool
+        self.pool = ClientPool(cfg)
         # rayscale's own ingress counts what each node carried (over HTTP or gRPC; a handle call skips it)
         direct = running is not None and running.get("ingress") == "direct" and not cfg.handle
         self.server = ServerProbe(cfg, rayscale_app=running is not None, ingress_app=cfg.app_name if direct else None)
@@ -90,8 +85,7 @@ class RayLoadEngine:
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        if self.own_pool:
-            self.pool.close()
+        self.pool.close()
         self.gpus.close()
         if self.metrics is not None:
             self.metrics.close()

@@ -22,8 +22,6 @@ from pathlib import Path
 
 from rayscale.environment import now_iso
 from rayscale.errors import ConfigError, ResultsError, ServerError
-from rayscale.loadgen.config import BenchConfig
-from rayscale.loadgen.pool import ClientPool
 from rayscale.results import BenchResult, PointResult, load_results
 from rayscale.tune.config import TuneConfig
 from rayscale.tune.events import (
@@ -101,26 +99,6 @@ class _Session:
     started: float
     measured_points: int = 0
     point_walls_s: dict[bool, list[float]] = field(default_factory=lambda: {False: [], True: []})  # by repeat or not
-    # The client actors, kept from point to point while the same server processes run (an actor start
-    # per point cost ~1.7 s on two cores); new ones after any other switch, with fresh connections.
-    pool: ClientPool | None = None
-
-    def serve(self, settings: Settings) -> tuple[str, str, float]:
-        """The server switched to ``settings``; returns (URL, how, seconds) as CandidateServer.serve."""
-        url, switch, seconds = self.server.serve(settings)
-        if switch not in ("in place", "reused"):
-            self.close_pool()
-        return url, switch, seconds
-
-    def client_pool(self, bench: BenchConfig) -> ClientPool:
-        if self.pool is None:
-            self.pool = ClientPool(bench)
-        return self.pool
-
-    def close_pool(self) -> None:
-        if self.pool is not None:
-            self.pool.close()
-            self.pool = None
 
     @property
     def used_s(self) -> float:
@@ -164,8 +142,7 @@ def _measure(
 
     path.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
-    bench = session.cfg.bench_config(url=url, levels=levels, out=str(path), target=label, repeat=repeat)
-    run_bench(bench, on_event=forward, pool=session.client_pool(bench))
+    run_bench(session.cfg.bench_config(url=url, levels=levels, out=str(path), target=label, repeat=repeat), on_event=forward)
     session.point_walls_s[repeat].append(time.monotonic() - t0)  # one new point per call
     return _points_in(path)
 
@@ -188,7 +165,7 @@ def _run_candidate(settings: Settings, session: _Session, first_load: float) -> 
     if not session.fits(session.server.expected_s(settings) + session.point_s() + reserve):
         return summary("incomplete", "budget")
     try:
-        url, switch, seconds = session.serve(settings)
+        url, switch, seconds = session.server.serve(settings)
         session.emit(
             CandidateStarted(settings.label, settings.up_command(cfg.gpus, cfg.provider, cfg.images_per_request), switch, seconds)
         )
@@ -222,7 +199,7 @@ def _repeat(candidate: CandidateSummary, settings: Settings, session: _Session) 
     if missing:
         if not session.fits(session.server.expected_s(settings) + len(missing) * session.point_s(repeat=True)):
             return None
-        url, switch, seconds = session.serve(settings)
+        url, switch, seconds = session.server.serve(settings)
         session.emit(RepeatsStarted(candidate.label, format_load(load, cfg.closed_loop), len(missing)))
         for path in missing:
             _measure(session, url, path, settings.label, [load], repeat=True)
@@ -381,7 +358,6 @@ def run_tune(cfg: TuneConfig, *, on_event: TuneEventCallback | None = None) -> T
         record("interrupted", "incomplete")
         raise
     finally:
-        session.close_pool()
         session.server.close()
     return result
 
