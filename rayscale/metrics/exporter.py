@@ -15,7 +15,7 @@ from typing import Any
 
 from rayscale.config import is_loopback, node_bind_host
 from rayscale.metrics.gpu import read_gpus
-from rayscale.metrics.nodes import alive_nodes, pinned_to
+from rayscale.metrics.nodes import alive_nodes, head_node_ids, pinned_to
 
 __all__ = [
     "EXPORTER_NAMESPACE",
@@ -266,7 +266,7 @@ def start_node_exporters(*, host: str = "127.0.0.1", port: int = 9400, app_name:
     driver_node = ray.get_runtime_context().get_node_id()
     serving_node = driver_node
     if not any(n["NodeID"] == driver_node for n in nodes):
-        heads = [n["NodeID"] for n in nodes if "node:__internal_head__" in n.get("Resources", {})]
+        heads = head_node_ids(nodes)
         serving_node = heads[0] if heads else (nodes[0]["NodeID"] if nodes else "")
     one_per_machine: dict[str, dict[str, Any]] = {}
     for n in sorted(nodes, key=lambda n: n["NodeID"] != serving_node):  # the serving node claims its machine

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["alive_nodes", "pinned_to"]
+__all__ = ["alive_nodes", "head_node_ids", "pinned_to"]
 
 
 def alive_nodes() -> list[dict[str, Any]]:
     import ray
 
     return [n for n in ray.nodes() if n.get("Alive")]
+
+
+def head_node_ids(nodes: list[dict[str, Any]]) -> list[str]:
+    """The ids of the head node(s) among ``nodes`` (as ``alive_nodes`` returns them)."""
+    return [n["NodeID"] for n in nodes if "node:__internal_head__" in n.get("Resources", {})]
 
 
 def pinned_to(node_id: str):

@@ -553,8 +553,9 @@ def _ingress_here(ingresses: list[IngressRecord]) -> IngressRecord | None:
     here = by_node.get(ray.get_runtime_context().get_node_id())
     if here is not None:
         return here
-    heads = [n["NodeID"] for n in ray.nodes() if n.get("Alive") and "node:__internal_head__" in n.get("Resources", {})]
-    return next((by_node[h] for h in heads if h in by_node), None)
+    from rayscale.metrics.nodes import alive_nodes, head_node_ids
+
+    return next((by_node[h] for h in head_node_ids(alive_nodes()) if h in by_node), None)
 
 
 def status(app_name: str = "rayscale", *, address: str | None = None) -> StatusResult:
